@@ -1,0 +1,162 @@
+"""`pose-jobs`: one command line for every job. Runs on a local Ray unless given a cluster address."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+import jobs.runtime  # noqa: F401  (sets RAY_USAGE_STATS_ENABLED before anything imports Ray)
+
+app = typer.Typer(
+    help="Distributed batch jobs for human pose estimation on Ray: ingest, train, annotate, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+synth_app = typer.Typer(help="Write synthetic datasets in the exact real formats (COCO 2017 keypoints, SVHN).", no_args_is_help=True)
+ingest_app = typer.Typer(help="Ingest COCO or SVHN from a folder or s3:// into sharded Parquet (Ray Data).", no_args_is_help=True)
+show_app = typer.Typer(help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.", no_args_is_help=True)
+app.add_typer(synth_app, name="synth")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(show_app, name="show")
+
+# Options shared by every command that touches storage or Ray.
+EndpointOption = Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False)]
+AnonOption = Annotated[bool, typer.Option("--anon", help="Unsigned S3 requests, for public buckets such as COCO's.")]
+AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
+
+
+def user_errors(command):
+    """Turn the user mistakes every job can make into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from jobs.ingest import IngestError
+        from jobs.storage import StorageError
+        from pose.formats.coco import CocoFormatError
+        from pose.formats.svhn import SvhnFormatError
+
+        try:
+            return command(*args, **kwargs)
+        except (IngestError, StorageError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
+            typer.echo(f"pose-jobs: error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def storage_options(endpoint_url: str | None, anon: bool):
+    from jobs.storage import StorageOptions
+
+    return StorageOptions(endpoint_url=endpoint_url, anon=anon)
+
+
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+
+
+class SvhnFormat(str, Enum):
+    cropped = "cropped"
+    full = "full"
+
+
+# ---------------------------------------------------------------------------------------------
+# synth
+
+
+@synth_app.command("coco")
+def synth_coco(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the COCO 2017 layout into.")],
+    split: Annotated[Split, typer.Option(help="Which split to write.")] = Split.train,
+    images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    archives: Annotated[bool, typer.Option("--archives", help="Write val2017.zip / annotations_trainval2017.zip as the public bucket has them.")] = False,
+) -> None:
+    """Synthetic people with 17 COCO keypoints, written as person_keypoints_*.json + JPEGs."""
+    from pose.synth.people import write_coco
+
+    summary = write_coco(dest, split=split.value, images=images, seed=seed, archives=archives)
+    typer.echo(json.dumps(summary, default=str))
+
+
+@synth_app.command("svhn")
+def synth_svhn(
+    dest: Annotated[Path, typer.Argument(help="Folder to write SVHN files into.")],
+    format: Annotated[SvhnFormat, typer.Option("--format", help="cropped: {split}_32x32.mat (format 2); full: PNGs + digitStruct.mat (format 1).")] = SvhnFormat.cropped,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    train: Annotated[int, typer.Option(min=0, help="Training examples (digits or numbers).")] = 2000,
+    test: Annotated[int, typer.Option(min=0, help="Test examples.")] = 500,
+    extra: Annotated[int, typer.Option(min=0, help="Extra examples (0: no extra split).")] = 0,
+) -> None:
+    """Synthetic street-number digits in SVHN format 2 (cropped) or format 1 (full numbers)."""
+    from pose.synth.digits import write_svhn
+
+    summary = write_svhn(dest, format=format.value, seed=seed, train=train, test=test, extra=extra)
+    typer.echo(json.dumps(summary, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+# ingest
+
+
+def _print_manifest(manifest: dict) -> None:
+    for split, entry in manifest["accounting"].items():
+        inputs = ", ".join(f"{n} {k}" for k, n in entry["inputs"].items())
+        state = "all accounted for" if entry["balanced"] else "NOT BALANCED"
+        typer.echo(f"  {split}: {inputs} -> {state}")
+    for name, table in sorted(manifest["tables"].items()):
+        typer.echo(f"  {name:<13} {table['rows']:>8} rows in {len(table['files'])} files")
+
+
+@ingest_app.command("coco")
+@user_errors
+def ingest_coco(
+    src: Annotated[str, typer.Argument(help="COCO root: folder or s3://bucket/prefix with annotations/ and {train,val}2017/ (or the zips).")],
+    dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
+    split: Annotated[Optional[list[Split]], typer.Option(help="Only these splits (repeatable). Default: all found.")] = None,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+    address: AddressOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """COCO keypoints -> images, persons, person_crops and errors tables + manifest.json."""
+    from jobs.ingest import ingest
+
+    splits = tuple(s.value for s in split) if split else None
+    manifest = ingest("coco", src, dest, storage_options(endpoint_url, anon), splits=splits, address=address, verbose=verbose)
+    typer.echo(f"ingested {src} -> {dest}")
+    _print_manifest(manifest)
+
+
+@ingest_app.command("svhn")
+@user_errors
+def ingest_svhn(
+    src: Annotated[str, typer.Argument(help="SVHN folder or s3:// prefix with {train,test,extra}_32x32.mat and/or {train,test,extra}/digitStruct.mat.")],
+    dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+    address: AddressOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """SVHN (format 2 and/or format 1) -> digits, numbers and errors tables + manifest.json."""
+    from jobs.ingest import ingest
+
+    manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon), address=address, verbose=verbose)
+    typer.echo(f"ingested {src} -> {dest}")
+    _print_manifest(manifest)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,548 @@
+"""Ingest: COCO 2017 keypoints and SVHN, from a local folder or S3, into sharded Parquet.
+
+The driver reads the small things (annotation files, .mat headers, archive directories) and cuts
+the work into deterministic shards; Ray Data runs one task per shard across the cluster. Each
+shard writes its own Parquet files under fixed names, then a commit marker:
+
+  DEST/<table>/<split>/<unit>.parquet     one file per table and shard
+  DEST/_commits/<unit>.json               written last: the shard is done
+  DEST/manifest.json                      written at the end from the markers
+
+A re-run skips shards whose marker matches (same inputs, same settings), so it is idempotent and
+resumes after a crash; files are written whole (rename locally, single PUT on S3), so a killed
+run never leaves a half file under a final name, and `manifest.json` lists only committed shards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import pickle
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.runtime import Progress, init_ray
+from jobs.storage import (
+    StorageError,
+    StorageOptions,
+    check_readable,
+    check_writable,
+    exists,
+    join,
+    list_files,
+    open_input,
+    read_bytes,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
+from pose import schema
+from pose.crops import CropSettings, cut_person_crop, square_digit_crop
+from pose.formats import coco, svhn
+from pose.images import ImageDecodeError, decode_image, encode_jpeg
+
+COCO_SHARD_IMAGES = 256
+SVHN_CROPPED_SHARD_DIGITS = 16384
+SVHN_FULL_SHARD_NUMBERS = 512
+SVHN_SPLITS = ("train", "test", "extra")
+
+
+# Which output table holds each kind of input item, and which error kind records its loss.
+INPUT_TABLES = {"images": "images", "persons": "annotations", "numbers": "numbers"}
+ERROR_KINDS = {"image": "images", "annotation": "annotations", "digit": "digits", "number": "numbers", "file": "files"}
+
+
+class IngestError(Exception):
+    """A user mistake found before any work starts (no dataset at SRC, ...): one line, no traceback."""
+
+
+@dataclass
+class Shard:
+    """One unit of work: everything a worker needs, nothing it has to look up elsewhere."""
+
+    unit: str  # unique name within DEST, e.g. "train-00003" or "test-cropped-00001"
+    split: str
+    kind: str  # "coco", "svhn-cropped", "svhn-full" or "errors" (findings of the driver)
+    payload: dict
+    fingerprint: str = ""
+
+
+@dataclass
+class Plan:
+    """What the driver found at SRC: the shards, and how many input items each split holds."""
+
+    dataset: str  # "coco" or "svhn"
+    source: str
+    shards: list[Shard] = field(default_factory=list)
+    inputs: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> item kind -> count
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (driver)
+
+
+def plan_coco(src: str, options: StorageOptions, splits: tuple[str, ...] = coco.SPLITS, shard_images: int = COCO_SHARD_IMAGES) -> Plan:
+    """Read each split's annotation file and the image archive's directory; cut shards."""
+    plan = Plan("coco", src)
+    for split in splits:
+        document, annotation_source = _load_coco_annotations(src, split, options)
+        if document is None:
+            continue
+        folder, archive = join(src, coco.image_folder(split)), join(src, coco.image_archive(split))
+        members = None
+        if not exists(folder, options):
+            if not exists(archive, options):
+                raise IngestError(f"{src}: split '{split}' has annotations but neither {coco.image_folder(split)}/ nor {coco.image_archive(split)}")
+            with open_input(archive, options) as handle:
+                members = coco.index_zip(handle, archive)
+
+        grouped = coco.annotations_by_image(document["annotations"])
+        listed = {int(image["id"]) for image in document["images"]}
+        dangling = [a for image_id, group in sorted(grouped.items()) if image_id not in listed for a in group]
+        items = []
+        for image in sorted(document["images"], key=lambda i: int(i["id"])):
+            item = {"image": image, "annotations": grouped.get(int(image["id"]), [])}
+            if members is None:
+                item["source"] = join(folder, image["file_name"])
+            else:
+                member_name = f"{coco.image_folder(split)}/{image['file_name']}"
+                member = members.get(member_name)
+                item["source"] = f"{archive}!{member_name}"
+                item["archive"] = archive
+                item["member"] = None if member is None else asdict(member)
+            items.append(item)
+
+        plan.inputs[split] = {"images": len(document["images"]), "annotations": len(document["annotations"])}
+        chunks = [items[i : i + shard_images] for i in range(0, len(items), shard_images)] or [[]]
+        for number, chunk in enumerate(chunks):
+            payload = {"images": chunk, "annotation_file": annotation_source, "dangling": dangling if number == 0 else []}
+            plan.shards.append(Shard(f"{split}-{number:05d}", split, "coco", payload))
+    if not plan.shards:
+        raise IngestError(
+            f"{src}: no COCO keypoint annotations found (expected annotations/person_keypoints_{{train,val}}2017.json "
+            f"or {coco.ANNOTATION_ARCHIVE})"
+        )
+    return plan
+
+
+def _load_coco_annotations(src: str, split: str, options: StorageOptions) -> tuple[dict | None, str]:
+    """The split's annotation document from the unpacked file or the published archive."""
+    path = join(src, coco.annotation_member(split))
+    if exists(path, options):
+        with open_input(path, options) as handle:
+            return coco.load_keypoints_json(handle, path), path
+    archive = join(src, coco.ANNOTATION_ARCHIVE)
+    if exists(archive, options):
+        with open_input(archive, options) as handle:
+            members = coco.index_zip(handle, archive)
+            member = members.get(coco.annotation_member(split))
+            if member is not None:
+                source = f"{archive}!{member.name}"
+                data = coco.read_zip_member(handle, member)
+                return coco.load_keypoints_json(io.BytesIO(data), source), source
+    return None, path
+
+
+def plan_svhn(
+    src: str,
+    options: StorageOptions,
+    splits: tuple[str, ...] = SVHN_SPLITS,
+    cropped_shard_digits: int = SVHN_CROPPED_SHARD_DIGITS,
+    full_shard_numbers: int = SVHN_FULL_SHARD_NUMBERS,
+) -> Plan:
+    """Find format 2 (`{split}_32x32.mat`) and format 1 (`{split}/digitStruct.mat`) files; cut shards.
+
+    Only the labels and headers are read here; pixels are read by the shards.
+    """
+    plan = Plan("svhn", src)
+    for split in splits:
+        counts = {"files": 0, "digits": 0, "numbers": 0}
+        mat = join(src, f"{split}_32x32.mat")
+        if exists(mat, options):
+            counts["files"] += 1
+            try:
+                with open_input(mat, options) as handle:
+                    total = svhn.cropped_digit_count(handle)
+                counts["digits"] += total
+                for number, start in enumerate(range(0, total, cropped_shard_digits)):
+                    payload = {"source": mat, "start": start, "stop": min(start + cropped_shard_digits, total)}
+                    plan.shards.append(Shard(f"{split}-cropped-{number:05d}", split, "svhn-cropped", payload))
+            except svhn.SvhnFormatError as error:
+                row = schema.error_row(split, "file", mat, mat, "read", str(error))
+                plan.shards.append(Shard(f"{split}-cropped-file", split, "errors", {"errors": [row]}))
+
+        struct_path = join(src, split, "digitStruct.mat")
+        if exists(struct_path, options):
+            counts["files"] += 1
+            try:
+                with open_input(struct_path, options) as handle:
+                    numbers = svhn.read_digit_struct(handle)
+                counts["numbers"] += len(numbers)
+                entries = [
+                    {"index": index, "name": n.name, "source": join(src, split, n.name), "boxes": [asdict(b) for b in n.boxes]}
+                    for index, n in enumerate(numbers)
+                ]
+                for number, start in enumerate(range(0, len(entries), full_shard_numbers)):
+                    payload = {"numbers": entries[start : start + full_shard_numbers]}
+                    plan.shards.append(Shard(f"{split}-full-{number:05d}", split, "svhn-full", payload))
+            except svhn.SvhnFormatError as error:
+                row = schema.error_row(split, "file", struct_path, struct_path, "read", str(error))
+                plan.shards.append(Shard(f"{split}-full-file", split, "errors", {"errors": [row]}))
+        if counts["files"]:
+            plan.inputs[split] = counts
+    if not plan.shards:
+        raise IngestError(f"{src}: no SVHN files found (expected {{train,test,extra}}_32x32.mat or {{train,test,extra}}/digitStruct.mat)")
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Shard work (Ray workers): plain functions of a shard, returning rows per table
+
+
+def coco_shard_tables(shard: Shard, options: StorageOptions, crop: CropSettings) -> dict[str, list[dict]]:
+    """Read, decode and check one shard of COCO images; rows for images, persons, person_crops, errors."""
+    split, payload = shard.split, shard.payload
+    tables: dict[str, list[dict]] = {"images": [], "persons": [], "person_crops": [], "errors": []}
+    errors = tables["errors"]
+    for annotation in payload["dangling"]:
+        reason = f"refers to image {annotation.get('image_id')}, which the annotation file does not list"
+        errors.append(schema.error_row(split, "annotation", f"annotation {annotation.get('id')}", payload["annotation_file"], "annotations", reason))
+
+    archives: dict[str, object] = {}
+    try:
+        for item in payload["images"]:
+            _coco_image_rows(item, split, options, crop, archives, tables)
+    finally:
+        for handle in archives.values():
+            handle.close()
+    return tables
+
+
+def _coco_image_rows(item: dict, split: str, options: StorageOptions, crop: CropSettings, archives: dict, tables: dict) -> None:
+    image, annotations, source = item["image"], item["annotations"], item["source"]
+    image_id = int(image["id"])
+
+    def lose_image(stage: str, reason: str) -> None:
+        tables["errors"].append(schema.error_row(split, "image", f"image {image_id}", source, stage, reason))
+        for annotation in annotations:
+            tables["errors"].append(
+                schema.error_row(split, "annotation", f"annotation {annotation.get('id')}", source, stage, f"its image {image_id} was lost: {reason}")
+            )
+
+    try:
+        if "archive" in item:
+            if item["member"] is None:
+                raise FileNotFoundError("not in the archive")
+            if item["archive"] not in archives:
+                archives[item["archive"]] = open_input(item["archive"], options)
+            data = coco.read_zip_member(archives[item["archive"]], coco.ZipMember(**item["member"]))
+        else:
+            data = read_bytes(source, options)
+    except (OSError, StorageError, coco.CocoFormatError) as error:
+        return lose_image("read", f"cannot read the image file ({error})" if str(error) else "image file missing")
+    try:
+        # COCO's annotations are in the stored pixel frame: no EXIF rotation here.
+        pixels = decode_image(data, exif_transpose=False)
+    except ImageDecodeError as error:
+        return lose_image("decode", str(error))
+    height, width = pixels.shape[:2]
+    if (width, height) != (int(image.get("width", -1)), int(image.get("height", -1))):
+        return lose_image("validate", f"image is {width}x{height} but the annotation file says {image.get('width')}x{image.get('height')}")
+
+    tables["images"].append(
+        {
+            "image_id": image_id,
+            "split": split,
+            "file_name": image.get("file_name"),
+            "width": width,
+            "height": height,
+            "source": source,
+            "license": image.get("license"),
+            "coco_url": image.get("coco_url"),
+            "flickr_url": image.get("flickr_url"),
+            "date_captured": image.get("date_captured"),
+        }
+    )
+    for annotation in annotations:
+        problem = coco.person_problem(annotation, width, height)
+        if problem is None and annotation.get("category_id", 1) != 1:
+            problem = f"category_id {annotation.get('category_id')} is not person (1)"
+        if problem is not None:
+            tables["errors"].append(schema.error_row(split, "annotation", f"annotation {annotation.get('id')}", source, "validate", problem))
+            continue
+        keypoints = np.asarray(annotation.get("keypoints", [0] * schema.KEYPOINT_VALUES), dtype=np.float32)
+        bbox = np.asarray(annotation["bbox"], dtype=np.float32)
+        iscrowd = bool(annotation.get("iscrowd", 0))
+        num_keypoints = int(annotation.get("num_keypoints", int((keypoints[2::3] > 0).sum())))
+        tables["persons"].append(
+            {
+                "annotation_id": int(annotation["id"]),
+                "image_id": image_id,
+                "split": split,
+                "category_id": int(annotation.get("category_id", 1)),
+                "bbox": bbox.tolist(),
+                "keypoints": keypoints.tolist(),
+                "num_keypoints": num_keypoints,
+                "area": float(annotation.get("area", bbox[2] * bbox[3])),
+                "iscrowd": iscrowd,
+                "segmentation": json.dumps(annotation.get("segmentation", [])),
+            }
+        )
+        if iscrowd or num_keypoints == 0 or bbox[2] < 1 or bbox[3] < 1:
+            continue
+        person = cut_person_crop(pixels, bbox, keypoints.reshape(-1, 3), crop)
+        tables["person_crops"].append(
+            {
+                "annotation_id": int(annotation["id"]),
+                "image_id": image_id,
+                "split": split,
+                "crop": encode_jpeg(person.pixels, quality=92),
+                "crop_width": crop.width,
+                "crop_height": crop.height,
+                "bbox": person.bbox.astype(np.float32).tolist(),
+                "keypoints": person.keypoints.astype(np.float32).reshape(-1).tolist(),
+                "image_from_crop": person.image_from_crop.reshape(-1).tolist(),
+                "area": float(annotation.get("area", bbox[2] * bbox[3])),
+            }
+        )
+
+
+def svhn_cropped_tables(shard: Shard, options: StorageOptions) -> dict[str, list[dict]]:
+    """Digits [start, stop) of one format-2 `.mat` file, streamed."""
+    split, source, start, stop = shard.split, shard.payload["source"], shard.payload["start"], shard.payload["stop"]
+    tables: dict[str, list[dict]] = {"digits": [], "errors": []}
+    with open_input(source, options) as handle:
+        labels = svhn.read_cropped_labels(handle)
+        handle.seek(0)
+        try:
+            for first, pixels in svhn.iter_cropped_digits(handle, start, stop):
+                for offset, digit_pixels in enumerate(pixels):
+                    index = first + offset
+                    try:
+                        label = svhn.digit_from_label(labels[index])
+                    except svhn.SvhnFormatError as error:
+                        tables["errors"].append(schema.error_row(split, "digit", f"digit {index}", source, "validate", str(error)))
+                        continue
+                    tables["digits"].append(
+                        {"split": split, "source": source, "index": index, "position": 0, "label": label, "pixels": digit_pixels.tobytes()}
+                    )
+        except svhn.SvhnFormatError as error:
+            # The file broke part-way (truncated upload, ...): account for every digit not yet read.
+            done = {row["index"] for row in tables["digits"]} | {int(row["item"].split()[1]) for row in tables["errors"]}
+            for index in range(start, stop):
+                if index not in done:
+                    tables["errors"].append(schema.error_row(split, "digit", f"digit {index}", source, "read", str(error)))
+    return tables
+
+
+def svhn_full_tables(shard: Shard, options: StorageOptions) -> dict[str, list[dict]]:
+    """Format-1 numbers: the PNG and its boxes as a `numbers` row, each digit box as a `digits` row."""
+    split = shard.split
+    tables: dict[str, list[dict]] = {"numbers": [], "digits": [], "errors": []}
+    for entry in shard.payload["numbers"]:
+        source, index = entry["source"], entry["index"]
+        try:
+            data = read_bytes(source, options)
+            pixels = decode_image(data, exif_transpose=False)
+        except (OSError, StorageError) as error:
+            tables["errors"].append(schema.error_row(split, "number", f"number {index}", source, "read", f"cannot read the image file ({error})"))
+            continue
+        except ImageDecodeError as error:
+            tables["errors"].append(schema.error_row(split, "number", f"number {index}", source, "decode", str(error)))
+            continue
+        height, width = pixels.shape[:2]
+        boxes, digits_text = [], ""
+        for position, box in enumerate(entry["boxes"]):
+            try:
+                label = svhn.digit_from_label(box["label"])
+                if box["width"] <= 0 or box["height"] <= 0:
+                    raise svhn.SvhnFormatError(f"digit box {box} has no area")
+            except svhn.SvhnFormatError as error:
+                tables["errors"].append(schema.error_row(split, "digit_box", f"number {index} digit {position}", source, "validate", str(error)))
+                continue
+            boxes.append({"left": box["left"], "top": box["top"], "width": box["width"], "height": box["height"], "label": label})
+            digits_text += str(label)
+            ltwh = (box["left"], box["top"], box["width"], box["height"])
+            tables["digits"].append(
+                {"split": split, "source": source, "index": index, "position": position, "label": label, "pixels": square_digit_crop(pixels, ltwh).tobytes()}
+            )
+        tables["numbers"].append(
+            {"split": split, "name": entry["name"], "source": source, "image": data, "width": width, "height": height, "digits": digits_text, "boxes": boxes}
+        )
+    return tables
+
+
+def process_shard(shard: Shard, dest: str, options: StorageOptions, crop: CropSettings) -> dict:
+    """Do one shard's work, write its tables, then its commit marker; return the marker."""
+    if shard.kind == "coco":
+        tables = coco_shard_tables(shard, options, crop)
+    elif shard.kind == "svhn-cropped":
+        tables = svhn_cropped_tables(shard, options)
+    elif shard.kind == "svhn-full":
+        tables = svhn_full_tables(shard, options)
+    else:
+        tables = {"errors": shard.payload["errors"]}
+    marker = {"unit": shard.unit, "split": shard.split, "fingerprint": shard.fingerprint, "tables": {}, "accounted": {}}
+    for name, rows in tables.items():
+        path = f"{name}/{shard.split}/{shard.unit}.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema.TABLES[name]), join(dest, path), options)
+        marker["tables"][name] = {"path": path, "rows": len(rows)}
+    # Every input item of the shard lands in exactly one output row or one error row: count both
+    # sides by the kind of input item, for the manifest to check against the planned inputs.
+    input_tables = dict(INPUT_TABLES, digits="digits") if shard.kind == "svhn-cropped" else INPUT_TABLES
+    for table, kind in input_tables.items():
+        if table in tables:
+            marker["accounted"][kind] = marker["accounted"].get(kind, 0) + len(tables[table])
+    for row in tables.get("errors", []):
+        kind = ERROR_KINDS.get(row["kind"])
+        if kind:
+            marker["accounted"][kind] = marker["accounted"].get(kind, 0) + 1
+    write_bytes_atomic(join(dest, "_commits", f"{shard.unit}.json"), json.dumps(marker, sort_keys=True).encode(), options)
+    return marker
+
+
+# --------------------------------------------------------------------------------------------
+# Running (driver)
+
+
+def run_ingest(
+    plan: Plan,
+    dest: str,
+    options: StorageOptions,
+    crop: CropSettings = CropSettings(),
+    *,
+    address: str | None = None,
+    verbose: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Process the plan's shards that are not yet committed in DEST, then write `manifest.json`."""
+    check_writable(dest, options)
+    settings = {"schema_version": schema.SCHEMA_VERSION, "crop": asdict(crop)} if plan.dataset == "coco" else {"schema_version": schema.SCHEMA_VERSION}
+    for shard in plan.shards:
+        shard.fingerprint = _fingerprint(shard, settings)
+    committed = _read_markers(dest, options)
+    pending = [s for s in plan.shards if committed.get(s.unit, {}).get("fingerprint") != s.fingerprint]
+
+    if pending:
+        init_ray(address, verbose=verbose)
+        import ray.data
+
+        # One block per shard so that shards spread over every CPU of the cluster.
+        dataset = ray.data.from_items([{"shard": pickle.dumps(s)} for s in pending], override_num_blocks=len(pending))
+        dataset = dataset.map(
+            _process_row,
+            fn_kwargs={"dest": dest, "options": options, "crop": crop},
+            num_cpus=1,
+        )
+        meter = Progress(f"ingest {plan.dataset}", len(pending), _item_unit(plan.dataset)) if progress else None
+        for row in dataset.iter_rows():
+            marker = json.loads(row["marker"])
+            committed[marker["unit"]] = marker
+            if meter:
+                meter.advance(1, sum(t["rows"] for name, t in marker["tables"].items() if name in ("images", "digits", "numbers")))
+
+    manifest = _manifest(plan, dest, options, {s.unit: committed[s.unit] for s in plan.shards}, settings)
+    write_bytes_atomic(join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options)
+    return manifest
+
+
+def _process_row(row: dict, dest: str, options: StorageOptions, crop: CropSettings) -> dict:
+    shard = pickle.loads(row["shard"])
+    marker = process_shard(shard, dest, options, crop)
+    return {"unit": shard.unit, "marker": json.dumps(marker)}
+
+
+def _item_unit(dataset: str) -> str:
+    return "images" if dataset == "coco" else "digits"
+
+
+def _fingerprint(shard: Shard, settings: dict) -> str:
+    content = json.dumps({"unit": shard.unit, "kind": shard.kind, "payload": shard.payload, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
+def _read_markers(dest: str, options: StorageOptions) -> dict[str, dict]:
+    folder = join(dest, "_commits")
+    if not exists(folder, options):
+        return {}
+    markers = {}
+    for path in list_files(folder, options, suffixes=(".json",)):
+        marker = json.loads(read_bytes(path, options))
+        markers[marker["unit"]] = marker
+    return markers
+
+
+def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str, dict], settings: dict) -> dict:
+    """Tables, row counts and the input accounting; `created` is kept from an earlier run so that
+    re-running over a finished DEST rewrites the same bytes."""
+    tables: dict[str, dict] = {}
+    accounted: dict[str, dict[str, int]] = {}
+    for unit in sorted(markers):
+        marker = markers[unit]
+        for name, table in marker["tables"].items():
+            entry = tables.setdefault(name, {"rows": 0, "files": []})
+            entry["rows"] += table["rows"]
+            entry["files"].append(table["path"])
+        for kind, count in marker["accounted"].items():
+            split_counts = accounted.setdefault(marker["split"], {})
+            split_counts[kind] = split_counts.get(kind, 0) + count
+
+    accounting = {}
+    for split, inputs in sorted(plan.inputs.items()):
+        found = accounted.get(split, {})
+        # A broken file's items cannot be counted, only the file: it is checked as a file.
+        counted = {kind: n for kind, n in inputs.items() if kind != "files"}
+        accounting[split] = {
+            "inputs": inputs,
+            "accounted": found,
+            "balanced": all(found.get(kind, 0) == n for kind, n in counted.items()),
+        }
+
+    previous = join(dest, "manifest.json")
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    if exists(previous, options):
+        try:
+            created = json.loads(read_bytes(previous, options)).get("created", created)
+        except (ValueError, StorageError):
+            pass
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "dataset": plan.dataset,
+        "source": _redact(plan.source),
+        "created": created,
+        "settings": settings,
+        "tables": tables,
+        "accounting": accounting,
+        "shards": len(markers),
+    }
+
+
+def _redact(url: str) -> str:
+    """Drop any user:secret@ part of a URL before it is written anywhere."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return url
+
+
+def ingest(
+    dataset: str,
+    src: str,
+    dest: str,
+    options: StorageOptions = StorageOptions(),
+    *,
+    splits: tuple[str, ...] | None = None,
+    crop: CropSettings = CropSettings(),
+    address: str | None = None,
+    verbose: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Ingest `dataset` ("coco" or "svhn") from SRC into DEST; returns the manifest."""
+    check_readable(src, options)
+    planners: dict[str, Callable[..., Plan]] = {"coco": plan_coco, "svhn": plan_svhn}
+    plan = planners[dataset](src, options, splits) if splits else planners[dataset](src, options)
+    return run_ingest(plan, dest, options, crop, address=address, verbose=verbose, progress=progress)

@@ -1,0 +1,1 @@
+"""Readers (and, for the synthetic world, writers) of the real dataset formats."""

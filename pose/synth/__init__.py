@@ -1,0 +1,1 @@
+"""The synthetic world: learnable scenes written in the exact real dataset formats."""
