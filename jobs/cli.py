@@ -154,6 +154,45 @@ def ingest_svhn(
     _print_manifest(manifest)
 
 
+# ---------------------------------------------------------------------------------------------
+# show
+
+
+@show_app.command("coco")
+@user_errors
+def show_coco(
+    src: Annotated[str, typer.Argument(help="COCO root (annotations + images, folders or zips) or an ingested DEST.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the PNGs.")],
+    split: Annotated[Split, typer.Option(help="Which split.")] = Split.train,
+    images: Annotated[int, typer.Option(min=1, help="How many images (the first ones with people).")] = 4,
+    image_id: Annotated[Optional[list[int]], typer.Option(help="Draw these image ids instead (repeatable).")] = None,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+) -> None:
+    """Images with person boxes, skeletons and named joints, beside each person's crop."""
+    from jobs.show import show_coco as run
+
+    for path in run(src, out, storage_options(endpoint_url, anon), split=split.value, images=images, image_ids=image_id):
+        typer.echo(str(path))
+
+
+@show_app.command("svhn")
+@user_errors
+def show_svhn(
+    src: Annotated[str, typer.Argument(help="SVHN folder (.mat / digitStruct.mat) or an ingested DEST.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the PNGs.")],
+    digits: Annotated[int, typer.Option(min=1, help="Digits per grid.")] = 100,
+    numbers: Annotated[int, typer.Option(min=0, help="Full-number images per split (format 1).")] = 6,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+) -> None:
+    """A grid of labelled digits per split, and full-number images with their digit boxes."""
+    from jobs.show import show_svhn as run
+
+    for path in run(src, out, storage_options(endpoint_url, anon), digits=digits, numbers=numbers):
+        typer.echo(str(path))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,327 @@
+"""Where bytes live: a local path or an `s3://bucket/prefix` URL, behind one small API.
+
+Every job reads and writes through these functions, so the same code runs on a local folder, on
+the S3 test server and on AWS S3, chosen purely by configuration. Credentials never travel with
+the code: each process (the driver and every Ray worker) resolves them itself through botocore's
+standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles, ...).
+Only the non-secret settings travel, in `StorageOptions`.
+
+A mistake the user can fix (missing bucket, wrong credentials, unreachable endpoint, missing
+folder) surfaces as a `StorageError` whose message is one line naming the URL and the fix; all
+translation from botocore / s3fs / OSError exceptions happens in `_user_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import botocore.exceptions
+import fsspec
+import pyarrow as pa
+import pyarrow.fs
+import pyarrow.parquet as pq
+import s3fs
+from fsspec.implementations.local import LocalFileSystem
+
+S3_PREFIX = "s3://"
+# Range-read size for open_input on S3: big enough for throughput, small enough that a Parquet
+# footer or a JPEG header does not pull s3fs's default 50 MiB.
+DEFAULT_BLOCK_SIZE = 8 * 2**20
+# Name of the probe object check_writable puts (and deletes) under an S3 prefix.
+WRITE_PROBE_NAME = ".pose-jobs-write-check"
+
+
+class StorageError(Exception):
+    """A storage problem the user can fix. The message is one line: the URL, what is wrong, the fix."""
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Non-secret S3 settings. Picklable and shipped to Ray workers; ignored for local paths."""
+
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL if set, else AWS S3 itself
+    anon: bool = False  # unsigned requests, for public buckets (COCO's, for one)
+    region: str | None = None  # None: AWS_REGION, else botocore's AWS_DEFAULT_REGION / profile
+
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+    def resolved_region(self) -> str | None:
+        return self.region or os.environ.get("AWS_REGION") or None
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith(S3_PREFIX)
+
+
+def join(url: str, *parts: str) -> str:
+    """Append path parts: `join("s3://b/x", "y", "z.parquet") == "s3://b/x/y/z.parquet"`.
+
+    S3 URLs always join with "/" (slashes around parts are dropped); local paths use os.path.join.
+    """
+    if not is_s3(url):
+        return os.path.join(url, *parts)
+    pieces = [url.rstrip("/")] + [part.strip("/") for part in parts]
+    return "/".join(piece for piece in pieces if piece)
+
+
+# One s3fs instance per (options, process, AWS_* environment). Per process because an s3fs
+# client owns an event loop and sockets that must not cross a fork into a Ray worker; per AWS_*
+# environment so that a changed profile or rotated key takes effect instead of being hidden by a
+# cached client.
+_s3_filesystems: dict[tuple, s3fs.S3FileSystem] = {}
+
+
+def _s3_filesystem(options: StorageOptions) -> s3fs.S3FileSystem:
+    aws_environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    key = (options, os.getpid(), aws_environment)
+    if key not in _s3_filesystems:
+        region = options.resolved_region()
+        _s3_filesystems[key] = s3fs.S3FileSystem(
+            anon=options.anon,
+            endpoint_url=options.resolved_endpoint_url(),
+            client_kwargs={"region_name": region} if region else {},
+            # Ray workers write under prefixes this process may have listed already: never
+            # answer a listing from a stale cache.
+            use_listings_cache=False,
+            skip_instance_cache=True,  # cached here instead, with the environment in the key
+        )
+    return _s3_filesystems[key]
+
+
+def filesystem(
+    url: str, options: StorageOptions = StorageOptions()
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem holding `url` and the path to pass to it.
+
+    S3: (S3FileSystem, "bucket/key"); local: (LocalFileSystem, absolute path).
+    """
+    if is_s3(url):
+        return _s3_filesystem(options), url[len(S3_PREFIX) :].rstrip("/")
+    return LocalFileSystem(), os.path.abspath(url)
+
+
+def pyarrow_filesystem(
+    url: str, options: StorageOptions = StorageOptions()
+) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem and path for pyarrow.dataset and Ray Data readers and writers.
+
+    S3 goes through the same s3fs instance as everything else here (wrapped in FSSpecHandler)
+    rather than pyarrow's own S3FileSystem: one credential chain (botocore's, profiles and SSO
+    included), bucket regions found automatically, the same endpoint/anon handling and the same
+    error messages. It pickles without secrets (s3fs pickles its constructor arguments and each
+    worker resolves credentials itself). The price is Python-level I/O, slower than Arrow's C++
+    client on very large scans.
+    """
+    if is_s3(url):
+        fs, path = filesystem(url, options)
+        return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
+    return pyarrow.fs.LocalFileSystem(), os.path.abspath(url)
+
+
+def open_input(
+    url: str, options: StorageOptions = StorageOptions(), block_size: int = DEFAULT_BLOCK_SIZE
+) -> BinaryIO:
+    """Open `url` for binary reading. Seekable; on S3 it reads by HTTP range, `block_size` bytes at a time.
+
+    Errors while opening become StorageErrors; errors in later reads come through as they are.
+    """
+    fs, path = filesystem(url, options)
+    with _user_errors(url, options):
+        if is_s3(url):
+            return fs.open(path, "rb", block_size=block_size)
+        return open(path, "rb")
+
+
+def read_bytes(url: str, options: StorageOptions = StorageOptions()) -> bytes:
+    """The whole content of `url`."""
+    fs, path = filesystem(url, options)
+    with _user_errors(url, options):
+        return fs.cat_file(path)
+
+
+def write_bytes_atomic(url: str, data: bytes, options: StorageOptions = StorageOptions()) -> None:
+    """Write `data` to `url` so that readers see either nothing or the whole file.
+
+    Local: a temporary file in the same folder (folders are created), then os.replace.
+    S3: a single PUT; an object only becomes visible once complete. (s3fs switches to a multipart
+    upload above 100 MiB, which also appears only on completion.)
+    """
+    fs, path = filesystem(url, options)
+    with _user_errors(url, options):
+        if is_s3(url):
+            fs.pipe_file(path, data)
+        else:
+            with _local_temporary_file(path) as temporary_path:
+                with open(temporary_path, "wb") as f:
+                    f.write(data)
+
+
+def write_parquet_atomic(
+    table: pa.Table, url: str, options: StorageOptions = StorageOptions(), **parquet_kwargs
+) -> None:
+    """Write `table` as one Parquet file at `url`, atomically as in write_bytes_atomic (zstd by default)."""
+    parquet_kwargs.setdefault("compression", "zstd")
+    if is_s3(url):
+        # Serialised in memory and sent in one PUT: a streamed multipart upload would be
+        # committed by s3fs even if writing failed half-way.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, **parquet_kwargs)
+        write_bytes_atomic(url, sink.getvalue().to_pybytes(), options)
+        return
+    with _user_errors(url, options), _local_temporary_file(os.path.abspath(url)) as temporary_path:
+        pq.write_table(table, temporary_path, **parquet_kwargs)
+
+
+def exists(url: str, options: StorageOptions = StorageOptions()) -> bool:
+    """Whether `url` is an existing file or folder (on S3: an object, a prefix of objects or a bucket)."""
+    fs, path = filesystem(url, options)
+    with _user_errors(url, options):
+        return fs.exists(path)
+
+
+def list_files(
+    url: str,
+    options: StorageOptions = StorageOptions(),
+    suffixes: tuple[str, ...] | None = None,
+    recursive: bool = True,
+) -> list[str]:
+    """Files under the folder or prefix `url`, as full URLs (s3://...) or absolute local paths, sorted.
+
+    `suffixes` (e.g. (".jpg", ".png")) match case-insensitively. A missing local folder is an
+    error; an S3 prefix with no objects under it simply has no files.
+    """
+    fs, path = filesystem(url, options)
+    with _user_errors(url, options):
+        if not is_s3(url) and not os.path.exists(path):
+            raise FileNotFoundError(path)
+        paths = fs.find(path, maxdepth=None if recursive else 1)
+    if suffixes is not None:
+        lowered = tuple(suffix.lower() for suffix in suffixes)
+        paths = [p for p in paths if p.lower().endswith(lowered)]
+    prefix = S3_PREFIX if is_s3(url) else ""
+    return sorted(prefix + p for p in paths)
+
+
+def check_readable(url: str, options: StorageOptions = StorageOptions()) -> None:
+    """Raise StorageError unless `url` (a file or folder; on S3 an object, prefix or bucket) can be read."""
+    fs, path = filesystem(url, options)
+    with _user_errors(url, options):
+        if is_s3(url):
+            bucket, _, key = path.partition("/")
+            # A GET listing, unlike a HEAD request, says why it failed (NoSuchBucket, AccessDenied).
+            listing = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+            if key and listing.get("KeyCount", 0) == 0:
+                raise FileNotFoundError(url)
+        else:
+            if not os.path.exists(path):
+                raise FileNotFoundError(path)
+            if not os.access(path, os.R_OK):
+                raise PermissionError(path)
+
+
+def check_writable(url: str, options: StorageOptions = StorageOptions()) -> None:
+    """Raise StorageError unless files can be written under the output folder or prefix `url`.
+
+    S3 has no "may I write" query, so this puts and deletes a small probe object under the
+    prefix. Locally nothing is created: the nearest existing folder must be writable.
+    """
+    fs, path = filesystem(url, options)
+    with _user_errors(url, options):
+        if is_s3(url):
+            probe = join(path, WRITE_PROBE_NAME)
+            fs.pipe_file(probe, b"")
+            # Writing is what was asked; an identity that may write but not delete still passes
+            # (and leaves the empty probe behind).
+            with contextlib.suppress(PermissionError):
+                fs.rm_file(probe)
+            return
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(existing)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(existing)
+
+
+@contextlib.contextmanager
+def _local_temporary_file(path: str) -> Iterator[str]:
+    """Yield a temporary path next to `path`; on success it replaces `path`, on failure it is removed."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    # A fresh name rather than tempfile.mkstemp, whose 0600 mode would stick to the final file.
+    temporary_path = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield temporary_path
+        os.replace(temporary_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary_path)
+        raise
+
+
+def _s3_error_code(exc: BaseException | None) -> str | None:
+    """The S3 error code ("NoSuchBucket", "AccessDenied", ...) behind an s3fs or botocore exception."""
+    while exc is not None:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            return exc.response.get("Error", {}).get("Code")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_ACCESS_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
+_CREDENTIALS_FIX = "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or use --anon for a public bucket"
+
+
+def _problem_and_fix(exc: Exception, url: str, options: StorageOptions) -> str | None:
+    """What went wrong and how to fix it, for exceptions a user can fix; None for anything else (a bug)."""
+    if not is_s3(url):
+        if isinstance(exc, FileNotFoundError):
+            return "no such file or directory"
+        if isinstance(exc, PermissionError):
+            return "permission denied"
+        if isinstance(exc, NotADirectoryError):
+            return "a part of this path is a file, not a directory"
+        if isinstance(exc, IsADirectoryError):
+            return "is a directory, not a file"
+        return None
+
+    code = _s3_error_code(exc)
+    if code == "NoSuchBucket":
+        bucket = url[len(S3_PREFIX) :].split("/", 1)[0]
+        return f"bucket '{bucket}' does not exist (check the name, or create it)"
+    if code in _ACCESS_DENIED_CODES or isinstance(exc, PermissionError):
+        if options.anon:
+            return "access denied to anonymous requests (not a public bucket: drop --anon and set AWS credentials)"
+        return f"access denied with the configured credentials ({_CREDENTIALS_FIX})"
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return f"no AWS credentials found ({_CREDENTIALS_FIX})"
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return f"AWS profile '{exc.kwargs.get('profile')}' not found (check AWS_PROFILE and ~/.aws/config)"
+    if isinstance(exc, botocore.exceptions.ConnectionError):
+        endpoint = options.resolved_endpoint_url() or "the AWS S3 endpoint"
+        return f"cannot reach endpoint {endpoint} (check --endpoint-url / AWS_ENDPOINT_URL)"
+    if isinstance(exc, FileNotFoundError):
+        return "no such object or prefix"
+    return None
+
+
+@contextlib.contextmanager
+def _user_errors(url: str, options: StorageOptions) -> Iterator[None]:
+    """Re-raise the storage exceptions a user can fix as a one-line StorageError naming `url`.
+
+    The message is built from the error code and type only, never from the exception's text, so
+    no credential or signature can leak into it.
+    """
+    try:
+        yield
+    except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        problem_and_fix = _problem_and_fix(exc, url, options)
+        if problem_and_fix is None:
+            raise
+        raise StorageError(f"{url}: {problem_and_fix}") from exc
