@@ -30,6 +30,7 @@ app.add_typer(show_app, name="show")
 EndpointOption = Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False)]
 AnonOption = Annotated[bool, typer.Option("--anon", help="Unsigned S3 requests, for public buckets such as COCO's.")]
 AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
+ShardOption = Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Items per shard (default: 256 COCO images, 16384 SVHN digits, 512 SVHN numbers).", show_default=False)]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
 
 
@@ -122,6 +123,7 @@ def ingest_coco(
     src: Annotated[str, typer.Argument(help="COCO root: folder or s3://bucket/prefix with annotations/ and {train,val}2017/ (or the zips).")],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
     split: Annotated[Optional[list[Split]], typer.Option(help="Only these splits (repeatable). Default: all found.")] = None,
+    shard_size: ShardOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -131,7 +133,7 @@ def ingest_coco(
     from jobs.ingest import ingest
 
     splits = tuple(s.value for s in split) if split else None
-    manifest = ingest("coco", src, dest, storage_options(endpoint_url, anon), splits=splits, address=address, verbose=verbose)
+    manifest = ingest("coco", src, dest, storage_options(endpoint_url, anon), splits=splits, shard_size=shard_size, address=address, verbose=verbose)
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
 
@@ -141,6 +143,7 @@ def ingest_coco(
 def ingest_svhn(
     src: Annotated[str, typer.Argument(help="SVHN folder or s3:// prefix with {train,test,extra}_32x32.mat and/or {train,test,extra}/digitStruct.mat.")],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
+    shard_size: ShardOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -149,7 +152,7 @@ def ingest_svhn(
     """SVHN (format 2 and/or format 1) -> digits, numbers and errors tables + manifest.json."""
     from jobs.ingest import ingest
 
-    manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon), address=address, verbose=verbose)
+    manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon), shard_size=shard_size, address=address, verbose=verbose)
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
 

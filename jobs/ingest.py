@@ -21,8 +21,6 @@ import io
 import json
 import pickle
 from dataclasses import asdict, dataclass, field
-from typing import Callable
-
 import numpy as np
 import pyarrow as pa
 
@@ -536,13 +534,27 @@ def ingest(
     options: StorageOptions = StorageOptions(),
     *,
     splits: tuple[str, ...] | None = None,
+    shard_size: int | None = None,
     crop: CropSettings = CropSettings(),
     address: str | None = None,
     verbose: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Ingest `dataset` ("coco" or "svhn") from SRC into DEST; returns the manifest."""
+    """Ingest `dataset` ("coco" or "svhn") from SRC into DEST; returns the manifest.
+
+    `shard_size` is images per shard for COCO, digits (format 2) and numbers (format 1) for SVHN.
+    """
     check_readable(src, options)
-    planners: dict[str, Callable[..., Plan]] = {"coco": plan_coco, "svhn": plan_svhn}
-    plan = planners[dataset](src, options, splits) if splits else planners[dataset](src, options)
+    if dataset == "coco":
+        plan = plan_coco(src, options, splits or coco.SPLITS, shard_images=shard_size or COCO_SHARD_IMAGES)
+    elif dataset == "svhn":
+        plan = plan_svhn(
+            src,
+            options,
+            splits or SVHN_SPLITS,
+            cropped_shard_digits=shard_size or SVHN_CROPPED_SHARD_DIGITS,
+            full_shard_numbers=shard_size or SVHN_FULL_SHARD_NUMBERS,
+        )
+    else:
+        raise IngestError(f"unknown dataset '{dataset}': expected coco or svhn")
     return run_ingest(plan, dest, options, crop, address=address, verbose=verbose, progress=progress)

@@ -1,0 +1,294 @@
+"""The ingest job end to end: synthetic COCO and SVHN in the real formats, local and on the S3 test
+server, with bad input mixed in; every input accounted for; re-runs idempotent."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.io
+
+from jobs.ingest import ingest
+from jobs.storage import StorageOptions, filesystem, join, list_files, open_input, read_bytes
+from pose.crops import cut_person_crop
+from pose.images import decode_image
+from pose.synth.digits import write_svhn
+from pose.synth.people import write_coco
+
+
+def read_table(dest: str, table: str, options: StorageOptions = StorageOptions()) -> pa.Table:
+    """A table as the manifest lists it (only committed shards)."""
+    manifest = json.loads(read_bytes(join(dest, "manifest.json"), options))
+    parts = []
+    for name in manifest["tables"][table]["files"]:
+        with open_input(join(dest, name), options) as handle:
+            parts.append(pq.read_table(handle))
+    return pa.concat_tables(parts)
+
+
+def upload(folder: Path, bucket_url: str, options: StorageOptions) -> None:
+    fs, root = filesystem(bucket_url, options)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{root}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3):
+    """One local Ray for the session; started after the S3 variables are set so workers see them."""
+    os.environ.update(s3.env())
+    import ray
+
+    from jobs.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO
+
+
+@pytest.fixture(scope="module")
+def coco_source(tmp_path_factory) -> tuple[Path, dict]:
+    """Synthetic COCO (folders) with bad input planted: a corrupt, an empty and a missing image, an
+    annotation pointing at no image, and one with a keypoint outside its image."""
+    root = tmp_path_factory.mktemp("coco") / "src"
+    write_coco(root, split="train", images=12, seed=3)
+    write_coco(root, split="val", images=6, seed=4)
+    annotation_file = root / "annotations" / "person_keypoints_train2017.json"
+    document = json.loads(annotation_file.read_text())
+    images = sorted(document["images"], key=lambda i: i["id"])
+    corrupt, empty, missing = images[1], images[2], images[3]
+    (root / "train2017" / corrupt["file_name"]).write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (root / "train2017" / empty["file_name"]).write_bytes(b"")
+    (root / "train2017" / missing["file_name"]).unlink()
+    lost_images = {corrupt["id"], empty["id"], missing["id"]}
+    victim = next(a for a in document["annotations"] if a["image_id"] not in lost_images and a["num_keypoints"] > 0 and not a["iscrowd"])
+    image = next(i for i in images if i["id"] == victim["image_id"])
+    joint = next(j for j in range(17) if victim["keypoints"][3 * j + 2] > 0)
+    victim["keypoints"][3 * joint] = image["width"] + 50
+    dangling = {**victim, "id": 99_999_999, "image_id": 424_242}
+    dangling["keypoints"] = [0] * 51
+    document["annotations"].append(dangling)
+    annotation_file.write_text(json.dumps(document))
+    planted = {
+        "lost_images": lost_images,
+        "lost_annotations": {a["id"] for a in document["annotations"] if a["image_id"] in lost_images} | {victim["id"], dangling["id"]},
+        "outside": victim["id"],
+        "dangling": dangling["id"],
+    }
+    return root, planted
+
+
+def test_coco_local_ingest_accounts_for_everything(ray_cluster, coco_source, tmp_path):
+    src, planted = coco_source
+    dest = str(tmp_path / "out")
+    manifest = ingest("coco", str(src), dest, shard_size=4, progress=False)
+
+    train = json.loads((src / "annotations" / "person_keypoints_train2017.json").read_text())
+    val = json.loads((src / "annotations" / "person_keypoints_val2017.json").read_text())
+    assert manifest["accounting"]["train"]["inputs"] == {"images": 12, "annotations": len(train["annotations"])}
+    assert all(entry["balanced"] for entry in manifest["accounting"].values())
+    assert manifest["shards"] == 3 + 2
+
+    images, persons, crops, errors = (read_table(dest, t) for t in ("images", "persons", "person_crops", "errors"))
+    assert images.num_rows == 12 - 3 + 6
+    assert sorted(images.filter(pa.compute.equal(images["split"], "train"))["image_id"].to_pylist()) == sorted(
+        i["id"] for i in train["images"] if i["id"] not in planted["lost_images"]
+    )
+    error_rows = errors.to_pylist()
+    lost = {int(r["item"].split()[1]) for r in error_rows if r["kind"] == "image"}
+    assert lost == planted["lost_images"]
+    lost_annotations = {int(r["item"].split()[1]) for r in error_rows if r["kind"] == "annotation"}
+    assert lost_annotations == planted["lost_annotations"]
+    reasons = {r["item"]: r for r in error_rows}
+    assert "outside the" in reasons[f"annotation {planted['outside']}"]["reason"]
+    assert "does not list" in reasons[f"annotation {planted['dangling']}"]["reason"]
+    assert any(r["stage"] == "decode" and "empty" in r["reason"] for r in error_rows)
+    assert any(r["stage"] == "read" for r in error_rows if r["kind"] == "image")
+    assert persons.num_rows + len(lost_annotations) == len(train["annotations"]) + len(val["annotations"])
+
+    # Persons keep every COCO field exactly.
+    by_id = {a["id"]: a for a in train["annotations"] + val["annotations"]}
+    for row in persons.to_pylist():
+        source = by_id[row["annotation_id"]]
+        np.testing.assert_allclose(row["keypoints"], source["keypoints"], atol=1e-3)
+        np.testing.assert_allclose(row["bbox"], source["bbox"], atol=1e-3)
+        assert row["iscrowd"] == bool(source["iscrowd"]) and row["num_keypoints"] == source["num_keypoints"]
+        assert json.loads(row["segmentation"]) == source["segmentation"]
+
+    # Crops: one per non-crowd person with keypoints, pixels as cut from the source image.
+    eligible = persons.filter(pa.compute.and_(pa.compute.invert(persons["iscrowd"]), pa.compute.greater(persons["num_keypoints"], 0)))
+    assert crops.num_rows == eligible.num_rows > 0
+    row = crops.slice(0, 1).to_pylist()[0]
+    image_info = next(i for i in train["images"] + val["images"] if i["id"] == row["image_id"])
+    split_folder = "train2017" if image_info in train["images"] else "val2017"
+    original = decode_image((src / split_folder / image_info["file_name"]).read_bytes())
+    source = by_id[row["annotation_id"]]
+    expected = cut_person_crop(original, np.asarray(source["bbox"]), np.asarray(source["keypoints"]).reshape(17, 3))
+    stored = decode_image(row["crop"])
+    assert stored.shape == expected.pixels.shape
+    assert np.abs(stored.astype(int) - expected.pixels.astype(int)).mean() < 3  # JPEG round trip only
+    np.testing.assert_allclose(np.asarray(row["keypoints"]).reshape(17, 3), expected.keypoints, atol=1e-3)
+
+
+def test_coco_rerun_changes_nothing(ray_cluster, coco_source, tmp_path):
+    src, _ = coco_source
+    dest = tmp_path / "out"
+    ingest("coco", str(src), str(dest), shard_size=4, progress=False)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.rglob("*") if p.is_file()}
+    time.sleep(0.05)
+    ingest("coco", str(src), str(dest), shard_size=4, progress=False)
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.rglob("*") if p.is_file()}
+    assert set(after) == set(before)
+    changed = [p for p in after if after[p][1] != before[p][1]]
+    assert changed == []
+    untouched = [p for p in after if after[p][0] == before[p][0]]
+    assert len(untouched) == len(after) - 1  # only manifest.json is rewritten, with the same bytes
+
+
+def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
+    """The published layout (zips), read in place from S3, gives the same rows as local folders."""
+    folders, zips = tmp_path / "folders", tmp_path / "zips"
+    for root, archives in ((folders, False), (zips, True)):
+        write_coco(root, split="train", images=6, seed=7, archives=archives)
+        write_coco(root, split="val", images=3, seed=8, archives=archives)
+    assert sorted(p.name for p in zips.iterdir()) == ["annotations_trainval2017.zip", "train2017.zip", "val2017.zip"]
+    src = s3.make_bucket("coco-archives") + "/coco"
+    upload(zips, src, s3.options)
+    s3_dest = s3.make_bucket("coco-out") + "/ingested"
+    manifest = ingest("coco", src, s3_dest, s3.options, shard_size=4, progress=False)
+    assert all(entry["balanced"] for entry in manifest["accounting"].values())
+    local_dest = str(tmp_path / "local-out")
+    ingest("coco", str(folders), local_dest, shard_size=4, progress=False)
+
+    for table, key in (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id")):
+        remote = read_table(s3_dest, table, s3.options).sort_by(key).drop_columns(["source"] if table == "images" else [])
+        local = read_table(local_dest, table).sort_by(key).drop_columns(["source"] if table == "images" else [])
+        assert remote.num_rows == local.num_rows > 0
+        if table == "person_crops":
+            assert remote.drop_columns(["crop"]).equals(local.drop_columns(["crop"]))
+        else:
+            assert remote.equals(local), table
+    sources = read_table(s3_dest, "images", s3.options)["source"].to_pylist()
+    assert all(s.startswith(f"{src}/train2017.zip!train2017/") or s.startswith(f"{src}/val2017.zip!val2017/") for s in sources)
+    assert list_files(join(s3_dest, "_commits"), s3.options, suffixes=(".json",))
+    assert s3.secret_key not in read_bytes(join(s3_dest, "manifest.json"), s3.options).decode()
+
+
+def test_coco_run_killed_midway_then_rerun_gives_the_same_result(s3, tmp_path):
+    """A real kill (SIGKILL of the whole job) while shards are being written, then a re-run."""
+    src = tmp_path / "src"
+    write_coco(src, split="train", images=40, seed=11)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    command = [str(Path(sys.executable).with_name("pose-jobs")), "ingest", "coco", str(src)]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    job = subprocess.Popen(
+        command + [str(killed), "--shard-size", "2"], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    commits, deadline = killed / "_commits", time.monotonic() + 120
+    while time.monotonic() < deadline and job.poll() is None:
+        if commits.exists() and any(commits.glob("*.json")):
+            break
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # the job's own process group: never other Rays on the machine
+    job.wait()
+    committed = len(list((killed / "_commits").glob("*.json")))
+    assert 0 < committed < 20, "the kill should land mid-way"
+    assert not (killed / "manifest.json").exists()
+    assert not [p for p in killed.rglob("*") if p.name.startswith(".") and p.is_file()], "no temporary files left visible"
+
+    for dest in (killed, clean):
+        subprocess.run(command + [str(dest), "--shard-size", "2"], env=env, check=True, capture_output=True, timeout=300)
+    for table, key in (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id")):
+        assert read_table(str(killed), table).sort_by(key).equals(read_table(str(clean), table).sort_by(key)), table
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["accounting"]["train"]["balanced"] and manifest["shards"] == 20
+
+
+# ----------------------------------------------------------------------------------------------
+# SVHN
+
+
+def test_svhn_both_formats_from_s3(ray_cluster, s3, tmp_path):
+    cropped, full = tmp_path / "cropped", tmp_path / "full"
+    write_svhn(cropped, format="cropped", seed=1, train=300, test=100)
+    write_svhn(full, format="full", seed=2, train=20, test=10)
+    src = s3.make_bucket("svhn-src") + "/svhn"
+    upload(cropped, src, s3.options)
+    upload(full, src, s3.options)
+    # A broken .mat beside the good ones: an error row, the job goes on.
+    fs, path = filesystem(src, s3.options)
+    fs.pipe_file(f"{path}/extra_32x32.mat", (cropped / "train_32x32.mat").read_bytes()[:5000])
+    dest = s3.make_bucket("svhn-out") + "/svhn"
+    manifest = ingest("svhn", src, dest, s3.options, shard_size=128, progress=False)
+    assert manifest["accounting"]["train"]["balanced"] and manifest["accounting"]["test"]["balanced"]
+
+    digits = read_table(dest, "digits", s3.options)
+    mat = scipy.io.loadmat(cropped / "train_32x32.mat")
+    train_cropped = digits.filter(pa.compute.equal(digits["source"], f"{src}/train_32x32.mat")).sort_by("index")
+    assert train_cropped.num_rows == 300
+    labels = mat["y"].reshape(-1) % 10
+    assert train_cropped["label"].to_pylist() == labels.tolist()
+    for i in (0, 127, 128, 299):  # across shard boundaries
+        pixels = np.frombuffer(train_cropped["pixels"][i].as_py(), np.uint8).reshape(32, 32, 3)
+        np.testing.assert_array_equal(pixels, mat["X"][:, :, :, i])
+
+    numbers = read_table(dest, "numbers", s3.options)
+    assert numbers.num_rows == 30
+    total_boxes = sum(len(b) for b in numbers["boxes"].to_pylist())
+    from_full = digits.filter(pa.compute.invert(pa.compute.ends_with(digits["source"], ".mat")))
+    assert from_full.num_rows == total_boxes
+    assert all(len(r["digits"]) == len(r["boxes"]) for r in numbers.to_pylist())
+
+    errors = read_table(dest, "errors", s3.options).to_pylist()
+    broken = [r for r in errors if r["kind"] == "file"]
+    assert len(broken) == 1 and "extra_32x32.mat" in broken[0]["reason"] + broken[0]["source"]
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    executable = str(Path(sys.executable).with_name("pose-jobs"))
+    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["synth"], ["synth", "coco"], ["synth", "svhn"], ["ingest"], ["ingest", "coco"], ["ingest", "svhn"], ["show"], ["show", "coco"], ["show", "svhn"]],
+)
+def test_every_command_has_help(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_user_mistakes_are_one_line(tmp_path, s3):
+    result = run_cli("ingest", "coco", str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nowhere" in result.stderr and "Traceback" not in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("ingest", "coco", str(empty), str(tmp_path / "out"))
+    assert result.returncode == 2 and "no COCO keypoint annotations" in result.stderr and result.stderr.count("\n") == 1
+    env = dict(os.environ, **s3.env())
+    result = run_cli("ingest", "svhn", "s3://no-such-bucket/svhn", str(tmp_path / "out"), env=env)
+    assert result.returncode == 2 and "no-such-bucket" in result.stderr and "does not exist" in result.stderr
+    assert s3.secret_key not in result.stderr and result.stderr.count("\n") == 1
+    env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret"
+    bucket = s3.make_bucket("guarded")
+    result = run_cli("ingest", "svhn", f"{bucket}/svhn", str(tmp_path / "out"), env=env)
+    assert result.returncode == 2 and "denied" in result.stderr and "wrong-secret" not in result.stderr
