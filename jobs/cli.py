@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -155,6 +156,30 @@ def ingest_svhn(
     manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon), shard_size=shard_size, address=address, verbose=verbose)
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Where everything goes.")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="Small data: a run of a few minutes.")] = False,
+    address: AddressOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """The main job on the embedded default: synthesise -> ingest -> pictures, then a summary."""
+    from jobs.demo import DemoSizes, run_demo
+
+    started = time.perf_counter()
+    summary = run_demo(out, DemoSizes.quick() if quick else DemoSizes(), address=address, verbose=verbose)
+    summary.append(("total", f"{time.perf_counter() - started:.0f} s"))
+    width = max(len(name) for name, _ in summary)
+    typer.echo("\npose-jobs demo: summary")
+    for name, value in summary:
+        typer.echo(f"  {name:<{width}}  {value}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -441,7 +441,7 @@ def run_ingest(
             marker = json.loads(row["marker"])
             committed[marker["unit"]] = marker
             if meter:
-                meter.advance(1, sum(t["rows"] for name, t in marker["tables"].items() if name in ("images", "digits", "numbers")))
+                meter.advance(1, marker["tables"].get(_item_unit(plan.dataset), {}).get("rows", 0))
 
     manifest = _manifest(plan, dest, options, {s.unit: committed[s.unit] for s in plan.shards}, settings)
     write_bytes_atomic(join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options)
