@@ -1,0 +1,172 @@
+"""Top-down keypoint models: Simple Baselines (a ResNet with a deconvolution head) and the seed's toy CNN.
+
+Both map a normalised person image (N, 3, H, W) to 17 heatmaps (N, 17, H/4, W/4): 256x192 in,
+64x48 out. How heatmap pixels map to input pixels is the heatmap codec's business, not the model's.
+
+Reference: Xiao, Wu, Wei, "Simple Baselines for Human Pose Estimation and Tracking", ECCV 2018.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+RESNETS = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+}
+# The torchvision ResNet stem and stages, by their state_dict names; avgpool and fc are dropped.
+BACKBONE_LAYERS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class KeypointModelConfig:
+    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    input_size: tuple[int, int] = (192, 256)  # (w, h) of the person image
+    num_joints: int = 17
+    deconv_channels: int = 256
+    deconv_layers: int = 3  # each doubles the resolution: 3 take the backbone's stride 32 to 4
+
+    def __post_init__(self):
+        if self.backbone not in RESNETS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(RESNETS)}")
+        # JSON gives lists back; keep the field a hashable tuple.
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+
+    @property
+    def output_stride(self) -> int:
+        return 32 // 2**self.deconv_layers
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """(w, h) of the heatmaps for `input_size`."""
+        return (self.input_size[0] // self.output_stride, self.input_size[1] // self.output_stride)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values, saved next to the weights."""
+        return {**asdict(self), "input_size": list(self.input_size)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "KeypointModelConfig":
+        return cls(**values)
+
+
+class KeypointNet(nn.Module):
+    """ResNet backbone (stride 32) → `deconv_layers` x [ConvTranspose 4x4 s2, BN, ReLU] → 1x1 conv.
+
+    `backbone` keeps torchvision's layer names (`backbone.conv1.weight`, `backbone.layer1.0.…`) so
+    an ImageNet ResNet state_dict loads into it as is (`load_backbone_weights`).
+    """
+
+    def __init__(self, config: KeypointModelConfig):
+        super().__init__()
+        self.config = config
+        resnet = RESNETS[config.backbone](weights=None)
+        self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in BACKBONE_LAYERS))
+        channels = resnet.fc.in_features  # 512 for resnet18/34, 2048 for resnet50
+        layers = []
+        for _ in range(config.deconv_layers):
+            layers += [
+                nn.ConvTranspose2d(channels, config.deconv_channels, kernel_size=4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(config.deconv_channels),
+                nn.ReLU(inplace=True),
+            ]
+            channels = config.deconv_channels
+        self.deconv = nn.Sequential(*layers)
+        self.final = nn.Conv2d(channels, config.num_joints, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W), ImageNet-normalised → heatmaps (N, num_joints, H/4, W/4)."""
+        return self.final(self.deconv(self.backbone(images)))
+
+
+def build_keypoint_model(config: KeypointModelConfig = KeypointModelConfig()) -> KeypointNet:
+    """A KeypointNet initialised as Simple Baselines: head weights normal(0, 0.001), biases 0,
+    BatchNorm (1, 0); the backbone keeps torchvision's initialisation until ImageNet weights are loaded."""
+    model = KeypointNet(config)
+    for module in [*model.deconv.modules(), model.final]:
+        if isinstance(module, (nn.ConvTranspose2d, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=0.001)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def load_backbone_weights(model: KeypointNet, path_or_fileobj) -> list[str]:
+    """Load an ImageNet torchvision ResNet state_dict file (e.g. `resnet50-0676ba61.pth`) into
+    `model.backbone`, ignoring the classifier (`fc.*`). Returns the loaded key names.
+
+    A missing or unreadable file, or one whose keys or shapes do not match the backbone (say resnet34
+    weights for a resnet18 model), raises ValueError naming the file and the first mismatches.
+    BatchNorm's `num_batches_tracked` counters may be absent, as in older torchvision files.
+    """
+    name = os.fspath(path_or_fileobj) if isinstance(path_or_fileobj, (str, os.PathLike)) else getattr(path_or_fileobj, "name", repr(path_or_fileobj))
+    where = f"backbone weights {name} ({model.config.backbone})"
+    if isinstance(path_or_fileobj, (str, os.PathLike)) and not os.path.isfile(path_or_fileobj):
+        raise ValueError(f"{where}: no such file")
+    try:
+        state = torch.load(path_or_fileobj, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a state_dict file"
+        raise ValueError(f"{where}: not a readable torch state_dict ({type(exc).__name__}); expected a file like torchvision's resnet18-f37072fd.pth") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{where}: expected a dict of tensors (a torchvision ResNet state_dict), got {type(state).__name__}")
+
+    state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    expected = model.backbone.state_dict()
+    missing = [key for key in expected if key not in state and not key.endswith("num_batches_tracked")]
+    unexpected = [key for key in state if key not in expected]
+    wrong_shape = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in state
+        if key in expected and state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise ValueError(f"{where}: does not match the model: {'; '.join(problems)}")
+    model.backbone.load_state_dict(state, strict=False)
+    return sorted(state)
+
+
+class SeedKeypointNet(nn.Module):
+    """The seed project's chapter-4 CNN, kept as a baseline to compare against.
+
+    Conv(3→64, 7x7, s2) BN ReLU MaxPool(s2) → Conv(64→128, 5x5, s2) BN ReLU → Conv(128→256, 5x5, s2)
+    BN ReLU → 2 x [ConvTranspose(256, 4x4, s2) BN ReLU] → Conv 1x1 (256→17).
+    The seed's notes do not give the strides of the 5x5 convs; stride 2 on both is the reading under
+    which its 256x192 input gives its 64x48 heatmaps (stride 16 down, 4 up: output stride 4).
+    """
+
+    def __init__(self, num_joints: int = 17):
+        super().__init__()
+
+        def conv(cin, cout, kernel, stride):
+            return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        def deconv(cin, cout):
+            return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.layers = nn.Sequential(
+            *conv(3, 64, 7, 2),
+            nn.MaxPool2d(3, 2, 1),
+            *conv(64, 128, 5, 2),
+            *conv(128, 256, 5, 2),
+            *deconv(256, 256),
+            *deconv(256, 256),
+            nn.Conv2d(256, num_joints, 1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) → heatmaps (N, num_joints, H/4, W/4) for H, W multiples of 16."""
+        return self.layers(images)

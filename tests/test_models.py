@@ -1,0 +1,151 @@
+import json
+
+import pytest
+import torch
+import torchvision
+
+from pose.models import (
+    DigitModelConfig,
+    KeypointModelConfig,
+    SeedKeypointNet,
+    build_digit_model,
+    build_keypoint_model,
+    load_backbone_weights,
+)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "backbone, millions",
+    # Simple Baselines reports 34.0 M parameters for its ResNet-50 256x192 model.
+    [("resnet18", 15.4), ("resnet34", 25.5), ("resnet50", 34.0)],
+)
+def test_keypoint_model_gives_stride_4_heatmaps(backbone, millions):
+    torch.manual_seed(0)
+    model = build_keypoint_model(KeypointModelConfig(backbone=backbone)).eval()
+    with torch.no_grad():
+        heatmaps = model(torch.randn(1, 3, 256, 192))
+    assert heatmaps.shape == (1, 17, 64, 48)
+    assert model.config.heatmap_size == (48, 64)
+    assert count_parameters(model) / 1e6 == pytest.approx(millions, abs=0.1)
+
+
+def test_keypoint_head_starts_near_zero_as_simple_baselines():
+    model = build_keypoint_model(KeypointModelConfig())
+    assert model.final.weight.std().item() == pytest.approx(0.001, rel=0.2)
+    assert model.final.bias.abs().max().item() == 0.0
+    assert model.deconv[0].weight.std().item() == pytest.approx(0.001, rel=0.2)
+
+
+def test_seed_keypoint_model_gives_64x48_heatmaps_for_256x192():
+    model = SeedKeypointNet().eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 256, 192)).shape == (2, 17, 64, 48)
+    assert 2e6 < count_parameters(model) < 5e6
+
+
+def test_keypoint_config_round_trips_through_json():
+    config = KeypointModelConfig(backbone="resnet34", input_size=(96, 128), deconv_channels=128)
+    assert KeypointModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="resnet101"):
+        KeypointModelConfig(backbone="resnet101")
+
+
+def test_saved_keypoint_weights_reload_to_identical_outputs(tmp_path):
+    config = KeypointModelConfig(input_size=(96, 128))
+    model = build_keypoint_model(config).eval()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    fresh = build_keypoint_model(KeypointModelConfig.from_dict(config.to_dict())).eval()
+    fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    images = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images), model(images), rtol=0, atol=0)
+
+
+def test_backbone_loads_a_torchvision_resnet_state_dict(tmp_path):
+    resnet = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(resnet.state_dict(), path)
+    model = build_keypoint_model(KeypointModelConfig(backbone="resnet18"))
+    head_before = model.final.weight.clone()
+    loaded = load_backbone_weights(model, path)
+    assert "conv1.weight" in loaded and "layer4.1.bn2.running_var" in loaded
+    assert not any(key.startswith("fc.") for key in loaded)
+    torch.testing.assert_close(model.backbone.conv1.weight, resnet.conv1.weight)
+    torch.testing.assert_close(model.backbone.layer4[1].bn2.running_var, resnet.layer4[1].bn2.running_var)
+    torch.testing.assert_close(model.final.weight, head_before)
+    # Older torchvision files have no BatchNorm `num_batches_tracked`; they load too, from a file object.
+    state = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, path)
+    with open(path, "rb") as f:
+        assert len(load_backbone_weights(model, f)) == len(state) - 2  # fc.weight, fc.bias ignored
+
+
+def test_backbone_rejects_wrong_or_missing_files_naming_them(tmp_path):
+    model = build_keypoint_model(KeypointModelConfig(backbone="resnet18"))
+    wrong = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), wrong)
+    with pytest.raises(ValueError, match=r"resnet34\.pth.*unexpected.*layer1\.2\."):
+        load_backbone_weights(model, wrong)
+
+    random = tmp_path / "random.pth"
+    torch.save({"conv1.weight": torch.randn(3, 3)}, random)
+    with pytest.raises(ValueError, match=r"random\.pth.*missing.*wrong shape.*conv1\.weight"):
+        load_backbone_weights(model, random)
+
+    not_torch = tmp_path / "notes.txt"
+    not_torch.write_text("not weights")
+    with pytest.raises(ValueError, match=r"notes\.txt.*not a readable torch state_dict"):
+        load_backbone_weights(model, not_torch)
+
+    with pytest.raises(ValueError, match=r"nowhere\.pth.*no such file"):
+        load_backbone_weights(model, tmp_path / "nowhere.pth")
+
+
+@pytest.mark.parametrize(
+    "config, millions",
+    [
+        (DigitModelConfig(), 0.30),  # WRN-10-2
+        (DigitModelConfig(depth=16, width=4, dropout=0.3), 2.75),  # WRN-16-4: 2.7 M in the WRN paper
+        (DigitModelConfig(arch="seed"), 0.83),
+    ],
+    ids=["wrn-10-2", "wrn-16-4", "seed"],
+)
+def test_digit_models_give_ten_logits(config, millions):
+    model = build_digit_model(config).eval()
+    with torch.no_grad():
+        assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    assert count_parameters(model) / 1e6 == pytest.approx(millions, abs=0.01)
+
+
+def test_digit_config_round_trips_and_checks_depth():
+    config = DigitModelConfig(depth=16, width=4, dropout=0.3)
+    assert DigitModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="6n"):
+        DigitModelConfig(depth=12)
+
+
+def test_saved_digit_weights_reload_to_identical_outputs(tmp_path):
+    model = build_digit_model(DigitModelConfig()).eval()
+    torch.save(model.state_dict(), tmp_path / "digits.pt")
+    fresh = build_digit_model(DigitModelConfig()).eval()
+    fresh.load_state_dict(torch.load(tmp_path / "digits.pt", weights_only=True))
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images), model(images), rtol=0, atol=0)
+
+
+def test_wide_resnet_learns_a_small_batch():
+    torch.manual_seed(0)
+    model = build_digit_model(DigitModelConfig())
+    images, labels = torch.randn(10, 3, 16, 16), torch.arange(10)  # small: the global pool takes any size
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5
