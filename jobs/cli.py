@@ -42,12 +42,13 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         from jobs.ingest import IngestError
         from jobs.storage import StorageError
+        from jobs.train import TrainError
         from pose.formats.coco import CocoFormatError
         from pose.formats.svhn import SvhnFormatError
 
         try:
             return command(*args, **kwargs)
-        except (IngestError, StorageError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
+        except (IngestError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
             typer.echo(f"pose-jobs: error: {error}", err=True)
             raise typer.Exit(2) from None
 
@@ -156,6 +157,77 @@ def ingest_svhn(
     manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon), shard_size=shard_size, address=address, verbose=verbose)
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# train / eval
+
+WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Ray Train workers (DDP). On CPU they share the cores.")]
+GpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False)]
+CpusOption = Annotated[Optional[float], typer.Option("--cpus-per-worker", min=0.01, help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data).", show_default=False)]
+SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
+
+
+def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon):
+    from jobs.train import TrainSettings
+
+    return TrainSettings(data=data, out=out, workers=workers, seed=seed, use_gpu=gpu, cpus_per_worker=cpus_per_worker, options=storage_options(endpoint_url, anon))
+
+
+@app.command("train-svhn")
+@user_errors
+def train_svhn(
+    data: Annotated[str, typer.Option("--data", help="Ingested SVHN (the DEST of `pose-jobs ingest svhn`).")],
+    out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
+    workers: WorkersOption = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size per worker.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle cosine).")] = 0.1,
+    arch: Annotated[str, typer.Option(help="wrn (wide ResNet) or seed (the seed's two-conv CNN).")] = "wrn",
+    depth: Annotated[int, typer.Option(help="Wide ResNet depth (6n+4).")] = 10,
+    width: Annotated[int, typer.Option(help="Wide ResNet widening factor.")] = 2,
+    seed: SeedOption = 0,
+    gpu: GpuOption = None,
+    cpus_per_worker: CpusOption = None,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+    address: AddressOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train the SVHN digit classifier (wide ResNet) with Ray Train; resumes when re-run."""
+    from jobs.train import run_training
+    from pose.digit_task import DigitRecipe, DigitTask
+    from pose.models.digits import DigitModelConfig
+
+    recipe = DigitRecipe(model=DigitModelConfig(arch=arch, depth=depth, width=width), epochs=epochs, batch_size=batch_size, lr=lr)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon)
+    info = run_training(DigitTask(recipe), settings, epochs, address=address, verbose=verbose)
+    typer.echo(f"trained {info['task']} for {info['epochs']} epochs: validation accuracy {info['final'].get('val_accuracy', float('nan')):.4f} -> {out}")
+
+
+@app.command("eval-svhn")
+@user_errors
+def eval_svhn(
+    data: Annotated[str, typer.Option("--data", help="Ingested SVHN.")],
+    model: Annotated[str, typer.Option("--model", help="A run folder from train-svhn.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    pictures: Annotated[Optional[Path], typer.Option(help="Folder for the confusion matrix and prediction grid PNGs (default: the model folder when local).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+) -> None:
+    """Accuracy, per-class accuracy, confusion matrix and a grid of predictions on the test split."""
+    from jobs.evaluate import evaluate_svhn
+
+    figures = evaluate_svhn(data, model, split, storage_options(endpoint_url, anon), pictures)
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    typer.echo(f"SVHN {split}: accuracy {figures['accuracy']:.4f} on {figures['samples']} digits")
+    typer.echo("  digit   " + "  ".join(f"{d:>5}" for d in range(10)))
+    typer.echo("  acc     " + "  ".join(f"{a:5.3f}" for a in figures["per_class"]))
+    for path in figures.get("pictures", []):
+        typer.echo(f"  picture: {path}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -580,3 +580,29 @@ def training_curves(metrics: Sequence[dict], keys: Sequence[str], *, title: str 
         figure.suptitle(title)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[:, :, :3].copy())
+
+
+def confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], *, title: str = "") -> Image.Image:
+    """A (C, C) confusion matrix (rows = true class, columns = predicted) as a heat map with counts,
+    each row coloured by its share so that rare and common classes read alike."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    size = 0.5 * len(class_names) + 1.5
+    figure = Figure(figsize=(size + 1.0, size), dpi=100, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for true in range(confusion.shape[0]):
+        for predicted in range(confusion.shape[1]):
+            if confusion[true, predicted]:
+                colour = "white" if shares[true, predicted] > 0.5 else "black"
+                axis.text(predicted, true, str(confusion[true, predicted]), ha="center", va="center", fontsize=7, color=colour)
+    axis.set_xticks(range(len(class_names)), class_names)
+    axis.set_yticks(range(len(class_names)), class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    figure.colorbar(image, ax=axis, label="share of the true class")
+    if title:
+        axis.set_title(title)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[:, :, :3].copy())

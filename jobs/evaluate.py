@@ -1,0 +1,63 @@
+"""Evaluation commands: figures on a held-out split, and the pictures that go with them.
+
+Evaluation runs in this process, reading the split's Parquet directly: the held-out splits are
+small next to training, and the figures must come from one place (one evaluator over the whole
+split, never an average of per-worker averages).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from jobs.storage import StorageOptions, is_s3, join, write_bytes_atomic
+from jobs.train import TrainError, batches_of, load_model_info, read_rows
+
+
+def _save_png(image, folder: Path | None, model_dir: str, name: str, options: StorageOptions) -> str:
+    """Write a picture to `folder`, or beside the model when no folder is given."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    target = str(folder / name) if folder is not None else join(model_dir, name)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(target, buffer.getvalue(), options)
+    return target
+
+
+def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions, pictures: Path | None = None) -> dict:
+    """Accuracy, per-class accuracy and confusion on one split; writes the confusion-matrix and
+    prediction-grid PNGs. Returns the figures (and the paths of the pictures)."""
+    import torch
+
+    from pose import draw
+    from pose.digit_task import DigitRecipe, DigitTask, pixels_from_rows, to_input
+
+    info, state = load_model_info(model_dir, options)
+    if info.get("task") != "svhn":
+        raise TrainError(f"{model_dir}: holds a '{info.get('task')}' model, not an SVHN digit model")
+    task = DigitTask(DigitRecipe.from_dict(info["recipe"]))
+    model = task.build_model()
+    model.load_state_dict(state)
+    model.eval()
+    rows = read_rows(data, "digits", (split,), options, columns=["label", "pixels"])
+    evaluator = task.evaluator()
+    device = torch.device("cpu")
+    for batch in batches_of(rows, 1024):
+        evaluator.update(model, batch, device)
+    figures = evaluator.result()
+
+    sample = rows.slice(0, 100)
+    pixels = pixels_from_rows(sample["pixels"].to_pylist())
+    with torch.no_grad():
+        predicted = model(to_input(torch.from_numpy(pixels))).argmax(1).numpy()
+    grid = draw.digit_grid(pixels, sample["label"].to_pylist(), predicted.tolist())
+    matrix = draw.confusion_matrix(np.asarray(figures["confusion"]), [str(d) for d in range(10)], title=f"SVHN {split}: accuracy {figures['accuracy']:.4f}")
+    folder = pictures if pictures is not None or is_s3(model_dir) is False else None
+    figures["pictures"] = [
+        _save_png(matrix, folder, model_dir, f"confusion-{split}.png", options),
+        _save_png(grid, folder, model_dir, f"predictions-{split}.png", options),
+    ]
+    return figures

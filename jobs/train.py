@@ -1,0 +1,439 @@
+"""Training on Ray Train: one runner for every model.
+
+A *task* (`pose.digit_task.DigitTask`, `pose.keypoint_task.KeypointTask`) knows its model, its
+optimiser, how to turn a batch of Parquet rows into tensors and how to evaluate; this module knows
+Ray: workers and their resources, data sharding, checkpoints in object storage, resuming, and the
+files a run leaves in `--out`:
+
+  OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s)
+  OUT/curves.png        the training curves
+  OUT/model.pt          the final weights: a plain state_dict, `torch.load(..., weights_only=True)`
+  OUT/model.json        what model it is (task, recipe, epochs, final figures)
+  OUT/checkpoint_*      Ray Train's checkpoints, one per epoch (model, optimiser, scheduler, epoch)
+
+Re-running the same command with the same OUT resumes from the last checkpoint (Ray Train V2
+restores a run from its `RunConfig(name, storage_path)`); a finished run is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from jobs.runtime import init_ray
+from jobs.storage import (
+    StorageOptions,
+    exists,
+    is_s3,
+    join,
+    pyarrow_filesystem,
+    read_bytes,
+    write_bytes_atomic,
+)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class TrainError(Exception):
+    """A user mistake found before training starts (no data, impossible resources): one line."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str  # an ingested DEST (has manifest.json)
+    out: str  # local folder or s3:// prefix
+    workers: int = 1
+    seed: int = 0
+    use_gpu: bool | None = None  # None: GPUs when the cluster has them
+    cpus_per_worker: float | None = None  # None: share what the cluster has, keeping one CPU for the data feed
+    max_failures: int = 2  # whole-group restarts from the last checkpoint after a worker dies
+    options: StorageOptions = field(default_factory=StorageOptions)
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver
+
+
+def table_files(data: str, table: str, splits: tuple[str, ...], options: StorageOptions) -> list[str]:
+    """The committed Parquet files of `table` for these splits, from the dataset's manifest."""
+    manifest_url = join(data, "manifest.json")
+    if not exists(manifest_url, options):
+        raise TrainError(f"{data}: no manifest.json here (run `pose-jobs ingest` first, and point --data at its DEST)")
+    manifest = json.loads(read_bytes(manifest_url, options))
+    files = manifest["tables"].get(table, {}).get("files", [])
+    chosen = [join(data, f) for f in files if f.split("/")[1] in splits]
+    return chosen
+
+
+def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float | None) -> tuple[bool, dict]:
+    """Resources for each worker that the cluster can actually grant.
+
+    Ray waits forever for resources that do not exist, so an impossible request is refused here
+    with the numbers. CPU workers default to a fraction of a CPU each, so that `--workers 4`
+    runs on a 2-core machine; one CPU stays free for the Ray Data tasks that feed them.
+    """
+    import ray
+
+    if workers < 1:
+        raise TrainError("--workers must be at least 1")
+    cluster = ray.cluster_resources()
+    total_cpus, total_gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    if use_gpu is None:
+        use_gpu = total_gpus >= 1
+    if use_gpu:
+        if total_gpus < workers:
+            raise TrainError(f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; use fewer workers or --no-gpu")
+        return True, {"GPU": 1, "CPU": min(1.0, max(total_cpus - 1, 0.0) / workers) or 0.0}
+    if cpus_per_worker is None:
+        spare = max(total_cpus - 1.0, total_cpus / 2)  # keep one CPU (or half of them) for the data feed
+        cpus_per_worker = min(1.0, spare / workers)
+    if cpus_per_worker * workers > total_cpus + 1e-9:
+        raise TrainError(
+            f"--workers {workers} x {cpus_per_worker:g} CPUs = {cpus_per_worker * workers:g} CPUs, but the cluster has {total_cpus:g}: "
+            f"Ray would wait forever; use --cpus-per-worker {total_cpus / workers:.2g} or fewer workers"
+        )
+    return False, {"CPU": cpus_per_worker}
+
+
+def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:
+    """The model.json of a run that already finished `epochs` epochs, else None."""
+    path = join(out, "model.json")
+    if not exists(path, options):
+        return None
+    info = json.loads(read_bytes(path, options))
+    return info if info.get("epochs") == epochs else None
+
+
+def run_training(task, settings: TrainSettings, epochs: int, *, address: str | None = None, verbose: bool = False) -> dict:
+    """Train `task` for `epochs` epochs on Ray Train; returns the final model.json content."""
+    done = finished_run(settings.out, epochs, settings.options)
+    if done is not None:
+        print(f"{task.name}: {settings.out} already holds a model trained for {epochs} epochs; nothing to do", file=sys.stderr)
+        return done
+
+    init_ray(address, verbose=verbose)
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    train_files = table_files(settings.data, task.table, task.train_splits, settings.options)
+    val_files = table_files(settings.data, task.table, (task.val_split,), settings.options) if task.val_split else train_files
+    if not train_files:
+        raise TrainError(f"{settings.data}: no '{task.table}' rows for splits {', '.join(task.train_splits)}")
+    use_gpu, resources = worker_resources(settings.workers, settings.use_gpu, settings.cpus_per_worker)
+
+    filesystem, _ = pyarrow_filesystem(settings.data, settings.options)
+    strip = (lambda url: url[len("s3://") :]) if is_s3(settings.data) else (lambda url: url)
+    train = ray.data.read_parquet([strip(f) for f in train_files], filesystem=filesystem, shuffle="files")
+    val = ray.data.read_parquet([strip(f) for f in val_files], filesystem=filesystem)
+    holdout = getattr(task, "holdout_every", 0)
+    if holdout:
+        # No separate validation split (SVHN): hold out every n-th row of train, by its index.
+        train = train.map_batches(_rows_by_index, batch_format="pyarrow", fn_kwargs={"every": holdout, "held_out": False})
+        val = val.map_batches(_rows_by_index, batch_format="pyarrow", fn_kwargs={"every": holdout, "held_out": True})
+    train_rows = train.count()
+    if train_rows < settings.workers * task.batch_size:
+        raise TrainError(f"{settings.data}: {train_rows} training rows cannot fill one batch of {task.batch_size} on each of {settings.workers} workers")
+
+    storage_path, name = _run_location(settings.out)
+    run_config = RunConfig(
+        name=name,
+        storage_path=storage_path,
+        storage_filesystem=pyarrow_filesystem(settings.out, settings.options)[0] if is_s3(settings.out) else None,
+        failure_config=FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
+    loop_config = {
+        "task": task,
+        "epochs": epochs,
+        "seed": settings.seed,
+        "out": settings.out,
+        "options": settings.options,
+        "train_rows": train_rows,
+        "use_gpu": use_gpu,
+    }
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=run_config,
+        datasets={"train": train, "val": val},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    print(
+        f"{task.name}: {train_rows} training rows, {settings.workers} worker(s) on {'GPU' if use_gpu else 'CPU'} "
+        f"({resources}), {epochs} epochs -> {settings.out}",
+        file=sys.stderr,
+    )
+    with _EpochPrinter(task.name, settings.out, epochs, settings.options):
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as error:
+            raise RuntimeError(f"{task.name}: training failed: {error}") from None
+    return json.loads(read_bytes(join(settings.out, "model.json"), settings.options))
+
+
+def _rows_by_index(batch, every: int, held_out: bool):
+    """The rows whose `index` is (held_out) or is not a multiple of `every`."""
+    import pyarrow.compute as pc
+
+    multiple = pc.equal(pc.bit_wise_and(batch["index"], 0) if every == 1 else _modulo(batch["index"], every), 0)
+    return batch.filter(multiple if held_out else pc.invert(multiple))
+
+
+def _modulo(values, divisor: int):
+    import pyarrow.compute as pc
+
+    return pc.subtract(values, pc.multiply(pc.divide(values, divisor), divisor))
+
+
+def _run_location(out: str) -> tuple[str, str]:
+    """(storage_path, name) for Ray Train such that the run lives exactly at `out`."""
+    if is_s3(out):
+        bucket_path = out[len("s3://") :].rstrip("/")
+        parent, _, name = bucket_path.rpartition("/")
+        if not parent:
+            raise TrainError(f"{out}: --out needs a prefix inside the bucket, e.g. s3://bucket/runs/svhn")
+        return parent, name
+    path = Path(out).resolve()
+    return str(path.parent), path.name
+
+
+class _EpochPrinter:
+    """Prints each new line of OUT/metrics.jsonl while training runs (workers write it), so the
+    user sees one readable line per epoch without Ray's own logs."""
+
+    def __init__(self, label: str, out: str, epochs: int, options: StorageOptions):
+        self.label, self.out, self.epochs, self.options = label, out, epochs, options
+        self.stop = threading.Event()
+        self.printed: set[int] = set()
+
+    def __enter__(self):
+        # Epochs already in the file come from an earlier, interrupted run: say so once.
+        history = self._lines()
+        if history:
+            print(f"{self.label}: resuming after epoch {json.loads(history[-1])['epoch']} (from the last checkpoint)", file=sys.stderr)
+        self.printed = {json.loads(line)["epoch"] for line in history}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self._print_new()
+
+    def _run(self):
+        while not self.stop.wait(2.0):
+            self._print_new()
+
+    def _lines(self) -> list[str]:
+        path = join(self.out, "metrics.jsonl")
+        try:
+            return read_bytes(path, self.options).decode().splitlines() if exists(path, self.options) else []
+        except Exception:  # a poll that races a write: try again next time
+            return []
+
+    def _print_new(self):
+        for line in self._lines():
+            metrics = json.loads(line)
+            if metrics["epoch"] not in self.printed:
+                print(format_epoch(self.label, metrics, self.epochs), file=sys.stderr, flush=True)
+                self.printed.add(metrics["epoch"])
+
+
+def format_epoch(label: str, metrics: dict, epochs: int) -> str:
+    """One readable progress line: epoch, loss, validation figures, samples/s, ETA."""
+    figures = "  ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float))
+    remaining = (epochs - metrics["epoch"]) * metrics.get("epoch_seconds", 0.0)
+    return (
+        f"{label} epoch {metrics['epoch']}/{epochs}  loss {metrics['loss']:.4f}  {figures}  "
+        f"{metrics['samples_per_s']:.0f} samples/s  lr {metrics['lr']:.2e}  ETA {remaining / 60:.1f} min"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Workers
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker: restore, then epochs of training, evaluation (rank 0) and a
+    checkpoint report. Every worker reports once per epoch: `report` is a barrier."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    task, epochs, seed, out, options = config["task"], config["epochs"], config["seed"], config["out"], config["options"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, context.get_local_world_size())))
+    device = ray.train.torch.get_device()
+    torch.manual_seed(seed)
+
+    model = task.build_model()
+    steps_per_epoch = config["train_rows"] // (world * task.batch_size)
+    optimizer, scheduler = task.build_optimizer(model, steps_per_epoch)
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    plain_model = model.module if hasattr(model, "module") else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_data = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        model.train()
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+        loss_sum, seen = torch.zeros((), device=device), 0
+        batches = train_shard.iter_batches(
+            batch_size=task.batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=task.batch_size * 8,
+            local_shuffle_seed=seed * 7919 + epoch * 31 + rank,
+        )
+        for step, batch in enumerate(batches):
+            if step >= steps_per_epoch:  # equal steps on every worker, whatever the shard sizes
+                break
+            inputs = task.training_inputs(batch, device, generator)
+            with autocast:
+                loss = task.loss(model, inputs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1} step {step}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            seen += 1
+        totals = torch.tensor([loss_sum.item(), float(seen)], device=device)
+        if world > 1:
+            dist.all_reduce(totals)
+        train_seconds = time.perf_counter() - started
+
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": float(totals[0] / max(totals[1], 1.0)),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "samples_per_s": float(totals[1]) * task.batch_size / max(train_seconds, 1e-9),
+        }
+        if rank == 0:
+            model.eval()
+            evaluator = task.evaluator()
+            for batch in val_data.iter_batches(batch_size=task.eval_batch_size, batch_format="numpy"):
+                evaluator.update(plain_model, batch, device)
+            figures = evaluator.result()
+            metrics.update({f"val_{k}": v for k, v in figures.items() if isinstance(v, (int, float))})
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        history.append(metrics)
+
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                state = {
+                    "model": plain_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "config": task.config(),
+                }
+                torch.save(state, Path(folder) / CHECKPOINT_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            _write_run_files(task, history, out, options)
+        else:
+            ray.train.report(metrics)
+
+    if rank == 0:
+        _write_model(task, plain_model, history, epochs, out, options)
+
+
+def _write_run_files(task, history: list[dict], out: str, options: StorageOptions) -> None:
+    """metrics.jsonl and curves.png, rewritten whole from the checkpointed history, so that a resumed
+    run never shows an epoch twice."""
+    from pose.draw import training_curves
+
+    lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in history)
+    write_bytes_atomic(join(out, "metrics.jsonl"), lines.encode(), options)
+    keys = ["loss"] + [k for k in history[-1] if k.startswith("val_") and isinstance(history[-1][k], (int, float))][:3]
+    import io
+
+    buffer = io.BytesIO()
+    training_curves(history, keys, title=f"{task.name} training").save(buffer, format="PNG")
+    write_bytes_atomic(join(out, "curves.png"), buffer.getvalue(), options)
+
+
+def _write_model(task, model, history: list[dict], epochs: int, out: str, options: StorageOptions) -> None:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    write_bytes_atomic(join(out, "model.pt"), buffer.getvalue(), options)
+    info = {**task.config(), "epochs": epochs, "final": history[-1] if history else {}}
+    write_bytes_atomic(join(out, "model.json"), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), options)
+
+
+def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) -> tuple[dict, dict]:
+    """(model.json content, state_dict) of a trained model directory; weights loaded with weights_only=True."""
+    import io
+
+    import torch
+
+    info_url, weights_url = join(model_dir, "model.json"), join(model_dir, "model.pt")
+    if not exists(info_url, options) or not exists(weights_url, options):
+        raise TrainError(f"{model_dir}: not a trained model directory (expected model.pt and model.json; did training finish?)")
+    info = json.loads(read_bytes(info_url, options))
+    state = torch.load(io.BytesIO(read_bytes(weights_url, options)), map_location="cpu", weights_only=True)
+    return info, state
+
+
+def read_rows(data: str, table: str, splits: tuple[str, ...], options: StorageOptions, columns: list[str] | None = None):
+    """A table's rows for some splits as one pyarrow Table, read in this process (for evaluation)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.storage import open_input
+
+    parts = []
+    for url in table_files(data, table, splits, options):
+        with open_input(url, options) as handle:
+            parts.append(pq.read_table(handle, columns=columns))
+    if not parts:
+        raise TrainError(f"{data}: no '{table}' rows for splits {', '.join(splits)}")
+    return pa.concat_tables(parts)
+
+
+def batches_of(table, batch_size: int):
+    """Numpy batches (dict of column arrays) of a pyarrow Table, as Ray Data's iter_batches gives them."""
+    for start in range(0, table.num_rows, batch_size):
+        chunk = table.slice(start, batch_size)
+        yield {name: _column_numpy(chunk[name]) for name in chunk.column_names}
+
+
+def _column_numpy(column) -> np.ndarray:
+    try:
+        return column.to_numpy()
+    except Exception:
+        return np.asarray(column.to_pylist(), dtype=object)

@@ -1,0 +1,163 @@
+"""SVHN digit classification: the recipe, the batch preparation and augmentation, the loss and
+the evaluation — everything between a batch of `digits` rows and figures, without Ray.
+
+Rows hold raw 32x32x3 uint8 pixels; augmentation runs on tensors on the training device, with a
+generator seeded from (seed, epoch, rank), so a run is reproducible and the data feed costs little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pose.metrics import accuracy
+from pose.models.digits import DigitModelConfig, build_digit_model
+
+# Per-channel statistics of SVHN's training set, as commonly used to normalise it.
+SVHN_MEAN = (0.4377, 0.4438, 0.4728)
+SVHN_STD = (0.1980, 0.2010, 0.1970)
+
+
+@dataclass(frozen=True)
+class DigitRecipe:
+    """The default recipe: WRN-10-2, SGD with Nesterov momentum, one-cycle cosine schedule, random
+    translations and colour jitter (no flips: a mirrored 2 is not a 2)."""
+
+    model: DigitModelConfig = field(default_factory=DigitModelConfig)
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.05
+    translate: int = 3  # pixels of random shift
+    color_jitter: float = 0.3
+    validation_every: int = 20  # rows of `train` with index % validation_every == 0 are held out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DigitRecipe":
+        values = dict(values)
+        values["model"] = DigitModelConfig.from_dict(values.get("model", {}))
+        return cls(**values)
+
+
+def pixels_from_rows(pixels: list[bytes] | np.ndarray) -> np.ndarray:
+    """The `pixels` column (raw bytes of 32x32x3 uint8) as an (N, 32, 32, 3) uint8 array."""
+    if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 4:
+        return pixels
+    return np.stack([np.frombuffer(p, np.uint8).reshape(32, 32, 3) for p in pixels])
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """(N, 32, 32, 3) uint8 on any device -> (N, 3, 32, 32) float, normalised."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(SVHN_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(SVHN_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment(images: torch.Tensor, recipe: DigitRecipe, generator: torch.Generator) -> torch.Tensor:
+    """Random shifts (edge-replicated, as a crop of a wider street scene would be) and colour
+    jitter on a normalised (N, 3, 32, 32) batch. `generator` lives on the CPU."""
+    n = images.shape[0]
+    if recipe.translate:
+        pad = recipe.translate
+        padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+        rows = torch.arange(32).view(1, 32) + offsets[:, :1]
+        cols = torch.arange(32).view(1, 32) + offsets[:, 1:]
+        rows, cols = rows.to(images.device), cols.to(images.device)
+        index = torch.arange(n, device=images.device).view(n, 1, 1)
+        images = padded.permute(0, 2, 3, 1)[index, rows.view(n, 32, 1), cols.view(n, 1, 32)].permute(0, 3, 1, 2)
+    if recipe.color_jitter:
+        strength = recipe.color_jitter
+        contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * strength
+        brightness = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * strength
+        images = images * contrast.to(images.device) + brightness.to(images.device)
+        # Swap the colour channels of some digits: SVHN's colours say nothing about the digit.
+        swap = torch.rand(n, generator=generator) < 0.2
+        if swap.any():
+            permuted = images[:, torch.randperm(3, generator=generator).to(images.device)]
+            images = torch.where(swap.view(n, 1, 1, 1).to(images.device), permuted, images)
+    return images
+
+
+class DigitTask:
+    """The SVHN task as the training runner (`jobs/train.py`) drives it."""
+
+    name = "svhn"
+    table = "digits"
+    train_splits = ("train", "extra")
+    val_split = None  # SVHN has no validation split: rows of train are held out instead
+    eval_batch_size = 512
+
+    def __init__(self, recipe: DigitRecipe = DigitRecipe()):
+        self.recipe = recipe
+        self.batch_size = recipe.batch_size
+        self.holdout_every = recipe.validation_every
+
+    def config(self) -> dict:
+        return {"task": self.name, "recipe": self.recipe.to_dict()}
+
+    def build_model(self) -> nn.Module:
+        return build_digit_model(self.recipe.model)
+
+    def build_optimizer(self, model: nn.Module, steps_per_epoch: int):
+        recipe = self.recipe
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+        optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=True,
+        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=recipe.lr,
+            total_steps=max(1, steps_per_epoch * recipe.epochs) + 1,  # +1: the schedule never runs past its end
+            pct_start=recipe.warmup_fraction,
+            anneal_strategy="cos",
+        )
+        return optimizer, scheduler
+
+    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator) -> dict:
+        images = torch.from_numpy(pixels_from_rows(batch["pixels"])).to(device, non_blocking=True)
+        labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64), device=device)
+        return {"images": augment(to_input(images), self.recipe, generator), "labels": labels}
+
+    def loss(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        logits = model(inputs["images"])
+        return F.cross_entropy(logits, inputs["labels"], label_smoothing=self.recipe.label_smoothing)
+
+    def evaluator(self) -> "DigitEvaluator":
+        return DigitEvaluator()
+
+
+class DigitEvaluator:
+    """Accumulates predictions over a whole split."""
+
+    def __init__(self):
+        self.predicted: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, batch: dict, device: torch.device) -> None:
+        images = torch.from_numpy(pixels_from_rows(batch["pixels"])).to(device)
+        logits = model(to_input(images))
+        self.predicted.append(logits.argmax(1).cpu().numpy())
+        self.labels.append(np.asarray(batch["label"], dtype=np.int64))
+
+    def result(self) -> dict:
+        predicted = np.concatenate(self.predicted) if self.predicted else np.zeros(0, np.int64)
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+        overall, per_class, confusion = accuracy(predicted, labels)
+        return {"accuracy": float(overall), "samples": int(len(labels)), "per_class": per_class.tolist(), "confusion": confusion.tolist()}
