@@ -29,3 +29,19 @@ def s3_env(s3, monkeypatch) -> S3TestServer:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     yield s3
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3):
+    """One local 2-CPU Ray for the session, started after the S3 variables are set so that its
+    workers see them (workers take their environment from the process that starts Ray)."""
+    import os
+
+    os.environ.update(s3.env())
+    import ray
+
+    from jobs.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()

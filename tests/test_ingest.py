@@ -44,19 +44,6 @@ def upload(folder: Path, bucket_url: str, options: StorageOptions) -> None:
             fs.pipe_file(f"{root}/{path.relative_to(folder).as_posix()}", path.read_bytes())
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(s3):
-    """One local Ray for the session; started after the S3 variables are set so workers see them."""
-    os.environ.update(s3.env())
-    import ray
-
-    from jobs.runtime import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 # ----------------------------------------------------------------------------------------------
 # COCO
 

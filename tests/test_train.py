@@ -1,0 +1,107 @@
+"""The Ray Train runner on tiny data: two CPU workers, checkpoints on the S3 test server, a real
+kill and resume, the final model loadable without Ray, the resource guard, and eval-svhn."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs.ingest import ingest
+from jobs.storage import exists, join, list_files, read_bytes
+from jobs.train import TrainError, TrainSettings, load_model_info, run_training, worker_resources
+from pose.digit_task import DigitRecipe, DigitTask
+from pose.models.digits import DigitModelConfig
+from pose.synth.digits import write_svhn
+
+TINY = DigitRecipe(model=DigitModelConfig(arch="wrn", depth=10, width=1), epochs=3, batch_size=32, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def svhn_data(ray_cluster, tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("svhn")
+    write_svhn(root / "src", format="cropped", seed=5, train=900, test=200)
+    ingest("svhn", str(root / "src"), str(root / "ingested"), progress=False)
+    return str(root / "ingested")
+
+
+def test_two_workers_checkpoint_to_s3_and_loss_falls(svhn_data, s3):
+    out = s3.make_bucket("runs") + "/svhn-two-workers"
+    settings = TrainSettings(data=svhn_data, out=out, workers=2, seed=1, options=s3.options)
+    info = run_training(DigitTask(TINY), settings, TINY.epochs)
+
+    lines = [json.loads(line) for line in read_bytes(join(out, "metrics.jsonl"), s3.options).decode().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert all(m["samples_per_s"] > 0 and 0 <= m["val_accuracy"] <= 1 for m in lines)
+    assert info["epochs"] == 3 and info["task"] == "svhn"
+    checkpoints = [u for u in list_files(out, s3.options) if "/checkpoint_" in u and u.endswith("checkpoint.pt")]
+    assert checkpoints, "checkpoints are written to the S3 run folder"
+    assert exists(join(out, "curves.png"), s3.options)
+
+    # The final model loads without Ray, weights only, and equals the last checkpoint's weights.
+    info, state = load_model_info(out, s3.options)
+    model = DigitTask(DigitRecipe.from_dict(info["recipe"])).build_model()
+    model.load_state_dict(state)
+    last = sorted(checkpoints)[-1]
+    checkpoint = torch.load(io.BytesIO(read_bytes(last, s3.options)), map_location="cpu", weights_only=False)
+    reference = DigitTask(TINY).build_model()
+    reference.load_state_dict(checkpoint["model"])
+    images = torch.randn(4, 3, 32, 32)
+    model.eval(), reference.eval()
+    torch.testing.assert_close(model(images), reference(images))
+
+
+def test_killed_run_resumes_and_each_epoch_appears_once(svhn_data, tmp_path):
+    out = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).with_name("pose-jobs")), "train-svhn", "--data", svhn_data, "--out", str(out),
+        "--workers", "2", "--epochs", "3", "--batch-size", "32", "--width", "1",
+    ]
+    job = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None and not list(out.glob("checkpoint_*/checkpoint.pt")):
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)  # the job's own process group only
+    job.wait()
+    assert list(out.glob("checkpoint_*")) and not (out / "model.pt").exists(), "killed after the first checkpoint, before the end"
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming after epoch" in result.stderr
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert json.loads((out / "model.json").read_text())["epochs"] == 3
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_resource_guard_refuses_what_the_cluster_cannot_grant(ray_cluster):
+    use_gpu, resources = worker_resources(4, use_gpu=False, cpus_per_worker=None)
+    assert not use_gpu and resources["CPU"] * 4 <= 2
+    with pytest.raises(TrainError, match="Ray would wait forever"):
+        worker_resources(4, use_gpu=False, cpus_per_worker=1.0)
+    with pytest.raises(TrainError, match="GPUs"):
+        worker_resources(1, use_gpu=True, cpus_per_worker=None)
+
+
+def test_eval_svhn_json_and_pictures(svhn_data, tmp_path):
+    out = tmp_path / "run"
+    run_training(DigitTask(DigitRecipe(model=TINY.model, epochs=1, batch_size=32)), TrainSettings(data=svhn_data, out=str(out), workers=1), 1)
+    executable = str(Path(sys.executable).with_name("pose-jobs"))
+    result = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(out), "--json"], capture_output=True, text=True, timeout=120)
+    figures = json.loads(result.stdout)
+    assert figures["samples"] == 200 and 0 <= figures["accuracy"] <= 1 and len(figures["per_class"]) == 10
+    assert sum(map(sum, figures["confusion"])) == 200
+    assert all(Path(p).exists() for p in figures["pictures"])
+    missing = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "not a trained model directory" in missing.stderr
