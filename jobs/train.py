@@ -375,7 +375,7 @@ def _write_run_files(task, history: list[dict], out: str, options: StorageOption
 
     lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in history)
     write_bytes_atomic(join(out, "metrics.jsonl"), lines.encode(), options)
-    keys = ["loss"] + [k for k in history[-1] if k.startswith("val_") and isinstance(history[-1][k], (int, float))][:3]
+    keys = ["loss"] + [k for k in history[-1] if k.startswith("val_") and isinstance(history[-1][k], float)][:3]
     import io
 
     buffer = io.BytesIO()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -574,6 +575,7 @@ def training_curves(metrics: Sequence[dict], keys: Sequence[str], *, title: str 
                              f"available: {', '.join(available) or 'none'}")
         axis.set_title(name)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize="small")
     if title:
