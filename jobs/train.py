@@ -18,7 +18,6 @@ restores a run from its `RunConfig(name, storage_path)`); a finished run is not 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -161,6 +160,7 @@ def run_training(task, settings: TrainSettings, epochs: int, *, address: str | N
         "options": settings.options,
         "train_rows": train_rows,
         "use_gpu": use_gpu,
+        "torch_threads": max(1, int(resources.get("CPU", 1.0))),
     }
     trainer = TorchTrainer(
         _train_loop,
@@ -277,7 +277,9 @@ def _train_loop(config: dict) -> None:
     task, epochs, seed, out, options = config["task"], config["epochs"], config["seed"], config["out"], config["options"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, context.get_local_world_size())))
+    # As many torch threads as CPUs reserved: more threads than cores, with the data feed busy on
+    # the same cores, makes OpenMP spin and runs several times slower.
+    torch.set_num_threads(config["torch_threads"])
     device = ray.train.torch.get_device()
     torch.manual_seed(seed)
 
