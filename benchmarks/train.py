@@ -50,10 +50,10 @@ def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, re
     optimizer, scheduler = task.build_optimizer(model, steps + 10)
     generator = torch.Generator().manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    fixed = task.training_inputs(batches[0], device, generator)
+    fixed = task.training_inputs(batches[0], device, generator, 0)
 
     def one_step(index: int) -> None:
-        inputs = fixed if reuse_inputs else task.training_inputs(batches[index % len(batches)], device, generator)
+        inputs = fixed if reuse_inputs else task.training_inputs(batches[index % len(batches)], device, generator, 0)
         with autocast:
             loss = task.loss(model, inputs)
         optimizer.zero_grad(set_to_none=True)

@@ -180,7 +180,7 @@ def train_svhn(
     data: Annotated[str, typer.Option("--data", help="Ingested SVHN (the DEST of `pose-jobs ingest svhn`).")],
     out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
     workers: WorkersOption = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 6,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size per worker.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle cosine).")] = 0.1,
     arch: Annotated[str, typer.Option(help="wrn (wide ResNet) or seed (the seed's two-conv CNN).")] = "wrn",
@@ -226,6 +226,84 @@ def eval_svhn(
     typer.echo(f"SVHN {split}: accuracy {figures['accuracy']:.4f} on {figures['samples']} digits")
     typer.echo("  digit   " + "  ".join(f"{d:>5}" for d in range(10)))
     typer.echo("  acc     " + "  ".join(f"{a:5.3f}" for a in figures["per_class"]))
+    for path in figures.get("pictures", []):
+        typer.echo(f"  picture: {path}")
+
+
+@app.command("train-keypoints")
+@user_errors
+def train_keypoints(
+    data: Annotated[str, typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`).")],
+    out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
+    workers: WorkersOption = 1,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size per worker (default: the recipe's).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="resnet18 | resnet34 | resnet50 (default: the recipe's).", show_default=False)] = None,
+    input_size: Annotated[Optional[str], typer.Option("--input-size", help="Model input WxH, multiples of 32, e.g. 192x256 (default: the recipe's).", show_default=False)] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="ImageNet weights for the backbone: a torchvision resnet state_dict file or s3:// URL.", show_default=False)] = None,
+    seed: SeedOption = 0,
+    gpu: GpuOption = None,
+    cpus_per_worker: CpusOption = None,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+    address: AddressOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train the top-down heatmap keypoint model (ResNet + deconvolution head) with Ray Train."""
+    from dataclasses import replace
+
+    from jobs.evaluate import keypoint_ground_truth
+    from jobs.train import run_training
+    from pose.keypoint_task import KeypointRecipe, KeypointTask
+
+    recipe = KeypointRecipe()
+    changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "backbone": backbone}.items() if v is not None}
+    if input_size:
+        width, height = (int(v) for v in input_size.lower().split("x"))
+        changes["input_size"] = (width, height)
+        changes["sigma"] = recipe.sigma * width / recipe.input_size[0]  # sigma scales with the heatmap
+    recipe = replace(recipe, **changes)
+    options = storage_options(endpoint_url, anon)
+    weights = None
+    if backbone_weights:
+        from jobs.storage import read_bytes
+
+        weights = read_bytes(backbone_weights, options)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon)
+    task = KeypointTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, backbone_weights=weights)
+    if weights is not None:
+        try:
+            task.build_model()  # a wrong file is one clear line now, not a worker traceback later
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--backbone-weights") from None
+    info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose)
+    final = info["final"]
+    typer.echo(f"trained keypoints for {info['epochs']} epochs: PCK {final.get('val_pck', float('nan')):.4f}  AP {final.get('val_ap', float('nan')):.4f} -> {out}")
+
+
+@app.command("eval-keypoints")
+@user_errors
+def eval_keypoints(
+    data: Annotated[str, typer.Option("--data", help="Ingested COCO.")],
+    model: Annotated[str, typer.Option("--model", help="A run folder from train-keypoints.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    results: Annotated[Optional[str], typer.Option("--results", help="Write the COCO results JSON here (local or s3://).", show_default=False)] = None,
+    pictures: Annotated[Optional[Path], typer.Option(help="Folder for the PNG of inputs, true and predicted heatmaps.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+) -> None:
+    """Seed PCK and COCO keypoint AP/AR (pycocotools, ground-truth boxes, flip test) on a split."""
+    from jobs.evaluate import evaluate_keypoints
+
+    figures = evaluate_keypoints(data, model, split, storage_options(endpoint_url, anon), pictures, results)
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    typer.echo(f"keypoints on {split} ({figures['instances']} persons, ground-truth boxes, flip test):")
+    for key in ("pck", "ap", "ap50", "ap75", "ap_m", "ap_l", "ar"):
+        typer.echo(f"  {key:<5} {figures[key]:.4f}")
     for path in figures.get("pictures", []):
         typer.echo(f"  picture: {path}")
 

@@ -61,3 +61,59 @@ def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions
         _save_png(grid, folder, model_dir, f"predictions-{split}.png", options),
     ]
     return figures
+
+
+def keypoint_ground_truth(data: str, split: str, options: StorageOptions) -> dict:
+    """The COCO-format ground truth of one ingested split, for pycocotools."""
+    from pose.keypoint_task import ground_truth_from_tables
+
+    images = read_rows(data, "images", (split,), options, columns=["image_id", "split", "file_name", "width", "height"])
+    persons = read_rows(data, "persons", (split,), options)
+    return ground_truth_from_tables(images, persons)
+
+
+def evaluate_keypoints(
+    data: str,
+    model_dir: str,
+    split: str,
+    options: StorageOptions,
+    pictures: Path | None = None,
+    results_file: str | None = None,
+) -> dict:
+    """Seed PCK and COCO keypoint AP/AR (ground-truth boxes) on one split, with flip test; writes
+    the COCO results JSON when asked and a picture of inputs, true and predicted heatmaps."""
+    import json
+
+    import torch
+
+    from pose.heatmaps import to_image_coordinates
+    from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, KeypointRecipe, evaluation_figure, predict
+    from pose.models.keypoints import build_keypoint_model
+
+    info, state = load_model_info(model_dir, options)
+    if info.get("task") != "keypoints":
+        raise TrainError(f"{model_dir}: holds a '{info.get('task')}' model, not a keypoint model")
+    recipe = KeypointRecipe.from_dict(info["recipe"])
+    model = build_keypoint_model(recipe.model_config())
+    model.load_state_dict(state)
+    model.eval()
+    codec = recipe.codec()
+    evaluator = KeypointEvaluator(codec, keypoint_ground_truth(data, split, options))
+    transform = KeypointBatchTransform(recipe, train=False)
+    first = None
+    for batch in batches_of(read_rows(data, "person_crops", (split,), options), 64):
+        prepared = transform(batch)
+        keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=recipe.flip_test, codec=codec)
+        evaluator.update(heatmaps, prepared["target"], prepared["target_weight"], to_image_coordinates(keypoints, prepared["image_from_input"]), scores, prepared)
+        if first is None:
+            first = (prepared, keypoints, scores, heatmaps)
+    figures = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in evaluator.result().items()}
+    if results_file:
+        write_bytes_atomic(results_file, json.dumps(evaluator.results_json()).encode(), options)
+        figures["results"] = results_file
+    if first is not None:
+        prepared, keypoints, scores, heatmaps = first
+        picture = evaluation_figure(prepared["image"], prepared["target"], heatmaps, prepared["keypoints"], keypoints, visible=prepared["target_weight"], scores=scores)
+        folder = pictures if pictures is not None or not is_s3(model_dir) else None
+        figures["pictures"] = [_save_png(picture, folder, model_dir, f"keypoints-{split}.png", options)]
+    return figures

@@ -318,7 +318,7 @@ def _train_loop(config: dict) -> None:
         for step, batch in enumerate(batches):
             if step >= steps_per_epoch:  # equal steps on every worker, whatever the shard sizes
                 break
-            inputs = task.training_inputs(batch, device, generator)
+            inputs = task.training_inputs(batch, device, generator, epoch)
             with autocast:
                 loss = task.loss(model, inputs)
             if not torch.isfinite(loss):

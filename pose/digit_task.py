@@ -28,7 +28,7 @@ class DigitRecipe:
     translations and colour jitter (no flips: a mirrored 2 is not a 2)."""
 
     model: DigitModelConfig = field(default_factory=DigitModelConfig)
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -129,7 +129,9 @@ class DigitTask:
         )
         return optimizer, scheduler
 
-    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator) -> dict:
+    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator, epoch: int = 0) -> dict:
+        """A batch of rows -> augmented inputs on `device`; randomness from `generator` (seeded per
+        epoch and worker by the runner)."""
         images = torch.from_numpy(pixels_from_rows(batch["pixels"])).to(device, non_blocking=True)
         labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64), device=device)
         return {"images": augment(to_input(images), self.recipe, generator), "labels": labels}
