@@ -7,6 +7,15 @@ import pytest
 from s3server import S3TestServer, find_weed
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests share 2 cores with Ray workers and the S3 server: more torch threads than free cores
+    makes OpenMP spin and runs small forward passes many times slower."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> S3TestServer:
     """The session's S3 server: `.endpoint_url`, `.access_key`, `.secret_key`, `.env()`, `.make_bucket()`, `.options`.
