@@ -105,3 +105,37 @@ def test_eval_svhn_json_and_pictures(svhn_data, tmp_path):
     assert all(Path(p).exists() for p in figures["pictures"])
     missing = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "not a trained model directory" in missing.stderr
+
+
+def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):
+    """train-keypoints on two CPU workers for one epoch of tiny data, then eval-keypoints: the seed
+    PCK and COCO AP come out, and the results JSON loads into pycocotools against the ground truth."""
+    from pycocotools.coco import COCO
+
+    from pose.synth.people import write_coco
+
+    write_coco(tmp_path / "src", split="train", images=16, seed=21)
+    write_coco(tmp_path / "src", split="val", images=4, seed=22)
+    ingest("coco", str(tmp_path / "src"), str(tmp_path / "coco"), progress=False)
+    executable = str(Path(sys.executable).with_name("pose-jobs"))
+    common = ["--data", str(tmp_path / "coco")]
+    result = subprocess.run(
+        [executable, "train-keypoints", *common, "--out", str(tmp_path / "run"), "--workers", "2", "--epochs", "1", "--batch-size", "8", "--input-size", "64x96"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= metrics["val_pck"] <= 1 and "val_ap" in metrics
+
+    results_file = tmp_path / "results.json"
+    result = subprocess.run(
+        [executable, "eval-keypoints", *common, "--model", str(tmp_path / "run"), "--results", str(results_file), "--json", "--pictures", str(tmp_path / "pictures")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert 0 <= figures["pck"] <= 1 and -1 <= figures["ap"] <= 1 and figures["instances"] > 0
+    ground_truth = COCO(str(tmp_path / "src" / "annotations" / "person_keypoints_val2017.json"))
+    detections = ground_truth.loadRes(str(results_file))
+    assert len(detections.getAnnIds()) > 0
+    assert (tmp_path / "pictures" / "keypoints-val.png").exists()
