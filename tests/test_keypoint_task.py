@@ -1,0 +1,311 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from jobs.ingest import coco_shard_tables, plan_coco
+from jobs.storage import StorageOptions
+from pose import schema
+from pose.augment import AugmentConfig
+from pose.crops import CropSettings
+from pose.heatmaps import flip_heatmaps, to_image_coordinates
+from pose.keypoint_task import (
+    SIMPLE_BASELINES_COCO,
+    KeypointBatchTransform,
+    KeypointEvaluator,
+    KeypointRecipe,
+    evaluate,
+    evaluation_figure,
+    ground_truth_from_tables,
+    keypoint_loss,
+    predict,
+    train_epoch,
+)
+from pose.models.keypoints import build_keypoint_model
+from pose.synth.people import write_coco
+
+# Small and fast: a 64x96 input gives 16x24 heatmaps.
+RECIPE = KeypointRecipe(input_size=(64, 96), sigma=1.0, batch_size=4, lr=1e-3, epochs=1, warmup_steps=0)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> dict[str, pa.Table]:
+    """images, persons and person_crops of 6 synthetic val images, made by ingest's shard function."""
+    source = tmp_path_factory.mktemp("coco")
+    write_coco(source, split="val", images=6, seed=3)
+    options = StorageOptions()
+    rows = {"images": [], "persons": [], "person_crops": []}
+    for shard in plan_coco(str(source), options, splits=("val",)).shards:
+        shard_rows = coco_shard_tables(shard, options, CropSettings())
+        for name in rows:
+            rows[name] += shard_rows[name]
+    return {name: pa.Table.from_pylist(value, schema=schema.TABLES[name]) for name, value in rows.items()}
+
+
+@pytest.fixture(scope="module")
+def crops(tables) -> dict:
+    batch = tables["person_crops"].to_pydict()
+    assert len(batch["crop"]) >= 8
+    return batch
+
+
+def rows(batch: dict, index) -> dict:
+    return {name: [values[i] for i in index] for name, values in batch.items()}
+
+
+# --- recipe ----------------------------------------------------------------------------------
+
+
+def test_recipe_ties_input_heatmaps_and_augmentation_together():
+    recipe = KeypointRecipe(input_size=(96, 128), augment=AugmentConfig(rotation=30))
+    assert recipe.augment.input_size == (96, 128) and recipe.augment.rotation == 30
+    assert recipe.model_config().heatmap_size == (24, 32)
+    assert recipe.codec().heatmap_size == (24, 32) and recipe.codec().input_size == (96, 128)
+    assert SIMPLE_BASELINES_COCO.codec().heatmap_size == (48, 64) and SIMPLE_BASELINES_COCO.codec().sigma == 2.0
+    assert KeypointRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_schedule_warms_up_then_decays():
+    recipe = KeypointRecipe(epochs=2, lr=1.0, warmup_steps=10)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
+    scheduler = recipe.scheduler(optimizer, steps_per_epoch=50)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.01
+
+    steps = KeypointRecipe(epochs=3, lr=1.0, warmup_steps=0, schedule="multistep", lr_steps=(1, 2))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = steps.scheduler(optimizer, steps_per_epoch=4)
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 4)
+
+
+# --- transform -------------------------------------------------------------------------------
+
+
+def test_transform_shapes_and_types(crops):
+    out = KeypointBatchTransform(RECIPE, train=True)(crops)
+    n = len(crops["crop"])
+    expected = {
+        "image": ((n, 96, 64, 3), np.uint8),
+        "target": ((n, 17, 24, 16), np.float16),
+        "target_weight": ((n, 17), np.float32),
+        "keypoints": ((n, 17, 2), np.float32),
+        "input_from_crop": ((n, 2, 3), np.float64),
+        "image_from_input": ((n, 2, 3), np.float64),
+        "annotation_id": ((n,), np.int64),
+        "image_id": ((n,), np.int64),
+        "area": ((n,), np.float64),
+        "bbox": ((n, 4), np.float64),
+    }
+    assert {name: (value.shape, value.dtype) for name, value in out.items()} == expected
+    assert out["target"].max() == 1.0 and out["target_weight"].sum() > 0
+
+
+def test_eval_transform_maps_back_to_the_image(tables, crops):
+    """Without augmentation the decoded targets, mapped through image_from_input, are the
+    annotation's keypoints (within half a heatmap pixel: joints on the heatmap's border keep the
+    integer argmax), and `bbox` is the annotation's box."""
+    out = KeypointBatchTransform(RECIPE, train=False)(crops)
+    persons = {row["annotation_id"]: row for row in tables["persons"].to_pylist()}
+    keypoints, _ = RECIPE.codec().decode(out["target"].astype(np.float32))
+    in_image = to_image_coordinates(keypoints, out["image_from_input"])
+    for i, annotation_id in enumerate(out["annotation_id"]):
+        person = persons[int(annotation_id)]
+        truth = np.asarray(person["keypoints"]).reshape(17, 3)
+        scored = out["target_weight"][i] > 0
+        heatmap_pixel = out["image_from_input"][i, 0, 0] * RECIPE.codec().stride[0]  # in image pixels
+        assert np.abs(in_image[i][scored] - truth[scored, :2]).max() <= 0.5 * heatmap_pixel
+        assert out["bbox"][i] == pytest.approx(person["bbox"], abs=0.01)
+
+
+def test_transform_is_deterministic_per_annotation_and_epoch(crops):
+    transform = KeypointBatchTransform(RECIPE, train=True, seed=7)
+    whole = transform(crops)
+    again = KeypointBatchTransform(RECIPE, train=True, seed=7)(crops)
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], again[name])
+
+    # A row gives the same sample in another batch, in another order.
+    part = transform(rows(crops, [5, 2]))
+    np.testing.assert_array_equal(part["image"], whole["image"][[5, 2]])
+    np.testing.assert_array_equal(part["target"], whole["target"][[5, 2]])
+
+    # Another epoch (from the constructor or from the batch's column) or seed: other samples.
+    other_epoch = KeypointBatchTransform(RECIPE, train=True, seed=7, epoch=1)(crops)
+    assert not np.array_equal(other_epoch["image"], whole["image"])
+    with_column = transform({**crops, "epoch": np.ones(len(crops["crop"]), np.int64)})
+    np.testing.assert_array_equal(with_column["image"], other_epoch["image"])
+    other_seed = KeypointBatchTransform(RECIPE, train=True, seed=8)(crops)
+    assert not np.array_equal(other_seed["image"], whole["image"])
+
+
+def test_train_mode_augments_and_eval_mode_does_not(crops):
+    evaluation = KeypointBatchTransform(RECIPE, train=False, seed=1)(crops)
+    np.testing.assert_array_equal(evaluation["image"], KeypointBatchTransform(RECIPE, train=False, seed=2)(crops)["image"])
+    training = KeypointBatchTransform(RECIPE, train=True)(crops)
+    assert not np.array_equal(training["input_from_crop"], evaluation["input_from_crop"])
+    assert not np.array_equal(training["image"], evaluation["image"])
+    # The person box is the box, whatever the augmentation.
+    np.testing.assert_allclose(training["bbox"], evaluation["bbox"])
+
+
+def test_transform_accepts_ray_style_numpy_columns(crops):
+    """Ray Data's numpy batches hold list columns as 2-D arrays and binary as an object array."""
+    numpy_batch = {name: np.asarray(values) for name, values in crops.items() if name != "crop"}
+    numpy_batch["crop"] = np.array(crops["crop"], dtype=object)
+    a = KeypointBatchTransform(RECIPE, train=True)(numpy_batch)
+    b = KeypointBatchTransform(RECIPE, train=True)(crops)
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+# --- loss ------------------------------------------------------------------------------------
+
+
+def test_keypoint_loss_is_half_weighted_mse():
+    torch.manual_seed(0)
+    target = torch.rand(2, 17, 8, 6)
+    weight = torch.ones(2, 17)
+    assert keypoint_loss(target.clone(), target, weight).item() == 0.0
+
+    predicted = target.clone()
+    predicted[0, 3] += 1.0  # every pixel of one joint off by 1
+    assert keypoint_loss(predicted, target, weight).item() == pytest.approx(0.5 / (2 * 17))
+    weight[0, 3] = 0.0
+    assert keypoint_loss(predicted, target, weight).item() == 0.0
+    weight[0, 3] = 0.5
+    assert keypoint_loss(predicted, target, weight).item() == pytest.approx(0.5 * 0.25 / (2 * 17))
+    assert keypoint_loss(predicted.half(), target.half(), weight).dtype == torch.float32
+
+
+# --- prediction and evaluation ---------------------------------------------------------------
+
+
+class PerfectModel(torch.nn.Module):
+    """Answers the true heatmaps for the inputs it was made with, and their mirror for mirrored inputs."""
+
+    def __init__(self, batch: dict):
+        super().__init__()
+        from pose.augment import normalize
+
+        self.inputs = normalize(batch["image"]).contiguous()
+        self.target = torch.as_tensor(batch["target"]).float()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # predict asks the parameters for the device
+
+    def forward(self, images):
+        if torch.equal(images, self.inputs):
+            return self.target
+        assert torch.equal(images, self.inputs.flip(-1))
+        return flip_heatmaps(self.target)
+
+
+def fully_visible_images(batch: dict) -> list[int]:
+    """Images none of whose persons has a labelled joint outside the model input (a top-down model
+    cannot place those, so even perfect heatmaps miss them)."""
+    keypoints = np.asarray(batch["keypoints"]).reshape(len(batch["crop"]), 17, 3)
+    missing = (keypoints[..., 2] > 0) & ~(batch["target_weight"] > 0)
+    bad = {int(i) for i, m in zip(batch["image_id"], missing.any(1)) if m}
+    return sorted({int(i) for i in batch["image_id"]} - bad)
+
+
+def test_perfect_heatmaps_score_pck_1_and_ap_1(tables, crops):
+    evaluation = KeypointBatchTransform(RECIPE, train=False)(crops)
+    keep = fully_visible_images({**crops, "target_weight": evaluation["target_weight"]})
+    index = [i for i, image_id in enumerate(crops["image_id"]) if image_id in keep]
+    assert len(index) >= 4
+    batch = {name: value[index] for name, value in evaluation.items()}
+    ground_truth = ground_truth_from_tables(tables["images"], tables["persons"])
+    codec = RECIPE.codec()
+
+    # Two batches, one of them as torch tensors (as Ray's iter_torch_batches gives them).
+    half = len(index) // 2
+    first = {name: value[:half] for name, value in batch.items()}
+    second = {name: torch.as_tensor(value[half:]) for name, value in batch.items()}
+    evaluator = KeypointEvaluator(codec, ground_truth)
+    for part in (first, second):
+        metrics = evaluate(PerfectModel(part), [part], evaluator, device="cpu", flip_test=True, codec=codec)
+    assert metrics["pck"] == 1.0
+    assert metrics["ap"] > 0.95 and metrics["ar"] > 0.95
+    assert metrics["instances"] == len(index)
+
+    results = evaluator.results_json()
+    assert len(results) == len(index)
+    assert {key for r in results for key in r} == {"image_id", "category_id", "keypoints", "score"}
+    assert all(r["category_id"] == 1 and len(r["keypoints"]) == 51 and 0 < r["score"] <= 1 for r in results)
+    json.dumps(results)
+
+    keypoints, scores, heatmaps = predict(PerfectModel(first), first["image"], flip_test=False, codec=codec)
+    assert keypoints.shape == (half, 17, 2) and scores.shape == (half, 17) and heatmaps.shape == first["target"].shape
+
+
+def test_evaluator_scores_instances_as_simple_baselines(tables):
+    codec = RECIPE.codec()
+    evaluator = KeypointEvaluator(codec, None)
+    heatmaps = np.zeros((2, 17, 24, 16), np.float32)
+    scores = np.full((2, 17), 0.1, np.float32)
+    scores[0, :4] = 0.8  # joints below 0.2 do not count
+    meta = {"image_id": np.array([1, 2]), "bbox": np.array([[0, 0, 10, 20], [5, 5, 10, 10]]), "box_score": np.array([0.5, 1.0])}
+    evaluator.update(heatmaps, heatmaps, np.ones((2, 17)), np.zeros((2, 17, 2)), scores, meta)
+    results = evaluator.results_json()
+    assert [r["score"] for r in results] == pytest.approx([0.4, 0.0])
+    assert np.isnan(evaluator.result()["ap"])
+
+
+def test_ground_truth_loads_in_pycocotools(tables):
+    ground_truth = ground_truth_from_tables(tables["images"], tables["persons"], split="val")
+    coco = COCO()
+    coco.dataset = ground_truth
+    coco.createIndex()
+    assert len(coco.getImgIds()) == tables["images"].num_rows
+    assert len(coco.getAnnIds()) == tables["persons"].num_rows
+    annotation = ground_truth["annotations"][0]
+    assert isinstance(annotation["segmentation"], (list, dict)) and annotation["iscrowd"] in (0, 1)
+    assert len(annotation["keypoints"]) == 51
+    assert ground_truth_from_tables(tables["images"], tables["persons"], split="train")["annotations"] == []
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def test_a_few_steps_lower_the_loss(crops):
+    torch.manual_seed(0)
+    batch = KeypointBatchTransform(RECIPE, train=False)(rows(crops, range(8)))
+    model = build_keypoint_model(RECIPE.model_config())
+    optimizer = RECIPE.optimizer(model)
+    scheduler = RECIPE.scheduler(optimizer, steps_per_epoch=6)
+    first = train_epoch(model, [batch] * 3, optimizer, scheduler, device="cpu")
+    second = train_epoch(model, [batch] * 3, optimizer, scheduler, device="cpu")
+    assert first["samples"] == 24 and first["seconds"] > 0
+    assert second["loss"] < first["loss"]
+
+
+def test_non_finite_loss_stops_training(crops):
+    batch = KeypointBatchTransform(RECIPE, train=False)(rows(crops, range(2)))
+    batch["target"] = np.full_like(batch["target"], np.nan)
+    model = build_keypoint_model(RECIPE.model_config())
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        train_epoch(model, [batch], RECIPE.optimizer(model), None, device="cpu")
+
+
+# --- picture ---------------------------------------------------------------------------------
+
+
+def test_evaluation_figure_shows_rows_of_four_panels(crops):
+    batch = KeypointBatchTransform(RECIPE, train=False)(rows(crops, range(3)))
+    predicted = batch["target"].astype(np.float32) * 0.8
+    figure = evaluation_figure(batch["image"], batch["target"], predicted, batch["keypoints"], batch["keypoints"] + 1,
+                               visible=batch["target_weight"], scores=batch["target_weight"], count=2, panel_height=128)
+    assert isinstance(figure, Image.Image)
+    assert figure.height > 2 * 128 and figure.width > 4 * 96
