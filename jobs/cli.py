@@ -31,7 +31,7 @@ app.add_typer(show_app, name="show")
 EndpointOption = Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False)]
 AnonOption = Annotated[bool, typer.Option("--anon", help="Unsigned S3 requests, for public buckets such as COCO's.")]
 AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
-ShardOption = Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Items per shard (default: 256 COCO images, 16384 SVHN digits, 512 SVHN numbers).", show_default=False)]
+ShardOption = Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Items per shard (default: 128 COCO images, 16384 SVHN digits, 512 SVHN numbers).", show_default=False)]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
 
 

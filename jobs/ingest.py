@@ -43,7 +43,7 @@ from pose.crops import CropSettings, cut_person_crop, square_digit_crop
 from pose.formats import coco, svhn
 from pose.images import ImageDecodeError, decode_image, encode_jpeg
 
-COCO_SHARD_IMAGES = 256
+COCO_SHARD_IMAGES = 128
 SVHN_CROPPED_SHARD_DIGITS = 16384
 SVHN_FULL_SHARD_NUMBERS = 512
 SVHN_SPLITS = ("train", "test", "extra")
