@@ -25,7 +25,6 @@ Networks for Object Detection", CVPR 2017.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,6 +33,8 @@ from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Wei
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d, box_convert
+
+from pose.models.weights import check_fits, read_state_dict, weights_name
 
 # Most accurate first. COCO val2017 box AP of torchvision's weights (all classes, 800 px):
 # 46.7, 37.0, 32.8; the mobilenet is several times faster on a CPU.
@@ -151,34 +152,13 @@ def load_detector_weights(model: FasterRCNN, path_or_fileobj) -> None:
     into the v2 arch, 91-class weights into a 2-class model), raises ValueError naming the file, the
     arch and the first mismatches. BatchNorm `num_batches_tracked` counters may be absent or extra.
     """
-    name = os.fspath(path_or_fileobj) if isinstance(path_or_fileobj, (str, os.PathLike)) else getattr(path_or_fileobj, "name", repr(path_or_fileobj))
     config = getattr(model, "config", None)
     arch = f"{config.arch}, {config.num_classes} classes" if isinstance(config, DetectorConfig) else type(model).__name__
-    where = f"detector weights {name} ({arch})"
-    if isinstance(path_or_fileobj, (str, os.PathLike)) and not os.path.isfile(path_or_fileobj):
-        raise ValueError(f"{where}: no such file")
-    try:
-        state = torch.load(path_or_fileobj, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a state_dict file"
-        raise ValueError(f"{where}: not a readable torch state_dict ({type(exc).__name__}); expected a file like torchvision's fasterrcnn_resnet50_fpn_coco-258fb6c6.pth") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{where}: expected a dict of tensors (a detector state_dict), got {type(state).__name__}")
-
+    where = f"detector weights {weights_name(path_or_fileobj)} ({arch})"
+    state = read_state_dict(path_or_fileobj, where, "a detector state_dict", "torchvision's fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
     state = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
     expected = {key: value for key, value in model.state_dict().items() if not key.endswith("num_batches_tracked")}
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    wrong_shape = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in state
-        if key in expected and state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        problems = []
-        for label, keys in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", unexpected)):
-            if keys:
-                problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
-        raise ValueError(f"{where}: does not match the model: {'; '.join(problems)}")
+    check_fits(state, expected, where)
     # strict=False only for the num_batches_tracked counters left out above.
     model.load_state_dict(state, strict=False)
 

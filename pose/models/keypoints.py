@@ -8,13 +8,14 @@ Reference: Xiao, Wu, Wei, "Simple Baselines for Human Pose Estimation and Tracki
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import torch
 import torchvision
 from torch import nn
+
+from pose.models.weights import check_fits, read_state_dict, weights_name
 
 RESNETS = {
     "resnet18": torchvision.models.resnet18,
@@ -109,32 +110,10 @@ def load_backbone_weights(model: KeypointNet, path_or_fileobj) -> list[str]:
     weights for a resnet18 model), raises ValueError naming the file and the first mismatches.
     BatchNorm's `num_batches_tracked` counters may be absent, as in older torchvision files.
     """
-    name = os.fspath(path_or_fileobj) if isinstance(path_or_fileobj, (str, os.PathLike)) else getattr(path_or_fileobj, "name", repr(path_or_fileobj))
-    where = f"backbone weights {name} ({model.config.backbone})"
-    if isinstance(path_or_fileobj, (str, os.PathLike)) and not os.path.isfile(path_or_fileobj):
-        raise ValueError(f"{where}: no such file")
-    try:
-        state = torch.load(path_or_fileobj, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a state_dict file"
-        raise ValueError(f"{where}: not a readable torch state_dict ({type(exc).__name__}); expected a file like torchvision's resnet18-f37072fd.pth") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{where}: expected a dict of tensors (a torchvision ResNet state_dict), got {type(state).__name__}")
-
+    where = f"backbone weights {weights_name(path_or_fileobj)} ({model.config.backbone})"
+    state = read_state_dict(path_or_fileobj, where, "a torchvision ResNet state_dict", "torchvision's resnet18-f37072fd.pth")
     state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-    expected = model.backbone.state_dict()
-    missing = [key for key in expected if key not in state and not key.endswith("num_batches_tracked")]
-    unexpected = [key for key in state if key not in expected]
-    wrong_shape = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in state
-        if key in expected and state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if keys:
-                problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
-        raise ValueError(f"{where}: does not match the model: {'; '.join(problems)}")
+    check_fits(state, model.backbone.state_dict(), where, optional=lambda key: key.endswith("num_batches_tracked"))
     model.backbone.load_state_dict(state, strict=False)
     return sorted(state)
 
