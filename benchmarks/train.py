@@ -27,18 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-
-def numpy_batches(table: pa.Table, batch_size: int):
-    for start in range(0, table.num_rows - batch_size + 1, batch_size):
-        chunk = table.slice(start, batch_size)
-        yield {name: _column(chunk[name]) for name in chunk.column_names}
-
-
-def _column(column) -> np.ndarray:
-    try:
-        return column.to_numpy()
-    except Exception:
-        return np.asarray(column.to_pylist(), dtype=object)
+from jobs.train import batches_of
 
 
 def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool) -> float:
@@ -172,7 +161,7 @@ def main() -> None:
             table, src = keypoint_rows(workdir, 120)
             dataset = "coco"
         task = factory()
-        batches = list(numpy_batches(table, task.batch_size))
+        batches = [b for b in batches_of(table, task.batch_size) if len(b[next(iter(b))]) == task.batch_size]
         if not batches:
             raise SystemExit(f"{name}: too few rows ({table.num_rows}) for one batch of {task.batch_size}")
         torch.set_num_threads(args.threads)
