@@ -180,7 +180,7 @@ def train_svhn(
     data: Annotated[str, typer.Option("--data", help="Ingested SVHN (the DEST of `pose-jobs ingest svhn`).")],
     out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
     workers: WorkersOption = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 6,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 8,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size per worker.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle cosine).")] = 0.1,
     arch: Annotated[str, typer.Option(help="wrn (wide ResNet) or seed (the seed's two-conv CNN).")] = "wrn",

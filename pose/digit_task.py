@@ -28,7 +28,7 @@ class DigitRecipe:
     translations and colour jitter (no flips: a mirrored 2 is not a 2)."""
 
     model: DigitModelConfig = field(default_factory=DigitModelConfig)
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
