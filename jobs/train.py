@@ -187,14 +187,10 @@ def _rows_by_index(batch, every: int, held_out: bool):
     """The rows whose `index` is (held_out) or is not a multiple of `every`."""
     import pyarrow.compute as pc
 
-    multiple = pc.equal(pc.bit_wise_and(batch["index"], 0) if every == 1 else _modulo(batch["index"], every), 0)
+    index = batch["index"]
+    remainder = pc.subtract(index, pc.multiply(pc.divide(index, every), every))  # integer division
+    multiple = pc.equal(remainder, 0)
     return batch.filter(multiple if held_out else pc.invert(multiple))
-
-
-def _modulo(values, divisor: int):
-    import pyarrow.compute as pc
-
-    return pc.subtract(values, pc.multiply(pc.divide(values, divisor), divisor))
 
 
 def _run_location(out: str) -> tuple[str, str]:
