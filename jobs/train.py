@@ -17,6 +17,7 @@ restores a run from its `RunConfig(name, storage_path)`); a finished run is not 
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import tempfile
@@ -374,16 +375,12 @@ def _write_run_files(task, history: list[dict], out: str, options: StorageOption
     lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in history)
     write_bytes_atomic(join(out, "metrics.jsonl"), lines.encode(), options)
     keys = ["loss"] + [k for k in history[-1] if k.startswith("val_") and isinstance(history[-1][k], float)][:3]
-    import io
-
     buffer = io.BytesIO()
     training_curves(history, keys, title=f"{task.name} training").save(buffer, format="PNG")
     write_bytes_atomic(join(out, "curves.png"), buffer.getvalue(), options)
 
 
 def _write_model(task, model, history: list[dict], epochs: int, out: str, options: StorageOptions) -> None:
-    import io
-
     import torch
 
     buffer = io.BytesIO()
@@ -395,8 +392,6 @@ def _write_model(task, model, history: list[dict], epochs: int, out: str, option
 
 def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) -> tuple[dict, dict]:
     """(model.json content, state_dict) of a trained model directory; weights loaded with weights_only=True."""
-    import io
-
     import torch
 
     info_url, weights_url = join(model_dir, "model.json"), join(model_dir, "model.pt")
