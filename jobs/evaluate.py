@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from jobs.storage import StorageOptions, is_s3, join, write_bytes_atomic
-from jobs.train import TrainError, batches_of, load_model_info, read_rows
+from jobs.ingest import read_table
+from jobs.train import TrainError, batches_of, load_model_info
 
 
 def _save_png(image, folder: Path | None, model_dir: str, name: str, options: StorageOptions) -> str:
@@ -42,7 +43,7 @@ def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions
     model = task.build_model()
     model.load_state_dict(state)
     model.eval()
-    rows = read_rows(data, "digits", (split,), options, columns=["label", "pixels"])
+    rows = read_table(data, "digits", (split,), options, columns=["label", "pixels"])
     evaluator = task.evaluator()
     device = torch.device("cpu")
     for batch in batches_of(rows, 1024):
@@ -67,8 +68,8 @@ def keypoint_ground_truth(data: str, split: str, options: StorageOptions) -> dic
     """The COCO-format ground truth of one ingested split, for pycocotools."""
     from pose.keypoint_task import ground_truth_from_tables
 
-    images = read_rows(data, "images", (split,), options, columns=["image_id", "split", "file_name", "width", "height"])
-    persons = read_rows(data, "persons", (split,), options)
+    images = read_table(data, "images", (split,), options, columns=["image_id", "split", "file_name", "width", "height"])
+    persons = read_table(data, "persons", (split,), options)
     return ground_truth_from_tables(images, persons)
 
 
@@ -101,7 +102,7 @@ def evaluate_keypoints(
     evaluator = KeypointEvaluator(codec, keypoint_ground_truth(data, split, options))
     transform = KeypointBatchTransform(recipe, train=False)
     first = None
-    for batch in batches_of(read_rows(data, "person_crops", (split,), options), 64):
+    for batch in batches_of(read_table(data, "person_crops", (split,), options), 64):
         prepared = transform(batch)
         keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=recipe.flip_test, codec=codec)
         evaluator.update(heatmaps, prepared["target"], prepared["target_weight"], to_image_coordinates(keypoints, prepared["image_from_input"]), scores, prepared)

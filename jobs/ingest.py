@@ -527,6 +527,34 @@ def _redact(url: str) -> str:
     return url
 
 
+def table_files(data: str, table: str, splits: tuple[str, ...], options: StorageOptions = StorageOptions()) -> list[str]:
+    """The committed Parquet files of an ingested `table` for these splits, as the manifest lists them."""
+    manifest_url = join(data, "manifest.json")
+    if not exists(manifest_url, options):
+        raise IngestError(f"{data}: no manifest.json here (run `pose-jobs ingest` first, and point at its DEST)")
+    manifest = json.loads(read_bytes(manifest_url, options))
+    files = manifest["tables"].get(table, {}).get("files", [])
+    return [join(data, name) for name in files if name.split("/")[1] in splits]
+
+
+def read_table(
+    data: str, table: str, splits: tuple[str, ...], options: StorageOptions = StorageOptions(), columns: list[str] | None = None, *, required: bool = True
+) -> pa.Table | None:
+    """An ingested table's rows for some splits, read in this process (evaluation, pictures).
+    Without rows: an IngestError when `required`, else None."""
+    import pyarrow.parquet as pq
+
+    parts = []
+    for url in table_files(data, table, splits, options):
+        with open_input(url, options) as handle:
+            parts.append(pq.read_table(handle, columns=columns))
+    if not parts:
+        if required:
+            raise IngestError(f"{data}: no '{table}' rows for splits {', '.join(splits)}")
+        return None
+    return pa.concat_tables(parts)
+
+
 def ingest(
     dataset: str,
     src: str,

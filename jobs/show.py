@@ -7,13 +7,12 @@ labelled digits per split, and full-number images with their digit boxes.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from jobs.ingest import read_table
 from jobs.storage import StorageOptions, exists, join, open_input, read_bytes
 from pose import draw
 from pose.formats import coco, svhn
@@ -22,21 +21,6 @@ from pose.images import decode_image
 
 def _is_ingested(src: str, options: StorageOptions) -> bool:
     return exists(join(src, "manifest.json"), options)
-
-
-def _read_table(src: str, table: str, options: StorageOptions, split: str | None = None, columns=None):
-    """One ingested table (all of its committed files, or one split's) as a pyarrow Table."""
-    manifest = json.loads(read_bytes(join(src, "manifest.json"), options))
-    files = manifest["tables"].get(table, {}).get("files", [])
-    if split is not None:
-        files = [f for f in files if f.split("/")[1] == split]
-    parts = []
-    for name in files:
-        with open_input(join(src, name), options) as handle:
-            parts.append(pq.read_table(handle, columns=columns))
-    import pyarrow as pa
-
-    return pa.concat_tables(parts) if parts else None
 
 
 def _read_image_source(source: str, options: StorageOptions) -> bytes:
@@ -108,9 +92,9 @@ def _coco_examples_from_source(src, options, split, count, wanted):
 
 
 def _coco_examples_from_parquet(src, options, split, count, wanted):
-    images = _read_table(src, "images", options, split)
-    persons = _read_table(src, "persons", options, split)
-    crops = _read_table(src, "person_crops", options, split)
+    images = read_table(src, "images", (split,), options, required=False)
+    persons = read_table(src, "persons", (split,), options, required=False)
+    crops = read_table(src, "person_crops", (split,), options, required=False)
     if images is None or persons is None:
         raise FileNotFoundError(f"{src}: no ingested images for split '{split}'")
     person_rows: dict[int, list[dict]] = {}
@@ -153,10 +137,10 @@ def _svhn_examples(src, options, digit_count, number_count):
     if _is_ingested(src, options):
         manifest = json.loads(read_bytes(join(src, "manifest.json"), options))
         for split in sorted(manifest["accounting"]):
-            table = _read_table(src, "digits", options, split, columns=["label", "pixels"])
+            table = read_table(src, "digits", (split,), options, columns=["label", "pixels"], required=False)
             rows = table.slice(0, digit_count).to_pylist() if table is not None else []
             pixels = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(32, 32, 3) for r in rows]) if rows else np.zeros((0, 32, 32, 3), np.uint8)
-            numbers_table = _read_table(src, "numbers", options, split)
+            numbers_table = read_table(src, "numbers", (split,), options, required=False)
             number_examples = []
             if numbers_table is not None:
                 for row in numbers_table.slice(0, number_count).to_pylist():

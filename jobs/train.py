@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.ingest import table_files
 from jobs.runtime import init_ray
 from jobs.storage import (
     StorageOptions,
@@ -60,17 +61,6 @@ class TrainSettings:
 
 # ------------------------------------------------------------------------------------------------
 # Driver
-
-
-def table_files(data: str, table: str, splits: tuple[str, ...], options: StorageOptions) -> list[str]:
-    """The committed Parquet files of `table` for these splits, from the dataset's manifest."""
-    manifest_url = join(data, "manifest.json")
-    if not exists(manifest_url, options):
-        raise TrainError(f"{data}: no manifest.json here (run `pose-jobs ingest` first, and point --data at its DEST)")
-    manifest = json.loads(read_bytes(manifest_url, options))
-    files = manifest["tables"].get(table, {}).get("files", [])
-    chosen = [join(data, f) for f in files if f.split("/")[1] in splits]
-    return chosen
 
 
 def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float | None) -> tuple[bool, dict]:
@@ -400,22 +390,6 @@ def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) 
     info = json.loads(read_bytes(info_url, options))
     state = torch.load(io.BytesIO(read_bytes(weights_url, options)), map_location="cpu", weights_only=True)
     return info, state
-
-
-def read_rows(data: str, table: str, splits: tuple[str, ...], options: StorageOptions, columns: list[str] | None = None):
-    """A table's rows for some splits as one pyarrow Table, read in this process (for evaluation)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from jobs.storage import open_input
-
-    parts = []
-    for url in table_files(data, table, splits, options):
-        with open_input(url, options) as handle:
-            parts.append(pq.read_table(handle, columns=columns))
-    if not parts:
-        raise TrainError(f"{data}: no '{table}' rows for splits {', '.join(splits)}")
-    return pa.concat_tables(parts)
 
 
 def batches_of(table, batch_size: int):

@@ -279,3 +279,26 @@ def test_user_mistakes_are_one_line(tmp_path, s3):
     bucket = s3.make_bucket("guarded")
     result = run_cli("ingest", "svhn", f"{bucket}/svhn", str(tmp_path / "out"), env=env)
     assert result.returncode == 2 and "denied" in result.stderr and "wrong-secret" not in result.stderr
+
+
+def test_show_pictures_from_source_and_from_parquet(ray_cluster, coco_source, tmp_path):
+    """`pose-jobs show`: the same image drawn from the source files and from the ingested tables."""
+    from PIL import Image
+
+    from jobs.show import show_coco, show_svhn
+
+    src, _ = coco_source
+    dest = str(tmp_path / "out")
+    ingest("coco", str(src), dest, shard_size=4, progress=False)
+    from_source = show_coco(str(src), tmp_path / "a", split="val", images=2)
+    from_parquet = show_coco(dest, tmp_path / "b", split="val", images=2)
+    assert [p.name for p in from_source] == [p.name for p in from_parquet] and len(from_source) == 2
+    for a, b in zip(from_source, from_parquet):
+        first, second = np.asarray(Image.open(a)), np.asarray(Image.open(b))
+        assert first.shape == second.shape and first.std() > 10
+        assert np.abs(first.astype(int) - second.astype(int)).mean() < 2  # same drawing; crops differ by a JPEG round trip
+
+    svhn_src = tmp_path / "svhn"
+    write_svhn(svhn_src, format="full", seed=3, train=8, test=4)
+    written = show_svhn(str(svhn_src), tmp_path / "c", digits=10, numbers=3)
+    assert {p.name for p in written} == {"svhn-numbers-train.png", "svhn-numbers-test.png"}
