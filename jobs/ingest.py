@@ -28,6 +28,7 @@ from jobs.runtime import Progress, init_ray
 from jobs.storage import (
     StorageError,
     StorageOptions,
+    absolute,
     check_readable,
     check_writable,
     exists,
@@ -572,6 +573,7 @@ def ingest(
 
     `shard_size` is images per shard for COCO, digits (format 2) and numbers (format 1) for SVHN.
     """
+    src, dest = absolute(src), absolute(dest)  # workers do not share the driver's working directory
     check_readable(src, options)
     if dataset == "coco":
         plan = plan_coco(src, options, splits or coco.SPLITS, shard_images=shard_size or COCO_SHARD_IMAGES)

@@ -58,6 +58,12 @@ def is_s3(url: str) -> bool:
     return url.startswith(S3_PREFIX)
 
 
+def absolute(url: str) -> str:
+    """An s3:// URL as is; a local path made absolute, because Ray workers do not share the
+    driver's working directory (Ray Train workers run in their own)."""
+    return url if is_s3(url) else os.path.abspath(url)
+
+
 def join(url: str, *parts: str) -> str:
     """Append path parts: `join("s3://b/x", "y", "z.parquet") == "s3://b/x/y/z.parquet"`.
 

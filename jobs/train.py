@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from jobs.ingest import table_files
 from jobs.runtime import init_ray
 from jobs.storage import (
     StorageOptions,
+    absolute,
     exists,
     is_s3,
     join,
@@ -104,6 +105,7 @@ def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:
 
 def run_training(task, settings: TrainSettings, epochs: int, *, address: str | None = None, verbose: bool = False) -> dict:
     """Train `task` for `epochs` epochs on Ray Train; returns the final model.json content."""
+    settings = replace(settings, data=absolute(settings.data), out=absolute(settings.out))
     done = finished_run(settings.out, epochs, settings.options)
     if done is not None:
         print(f"{task.name}: {settings.out} already holds a model trained for {epochs} epochs; nothing to do", file=sys.stderr)

@@ -94,9 +94,11 @@ def test_resource_guard_refuses_what_the_cluster_cannot_grant(ray_cluster):
         worker_resources(1, use_gpu=True, cpus_per_worker=None)
 
 
-def test_eval_svhn_json_and_pictures(svhn_data, tmp_path):
+def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    run_training(DigitTask(DigitRecipe(model=TINY.model, epochs=1, batch_size=32)), TrainSettings(data=svhn_data, out=str(out), workers=1), 1)
+    monkeypatch.chdir(tmp_path)  # a relative --out must land here, not in a Ray worker's own directory
+    run_training(DigitTask(DigitRecipe(model=TINY.model, epochs=1, batch_size=32)), TrainSettings(data=svhn_data, out="run", workers=1), 1)
+    assert (out / "model.pt").exists()
     executable = str(Path(sys.executable).with_name("pose-jobs"))
     result = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(out), "--json"], capture_output=True, text=True, timeout=120)
     figures = json.loads(result.stdout)
