@@ -18,10 +18,10 @@ import typer
 class DemoSizes:
     coco_train: int = 200
     coco_val: int = 50
-    svhn_train: int = 4000
+    svhn_train: int = 10000
     svhn_test: int = 1000
     svhn_numbers: int = 100
-    svhn_epochs: int = 3
+    svhn_epochs: int = 4
     keypoint_epochs: int = 2
 
     @classmethod
