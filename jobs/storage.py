@@ -183,6 +183,30 @@ def write_parquet_atomic(
         pq.write_table(table, temporary_path, **parquet_kwargs)
 
 
+@contextlib.contextmanager
+def open_output_atomic(url: str, options: StorageOptions = StorageOptions()) -> Iterator[BinaryIO]:
+    """A binary file to stream a large output into, visible at `url` only once whole.
+
+    Local: a temporary file next to `url`, renamed on success. S3: a local temporary file,
+    uploaded on success (s3fs's multipart upload of a big file appears only when complete). On an
+    exception nothing is written at `url`.
+    """
+    import tempfile
+
+    fs, path = filesystem(url, options)
+    if is_s3(url):
+        with tempfile.TemporaryDirectory(prefix="pose-jobs-upload-") as folder:
+            spool = os.path.join(folder, "upload")
+            with open(spool, "wb") as handle:
+                yield handle
+            with _user_errors(url, options):
+                fs.put_file(spool, path)
+        return
+    with _user_errors(url, options), _local_temporary_file(path) as temporary_path:
+        with open(temporary_path, "wb") as handle:
+            yield handle
+
+
 def exists(url: str, options: StorageOptions = StorageOptions()) -> bool:
     """Whether `url` is an existing file or folder (on S3: an object, a prefix of objects or a bucket)."""
     fs, path = filesystem(url, options)

@@ -43,6 +43,9 @@ def decode_image(data: bytes, *, exif_transpose: bool = True, max_pixels: int = 
         raise ImageDecodeError(f"decompression bomb refused: {error}") from None
     except Image.DecompressionBombWarning as error:
         raise ImageDecodeError(f"decompression bomb refused: {error}") from None
+    except Image.UnidentifiedImageError:
+        # PIL's own message names the BytesIO object (a memory address): keep reasons reproducible.
+        raise ImageDecodeError("not an image file (no known image format recognised)") from None
     except Exception as error:  # PIL raises many types for corrupt data
         raise ImageDecodeError(f"not a decodable image ({type(error).__name__}: {error})") from None
     if exif_transpose:

@@ -341,6 +341,14 @@ def _numpy(values) -> np.ndarray:
     return np.asarray(values)
 
 
+def instance_score(box_score: float, joint_scores: np.ndarray, joint_threshold: float = 0.2) -> float:
+    """A pose instance's score as Simple Baselines rescores detections: the box score times the
+    mean confidence of the joints (K,) above `joint_threshold` (0 when none is)."""
+    joint_scores = np.asarray(joint_scores, np.float64)
+    confident = joint_scores > joint_threshold
+    return float(box_score) * (float(joint_scores[confident].mean()) if confident.any() else 0.0)
+
+
 class KeypointEvaluator:
     """The validation metrics over a whole split, fed batch by batch.
 
@@ -370,13 +378,11 @@ class KeypointEvaluator:
         boxes = _numpy(batch_meta["bbox"]).astype(np.float64).reshape(-1, 4)
         box_scores = _numpy(batch_meta["box_score"]) if "box_score" in batch_meta else np.ones(len(image_ids))
         for i in range(len(image_ids)):
-            confident = scores[i] > self.joint_threshold
-            joint_score = float(scores[i][confident].mean()) if confident.any() else 0.0
             self.instances.append(
                 {
                     "image_id": int(image_ids[i]),
                     "keypoints": np.concatenate([keypoints_image[i], scores[i][:, None]], axis=1),
-                    "score": float(box_scores[i]) * joint_score,
+                    "score": instance_score(float(box_scores[i]), scores[i], self.joint_threshold),
                     "area": float(boxes[i, 2] * boxes[i, 3]),
                 }
             )

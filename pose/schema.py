@@ -104,6 +104,36 @@ NUMBERS = pa.schema(
     ]
 )
 
+# `pose-jobs annotate`: one row per image that was annotated. Boxes are COCO [x, y, w, h] and
+# keypoints (x, y, confidence) in the pixels of the image as displayed (EXIF orientation applied).
+DETECTION = pa.struct(
+    [
+        ("bbox", pa.list_(pa.float32(), 4)),
+        ("category_id", pa.int32()),  # COCO category id (1 = person)
+        ("category", pa.string()),  # its name, e.g. "person", "dog"
+        ("score", pa.float32()),
+    ]
+)
+PERSON = pa.struct(
+    [
+        ("bbox", pa.list_(pa.float32(), 4)),  # the detected person box the keypoints were found in
+        ("box_score", pa.float32()),  # the detector's score
+        ("keypoints", pa.list_(pa.float32(), KEYPOINT_VALUES)),  # 17 x (x, y, confidence)
+        ("score", pa.float32()),  # box_score x mean confidence of the joints above 0.2 (COCO results' score)
+    ]
+)
+ANNOTATIONS = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("source", pa.string()),  # the file read: a path, an s3:// URL, or "archive.zip!member"
+        ("split", pa.string()),  # the ingested split when SRC is an ingested images table, else null
+        ("width", pa.int32()),  # of the image as displayed (after EXIF orientation)
+        ("height", pa.int32()),
+        ("detections", pa.list_(DETECTION)),  # every object the detector reports, best first
+        ("persons", pa.list_(PERSON)),  # person detections with their keypoints, best first
+    ]
+)
+
 # Every input that did not make it into an output table, and why.
 ERRORS = pa.schema(
     [
@@ -122,6 +152,7 @@ TABLES: dict[str, pa.Schema] = {
     "person_crops": PERSON_CROPS,
     "digits": DIGITS,
     "numbers": NUMBERS,
+    "annotations": ANNOTATIONS,
     "errors": ERRORS,
 }
 

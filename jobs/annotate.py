@@ -1,0 +1,700 @@
+"""Annotate: every object and every person's 17 keypoints in a bucket of images, into Parquet and
+COCO results files.
+
+The driver lists SRC (a folder or s3:// prefix of images, or an ingested `images` table) in a
+fixed order and cuts the list into shards. Ray Data then streams the images of the shards still
+to do through four stages, one row per image all the way:
+
+  read_images      tasks        bytes -> RGB pixels (EXIF orientation applied), or an error
+  Detector         actor pool   batches of images -> every object the detector reports
+  person_inputs    tasks        each person box cut to the keypoint model's input by its affine
+  KeypointModel    actor pool   batches of persons across images -> 17 joints, flip test
+
+and back to the driver, which gathers the rows of each shard and, once a shard is complete,
+writes its Parquet files and then its commit marker:
+
+  DST/annotations/<shard>.parquet   one row per annotated image (pose.schema.ANNOTATIONS)
+  DST/errors/<shard>.parquet        one row per image that could not be annotated, and why
+  DST/_commits/<shard>.json         written last: the shard is done
+  DST/results/keypoints.json        COCO keypoint results (pycocotools' COCO.loadRes)
+  DST/results/boxes.json            COCO box results, every class
+  DST/pictures/<image_id>.png       with --visualize N
+  DST/manifest.json                 written at the end: counts, files, settings
+
+A re-run skips the shards whose marker matches (same images, same models and settings), so a
+killed run resumes where it stopped and a finished one is not redone; every file is written whole
+(rename locally, one PUT on S3), so no half file is ever visible under its final name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import posixpath
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.ingest import read_image_source, read_table
+from jobs.runtime import Progress, init_ray
+from jobs.storage import (
+    StorageError,
+    StorageOptions,
+    absolute,
+    check_readable,
+    check_writable,
+    exists,
+    filesystem,
+    is_s3,
+    join,
+    list_files,
+    open_input,
+    open_output_atomic,
+    read_bytes,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
+from pose import schema
+from pose.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
+from pose.joints import NUM_JOINTS, PERSON_CATEGORY
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+SHARD_IMAGES = 64
+RESULTS_KEYPOINTS = "results/keypoints.json"
+RESULTS_BOXES = "results/boxes.json"
+
+
+class AnnotateError(Exception):
+    """A user mistake found before any work starts (no images at SRC, ...): one line, no traceback."""
+
+
+@dataclass(frozen=True)
+class AnnotateSettings:
+    """What to run and how. The fields marked (result) change what is written and are part of each
+    shard's fingerprint; the others only change speed."""
+
+    detector: str  # a train-detector run folder or a torchvision .pth file, local or s3:// (result)
+    keypoints: str  # a train-keypoints run folder, local or s3:// (result)
+    detector_arch: str | None = None  # architecture of a bare .pth file (result)
+    person_threshold: float = 0.3  # person boxes scoring less get no keypoints (result)
+    max_persons: int = 20  # per image, best boxes first (result)
+    flip_test: bool = True  # (result)
+    nms_threshold: float = 0.9  # OKS-NMS between an image's persons, as Simple Baselines (result)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images declaring more are refused before decoding (result)
+    shard_images: int = SHARD_IMAGES  # images per shard: the unit of resumption (result)
+    detector_batch: int | None = None  # images per detector call (default: 2 on CPU, 8 on GPU)
+    keypoint_batch: int | None = None  # persons per keypoint model call (default: 32 on CPU, 128 on GPU)
+    detector_actors: int | None = None  # default: from the cluster's CPUs or GPUs
+    keypoint_actors: int | None = None
+    use_gpu: bool | None = None  # default: when the cluster has GPUs
+
+    def result_settings(self) -> dict:
+        keys = ("detector", "keypoints", "detector_arch", "person_threshold", "max_persons", "flip_test", "nms_threshold", "max_pixels", "shard_images")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass
+class Shard:
+    unit: str  # "00042": the shard's file names under DST
+    items: list[dict]  # {"image_id", "source", "split"} in listing order
+    fingerprint: str = ""
+
+
+@dataclass
+class Plan:
+    source: str
+    ingested: bool  # SRC is an ingested `images` table (COCO pixel frame: no EXIF rotation)
+    shards: list[Shard] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return sum(len(shard.items) for shard in self.shards)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (driver)
+
+
+def image_ids(paths: list[str], root: str) -> list[int]:
+    """Image ids for listed files, stable across runs.
+
+    COCO's file names are their image ids (`000000000139.jpg` is image 139): a file whose name is
+    a number no other listed file shares gets that number, so that the results files match COCO
+    ground truth. Any other file gets the first 48 bits of the SHA-256 of its path relative to SRC
+    (stable as other files come and go), or the next free number on the rare clash.
+    """
+    stems = [posixpath.splitext(posixpath.basename(path.replace(os.sep, "/")))[0] for path in paths]
+    numbers = [int(stem) if stem.isdigit() else None for stem in stems]
+    shared = {n for n, times in Counter(numbers).items() if n is not None and times > 1}
+    ids: list[int | None] = [n if n is not None and n not in shared else None for n in numbers]
+    taken = {n for n in ids if n is not None}
+    for i, path in enumerate(paths):
+        if ids[i] is None:
+            relative = path[len(root) :].replace(os.sep, "/").lstrip("/")
+            image_id = int.from_bytes(hashlib.sha256(relative.encode()).digest()[:6], "big")
+            while image_id in taken:
+                image_id += 1
+            taken.add(image_id)
+            ids[i] = image_id
+    return ids
+
+
+def plan_annotate(src: str, dest: str, options: StorageOptions, shard_images: int = SHARD_IMAGES) -> Plan:
+    """List SRC in a fixed order (an ingested table by split and image id, files by path) and cut
+    it into shards of `shard_images`. Files under DST are left out, so DST may lie inside SRC."""
+    ingested = exists(join(src, "manifest.json"), options)
+    if ingested:
+        manifest = json.loads(read_bytes(join(src, "manifest.json"), options))
+        files = manifest.get("tables", {}).get("images", {}).get("files", [])
+        if not files:
+            raise AnnotateError(f"{src}: an ingested dataset without an images table (annotate reads `pose-jobs ingest coco` output or a folder of images)")
+        splits = tuple(sorted({name.split("/")[1] for name in files}))
+        table = read_table(src, "images", splits, options, columns=["image_id", "split", "source"]).sort_by([("split", "ascending"), ("image_id", "ascending")])
+        items = [{"image_id": int(r["image_id"]), "source": r["source"], "split": r["split"]} for r in table.to_pylist()]
+    else:
+        inside = dest.rstrip("/") + ("/" if is_s3(dest) else os.sep)
+        paths = [p for p in list_files(src, options, suffixes=IMAGE_SUFFIXES) if not p.startswith(inside)]
+        if not paths:
+            raise AnnotateError(f"{src}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} in any case, in every sub-folder)")
+        items = [{"image_id": i, "source": p, "split": None} for i, p in zip(image_ids(paths, src.rstrip("/")), paths)]
+    plan = Plan(src, ingested)
+    for number, start in enumerate(range(0, len(items), shard_images)):
+        plan.shards.append(Shard(f"{number:05d}", items[start : start + shard_images]))
+    return plan
+
+
+def model_identity(spec: str, options: StorageOptions) -> dict:
+    """What names a model's content cheaply: its files' sizes and modification times (ETags on S3),
+    so that retraining into the same folder re-annotates instead of keeping stale results."""
+    files = [join(spec, "model.json"), join(spec, "model.pt")] if exists(join(spec, "model.json"), options) else [spec]
+    identity = {}
+    for url in files:
+        fs, path = filesystem(url, options)
+        info = fs.info(path)
+        identity[url] = [info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))]
+    return identity
+
+
+# --------------------------------------------------------------------------------------------
+# The stages: plain functions and classes of a batch (a dict of numpy columns, one row per image)
+#
+# Rows carry `image_id`, `source`, `split` and `unit` (the shard) from the start; `error_stage` and
+# `error_reason` ("" while all is well) once an image fails, after which later stages pass it on.
+# Pixels and arrays travel as raw bytes with their shapes, which every Ray version stores as is.
+
+
+def _column(batch: dict, name: str, count: int, fill) -> np.ndarray:
+    return np.asarray(batch[name], dtype=object) if name in batch else np.full(count, fill, dtype=object)
+
+
+def read_images(batch: dict, options: StorageOptions, exif_transpose: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Read and decode each row's `source`: adds `pixels` ((H, W, 3) uint8 as bytes), `width`,
+    `height`, `error_stage` and `error_reason`."""
+    count = len(batch["source"])
+    pixels, widths, heights = np.empty(count, object), np.zeros(count, np.int32), np.zeros(count, np.int32)
+    stages, reasons = np.full(count, "", object), np.full(count, "", object)
+    for i, source in enumerate(batch["source"]):
+        pixels[i] = b""
+        try:
+            data = read_image_source(str(source), options)
+        except (OSError, StorageError) as error:
+            stages[i], reasons[i] = "read", f"cannot read the file ({error})"
+            continue
+        try:
+            image = decode_image(data, exif_transpose=exif_transpose, max_pixels=max_pixels)
+        except ImageDecodeError as error:
+            stages[i], reasons[i] = "decode", str(error)
+            continue
+        heights[i], widths[i] = image.shape[:2]
+        pixels[i] = image.tobytes()
+    return {**batch, "pixels": pixels, "width": widths, "height": heights, "error_stage": stages, "error_reason": reasons}
+
+
+def _image(batch: dict, i: int) -> np.ndarray:
+    return np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["height"][i]), int(batch["width"][i]), 3)
+
+
+def _failed(batch: dict, i: int) -> bool:
+    return bool(batch["error_stage"][i])
+
+
+def _torch_device(use_gpu: bool):
+    import torch
+
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+class Detector:
+    """The detector on one actor: `__call__` adds each image's detections, `det_boxes` ((M, 4)
+    float32 COCO [x, y, w, h]), `det_scores` ((M,) float32) and `det_labels` ((M,) int64), best
+    first. A batch that fails (an image too large for the GPU, ...) is retried image by image, and
+    an image that still fails becomes an error row of stage "detect"."""
+
+    def __init__(self, spec: str, options: StorageOptions, arch: str | None = None, use_gpu: bool = False, threads: int = 1):
+        import torch
+
+        from jobs.models import load_detector
+
+        torch.set_num_threads(threads)
+        self.device = _torch_device(use_gpu)
+        self.model = load_detector(spec, options, arch).to(self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        from pose.models.detector import detect
+
+        count = len(batch["source"])
+        boxes, scores, labels = (np.full(count, b"", dtype=object) for _ in range(3))
+        stages, reasons = np.array(batch["error_stage"], dtype=object), np.array(batch["error_reason"], dtype=object)
+        good = [i for i in range(count) if not _failed(batch, i)]
+        try:
+            found = dict(zip(good, detect(self.model, [_image(batch, i) for i in good], self.device)))
+        except Exception:  # noqa: BLE001 - one bad image must not cost the batch
+            found = {}
+            for i in good:
+                try:
+                    found[i] = detect(self.model, [_image(batch, i)], self.device)[0]
+                except Exception as error:  # noqa: BLE001
+                    stages[i], reasons[i] = "detect", f"{type(error).__name__}: {error}"
+        for i, detections in found.items():
+            boxes[i] = detections["boxes"].astype(np.float32).tobytes()
+            scores[i] = detections["scores"].astype(np.float32).tobytes()
+            labels[i] = detections["labels"].astype(np.int64).tobytes()
+        return {**batch, "det_boxes": boxes, "det_scores": scores, "det_labels": labels, "error_stage": stages, "error_reason": reasons}
+
+
+def person_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold: float, limit: int) -> np.ndarray:
+    """Indices of the detections that get keypoints: persons scoring ≥ `threshold`, the best
+    `limit` of them (detections come best first)."""
+    from pose.models.detector import PERSON_LABEL
+
+    chosen = np.flatnonzero((labels == PERSON_LABEL) & (scores >= threshold) & (boxes[:, 2] >= 1) & (boxes[:, 3] >= 1))
+    return chosen[:limit]
+
+
+def person_inputs(batch: dict, input_size: tuple[int, int], padding: float, threshold: float, limit: int) -> dict:
+    """Cut each chosen person box to the keypoint model's input, as evaluation does
+    (`pose.augment.topdown_sample` without augmentation): the box grown to the input's aspect
+    ratio, padded by `padding`, warped to `input_size` (w, h). Adds `person_rows` ((P,) int32:
+    which detections), `person_inputs` ((P, h, w, 3) uint8) and `person_affines` ((P, 2, 3)
+    float64, input -> image pixels); drops the pixels."""
+    from pose.geometry import box_to_center_size, crop_affine, invert_affine, warp_image
+
+    count = len(batch["source"])
+    rows, inputs, affines = (np.full(count, b"", dtype=object) for _ in range(3))
+    aspect = input_size[0] / input_size[1]
+    for i in range(count):
+        if _failed(batch, i):
+            continue
+        boxes = np.frombuffer(batch["det_boxes"][i], np.float32).reshape(-1, 4)
+        chosen = person_boxes(boxes, np.frombuffer(batch["det_scores"][i], np.float32), np.frombuffer(batch["det_labels"][i], np.int64), threshold, limit)
+        image = _image(batch, i)
+        crops, matrices = [], []
+        for index in chosen:
+            center, size = box_to_center_size(boxes[index], aspect, padding)
+            input_from_image = crop_affine(center, size, input_size)
+            crops.append(warp_image(image, input_from_image, input_size))
+            matrices.append(invert_affine(input_from_image))
+        rows[i] = chosen.astype(np.int32).tobytes()
+        inputs[i] = np.asarray(crops, np.uint8).tobytes()
+        affines[i] = np.asarray(matrices, np.float64).tobytes()
+    out = {k: v for k, v in batch.items() if k != "pixels"}
+    return {**out, "person_rows": rows, "person_inputs": inputs, "person_affines": affines}
+
+
+class KeypointModel:
+    """The keypoint model on one actor: the persons of every image in the batch go through the
+    model together, `batch_size` at a time, with flip test; adds `person_keypoints` ((P, 17, 3)
+    float32: x, y in image pixels and the joint's confidence) and drops the inputs."""
+
+    def __init__(self, spec: str, options: StorageOptions, flip_test: bool = True, batch_size: int = 32, use_gpu: bool = False, threads: int = 1):
+        import torch
+
+        from jobs.models import load_keypoint_model
+
+        torch.set_num_threads(threads)
+        self.device = _torch_device(use_gpu)
+        model, self.recipe = load_keypoint_model(spec, options)
+        self.model = model.to(self.device)
+        self.codec = self.recipe.codec()
+        self.flip_test, self.batch_size = flip_test, batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        from pose.heatmaps import to_image_coordinates
+        from pose.keypoint_task import predict
+
+        width, height = self.recipe.input_size
+        count = len(batch["source"])
+        inputs = [np.frombuffer(batch["person_inputs"][i], np.uint8).reshape(-1, height, width, 3) for i in range(count)]
+        affines = [np.frombuffer(batch["person_affines"][i], np.float64).reshape(-1, 2, 3) for i in range(count)]
+        persons = np.concatenate(inputs) if inputs else np.zeros((0, height, width, 3), np.uint8)
+        matrices = np.concatenate(affines) if affines else np.zeros((0, 2, 3))
+        keypoints = np.zeros((len(persons), NUM_JOINTS, 3), np.float32)
+        for start in range(0, len(persons), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            points, scores, _ = predict(self.model, persons[chunk], flip_test=self.flip_test, codec=self.codec)
+            keypoints[chunk, :, :2] = to_image_coordinates(points, matrices[chunk])
+            keypoints[chunk, :, 2] = scores
+        output = np.empty(count, dtype=object)
+        offset = 0
+        for i in range(count):
+            output[i] = keypoints[offset : offset + len(inputs[i])].tobytes()
+            offset += len(inputs[i])
+        out = {k: v for k, v in batch.items() if k not in ("person_inputs", "person_affines")}
+        return {**out, "person_keypoints": output}
+
+
+# --------------------------------------------------------------------------------------------
+# Rows (driver): a pipeline row -> an `annotations` row or an `errors` row
+
+
+def annotation_row(row: dict, category_names: tuple[str, ...], nms_threshold: float = 0.9) -> dict:
+    """The `annotations` row (pose.schema.ANNOTATIONS) of a pipeline row that got through.
+
+    Persons are rescored as Simple Baselines does (box score x mean confident-joint score,
+    `pose.keypoint_task.instance_score`), then OKS-NMS'd within the image, best first."""
+    from pose.keypoint_task import instance_score
+    from pose.metrics import oks_nms
+
+    boxes = np.frombuffer(row["det_boxes"], np.float32).reshape(-1, 4)
+    scores = np.frombuffer(row["det_scores"], np.float32)
+    labels = np.frombuffer(row["det_labels"], np.int64)
+    detections = [
+        {
+            "bbox": box.tolist(),
+            "category_id": int(label),
+            "category": category_names[label] if 0 <= label < len(category_names) else f"class {label}",
+            "score": float(score),
+        }
+        for box, score, label in zip(boxes, scores, labels)
+    ]
+    rows = np.frombuffer(row["person_rows"], np.int32)
+    keypoints = np.frombuffer(row["person_keypoints"], np.float32).reshape(-1, NUM_JOINTS, 3)
+    instances = [
+        {
+            "bbox": boxes[index].tolist(),
+            "box_score": float(scores[index]),
+            "keypoints": keypoints[n],
+            "score": instance_score(float(scores[index]), keypoints[n, :, 2]),
+            "area": float(boxes[index, 2] * boxes[index, 3]),
+        }
+        for n, index in enumerate(rows)
+    ]
+    kept = sorted(oks_nms(instances, nms_threshold), key=lambda k: -instances[k]["score"]) if instances else []
+    persons = [
+        {"bbox": instances[k]["bbox"], "box_score": instances[k]["box_score"], "keypoints": instances[k]["keypoints"].reshape(-1).tolist(), "score": instances[k]["score"]}
+        for k in kept
+    ]
+    return {
+        "image_id": int(row["image_id"]),
+        "source": str(row["source"]),
+        "split": row["split"] or None,
+        "width": int(row["width"]),
+        "height": int(row["height"]),
+        "detections": detections,
+        "persons": persons,
+    }
+
+
+def error_row(row: dict) -> dict:
+    """The `errors` row of a pipeline row that failed (pose.schema.ERRORS)."""
+    return schema.error_row(row["split"] or None, "image", f"image {int(row['image_id'])}", str(row["source"]), str(row["error_stage"]), str(row["error_reason"]))
+
+
+def keypoint_results(annotations: pa.Table):
+    """COCO keypoint results entries (image_id, category_id 1, keypoints 17 x (x, y, c), score)."""
+    for row in annotations.select(["image_id", "persons"]).to_pylist():
+        for person in row["persons"]:
+            keypoints = [round(float(v), 2) for v in person["keypoints"]]
+            yield {"image_id": row["image_id"], "category_id": PERSON_CATEGORY["id"], "keypoints": keypoints, "score": round(float(person["score"]), 5)}
+
+
+def box_results(annotations: pa.Table):
+    """COCO box results entries (image_id, category_id, bbox [x, y, w, h], score), every class."""
+    for row in annotations.select(["image_id", "detections"]).to_pylist():
+        for detection in row["detections"]:
+            bbox = [round(float(v), 2) for v in detection["bbox"]]
+            yield {"image_id": row["image_id"], "category_id": detection["category_id"], "bbox": bbox, "score": round(float(detection["score"]), 5)}
+
+
+# --------------------------------------------------------------------------------------------
+# Running (driver)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the two model stages are spread over the cluster."""
+
+    use_gpu: bool
+    detector_actors: int
+    keypoint_actors: int
+    detector_batch: int
+    keypoint_batch: int
+    actor_cpus: float  # Ray CPUs reserved per actor (one torch thread each on CPU)
+    actor_gpus: float
+    task_cpus: float  # per read / crop task
+
+
+def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Resources:
+    """Pools and batches for a cluster of `cpus` CPUs and `gpus` GPUs, unless set in `settings`.
+
+    On GPUs each GPU holds one detector and one keypoint actor (half a GPU each). On CPUs the
+    detector, by far the heavier model, gets two actors for every keypoint actor; actors reserve
+    just under the cluster's CPUs between them so that reading and cropping tasks always find room
+    (Ray would otherwise wait forever for a CPU), and each runs torch on one thread."""
+    use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
+    if use_gpu:
+        detector_actors = settings.detector_actors or max(1, int(gpus))
+        keypoint_actors = settings.keypoint_actors or max(1, int(gpus))
+        actor_gpus = min(0.5, gpus / (detector_actors + keypoint_actors)) if gpus else 0.5
+        return Resources(True, detector_actors, keypoint_actors, settings.detector_batch or 8, settings.keypoint_batch or 128, min(1.0, cpus / 4), actor_gpus, 0.25)
+    keypoint_actors = settings.keypoint_actors or max(1, round(cpus / 3))
+    detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors + (1 if cpus <= 2 else 0))
+    actor_cpus = max(0.05, (cpus - 0.5) / (detector_actors + keypoint_actors))
+    return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, 0.25)
+
+
+def run_annotate(
+    plan: Plan,
+    dest: str,
+    options: StorageOptions,
+    settings: AnnotateSettings,
+    *,
+    visualize: int = 0,
+    address: str | None = None,
+    verbose: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Annotate the plan's shards that are not yet committed in DST; then the results files,
+    pictures and `manifest.json`. Returns the manifest."""
+    from jobs.models import load_detector, load_keypoint_model
+
+    check_writable(dest, options)
+    # Both models are loaded here once, so that a wrong --detector or --keypoints is one line now
+    # rather than an actor's traceback later; the actors load their own copies.
+    detector = load_detector(settings.detector, options, settings.detector_arch)
+    category_names = detector.config.category_names()
+    del detector
+    _, recipe = load_keypoint_model(settings.keypoints, options)
+
+    fingerprinted = {
+        **settings.result_settings(),
+        "exif_transpose": not plan.ingested,
+        "detector_identity": model_identity(settings.detector, options),
+        "keypoints_identity": model_identity(settings.keypoints, options),
+        "schema_version": schema.SCHEMA_VERSION,
+    }
+    for shard in plan.shards:
+        content = json.dumps({"unit": shard.unit, "items": shard.items, "settings": fingerprinted}, sort_keys=True, default=str)
+        shard.fingerprint = hashlib.sha256(content.encode()).hexdigest()[:32]
+    committed = _read_markers(dest, options)
+    pending = [s for s in plan.shards if committed.get(s.unit, {}).get("fingerprint") != s.fingerprint]
+
+    if pending:
+        init_ray(address, verbose=verbose)
+        import ray
+
+        resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
+        meter = Progress("annotate", len(pending), "images") if progress else None
+        for marker in _stream(pending, dest, options, settings, resources, recipe, category_names, not plan.ingested):
+            committed[marker["unit"]] = marker
+            if meter:
+                meter.advance(1, marker["images"])
+
+    markers = {s.unit: committed[s.unit] for s in plan.shards}
+    results = _write_results(dest, options, markers)
+    pictures = draw_pictures(dest, options, markers, category_names, visualize, exif_transpose=not plan.ingested) if visualize else []
+    manifest = _manifest(plan, dest, options, markers, fingerprinted, results, pictures)
+    write_bytes_atomic(join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options)
+    return manifest
+
+
+def _stream(pending, dest, options, settings, resources: Resources, recipe, category_names, exif_transpose: bool):
+    """Run the pipeline over the pending shards; yield each shard's marker once it is written."""
+    import ray.data
+
+    items = [{**item, "split": item["split"] or "", "unit": shard.unit} for shard in pending for item in shard.items]
+    expected = {shard.unit: len(shard.items) for shard in pending}
+    fingerprints = {shard.unit: shard.fingerprint for shard in pending}
+    # Blocks of a few images, so that reading spreads over the tasks and the first batches reach
+    # the models early; the order of the rows does not matter, the driver gathers them by shard.
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // 8))
+    dataset = dataset.map_batches(
+        read_images,
+        fn_kwargs={"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels},
+        batch_size=resources.detector_batch,
+        num_cpus=resources.task_cpus,
+    )
+    dataset = dataset.map_batches(
+        Detector,
+        fn_constructor_kwargs={"spec": settings.detector, "options": options, "arch": settings.detector_arch, "use_gpu": resources.use_gpu},
+        batch_size=resources.detector_batch,
+        compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
+        num_cpus=resources.actor_cpus,
+        num_gpus=resources.actor_gpus,
+    )
+    dataset = dataset.map_batches(
+        person_inputs,
+        fn_kwargs={"input_size": recipe.input_size, "padding": recipe.augment.padding, "threshold": settings.person_threshold, "limit": settings.max_persons},
+        batch_size=resources.detector_batch,
+        num_cpus=resources.task_cpus,
+    )
+    dataset = dataset.map_batches(
+        KeypointModel,
+        fn_constructor_kwargs={
+            "spec": settings.keypoints,
+            "options": options,
+            "flip_test": settings.flip_test,
+            "batch_size": resources.keypoint_batch,
+            "use_gpu": resources.use_gpu,
+        },
+        # Images per call: enough for about one model batch of persons.
+        batch_size=max(1, resources.keypoint_batch // 4),
+        compute=ray.data.ActorPoolStrategy(size=resources.keypoint_actors),
+        num_cpus=resources.actor_cpus,
+        num_gpus=resources.actor_gpus,
+    )
+
+    gathered: dict[str, dict[str, list]] = {}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["unit"])):
+            row = {name: column[i] for name, column in batch.items()}
+            unit = str(row["unit"])
+            tables = gathered.setdefault(unit, {"annotations": [], "errors": []})
+            if row["error_stage"]:
+                tables["errors"].append(error_row(row))
+            else:
+                tables["annotations"].append(annotation_row(row, category_names, settings.nms_threshold))
+            if len(tables["annotations"]) + len(tables["errors"]) == expected[unit]:
+                yield write_shard(unit, gathered.pop(unit), dest, options, fingerprints[unit])
+
+
+def write_shard(unit: str, tables: dict[str, list[dict]], dest: str, options: StorageOptions, fingerprint: str) -> dict:
+    """Write a complete shard's tables (rows in image id order), then its commit marker; return the marker."""
+    marker = {"unit": unit, "fingerprint": fingerprint, "tables": {}, "images": 0}
+    for name in ("annotations", "errors"):
+        rows = sorted(tables[name], key=lambda r: (r["item"] if name == "errors" else r["image_id"]))
+        path = f"{name}/{unit}.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema.TABLES[name]), join(dest, path), options)
+        marker["tables"][name] = {"path": path, "rows": len(rows)}
+        marker["images"] += len(rows)
+    write_bytes_atomic(join(dest, "_commits", f"{unit}.json"), json.dumps(marker, sort_keys=True).encode(), options)
+    return marker
+
+
+def _read_markers(dest: str, options: StorageOptions) -> dict[str, dict]:
+    folder = join(dest, "_commits")
+    if not exists(folder, options):
+        return {}
+    markers = {}
+    for path in list_files(folder, options, suffixes=(".json",)):
+        marker = json.loads(read_bytes(path, options))
+        markers[marker["unit"]] = marker
+    return markers
+
+
+def _annotation_tables(dest: str, options: StorageOptions, markers: dict[str, dict]):
+    """The committed `annotations` files, one table at a time (memory: one shard)."""
+    import pyarrow.parquet as pq
+
+    for unit in sorted(markers):
+        with open_input(join(dest, markers[unit]["tables"]["annotations"]["path"]), options) as handle:
+            yield pq.read_table(handle)
+
+
+def _write_results(dest: str, options: StorageOptions, markers: dict[str, dict]) -> dict:
+    """The COCO results files, streamed shard by shard into a JSON array."""
+    counts = {}
+    for name, entries in ((RESULTS_KEYPOINTS, keypoint_results), (RESULTS_BOXES, box_results)):
+        count = 0
+        with open_output_atomic(join(dest, name), options) as handle:
+            handle.write(b"[")
+            for table in _annotation_tables(dest, options, markers):
+                for entry in entries(table):
+                    handle.write((b",\n" if count else b"\n") + json.dumps(entry).encode())
+                    count += 1
+            handle.write(b"\n]\n")
+        counts[name] = count
+    return counts
+
+
+def draw_pictures(dest: str, options: StorageOptions, markers: dict[str, dict], category_names, count: int, *, exif_transpose: bool = True, min_score: float = 0.5) -> list[str]:
+    """PNGs of the first `count` annotated images (listing order): every detection scoring at least
+    `min_score` with its class and score, and each person's skeleton (joints above 0.2)."""
+    from pose import draw
+
+    written = []
+    for table in _annotation_tables(dest, options, markers):
+        for row in table.to_pylist():
+            if len(written) >= count:
+                return written
+            image = decode_image(read_image_source(row["source"], options), exif_transpose=exif_transpose)
+            others = [d for d in row["detections"] if d["score"] >= min_score and d["category_id"] != PERSON_CATEGORY["id"]]
+            picture = draw.draw_detections(image, np.array([d["bbox"] for d in others]).reshape(-1, 4), [d["category"] for d in others], [d["score"] for d in others])
+            persons = [p for p in row["persons"] if p["box_score"] >= min_score]
+            picture = draw.draw_persons(
+                np.asarray(picture),
+                np.array([p["bbox"] for p in persons]).reshape(-1, 4),
+                np.array([p["keypoints"] for p in persons]).reshape(-1, NUM_JOINTS, 3),
+                labels=["person"] * len(persons),
+                scores=[p["box_score"] for p in persons],
+                visibility=False,
+                min_confidence=0.2,
+            )
+            path = f"pictures/{row['image_id']}.png"
+            write_bytes_atomic(join(dest, path), encode_png(np.asarray(picture)), options)
+            written.append(path)
+    return written
+
+
+def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str, dict], settings: dict, results: dict, pictures: list[str]) -> dict:
+    """Counts and files; `created` is kept from an earlier run so that re-running a finished job
+    rewrites the same bytes."""
+    tables: dict[str, dict] = {}
+    for unit in sorted(markers):
+        for name, table in markers[unit]["tables"].items():
+            entry = tables.setdefault(name, {"rows": 0, "files": []})
+            entry["rows"] += table["rows"]
+            entry["files"].append(table["path"])
+    annotated, failed = tables.get("annotations", {}).get("rows", 0), tables.get("errors", {}).get("rows", 0)
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    previous = join(dest, "manifest.json")
+    if exists(previous, options):
+        try:
+            created = json.loads(read_bytes(previous, options)).get("created", created)
+        except (ValueError, StorageError):
+            pass
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "job": "annotate",
+        "source": plan.source,
+        "created": created,
+        "settings": settings,
+        "tables": tables,
+        "results": {name: {"entries": n} for name, n in results.items()},
+        "pictures": pictures,
+        "images": {"listed": plan.images, "annotated": annotated, "errors": failed, "balanced": annotated + failed == plan.images},
+        "shards": len(markers),
+    }
+
+
+def annotate(
+    src: str,
+    dest: str,
+    settings: AnnotateSettings,
+    options: StorageOptions = StorageOptions(),
+    *,
+    visualize: int = 0,
+    address: str | None = None,
+    verbose: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Annotate the images at SRC into DST (see the module docstring); returns the manifest."""
+    src, dest = absolute(src), absolute(dest)  # workers do not share the driver's working directory
+    settings = AnnotateSettings(**{**asdict(settings), "detector": absolute(settings.detector), "keypoints": absolute(settings.keypoints)})
+    check_readable(src, options)
+    plan = plan_annotate(src, dest, options, settings.shard_images)
+    return run_annotate(plan, dest, options, settings, visualize=visualize, address=address, verbose=verbose, progress=progress)
