@@ -66,6 +66,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 SHARD_IMAGES = 64
 RESULTS_KEYPOINTS = "results/keypoints.json"
 RESULTS_BOXES = "results/boxes.json"
+MAX_BLOCKS = 20_000  # input blocks of one run: past this, blocks hold more than one detector batch
 
 
 class AnnotateError(Exception):
@@ -251,12 +252,13 @@ class Detector:
         stages, reasons = np.array(batch["error_stage"], dtype=object), np.array(batch["error_reason"], dtype=object)
         good = [i for i in range(count) if not _failed(batch, i)]
         try:
-            found = dict(zip(good, detect(self.model, [_image(batch, i) for i in good], self.device)))
+            # Copies: torch wants writable arrays, and the batch's buffers are read-only.
+            found = dict(zip(good, detect(self.model, [_image(batch, i).copy() for i in good], self.device)))
         except Exception:  # noqa: BLE001 - one bad image must not cost the batch
             found = {}
             for i in good:
                 try:
-                    found[i] = detect(self.model, [_image(batch, i)], self.device)[0]
+                    found[i] = detect(self.model, [_image(batch, i).copy()], self.device)[0]
                 except Exception as error:  # noqa: BLE001
                     stages[i], reasons[i] = "detect", f"{type(error).__name__}: {error}"
         for i, detections in found.items():
@@ -519,9 +521,11 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
     items = [{**item, "split": item["split"] or "", "unit": shard.unit} for shard in pending for item in shard.items]
     expected = {shard.unit: len(shard.items) for shard in pending}
     fingerprints = {shard.unit: shard.fingerprint for shard in pending}
-    # Blocks of a few images, so that reading spreads over the tasks and the first batches reach
-    # the models early; the order of the rows does not matter, the driver gathers them by shard.
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // 8))
+    # Blocks of one detector batch (bigger only past MAX_BLOCKS), so that reading spreads over
+    # the tasks, every actor gets work and the first batches reach the models early. The order of
+    # the rows does not matter: the driver gathers them by shard.
+    per_block = max(resources.detector_batch, -(-len(items) // MAX_BLOCKS))
+    dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block))
     dataset = dataset.map_batches(
         read_images,
         fn_kwargs={"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels},

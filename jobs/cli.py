@@ -40,7 +40,9 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from jobs.annotate import AnnotateError
         from jobs.ingest import IngestError
+        from jobs.models import ModelError
         from jobs.storage import StorageError
         from jobs.train import TrainError
         from pose.formats.coco import CocoFormatError
@@ -48,7 +50,7 @@ def user_errors(command):
 
         try:
             return command(*args, **kwargs)
-        except (IngestError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
+        except (AnnotateError, IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
             typer.echo(f"pose-jobs: error: {error}", err=True)
             raise typer.Exit(2) from None
 
@@ -305,6 +307,61 @@ def eval_keypoints(
     for key in ("pck", "ap", "ap50", "ap75", "ap_m", "ap_l", "ar"):
         typer.echo(f"  {key:<5} {figures[key]:.4f}")
     for path in figures.get("pictures", []):
+        typer.echo(f"  picture: {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# annotate
+
+
+@app.command("annotate")
+@user_errors
+def annotate(
+    src: Annotated[str, typer.Argument(help="Images: a folder or s3://bucket/prefix (jpg, jpeg, png, webp, bmp, tif, tiff, gif; any case; sub-folders too), or an ingested COCO DEST.")],
+    dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
+    detector: Annotated[str, typer.Option("--detector", help="A train-detector run folder, or a torchvision Faster R-CNN .pth (local or s3://).")],
+    keypoints: Annotated[str, typer.Option("--keypoints", help="A train-keypoints run folder (local or s3://).")],
+    detector_arch: Annotated[Optional[str], typer.Option("--detector-arch", help="Architecture of a bare .pth detector file (default: fasterrcnn_resnet50_fpn).", show_default=False)] = None,
+    person_threshold: Annotated[float, typer.Option(help="Person boxes scoring less get no keypoints.")] = 0.3,
+    max_persons: Annotated[int, typer.Option(min=1, help="Most persons per image given keypoints (best boxes first).")] = 20,
+    flip_test: Annotated[bool, typer.Option("--flip-test/--no-flip-test", help="Average the keypoint heatmaps with those of the mirrored person.")] = True,
+    visualize: Annotated[int, typer.Option("--visualize", min=0, help="Draw this many annotated images to DEST/pictures/*.png.")] = 0,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard (the unit written and resumed).")] = 64,
+    detector_batch: Annotated[Optional[int], typer.Option(min=1, help="Images per detector call (default: 2 on CPU, 8 on GPU).", show_default=False)] = None,
+    keypoint_batch: Annotated[Optional[int], typer.Option(min=1, help="Persons per keypoint-model call (default: 32 on CPU, 128 on GPU).", show_default=False)] = None,
+    detector_actors: Annotated[Optional[int], typer.Option(min=1, help="Detector actors (default: one per GPU; on CPU about two thirds of the cores).", show_default=False)] = None,
+    keypoint_actors: Annotated[Optional[int], typer.Option(min=1, help="Keypoint-model actors (default: one per GPU; on CPU a third of the cores).", show_default=False)] = None,
+    gpu: GpuOption = None,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+    address: AddressOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Detect every object and every person's 17 keypoints in a bucket of images -> Parquet, COCO results, pictures."""
+    from jobs.annotate import AnnotateSettings, annotate as run
+
+    settings = AnnotateSettings(
+        detector=detector,
+        keypoints=keypoints,
+        detector_arch=detector_arch,
+        person_threshold=person_threshold,
+        max_persons=max_persons,
+        flip_test=flip_test,
+        shard_images=shard_size,
+        detector_batch=detector_batch,
+        keypoint_batch=keypoint_batch,
+        detector_actors=detector_actors,
+        keypoint_actors=keypoint_actors,
+        use_gpu=gpu,
+    )
+    manifest = run(src, dest, settings, storage_options(endpoint_url, anon), visualize=visualize, address=address, verbose=verbose)
+    images = manifest["images"]
+    state = "all accounted for" if images["balanced"] else "NOT BALANCED"
+    typer.echo(f"annotated {src} -> {dest}")
+    typer.echo(f"  {images['listed']} images: {images['annotated']} annotated, {images['errors']} in errors -> {state}")
+    for name, entry in manifest["results"].items():
+        typer.echo(f"  {name}: {entry['entries']} entries")
+    for path in manifest["pictures"]:
         typer.echo(f"  picture: {path}")
 
 

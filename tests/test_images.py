@@ -71,7 +71,7 @@ def _png_declaring(width: int, height: int) -> bytes:
     "data, reason",
     [
         (b"", "empty"),
-        (b"this is not an image", "not a decodable image"),
+        (b"this is not an image", "not an image file"),
         (save(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")[:200], "not a decodable image"),
         (_png_declaring(100_000, 100_000), "pixels"),
     ],
@@ -79,3 +79,12 @@ def _png_declaring(width: int, height: int) -> bytes:
 def test_bad_bytes_give_a_clear_reason(data, reason):
     with pytest.raises(ImageDecodeError, match=reason):
         decode_image(data)
+
+
+def test_not_an_image_gives_the_same_reason_every_time():
+    reasons = set()
+    for _ in range(2):
+        with pytest.raises(ImageDecodeError) as caught:
+            decode_image(b"plain text, not pixels")
+        reasons.add(str(caught.value))
+    assert reasons == {"not an image file (no known image format recognised)"}

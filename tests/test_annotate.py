@@ -1,0 +1,347 @@
+"""The annotate job: its stages as plain functions, then end to end on the S3 test server over a
+bucket of good and bad images, a real kill and re-run, and its COCO results through pycocotools.
+
+The models are tiny and untrained (built in-process and saved as run folders, as train-detector
+and train-keypoints write them). An untrained detector scores every class about equally, so its
+person (and dog) logits are biased up: it then reports persons wherever its proposals fall, which
+is all the pipeline needs to be checked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from jobs.annotate import (
+    AnnotateSettings,
+    Detector,
+    KeypointModel,
+    annotate,
+    annotation_row,
+    box_results,
+    image_ids,
+    keypoint_results,
+    person_inputs,
+    plan_resources,
+    read_images,
+)
+from jobs.storage import StorageOptions, filesystem, join, open_input, read_bytes
+from pose import schema
+from pose.keypoint_task import KeypointRecipe
+from pose.metrics import coco_box_ap, coco_keypoint_ap
+from pose.models.detector import DetectorConfig, build_detector
+from pose.models.keypoints import build_keypoint_model
+
+DOG = 18  # a COCO category id, to have objects that are not persons
+WIDTH, HEIGHT = 64, 96  # every good test image, as displayed: the same size, so batches pad alike
+
+
+def read_table(dest: str, table: str, options: StorageOptions = StorageOptions()) -> pa.Table:
+    manifest = json.loads(read_bytes(join(dest, "manifest.json"), options))
+    parts = []
+    for name in manifest["tables"][table]["files"]:
+        with open_input(join(dest, name), options) as handle:
+            parts.append(pq.read_table(handle))
+    return pa.concat_tables(parts)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[str, str]:
+    """A tiny detector and keypoint model, saved as train-detector / train-keypoints run folders."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    config = DetectorConfig(min_size=96, max_size=160, proposals_per_image=40, detections_per_image=6)
+    detector = build_detector(config)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.bias[1] = 6.0
+        detector.roi_heads.box_predictor.cls_score.bias[DOG] = 5.0
+    (root / "detector").mkdir()
+    torch.save(detector.state_dict(), root / "detector" / "model.pt")
+    (root / "detector" / "model.json").write_text(json.dumps({"task": "detector", "model": config.to_dict()}))
+    recipe = KeypointRecipe(input_size=(64, 96), deconv_channels=16)
+    keypoints = build_keypoint_model(recipe.model_config())
+    (root / "keypoints").mkdir()
+    torch.save(keypoints.state_dict(), root / "keypoints" / "model.pt")
+    info = {"task": "keypoints", "recipe": recipe.to_dict(), "model": recipe.model_config().to_dict()}
+    (root / "keypoints" / "model.json").write_text(json.dumps(info))
+    return str(root / "detector"), str(root / "keypoints")
+
+
+def encode(array_or_image, format: str, **kwargs) -> bytes:
+    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **kwargs)
+    return buffer.getvalue()
+
+
+def scene(seed: int) -> np.ndarray:
+    """A smooth random (HEIGHT, WIDTH, 3) picture (no two alike)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG header claiming a huge image, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def mixed_images() -> tuple[dict[str, bytes], set[str]]:
+    """Relative path -> bytes: good images in every format and mode, and bad files. Returns the
+    files and the names of those that must end in `errors`."""
+    upright = scene(0)
+    rotated = Image.fromarray(np.rot90(upright))  # stored turned left, EXIF 6: turn right to display
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = encode(scene(3), "JPEG", quality=90)
+    grey16 = (np.linspace(0, 65535, WIDTH * HEIGHT).reshape(HEIGHT, WIDTH)).astype(np.uint16)
+    rgba = np.dstack([scene(5), np.full((HEIGHT, WIDTH), 90, np.uint8)])
+    frames = [Image.fromarray(scene(6)).convert("P"), Image.fromarray(scene(7)).convert("P")]
+    files = {
+        "upright.png": encode(upright, "PNG"),
+        "exif/rotated.png": encode(rotated, "PNG", exif=exif),
+        "photos/IMG_0001.JPG": jpeg,
+        "photos/cmyk.jpeg": encode(Image.fromarray(scene(4)).convert("CMYK"), "JPEG"),
+        "photos/grey16.png": encode(grey16, "PNG"),
+        "photos/alpha.PNG": encode(rgba, "PNG"),
+        "photos/nested/deeper/anim.gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "photos/pic.webp": encode(scene(8), "WEBP", quality=90),
+        "photos/scan.TIFF": encode(scene(9), "TIFF"),
+        "photos/old.bmp": encode(scene(10), "BMP"),
+        "photos/really-a-png.jpg": encode(scene(11), "PNG"),
+        "bad/empty.jpg": b"",
+        "bad/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "bad/notes.png": b"these are my notes, not a picture",
+        "bad/huge.png": png_declaring(100_000, 100_000),
+        "readme.txt": b"not listed: not an image name",
+    }
+    bad = {"bad/empty.jpg", "bad/truncated.jpg", "bad/notes.png", "bad/huge.png"}
+    return files, bad
+
+
+def write_folder(files: dict[str, bytes], folder: Path) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# The stages, without Ray
+
+
+def test_image_ids_are_coco_numbers_else_path_hashes():
+    ids = image_ids(["/r/000000000139.jpg", "/r/a/5.png", "/r/b/5.png", "/r/cat.jpg", "/r/7.JPG"], "/r")
+    assert ids[0] == 139 and ids[4] == 7
+    assert len(set(ids)) == 5 and all(0 < i < 2**49 for i in ids)
+    assert image_ids(["/r/cat.jpg"], "/r") == [ids[3]] == image_ids(["/elsewhere/cat.jpg"], "/elsewhere")
+
+
+def test_resources_fit_the_cluster():
+    settings = AnnotateSettings("d", "k")
+    cpu = plan_resources(settings, cpus=2, gpus=0)
+    assert not cpu.use_gpu and cpu.detector_actors >= 1 and cpu.keypoint_actors >= 1
+    assert (cpu.detector_actors + cpu.keypoint_actors) * cpu.actor_cpus + cpu.task_cpus <= 2
+    gpu = plan_resources(settings, cpus=8, gpus=2)
+    assert gpu.use_gpu and gpu.detector_actors == 2 and (gpu.detector_actors + gpu.keypoint_actors) * gpu.actor_gpus <= 2
+
+
+def test_stages_chained_in_process(models, tmp_path):
+    """read -> detect -> person inputs -> keypoints -> rows, as the actors run them."""
+    detector_spec, keypoint_spec = models
+    files, _ = mixed_images()
+    write_folder({k: files[k] for k in ("upright.png", "exif/rotated.png", "bad/empty.jpg")}, tmp_path)
+    sources = [str(tmp_path / "upright.png"), str(tmp_path / "exif/rotated.png"), str(tmp_path / "bad/empty.jpg")]
+    batch = {"image_id": np.array([1, 2, 3]), "source": np.array(sources, dtype=object), "split": np.array(["", "", ""], dtype=object)}
+    batch = read_images(batch, StorageOptions())
+    assert list(batch["error_stage"]) == ["", "", "decode"] and list(batch["width"][:2]) == [WIDTH, WIDTH]
+    batch = Detector(detector_spec, StorageOptions())(batch)
+    recipe = KeypointRecipe(input_size=(64, 96), deconv_channels=16)
+    batch = person_inputs(batch, recipe.input_size, recipe.augment.padding, threshold=0.3, limit=4)
+    assert "pixels" not in batch
+    batch = KeypointModel(keypoint_spec, StorageOptions(), batch_size=3)(batch)
+    first, second = (annotation_row({k: v[i] for k, v in batch.items()}, DetectorConfig().category_names()) for i in (0, 1))
+    assert first["width"] == WIDTH and first["height"] == HEIGHT and first["persons"]
+    assert {d["category"] for d in first["detections"]} <= {"person", "dog"}
+    # The EXIF-rotated file is the upright picture: the same detections and keypoints.
+    assert first["detections"] == second["detections"]
+    np.testing.assert_allclose([p["keypoints"] for p in first["persons"]], [p["keypoints"] for p in second["persons"]], atol=1e-4)
+    for person in first["persons"]:
+        assert len(person["keypoints"]) == 51 and 0 <= person["score"] <= person["box_score"] <= 1
+    pa.Table.from_pylist([first, second], schema=schema.ANNOTATIONS)  # the rows fit the schema
+
+
+def test_results_of_perfect_annotations_score_ap_one():
+    """An oracle: the ground truth written as annotation rows gives AP 1 through the results files."""
+    rng = np.random.default_rng(0)
+    images, annotations, rows = [], [], []
+    for image_id in (11, 12, 13):
+        images.append({"id": image_id, "width": 200, "height": 160, "file_name": f"{image_id:012d}.jpg"})
+        persons, detections = [], []
+        for n in range(2):
+            x, y = rng.uniform(10, 90), rng.uniform(10, 60)
+            box = [x, y, 60.0, 90.0]
+            points = np.stack([rng.uniform(x, x + 60, 17), rng.uniform(y, y + 90, 17), np.full(17, 2.0)], 1)
+            annotations.append({"id": image_id * 10 + n, "image_id": image_id, "category_id": 1, "bbox": box, "area": 5400.0,
+                                "keypoints": points.reshape(-1).tolist(), "num_keypoints": 17, "iscrowd": 0})
+            persons.append({"bbox": box, "box_score": 0.9, "keypoints": np.concatenate([points[:, :2], np.ones((17, 1))], 1).reshape(-1).tolist(), "score": 0.9})
+            detections.append({"bbox": box, "category_id": 1, "category": "person", "score": 0.9})
+        rows.append({"image_id": image_id, "source": "x", "split": None, "width": 200, "height": 160, "detections": detections, "persons": persons})
+    truth = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
+    table = pa.Table.from_pylist(rows, schema=schema.ANNOTATIONS)
+    assert coco_keypoint_ap(truth, list(keypoint_results(table)))["ap"] == pytest.approx(1.0)
+    assert coco_box_ap(truth, list(box_results(table)))["ap"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path):
+    files, bad = mixed_images()
+    src = s3.make_bucket("annotate-src") + "/images"
+    fs, root = filesystem(src, s3.options)
+    for name, data in files.items():
+        fs.pipe_file(f"{root}/{name}", data)
+    dest = s3.make_bucket("annotate-out") + "/run"
+    settings = AnnotateSettings(*models, shard_images=4, detector_batch=1)
+    manifest = annotate(src, dest, settings, s3.options, visualize=3, progress=False)
+
+    listed = {name for name in files if not name.endswith(".txt")}
+    assert manifest["images"] == {"listed": len(listed), "annotated": len(listed - bad), "errors": len(bad), "balanced": True}
+    annotations, errors = read_table(dest, "annotations", s3.options), read_table(dest, "errors", s3.options)
+    by_source = {row["source"][len(src) + 1 :]: row for row in annotations.to_pylist()}
+    failed = {row["source"][len(src) + 1 :]: row for row in errors.to_pylist()}
+    assert set(by_source) == listed - bad and set(failed) == bad  # each file once, on one side
+    ids = annotations["image_id"].to_pylist() + [int(r["item"].split()[1]) for r in failed.values()]
+    assert len(ids) == len(set(ids)) == len(listed)
+    assert "empty" in failed["bad/empty.jpg"]["reason"] and "truncated" in failed["bad/truncated.jpg"]["reason"]
+    assert "not an image" in failed["bad/notes.png"]["reason"] and "10000000000 pixels" in failed["bad/huge.png"]["reason"]
+    assert {r["stage"] for r in failed.values()} == {"decode"}
+
+    # Every good image in its displayed frame, with boxes and joints inside it.
+    for name, row in by_source.items():
+        assert (row["width"], row["height"]) == (WIDTH, HEIGHT), name
+        assert row["detections"] and row["persons"], name
+        for detection in row["detections"]:
+            x, y, w, h = detection["bbox"]
+            assert -0.01 <= x and x + w <= WIDTH + 0.01 and -0.01 <= y and y + h <= HEIGHT + 0.01
+    upright, rotated = by_source["upright.png"], by_source["exif/rotated.png"]
+    assert len(upright["detections"]) == len(rotated["detections"])
+    for a, b in zip(upright["detections"], rotated["detections"]):
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+        assert a["category_id"] == b["category_id"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+    np.testing.assert_allclose([p["keypoints"] for p in upright["persons"]], [p["keypoints"] for p in rotated["persons"]], atol=1e-3)
+
+    # COCO results: one keypoint entry per person, one box entry per detection.
+    keypoint_entries = json.loads(read_bytes(join(dest, "results/keypoints.json"), s3.options))
+    box_entries = json.loads(read_bytes(join(dest, "results/boxes.json"), s3.options))
+    assert len(keypoint_entries) == sum(len(r["persons"]) for r in by_source.values())
+    assert len(box_entries) == sum(len(r["detections"]) for r in by_source.values())
+
+    assert len(manifest["pictures"]) == 3
+    picture = Image.open(io.BytesIO(read_bytes(join(dest, manifest["pictures"][0]), s3.options)))
+    assert picture.size == (WIDTH, HEIGHT)
+
+    # Re-running over a finished DST does no work and changes no row.
+    again = annotate(src, dest, settings, s3.options, visualize=3, progress=False)
+    assert again["images"] == manifest["images"] and read_table(dest, "annotations", s3.options).equals(annotations)
+
+
+def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
+    """Local to local through the command line: a real kill of the job's process group while
+    shards are being written, then a re-run."""
+    files, bad = mixed_images()
+    src = tmp_path / "src"
+    write_folder({name: data for name, data in files.items() if name not in bad}, src)
+    for copy in range(3):  # enough shards for the kill to land mid-way
+        write_folder({f"more/{copy}/{name}": data for name, data in files.items() if name not in bad and name.endswith(".png")}, src)
+    listed = sum(1 for p in src.rglob("*") if p.is_file() and not p.name.endswith(".txt"))
+    dest = tmp_path / "out"
+    command = [str(Path(sys.executable).with_name("pose-jobs")), "annotate", str(src), str(dest), "--detector", models[0],
+               "--keypoints", models[1], "--shard-size", "2"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    job = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    commits, deadline = dest / "_commits", time.monotonic() + 180
+    while time.monotonic() < deadline and job.poll() is None:
+        if commits.exists() and any(commits.glob("*.json")):
+            break
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # the job's own process group: never other Rays on the machine
+    job.wait()
+    shards = -(-listed // 2)
+    committed = len(list(commits.glob("*.json")))
+    assert 0 < committed < shards, "the kill should land mid-way"
+    assert not (dest / "manifest.json").exists()
+    assert not [p for p in dest.rglob("*") if p.name.startswith(".") and p.is_file()], "no temporary files left visible"
+
+    result = subprocess.run(command + ["--visualize", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{listed} images: {listed} annotated, 0 in errors -> all accounted for" in result.stdout
+    annotations = read_table(str(dest), "annotations")
+    assert annotations.num_rows == listed and len(set(annotations["image_id"].to_pylist())) == listed
+    assert len(set(annotations["source"].to_pylist())) == listed
+    assert len(list(commits.glob("*.json"))) == shards
+    assert len(list((dest / "pictures").glob("*.png"))) == 2
+
+
+def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, models, tmp_path):
+    """SRC an ingested COCO split: the image ids are COCO's, and both results files load and
+    evaluate against the ingested ground truth."""
+    from jobs.evaluate import keypoint_ground_truth
+    from jobs.ingest import ingest
+    from pose.synth.people import write_coco
+
+    write_coco(tmp_path / "coco", split="val", images=3, seed=5)
+    ingest("coco", str(tmp_path / "coco"), str(tmp_path / "ingested"), progress=False)
+    dest = str(tmp_path / "out")
+    manifest = annotate(str(tmp_path / "ingested"), dest, AnnotateSettings(*models), progress=False)
+    assert manifest["images"]["balanced"] and manifest["images"]["annotated"] == 3
+
+    truth = keypoint_ground_truth(str(tmp_path / "ingested"), "val", StorageOptions())
+    annotations = read_table(dest, "annotations")
+    assert sorted(annotations["image_id"].to_pylist()) == sorted(i["id"] for i in truth["images"])
+    assert set(annotations["split"].to_pylist()) == {"val"}
+    keypoint_entries = json.loads(Path(dest, "results/keypoints.json").read_text())
+    box_entries = json.loads(Path(dest, "results/boxes.json").read_text())
+    assert keypoint_entries and box_entries
+    keypoint_figures = coco_keypoint_ap(truth, keypoint_entries)
+    box_figures = coco_box_ap(truth, box_entries, category_ids=[1])
+    for figures in (keypoint_figures, box_figures):
+        assert all(-1 <= value <= 1 for value in figures.values())
+
+
+def test_user_mistakes_are_one_line(models, tmp_path):
+    executable = str(Path(sys.executable).with_name("pose-jobs"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no pictures here")
+    for src, detector, expected in (
+        (empty, models[0], "no images found"),
+        (tmp_path / "nowhere", models[0], "no such file"),
+        (empty, models[1], "not a 'detector' model"),
+    ):
+        if "not a" in expected:
+            Image.new("RGB", (8, 8)).save(empty / "one.png")
+        result = subprocess.run([executable, "annotate", str(src), str(tmp_path / "out"), "--detector", detector, "--keypoints", models[1]],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
