@@ -3,11 +3,11 @@ COCO results files.
 
 The driver lists SRC (a folder or s3:// prefix of images, or an ingested `images` table) in a
 fixed order and cuts the list into shards. Ray Data then streams the images of the shards still
-to do through four stages, one row per image all the way:
+to do through three stages, one row per image all the way:
 
   read_images      tasks        bytes -> RGB pixels (EXIF orientation applied), or an error
-  Detector         actor pool   batches of images -> every object the detector reports
-  person_inputs    tasks        each person box cut to the keypoint model's input by its affine
+  Detector         actor pool   batches of images -> every object the detector reports; each
+                                person box cut to the keypoint model's input by its affine
   KeypointModel    actor pool   batches of persons across images -> 17 joints, flip test
 
 and back to the driver, which gathers the rows of each shard and, once a shard is complete,
@@ -55,6 +55,7 @@ from jobs.storage import (
     open_input,
     open_output_atomic,
     read_bytes,
+    remove_stale_temporaries,
     write_bytes_atomic,
     write_parquet_atomic,
 )
@@ -229,13 +230,26 @@ def _torch_device(use_gpu: bool):
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
+@dataclass(frozen=True)
+class PersonCrops:
+    """Which detections get keypoints and how they are cut: the keypoint model's input size (w, h)
+    and box padding (its recipe's), and the person score threshold and count limit."""
+
+    input_size: tuple[int, int]
+    padding: float
+    threshold: float
+    limit: int
+
+
 class Detector:
     """The detector on one actor: `__call__` adds each image's detections, `det_boxes` ((M, 4)
     float32 COCO [x, y, w, h]), `det_scores` ((M,) float32) and `det_labels` ((M,) int64), best
-    first. A batch that fails (an image too large for the GPU, ...) is retried image by image, and
-    an image that still fails becomes an error row of stage "detect"."""
+    first, then cuts the persons' keypoint-model inputs (`person_inputs`) and drops the pixels, so
+    that only the small person inputs travel on. A batch that fails (an image too large for the
+    GPU, ...) is retried image by image; an image that still fails becomes an error of stage
+    "detect"."""
 
-    def __init__(self, spec: str, options: StorageOptions, arch: str | None = None, use_gpu: bool = False, threads: int = 1):
+    def __init__(self, spec: str, options: StorageOptions, crops: PersonCrops, arch: str | None = None, use_gpu: bool = False, threads: int = 1):
         import torch
 
         from jobs.models import load_detector
@@ -243,6 +257,7 @@ class Detector:
         torch.set_num_threads(threads)
         self.device = _torch_device(use_gpu)
         self.model = load_detector(spec, options, arch).to(self.device)
+        self.crops = crops
 
     def __call__(self, batch: dict) -> dict:
         from pose.models.detector import detect
@@ -265,7 +280,8 @@ class Detector:
             boxes[i] = detections["boxes"].astype(np.float32).tobytes()
             scores[i] = detections["scores"].astype(np.float32).tobytes()
             labels[i] = detections["labels"].astype(np.int64).tobytes()
-        return {**batch, "det_boxes": boxes, "det_scores": scores, "det_labels": labels, "error_stage": stages, "error_reason": reasons}
+        batch = {**batch, "det_boxes": boxes, "det_scores": scores, "det_labels": labels, "error_stage": stages, "error_reason": reasons}
+        return person_inputs(batch, self.crops)
 
 
 def person_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold: float, limit: int) -> np.ndarray:
@@ -277,31 +293,32 @@ def person_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, thre
     return chosen[:limit]
 
 
-def person_inputs(batch: dict, input_size: tuple[int, int], padding: float, threshold: float, limit: int) -> dict:
-    """Cut each chosen person box to the keypoint model's input, as evaluation does
-    (`pose.augment.topdown_sample` without augmentation): the box grown to the input's aspect
-    ratio, padded by `padding`, warped to `input_size` (w, h). Adds `person_rows` ((P,) int32:
-    which detections), `person_inputs` ((P, h, w, 3) uint8) and `person_affines` ((P, 2, 3)
-    float64, input -> image pixels); drops the pixels."""
+def person_inputs(batch: dict, crops: PersonCrops) -> dict:
+    """Cut each chosen person box (`person_boxes`) to the keypoint model's input, as evaluation
+    does (`pose.augment.topdown_sample` without augmentation): the box grown to the input's aspect
+    ratio, padded, warped to the input size. Adds `person_rows` ((P,) int32: which detections),
+    `person_inputs` ((P, h, w, 3) uint8) and `person_affines` ((P, 2, 3) float64, input -> image
+    pixels); drops the pixels."""
     from pose.geometry import box_to_center_size, crop_affine, invert_affine, warp_image
 
     count = len(batch["source"])
     rows, inputs, affines = (np.full(count, b"", dtype=object) for _ in range(3))
-    aspect = input_size[0] / input_size[1]
+    aspect = crops.input_size[0] / crops.input_size[1]
     for i in range(count):
         if _failed(batch, i):
             continue
         boxes = np.frombuffer(batch["det_boxes"][i], np.float32).reshape(-1, 4)
-        chosen = person_boxes(boxes, np.frombuffer(batch["det_scores"][i], np.float32), np.frombuffer(batch["det_labels"][i], np.int64), threshold, limit)
+        scores, labels = np.frombuffer(batch["det_scores"][i], np.float32), np.frombuffer(batch["det_labels"][i], np.int64)
+        chosen = person_boxes(boxes, scores, labels, crops.threshold, crops.limit)
         image = _image(batch, i)
-        crops, matrices = [], []
+        pixels, matrices = [], []
         for index in chosen:
-            center, size = box_to_center_size(boxes[index], aspect, padding)
-            input_from_image = crop_affine(center, size, input_size)
-            crops.append(warp_image(image, input_from_image, input_size))
+            center, size = box_to_center_size(boxes[index], aspect, crops.padding)
+            input_from_image = crop_affine(center, size, crops.input_size)
+            pixels.append(warp_image(image, input_from_image, crops.input_size))
             matrices.append(invert_affine(input_from_image))
         rows[i] = chosen.astype(np.int32).tobytes()
-        inputs[i] = np.asarray(crops, np.uint8).tobytes()
+        inputs[i] = np.asarray(pixels, np.uint8).tobytes()
         affines[i] = np.asarray(matrices, np.float64).tobytes()
     out = {k: v for k, v in batch.items() if k != "pixels"}
     return {**out, "person_rows": rows, "person_inputs": inputs, "person_affines": affines}
@@ -437,7 +454,8 @@ class Resources:
     keypoint_batch: int
     actor_cpus: float  # Ray CPUs reserved per actor (one torch thread each on CPU)
     actor_gpus: float
-    task_cpus: float  # per read / crop task
+    task_cpus: float  # per read task
+    read_tasks: int  # read tasks at a time
 
 
 def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Resources:
@@ -452,11 +470,11 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
         detector_actors = settings.detector_actors or max(1, int(gpus))
         keypoint_actors = settings.keypoint_actors or max(1, int(gpus))
         actor_gpus = min(0.5, gpus / (detector_actors + keypoint_actors)) if gpus else 0.5
-        return Resources(True, detector_actors, keypoint_actors, settings.detector_batch or 8, settings.keypoint_batch or 128, min(1.0, cpus / 4), actor_gpus, 0.25)
+        return Resources(True, detector_actors, keypoint_actors, settings.detector_batch or 8, settings.keypoint_batch or 128, min(1.0, cpus / 4), actor_gpus, 0.25, max(2, int(cpus) // 2))
     keypoint_actors = settings.keypoint_actors or max(1, round(cpus / 3))
     detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors + (1 if cpus <= 2 else 0))
     actor_cpus = max(0.05, (cpus - 0.5) / (detector_actors + keypoint_actors))
-    return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, 0.25)
+    return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, 0.25, 2)
 
 
 def run_annotate(
@@ -475,6 +493,7 @@ def run_annotate(
     from jobs.models import load_detector, load_keypoint_model
 
     check_writable(dest, options)
+    remove_stale_temporaries(dest)  # a killed run's half-written files (never under a final name)
     # Both models are loaded here once, so that a wrong --detector or --keypoints is one line now
     # rather than an actor's traceback later; the actors load their own copies.
     detector = load_detector(settings.detector, options, settings.detector_arch)
@@ -530,21 +549,17 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
         read_images,
         fn_kwargs={"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels},
         batch_size=resources.detector_batch,
+        compute=ray.data.TaskPoolStrategy(size=resources.read_tasks),
         num_cpus=resources.task_cpus,
     )
+    crops = PersonCrops(tuple(recipe.input_size), recipe.augment.padding, settings.person_threshold, settings.max_persons)
     dataset = dataset.map_batches(
         Detector,
-        fn_constructor_kwargs={"spec": settings.detector, "options": options, "arch": settings.detector_arch, "use_gpu": resources.use_gpu},
+        fn_constructor_kwargs={"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu},
         batch_size=resources.detector_batch,
         compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
         num_cpus=resources.actor_cpus,
         num_gpus=resources.actor_gpus,
-    )
-    dataset = dataset.map_batches(
-        person_inputs,
-        fn_kwargs={"input_size": recipe.input_size, "padding": recipe.augment.padding, "threshold": settings.person_threshold, "limit": settings.max_persons},
-        batch_size=resources.detector_batch,
-        num_cpus=resources.task_cpus,
     )
     dataset = dataset.map_batches(
         KeypointModel,

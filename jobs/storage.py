@@ -279,6 +279,21 @@ def check_writable(url: str, options: StorageOptions = StorageOptions()) -> None
             raise PermissionError(existing)
 
 
+def remove_stale_temporaries(url: str) -> int:
+    """Delete the temporary files that killed writers left under the local folder `url` (S3
+    writes leave none); returns how many. Only for a folder no other job is writing into."""
+    if is_s3(url) or not os.path.isdir(url):
+        return 0
+    removed = 0
+    for folder, _, names in os.walk(url):
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp") and len(name.rsplit(".", 2)[-2]) == 32:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def _local_temporary_file(path: str) -> Iterator[str]:
     """Yield a temporary path next to `path`; on success it replaces `path`, on failure it is removed."""

@@ -1,0 +1,203 @@
+"""Annotate benchmark: `pose-jobs annotate` against a plain single-process loop and against the
+model-only limit, on the same synthetic COCO images and the same models; and the job's peak
+memory at 1x and 10x the images.
+
+    python benchmarks/annotate.py                  # 48 images, 10x = 480
+    python benchmarks/annotate.py --images 24 --scale 4
+
+- plain loop: what a user would write without Ray: one process (torch on every core), one image
+  at a time: read, decode, detect, cut the persons, keypoints (flip test).
+- model-only limit: the same forward passes on images decoded and persons cut beforehand, with the
+  job's batch sizes, in one process per core (torch on one thread each), as the job's actors run:
+  the most the job could do on this machine if reading, decoding, cropping and moving data cost
+  nothing.
+- pose-jobs annotate: the job on a Ray that is already running (its actors start inside the
+  timing, as they do in every run); the whole command's wall time, Ray's start included, is
+  printed too.
+
+The models are the CPU defaults: Faster R-CNN MobileNetV3-FPN at 512 px (91 COCO classes) and the
+ResNet-18 keypoint model at 96x128. They are untrained (nothing is downloaded), so the person logit
+of the detector is raised to make it report persons; `--max-persons` (default 4) keeps the
+keypoint work per image near the synthetic scenes' people count. Speed does not depend on the
+weights' values. Memory is the peak summed PSS of the command's process tree (driver, Ray's GCS,
+raylet and workers), sampled every 0.25 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import peak_tree_pss  # noqa: E402  (benchmarks/ingest.py: one home for the memory sampler)
+
+from jobs.annotate import IMAGE_SUFFIXES, person_boxes  # noqa: E402
+from pose.geometry import box_to_center_size, crop_affine, invert_affine, warp_image  # noqa: E402
+from pose.heatmaps import to_image_coordinates  # noqa: E402
+from pose.images import decode_image  # noqa: E402
+from pose.keypoint_task import KeypointRecipe, predict  # noqa: E402
+from pose.models.detector import DetectorConfig, build_detector, detect  # noqa: E402
+from pose.models.keypoints import build_keypoint_model  # noqa: E402
+
+PERSON_THRESHOLD = 0.3
+
+
+def write_models(folder: Path) -> tuple[str, str]:
+    """The CPU-default detector and keypoint model as run folders (untrained; persons favoured)."""
+    torch.manual_seed(0)
+    config = DetectorConfig()
+    detector = build_detector(config)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.bias[1] = 4.0
+    (folder / "detector").mkdir(parents=True, exist_ok=True)
+    torch.save(detector.state_dict(), folder / "detector" / "model.pt")
+    (folder / "detector" / "model.json").write_text(json.dumps({"task": "detector", "model": config.to_dict()}))
+    recipe = KeypointRecipe()
+    (folder / "keypoints").mkdir(parents=True, exist_ok=True)
+    torch.save(build_keypoint_model(recipe.model_config()).state_dict(), folder / "keypoints" / "model.pt")
+    info = {"task": "keypoints", "recipe": recipe.to_dict(), "model": recipe.model_config().to_dict()}
+    (folder / "keypoints" / "model.json").write_text(json.dumps(info))
+    return str(folder / "detector"), str(folder / "keypoints")
+
+
+def load_models(detector_dir: str, keypoint_dir: str):
+    from jobs.models import load_detector, load_keypoint_model
+
+    model, recipe = load_keypoint_model(keypoint_dir)
+    return load_detector(detector_dir), model, recipe
+
+
+def cut_persons(image: np.ndarray, found: dict, recipe: KeypointRecipe, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
+    """The person inputs (P, h, w, 3) and their input -> image matrices (P, 2, 3), as the job cuts them."""
+    chosen = person_boxes(found["boxes"], found["scores"], found["labels"], PERSON_THRESHOLD, max_persons)
+    aspect = recipe.input_size[0] / recipe.input_size[1]
+    crops, matrices = [], []
+    for index in chosen:
+        center, size = box_to_center_size(found["boxes"][index], aspect, recipe.augment.padding)
+        matrix = crop_affine(center, size, recipe.input_size)
+        crops.append(warp_image(image, matrix, recipe.input_size))
+        matrices.append(invert_affine(matrix))
+    w, h = recipe.input_size
+    return np.asarray(crops, np.uint8).reshape(-1, h, w, 3), np.asarray(matrices).reshape(-1, 2, 3)
+
+
+def plain_loop(paths: list[Path], detector_dir: str, keypoint_dir: str, max_persons: int) -> float:
+    """One process, one image at a time; returns images/s (model loading not timed)."""
+    detector, keypoint_model, recipe = load_models(detector_dir, keypoint_dir)
+    codec = recipe.codec()
+    started = time.perf_counter()
+    for path in paths:
+        image = decode_image(path.read_bytes())
+        found = detect(detector, [image])[0]
+        inputs, matrices = cut_persons(image, found, recipe, max_persons)
+        if len(inputs):
+            points, scores, _ = predict(keypoint_model, inputs, flip_test=True, codec=codec)
+            to_image_coordinates(points, matrices)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def _model_only_worker(arguments) -> float:
+    """One core's share of the model-only limit: seconds for its forward passes."""
+    images, inputs, detector_dir, keypoint_dir, detector_batch, keypoint_batch = arguments
+    torch.set_num_threads(1)
+    detector, keypoint_model, recipe = load_models(detector_dir, keypoint_dir)
+    codec = recipe.codec()
+    tensors = [torch.from_numpy(image).permute(2, 0, 1).contiguous() for image in images]
+    started = time.perf_counter()
+    for start in range(0, len(tensors), detector_batch):
+        detect(detector, tensors[start : start + detector_batch])
+    for start in range(0, len(inputs), keypoint_batch):
+        predict(keypoint_model, inputs[start : start + keypoint_batch], flip_test=True, codec=codec)
+    return time.perf_counter() - started
+
+
+def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, detector_batch, keypoint_batch) -> float:
+    """images/s of the forward passes alone, `processes` processes with one torch thread each."""
+    detector, _, recipe = load_models(detector_dir, keypoint_dir)
+    images = [decode_image(path.read_bytes()) for path in paths]
+    inputs = [cut_persons(image, detect(detector, [image])[0], recipe, max_persons)[0] for image in images]
+    shares = []
+    for p in range(processes):
+        mine = list(range(p, len(images), processes))
+        persons = np.concatenate([inputs[i] for i in mine]) if mine else np.zeros((0,))
+        shares.append(([images[i] for i in mine], persons, detector_dir, keypoint_dir, detector_batch, keypoint_batch))
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        seconds = pool.map(_model_only_worker, shares)
+    return len(images) / max(seconds), sum(len(i) for i in inputs) / len(images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--max-persons", type=int, default=4)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from pose.synth.people import write_coco
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-annotate-"))
+    small, large = workdir / "coco-1x", workdir / f"coco-{args.scale}x"
+    print(f"synthesising {args.images} and {args.images * args.scale} images under {workdir} ...", flush=True)
+    if not small.exists():
+        write_coco(small, split="val", images=args.images, seed=0)
+    if not large.exists():
+        write_coco(large, split="val", images=args.images * args.scale, seed=0)
+    detector_dir, keypoint_dir = write_models(workdir / "models")
+    folder = small / "val2017"
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    from jobs.annotate import AnnotateSettings, annotate, plan_resources
+    from jobs.runtime import init_ray
+
+    init_ray()
+    import ray
+
+    settings = AnnotateSettings(detector_dir, keypoint_dir, max_persons=args.max_persons)
+    resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
+    annotate(str(folder), str(workdir / "warmup"), settings, progress=False)  # Ray's workers started once
+    shutil.rmtree(workdir / "ray-out", ignore_errors=True)
+    started = time.perf_counter()
+    annotate(str(folder), str(workdir / "ray-out"), settings, progress=False)
+    job_rate = len(paths) / (time.perf_counter() - started)
+    ray.shutdown()
+
+    torch.set_num_threads(os.cpu_count())
+    plain_rate = plain_loop(paths, detector_dir, keypoint_dir, args.max_persons)
+    processes = os.cpu_count()
+    limit_rate, persons = model_only_limit(paths, detector_dir, keypoint_dir, args.max_persons, processes, resources.detector_batch, resources.keypoint_batch)
+
+    cli = str(Path(sys.executable).with_name("pose-jobs"))
+    common = ["--detector", detector_dir, "--keypoints", keypoint_dir, "--max-persons", str(args.max_persons)]
+    for name in ("cli-1x", "cli-large"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    wall_small, peak_small = peak_tree_pss([cli, "annotate", str(folder), str(workdir / "cli-1x"), *common])
+    large_count = args.images * args.scale
+    wall_large, peak_large = peak_tree_pss([cli, "annotate", str(large / "val2017"), str(workdir / "cli-large"), *common])
+
+    print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {large_count} ({args.scale}x), "
+          f"{persons:.1f} persons per image; pools: {resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors, "
+          f"batches {resources.detector_batch} images / {resources.keypoint_batch} persons")
+    print(f"plain single-process loop       {plain_rate:8.2f} images/s")
+    print(f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s")
+    print(f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s   x{job_rate / plain_rate:.2f} the plain loop, "
+          f"{job_rate / limit_rate:.2f} of the model-only limit")
+    print(f"pose-jobs annotate command, Ray start included: 1x {len(paths) / wall_small:.2f} images/s ({wall_small:.0f} s), "
+          f"{args.scale}x {large_count / wall_large:.2f} images/s ({wall_large:.0f} s)")
+    print(f"peak memory (PSS, whole job)    1x {peak_small:.0f} MiB   {args.scale}x {peak_large:.0f} MiB   ratio {peak_large / peak_small:.2f}")
+
+
+if __name__ == "__main__":
+    main()
