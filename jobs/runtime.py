@@ -57,5 +57,6 @@ class Progress:
         elapsed = max(now - self.started, 1e-6)
         rate = self.items / elapsed
         remaining = (elapsed / self.done) * (self.total - self.done) if self.done else float("nan")
-        line = f"{self.label}: {self.done}/{self.total} shards, {self.items} {self.unit}, {rate:.0f} {self.unit}/s, ETA {remaining:.0f}s"
+        shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+        line = f"{self.label}: {self.done}/{self.total} shards, {self.items} {self.unit}, {shown} {self.unit}/s, ETA {remaining:.0f}s"
         print(("\r" + line) if self.interactive else line, end="" if self.interactive and self.done < self.total else "\n", file=sys.stderr, flush=True)
