@@ -67,6 +67,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 SHARD_IMAGES = 64
 RESULTS_KEYPOINTS = "results/keypoints.json"
 RESULTS_BOXES = "results/boxes.json"
+IN_FLIGHT_BYTES = 512 * 2**20  # the pipeline's data in Ray's object store, at most
 MAX_BLOCKS = 20_000  # input blocks of one run: past this, blocks hold more than one detector batch
 
 
@@ -537,6 +538,10 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
     """Run the pipeline over the pending shards; yield each shard's marker once it is written."""
     import ray.data
 
+    # However large SRC is, Ray Data holds at most this much of the pipeline's data at a time
+    # (decoded pixels waiting for a detector, mostly): reading stops while the models catch up.
+    context = ray.data.DataContext.get_current()
+    context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=IN_FLIGHT_BYTES)
     items = [{**item, "split": item["split"] or "", "unit": shard.unit} for shard in pending for item in shard.items]
     expected = {shard.unit: len(shard.items) for shard in pending}
     fingerprints = {shard.unit: shard.fingerprint for shard in pending}
