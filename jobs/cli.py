@@ -41,6 +41,7 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from jobs.ingest import IngestError
+        from jobs.models import ModelError
         from jobs.storage import StorageError
         from jobs.train import TrainError
         from pose.formats.coco import CocoFormatError
@@ -48,7 +49,7 @@ def user_errors(command):
 
         try:
             return command(*args, **kwargs)
-        except (IngestError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
+        except (IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
             typer.echo(f"pose-jobs: error: {error}", err=True)
             raise typer.Exit(2) from None
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from jobs.storage import StorageOptions, is_s3, join, write_bytes_atomic
 from jobs.ingest import read_table
-from jobs.train import TrainError, batches_of, load_model_info
+from jobs.models import load_digit_model, load_keypoint_model
+from jobs.train import batches_of
 
 
 def _save_png(image, folder: Path | None, model_dir: str, name: str, options: StorageOptions) -> str:
@@ -34,15 +35,10 @@ def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions
     import torch
 
     from pose import draw
-    from pose.digit_task import DigitRecipe, DigitTask, pixels_from_rows, to_input
+    from pose.digit_task import DigitTask, pixels_from_rows, to_input
 
-    info, state = load_model_info(model_dir, options)
-    if info.get("task") != "svhn":
-        raise TrainError(f"{model_dir}: holds a '{info.get('task')}' model, not an SVHN digit model")
-    task = DigitTask(DigitRecipe.from_dict(info["recipe"]))
-    model = task.build_model()
-    model.load_state_dict(state)
-    model.eval()
+    model, recipe = load_digit_model(model_dir, options)
+    task = DigitTask(recipe)
     rows = read_table(data, "digits", (split,), options, columns=["label", "pixels"])
     evaluator = task.evaluator()
     device = torch.device("cpu")
@@ -88,16 +84,9 @@ def evaluate_keypoints(
     import torch
 
     from pose.heatmaps import to_image_coordinates
-    from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, KeypointRecipe, evaluation_figure, predict
-    from pose.models.keypoints import build_keypoint_model
+    from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, evaluation_figure, predict
 
-    info, state = load_model_info(model_dir, options)
-    if info.get("task") != "keypoints":
-        raise TrainError(f"{model_dir}: holds a '{info.get('task')}' model, not a keypoint model")
-    recipe = KeypointRecipe.from_dict(info["recipe"])
-    model = build_keypoint_model(recipe.model_config())
-    model.load_state_dict(state)
-    model.eval()
+    model, recipe = load_keypoint_model(model_dir, options)
     codec = recipe.codec()
     evaluator = KeypointEvaluator(codec, keypoint_ground_truth(data, split, options))
     transform = KeypointBatchTransform(recipe, train=False)

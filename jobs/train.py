@@ -382,18 +382,6 @@ def _write_model(task, model, history: list[dict], epochs: int, out: str, option
     write_bytes_atomic(join(out, "model.json"), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), options)
 
 
-def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) -> tuple[dict, dict]:
-    """(model.json content, state_dict) of a trained model directory; weights loaded with weights_only=True."""
-    import torch
-
-    info_url, weights_url = join(model_dir, "model.json"), join(model_dir, "model.pt")
-    if not exists(info_url, options) or not exists(weights_url, options):
-        raise TrainError(f"{model_dir}: not a trained model directory (expected model.pt and model.json; did training finish?)")
-    info = json.loads(read_bytes(info_url, options))
-    state = torch.load(io.BytesIO(read_bytes(weights_url, options)), map_location="cpu", weights_only=True)
-    return info, state
-
-
 def batches_of(table, batch_size: int):
     """Numpy batches (dict of column arrays) of a pyarrow Table, as Ray Data's iter_batches gives them."""
     for start in range(0, table.num_rows, batch_size):

@@ -66,17 +66,24 @@ class DetectorConfig:
     # mobilenet: 150). On a CPU the box head on 1000 proposals is most of the mobilenet's time.
     proposals_per_image: int = 1000
     # Backbone stages that train, counted from the top (torchvision's default when it starts from its
-    # weights: 3); the others, and every BatchNorm of the v1 and mobilenet backbones, stay frozen.
+    # weights: 3); the others stay frozen.
     trainable_backbone_layers: int = 3
+    # The v1 and mobilenet backbones' normalisation. "frozen": FrozenBatchNorm2d, as torchvision
+    # builds them to start from its weights (fixed statistics, the weight files' layout). "batch":
+    # ordinary, trainable BatchNorm2d, for training from scratch, where frozen statistics are an
+    # identity and the net has no normalisation at all. The v2 ResNet always has BatchNorm2d.
+    norm: str = "frozen"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown detector arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.num_classes < 2:
             raise ValueError(f"a detector needs background and at least one class (num_classes ≥ 2), got {self.num_classes}")
-        most = 6 if self.arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
+        most = self.most_backbone_layers
         if not 0 <= self.trainable_backbone_layers <= most:
             raise ValueError(f"{self.arch} has {most} backbone stages; trainable_backbone_layers must be in [0, {most}], got {self.trainable_backbone_layers}")
+        if self.norm not in ("frozen", "batch"):
+            raise ValueError(f"detector norm must be 'frozen' (start from weights) or 'batch' (from scratch), got {self.norm!r}")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values, saved next to the weights."""
@@ -85,6 +92,11 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "DetectorConfig":
         return cls(**values)
+
+    @property
+    def most_backbone_layers(self) -> int:
+        """How many backbone stages `trainable_backbone_layers` can count: all of them train."""
+        return 6 if self.arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
 
     def category_names(self) -> tuple[str, ...]:
         """Label i -> name: COCO's names for 91 classes, ("__background__", "person") for 2."""
@@ -103,7 +115,9 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
     built as torchvision builds it then: same modules, same state_dict keys as the weight files, and
     for the v1 ResNet the FrozenBatchNorm eps of 0 that torchvision sets for its COCO_V1 weights.
     Without this, fine-tuning on a few images per GPU would re-estimate BatchNorm statistics.
+    `config.norm == "batch"` swaps in trainable BatchNorm2d for training from scratch.
     """
+    norm_layer = FrozenBatchNorm2d if config.norm == "frozen" else torch.nn.BatchNorm2d
     options = dict(
         min_size=config.min_size,
         max_size=config.max_size,
@@ -114,7 +128,7 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
     if config.arch == "fasterrcnn_resnet50_fpn":
         # As torchvision's fasterrcnn_resnet50_fpn(weights=COCO_V1).
         backbone = resnet_fpn_backbone(
-            backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=config.trainable_backbone_layers
+            backbone_name="resnet50", weights=None, norm_layer=norm_layer, trainable_layers=config.trainable_backbone_layers
         )
         model = FasterRCNN(backbone, config.num_classes, **options)
         # The COCO_V1 weights come from Detectron, whose frozen BatchNorm had no eps.
@@ -127,7 +141,7 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
             backbone_name="mobilenet_v3_large",
             weights=None,
             fpn=True,
-            norm_layer=FrozenBatchNorm2d,
+            norm_layer=norm_layer,
             trainable_layers=config.trainable_backbone_layers,
         )
         anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)

@@ -1,0 +1,119 @@
+"""Loading trained models for inference: the one place where a command turns `--model` into a
+network in eval mode (evaluation, annotation, pictures).
+
+A *run folder* is what `jobs/train.py` leaves in `--out` (local or s3://): `model.json` (task,
+recipe, model configuration, final figures) and `model.pt` (a plain state_dict). A detector can
+also be one of torchvision's published COCO weight files (`*.pth`, local or s3://), e.g.
+`fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`: nothing is ever downloaded.
+
+Every weight file is read with `torch.load(..., weights_only=True)`. A wrong `--model` (missing,
+not a model, the wrong task or architecture) raises `ModelError`, one line that the CLI prints.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from jobs.storage import StorageOptions, exists, join, read_bytes
+
+# The seed's detector; what a bare COCO weight file is taken for unless told otherwise.
+DEFAULT_COCO_ARCH = "fasterrcnn_resnet50_fpn"
+
+
+class ModelError(Exception):
+    """A model the user pointed at cannot be used (missing, wrong task, wrong file): one line."""
+
+
+def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) -> tuple[dict, dict]:
+    """(model.json content, state_dict) of a run folder; weights loaded with weights_only=True."""
+    import torch
+
+    info_url, weights_url = join(model_dir, "model.json"), join(model_dir, "model.pt")
+    if not exists(info_url, options) or not exists(weights_url, options):
+        raise ModelError(f"{model_dir}: not a trained model folder (expected model.pt and model.json; did training finish?)")
+    info = json.loads(read_bytes(info_url, options))
+    state = torch.load(io.BytesIO(read_bytes(weights_url, options)), map_location="cpu", weights_only=True)
+    return info, state
+
+
+def _run_of_task(model_dir: str, task: str, options: StorageOptions) -> tuple[dict, dict]:
+    info, state = load_model_info(model_dir, options)
+    if info.get("task") != task:
+        raise ModelError(f"{model_dir}: holds a '{info.get('task')}' model, not a '{task}' model")
+    return info, state
+
+
+def load_digit_model(model_dir: str, options: StorageOptions = StorageOptions()):
+    """(model in eval mode, DigitRecipe) of a `train-svhn` run folder."""
+    from pose.digit_task import DigitRecipe
+    from pose.models.digits import build_digit_model
+
+    info, state = _run_of_task(model_dir, "svhn", options)
+    recipe = DigitRecipe.from_dict(info["recipe"])
+    model = build_digit_model(recipe.model)
+    model.load_state_dict(state)
+    return model.eval(), recipe
+
+
+def load_keypoint_model(model_dir: str, options: StorageOptions = StorageOptions()):
+    """(model in eval mode, KeypointRecipe) of a `train-keypoints` run folder."""
+    from pose.keypoint_task import KeypointRecipe
+    from pose.models.keypoints import build_keypoint_model
+
+    info, state = _run_of_task(model_dir, "keypoints", options)
+    recipe = KeypointRecipe.from_dict(info["recipe"])
+    model = build_keypoint_model(recipe.model_config())
+    model.load_state_dict(state)
+    return model.eval(), recipe
+
+
+def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: str | None = None):
+    """A Faster R-CNN in eval mode, with `model.config` (a DetectorConfig) set.
+
+    spec: a `train-detector` run folder (its model.json names the architecture and configuration;
+    `arch`, if given, must agree), or a state_dict file (`.pth` / `.pt`) such as torchvision's
+    published COCO weights: built as `arch` (default: the seed's fasterrcnn_resnet50_fpn) with as
+    many classes as the file's box classifier has (91 for COCO's files).
+    """
+    from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, load_detector_weights
+
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ModelError(f"unknown detector architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if exists(join(spec, "model.json"), options):
+        info, state = _run_of_task(spec, "detector", options)
+        config = DetectorConfig.from_dict(info["model"])
+        if arch is not None and arch != config.arch:
+            raise ModelError(f"{spec}: holds a {config.arch}, not a {arch}; leave out the architecture or pick the right model")
+        model = build_detector(config)
+        model.load_state_dict(state)
+        return model.eval()
+
+    if not spec.endswith((".pth", ".pt")) or not exists(spec, options):
+        raise ModelError(
+            f"{spec}: neither a trained detector folder (model.json + model.pt from train-detector) "
+            "nor a detector weights file (.pth, e.g. torchvision's fasterrcnn_resnet50_fpn_coco-258fb6c6.pth)"
+        )
+    buffer = io.BytesIO(read_bytes(spec, options))
+    buffer.name = spec  # named in load_detector_weights' messages
+    num_classes = _classifier_rows(buffer, spec)
+    buffer.seek(0)
+    config = DetectorConfig(arch=arch or DEFAULT_COCO_ARCH, num_classes=num_classes)
+    model = build_detector(config)
+    try:
+        load_detector_weights(model, buffer)
+    except ValueError as error:
+        raise ModelError(f"{error}; pass the architecture the file was saved from") from None
+    return model.eval()
+
+
+def _classifier_rows(buffer: io.BytesIO, spec: str) -> int:
+    """How many classes a detector state_dict file's box classifier has (91 when it has none)."""
+    import torch
+
+    try:
+        state = torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors: not a state_dict file
+        raise ModelError(f"{spec}: not a readable torch state_dict ({type(error).__name__}); expected a detector weights file") from None
+    weight = state.get("roi_heads.box_predictor.cls_score.weight") if isinstance(state, dict) else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else 91
