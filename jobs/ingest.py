@@ -556,6 +556,16 @@ def read_table(
     return pa.concat_tables(parts)
 
 
+def read_image_source(source: str, options: StorageOptions = StorageOptions()) -> bytes:
+    """Bytes of an image named as the `images` table's `source` records it: a local path, an
+    s3:// URL, or "archive.zip!member" (a member read in place, by byte range on S3)."""
+    if "!" in source:
+        archive, member = source.split("!", 1)
+        with open_input(archive, options) as handle:
+            return coco.read_archive_member(handle, archive, member)
+    return read_bytes(source, options)
+
+
 def ingest(
     dataset: str,
     src: str,

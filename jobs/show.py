@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.ingest import read_table
+from jobs.ingest import read_image_source, read_table
 from jobs.storage import StorageOptions, exists, join, open_input, read_bytes
 from pose import draw
 from pose.formats import coco, svhn
@@ -21,15 +21,6 @@ from pose.images import decode_image
 
 def _is_ingested(src: str, options: StorageOptions) -> bool:
     return exists(join(src, "manifest.json"), options)
-
-
-def _read_image_source(source: str, options: StorageOptions) -> bytes:
-    """Bytes of an image named as ingest records it: a path or URL, or "archive.zip!member"."""
-    if "!" in source:
-        archive, member = source.split("!", 1)
-        with open_input(archive, options) as handle:
-            return coco.read_archive_member(handle, archive, member)
-    return read_bytes(source, options)
 
 
 def show_coco(src: str, out: Path, options: StorageOptions = StorageOptions(), *, split: str = "train", images: int = 4, image_ids: list[int] | None = None) -> list[Path]:
@@ -80,7 +71,7 @@ def _coco_examples_from_source(src, options, split, count, wanted):
             source = join(folder, image["file_name"])
         else:
             source = f"{join(src, coco.image_archive(split))}!{coco.image_folder(split)}/{image['file_name']}"
-        pixels = decode_image(_read_image_source(source, options), exif_transpose=False)
+        pixels = decode_image(read_image_source(source, options), exif_transpose=False)
         persons = grouped.get(image_id, [])
         crops = []
         for person in persons:
@@ -106,7 +97,7 @@ def _coco_examples_from_parquet(src, options, split, count, wanted):
     sources = {row["image_id"]: row["source"] for row in images.select(["image_id", "source"]).to_pylist()}
     with_people = sorted(i for i in sources if person_rows.get(i))
     for image_id in _pick(with_people, count, wanted):
-        pixels = decode_image(_read_image_source(sources[image_id], options), exif_transpose=False)
+        pixels = decode_image(read_image_source(sources[image_id], options), exif_transpose=False)
         panels = [
             (row["annotation_id"], decode_image(row["crop"]), np.asarray(row["keypoints"]).reshape(17, 3))
             for row in crop_rows.get(image_id, [])

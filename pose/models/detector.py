@@ -65,6 +65,11 @@ class DetectorConfig:
     # RPN proposals per image that reach the box head at inference (torchvision: 1000; its 320-px
     # mobilenet: 150). On a CPU the box head on 1000 proposals is most of the mobilenet's time.
     proposals_per_image: int = 1000
+    # Training only: RPN proposals kept per image before and after NMS (torchvision: 2000) and
+    # proposals sampled per image for the box head's loss (torchvision: 512). On a CPU the box
+    # head and RoIAlign on those proposals cost several times the mobilenet backbone.
+    train_proposals_per_image: int = 2000
+    box_samples_per_image: int = 512
     # Backbone stages that train, counted from the top (torchvision's default when it starts from its
     # weights: 3); the others stay frozen.
     trainable_backbone_layers: int = 3
@@ -124,6 +129,9 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
         box_score_thresh=config.score_threshold,
         box_detections_per_img=config.detections_per_image,
         rpn_post_nms_top_n_test=config.proposals_per_image,
+        rpn_pre_nms_top_n_train=config.train_proposals_per_image,
+        rpn_post_nms_top_n_train=config.train_proposals_per_image,
+        box_batch_size_per_image=config.box_samples_per_image,
     )
     if config.arch == "fasterrcnn_resnet50_fpn":
         # As torchvision's fasterrcnn_resnet50_fpn(weights=COCO_V1).
@@ -230,7 +238,7 @@ def _image_tensor(image) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a copy: decoded images are read-only
     if image.dtype == torch.uint8:
         return image.float() / 255
     return image.float()
