@@ -165,7 +165,7 @@ def detect_split(model, data: str, split: str, options: StorageOptions, *, pictu
             keep = (found[i]["scores"] >= picture_min_score) & (found[i]["labels"] == PERSON_LABEL)
             truth = draw.draw_persons(pixels, true_boxes, labels=["crowd" if c else "person" for c in iscrowd])
             detected = draw.draw_detections(pixels, found[i]["boxes"][keep], ["person"] * int(keep.sum()), found[i]["scores"][keep])
-            titles = [f"image {int(rows['image_id'][i])}: ground truth", f"detections ≥ {picture_min_score:g}"] if not panels else None
+            titles = [f"image {int(rows['image_id'][i])}: ground truth", f"detections ≥ {picture_min_score:g}"]
             panels.append(draw.side_by_side([truth, detected], titles=titles, height=360))
     return evaluator, panels
 

@@ -23,7 +23,7 @@ import torch
 from pose.images import decode_image
 from pose.joints import PERSON_CATEGORY
 from pose.metrics import coco_box_ap
-from pose.models.detector import DetectorConfig, build_detector, detect, detection_results, detector_targets
+from pose.models.detector import DetectorConfig, backbone_stages, build_detector, detect, detection_results, detector_targets
 
 # Trained from scratch on a CPU: the mobilenet at a small input, trainable BatchNorm in every
 # backbone stage (there are no weights to keep frozen).
@@ -33,8 +33,8 @@ SCRATCH_DETECTOR = DetectorConfig(
     min_size=320,
     max_size=512,
     proposals_per_image=300,
-    train_proposals_per_image=600,
-    box_samples_per_image=128,
+    train_proposals_per_image=300,
+    box_samples_per_image=64,
     trainable_backbone_layers=6,
     norm="batch",
 )
@@ -51,8 +51,8 @@ class DetectorRecipe:
     """
 
     model: DetectorConfig = SCRATCH_DETECTOR
-    epochs: int = 8
-    batch_size: int = 4
+    epochs: int = 2
+    batch_size: int = 2
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
@@ -72,8 +72,7 @@ class DetectorRecipe:
     @classmethod
     def from_scratch(cls, arch: str = "fasterrcnn_mobilenet_v3_large_fpn", **fields) -> "DetectorRecipe":
         """The default recipe for `arch`: every backbone stage trains, with trainable BatchNorm."""
-        model = replace(SCRATCH_DETECTOR, arch=arch)
-        model = replace(model, trainable_backbone_layers=model.most_backbone_layers)
+        model = replace(SCRATCH_DETECTOR, arch=arch, trainable_backbone_layers=backbone_stages(arch))
         return cls(**{"model": model, **fields})
 
     @classmethod

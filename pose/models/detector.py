@@ -47,6 +47,11 @@ PERSON_CATEGORY_NAMES = ("__background__", "person")
 PERSON_LABEL = 1  # in both the 91- and the 2-class models, and COCO's person category id
 
 
+def backbone_stages(arch: str) -> int:
+    """How many backbone stages `trainable_backbone_layers` counts for `arch` (that many: all train)."""
+    return 6 if arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """A Faster R-CNN detector. Saved next to its weights (`to_dict`), so a file can be rebuilt.
@@ -84,7 +89,7 @@ class DetectorConfig:
             raise ValueError(f"unknown detector arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.num_classes < 2:
             raise ValueError(f"a detector needs background and at least one class (num_classes ≥ 2), got {self.num_classes}")
-        most = self.most_backbone_layers
+        most = backbone_stages(self.arch)
         if not 0 <= self.trainable_backbone_layers <= most:
             raise ValueError(f"{self.arch} has {most} backbone stages; trainable_backbone_layers must be in [0, {most}], got {self.trainable_backbone_layers}")
         if self.norm not in ("frozen", "batch"):
@@ -98,10 +103,7 @@ class DetectorConfig:
     def from_dict(cls, values: dict) -> "DetectorConfig":
         return cls(**values)
 
-    @property
-    def most_backbone_layers(self) -> int:
-        """How many backbone stages `trainable_backbone_layers` can count: all of them train."""
-        return 6 if self.arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
+
 
     def category_names(self) -> tuple[str, ...]:
         """Label i -> name: COCO's names for 91 classes, ("__background__", "person") for 2."""
