@@ -67,6 +67,18 @@ def test_weights_file_loads_by_path_and_by_s3_url(tmp_path, s3_env):
         assert_same_detections(model, loaded)
 
 
+def test_weights_file_of_a_detector_trained_from_scratch_keeps_its_batchnorm(tmp_path):
+    model = person_detector(norm="batch", trainable_backbone_layers=6)
+    model.train()
+    with torch.no_grad():  # running statistics away from their initial values
+        model.backbone(torch.rand(2, 3, 64, 64))
+    model.eval()
+    (tmp_path / "scratch.pth").write_bytes(state_bytes(model))
+    loaded = load_detector(str(tmp_path / "scratch.pth"), arch=MOBILENET)
+    assert loaded.config.norm == "batch"
+    assert_same_detections(model, loaded)
+
+
 def test_run_folder_loads_with_its_configuration(tmp_path, s3_env):
     config = DetectorConfig(arch=MOBILENET, num_classes=2, min_size=160, max_size=240, norm="batch", trainable_backbone_layers=6)
     torch.manual_seed(0)
