@@ -168,6 +168,10 @@ WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Ray Train 
 GpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False)]
 CpusOption = Annotated[Optional[float], typer.Option("--cpus-per-worker", min=0.01, help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data).", show_default=False)]
 SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
+DetectorArchOption = Annotated[
+    Optional[str],
+    typer.Option("--detector-arch", help="fasterrcnn_mobilenet_v3_large_fpn | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 (default: the run's; for a .pth file fasterrcnn_resnet50_fpn).", show_default=False),
+]
 
 
 def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon):
@@ -292,20 +296,135 @@ def eval_keypoints(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
     results: Annotated[Optional[str], typer.Option("--results", help="Write the COCO results JSON here (local or s3://).", show_default=False)] = None,
     pictures: Annotated[Optional[Path], typer.Option(help="Folder for the PNG of inputs, true and predicted heatmaps.")] = None,
+    detector: Annotated[
+        Optional[str],
+        typer.Option("--detector", help="Score with this detector's person boxes: a train-detector run folder or a .pth weights file.", show_default=False),
+    ] = None,
+    detector_arch: DetectorArchOption = None,
+    boxes: Annotated[
+        Optional[str],
+        typer.Option("--boxes", help="Score with the person boxes of this COCO box results JSON (local or s3://), e.g. eval-detector --results.", show_default=False),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
 ) -> None:
-    """Seed PCK and COCO keypoint AP/AR (pycocotools, ground-truth boxes, flip test) on a split."""
-    from jobs.evaluate import evaluate_keypoints
+    """Seed PCK and COCO keypoint AP/AR (pycocotools, flip test) on a split, top-down from the
+    ground-truth boxes (default) or from a detector's boxes (--detector, --boxes)."""
+    from jobs.evaluate import detect_split, evaluate_keypoints
+    from jobs.storage import read_bytes
 
-    figures = evaluate_keypoints(data, model, split, storage_options(endpoint_url, anon), pictures, results)
+    if detector and boxes:
+        raise typer.BadParameter("give --detector or --boxes, not both", param_hint="--boxes")
+    options = storage_options(endpoint_url, anon)
+    box_figures = {}
+    person_boxes = None
+    if boxes:
+        try:
+            person_boxes = json.loads(read_bytes(boxes, options))
+        except ValueError:
+            raise typer.BadParameter(f"{boxes}: not a JSON file", param_hint="--boxes") from None
+        if not isinstance(person_boxes, list) or not all(isinstance(r, dict) and {"image_id", "bbox"} <= set(r) for r in person_boxes):
+            raise typer.BadParameter(f"{boxes}: expected a COCO box results list [{{image_id, category_id, bbox, score}}, ...]", param_hint="--boxes")
+    elif detector:
+        from jobs.models import load_detector
+
+        found, _ = detect_split(load_detector(detector, options, detector_arch), data, split, options)
+        person_boxes = found.results
+        box_figures = {f"box_{k}": v for k, v in found.result().items() if k in ("ap", "ap50", "ar")}
+    figures = {**evaluate_keypoints(data, model, split, options, pictures, results, boxes=person_boxes), **box_figures}
     if as_json:
         typer.echo(json.dumps(figures))
         return
-    typer.echo(f"keypoints on {split} ({figures['instances']} persons, ground-truth boxes, flip test):")
-    for key in ("pck", "ap", "ap50", "ap75", "ap_m", "ap_l", "ar"):
-        typer.echo(f"  {key:<5} {figures[key]:.4f}")
+    source = "ground-truth boxes" if person_boxes is None else f"boxes of {detector or boxes}"
+    typer.echo(f"keypoints on {split} ({figures['instances']} persons, {source}, flip test):")
+    for key in ("pck", "ap", "ap50", "ap75", "ap_m", "ap_l", "ar", *box_figures):
+        typer.echo(f"  {key:<9} {figures[key]:.4f}")
+    for path in figures.get("pictures", []):
+        typer.echo(f"  picture: {path}")
+
+
+@app.command("train-detector")
+@user_errors
+def train_detector(
+    data: Annotated[str, typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`).")],
+    out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
+    workers: WorkersOption = 1,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per worker and step (default: the recipe's).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)] = None,
+    min_size: Annotated[Optional[int], typer.Option("--min-size", min=32, help="Short side the detector resizes images to (default: the recipe's).", show_default=False)] = None,
+    detector_arch: DetectorArchOption = None,
+    init_weights: Annotated[
+        Optional[str],
+        typer.Option("--init-weights", help="Fine-tune from torchvision's COCO weights for the arch: a .pth file or s3:// URL (default: train from scratch).", show_default=False),
+    ] = None,
+    seed: SeedOption = 0,
+    gpu: GpuOption = None,
+    cpus_per_worker: CpusOption = None,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+    address: AddressOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train the person detector (Faster R-CNN, 2 classes) with Ray Train; resumes when re-run."""
+    from dataclasses import replace
+
+    from jobs.detector_data import detector_rows, person_boxes_by_image
+    from jobs.evaluate import keypoint_ground_truth
+    from jobs.storage import read_bytes
+    from jobs.train import run_training
+    from pose.detector_task import DetectorRecipe, DetectorTask
+    from pose.models.detector import ARCHITECTURES
+
+    arch = detector_arch or "fasterrcnn_mobilenet_v3_large_fpn"
+    if arch not in ARCHITECTURES:
+        raise typer.BadParameter(f"{arch!r}: choose one of {', '.join(ARCHITECTURES)}", param_hint="--detector-arch")
+    recipe = DetectorRecipe.fine_tune(arch) if init_weights else DetectorRecipe.from_scratch(arch)
+    changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    if min_size:
+        changes["model"] = replace(recipe.model, min_size=min_size, max_size=round(min_size * recipe.model.max_size / recipe.model.min_size))
+    recipe = replace(recipe, **changes)
+    options = storage_options(endpoint_url, anon)
+    weights = read_bytes(init_weights, options) if init_weights else None
+    task = DetectorTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, init_weights=weights)
+    if weights is not None:
+        try:
+            task.build_model()  # a wrong file is one clear line now, not a worker traceback later
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--init-weights") from None
+    boxes = person_boxes_by_image(data, (*task.train_splits, task.val_split), options)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon)
+    prepare = functools.partial(detector_rows, boxes=boxes, options=options)
+    info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
+    final = info["final"]
+    typer.echo(f"trained detector for {info['epochs']} epochs: box AP {final.get('val_ap', float('nan')):.4f}  AP50 {final.get('val_ap50', float('nan')):.4f} -> {out}")
+
+
+@app.command("eval-detector")
+@user_errors
+def eval_detector(
+    data: Annotated[str, typer.Option("--data", help="Ingested COCO.")],
+    model: Annotated[str, typer.Option("--model", help="A run folder from train-detector, or a detector weights file (.pth, local or s3://).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    detector_arch: DetectorArchOption = None,
+    results: Annotated[Optional[str], typer.Option("--results", help="Write the COCO box results JSON here (local or s3://).", show_default=False)] = None,
+    pictures: Annotated[Optional[Path], typer.Option(help="Folder for the PNG of detections (default: the run folder).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
+    endpoint_url: EndpointOption = None,
+    anon: AnonOption = False,
+) -> None:
+    """COCO person box AP/AR (pycocotools, crowds ignored) of a detector on a split, and a picture."""
+    from jobs.evaluate import evaluate_detector
+
+    figures = evaluate_detector(data, model, split, storage_options(endpoint_url, anon), pictures, results, arch=detector_arch)
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    typer.echo(f"person boxes on {split} ({figures['images']} images, {figures['detections']} detections):")
+    names = {"ap": "AP @[.50:.95]", "ap50": "AP @.50", "ap75": "AP @.75", "ap_s": "AP small", "ap_m": "AP medium", "ap_l": "AP large", "ar": "AR @100"}
+    for key, name in names.items():
+        typer.echo(f"  {name:<14} {figures[key]:.4f}")
     for path in figures.get("pictures", []):
         typer.echo(f"  picture: {path}")
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.storage import StorageOptions, is_s3, join, write_bytes_atomic
+from jobs.storage import StorageOptions, exists, is_s3, join, write_bytes_atomic
 from jobs.ingest import read_table
-from jobs.train import TrainError, batches_of, load_model_info
+from jobs.models import load_digit_model, load_keypoint_model
+from jobs.train import batches_of
 
 
 def _save_png(image, folder: Path | None, model_dir: str, name: str, options: StorageOptions) -> str:
@@ -34,15 +35,10 @@ def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions
     import torch
 
     from pose import draw
-    from pose.digit_task import DigitRecipe, DigitTask, pixels_from_rows, to_input
+    from pose.digit_task import DigitTask, pixels_from_rows, to_input
 
-    info, state = load_model_info(model_dir, options)
-    if info.get("task") != "svhn":
-        raise TrainError(f"{model_dir}: holds a '{info.get('task')}' model, not an SVHN digit model")
-    task = DigitTask(DigitRecipe.from_dict(info["recipe"]))
-    model = task.build_model()
-    model.load_state_dict(state)
-    model.eval()
+    model, recipe = load_digit_model(model_dir, options)
+    task = DigitTask(recipe)
     rows = read_table(data, "digits", (split,), options, columns=["label", "pixels"])
     evaluator = task.evaluator()
     device = torch.device("cpu")
@@ -80,35 +76,41 @@ def evaluate_keypoints(
     options: StorageOptions,
     pictures: Path | None = None,
     results_file: str | None = None,
+    boxes: list[dict] | None = None,
 ) -> dict:
-    """Seed PCK and COCO keypoint AP/AR (ground-truth boxes) on one split, with flip test; writes
-    the COCO results JSON when asked and a picture of inputs, true and predicted heatmaps."""
+    """Seed PCK and COCO keypoint AP/AR on one split, with flip test; writes the COCO results JSON
+    when asked and a picture of inputs, true and predicted heatmaps.
+
+    The persons are the annotated ones (ground-truth boxes, the `person_crops` table) unless
+    `boxes` gives COCO box results (a detector's, see `detect_split`): then the crops are cut around
+    those boxes, each instance is scored by its box score, and PCK is NaN (no joints to compare).
+    """
     import json
 
     import torch
 
     from pose.heatmaps import to_image_coordinates
-    from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, KeypointRecipe, evaluation_figure, predict
-    from pose.models.keypoints import build_keypoint_model
+    from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, evaluation_figure, predict
 
-    info, state = load_model_info(model_dir, options)
-    if info.get("task") != "keypoints":
-        raise TrainError(f"{model_dir}: holds a '{info.get('task')}' model, not a keypoint model")
-    recipe = KeypointRecipe.from_dict(info["recipe"])
-    model = build_keypoint_model(recipe.model_config())
-    model.load_state_dict(state)
-    model.eval()
+    model, recipe = load_keypoint_model(model_dir, options)
     codec = recipe.codec()
     evaluator = KeypointEvaluator(codec, keypoint_ground_truth(data, split, options))
     transform = KeypointBatchTransform(recipe, train=False)
     first = None
-    for batch in batches_of(read_table(data, "person_crops", (split,), options), 64):
+    if boxes is None:
+        crops = read_table(data, "person_crops", (split,), options)
+    else:
+        crops = person_crops_from_boxes(data, split, boxes, options)
+    for batch in batches_of(crops, 64):
         prepared = transform(batch)
         keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=recipe.flip_test, codec=codec)
         evaluator.update(heatmaps, prepared["target"], prepared["target_weight"], to_image_coordinates(keypoints, prepared["image_from_input"]), scores, prepared)
         if first is None:
             first = (prepared, keypoints, scores, heatmaps)
     figures = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in evaluator.result().items()}
+    figures["boxes"] = "ground truth" if boxes is None else "given"
+    if boxes is not None:
+        figures["pck"] = float("nan")
     if results_file:
         write_bytes_atomic(results_file, json.dumps(evaluator.results_json()).encode(), options)
         figures["results"] = results_file
@@ -118,3 +120,131 @@ def evaluate_keypoints(
         folder = pictures if pictures is not None or not is_s3(model_dir) else None
         figures["pictures"] = [_save_png(picture, folder, model_dir, f"keypoints-{split}.png", options)]
     return figures
+
+
+def _stacked_rows(rows: list) -> "Image.Image":
+    """Pictures (side_by_side rows) one above the other, left-aligned on white."""
+    from PIL import Image
+
+    from pose.draw import BACKGROUND
+
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), BACKGROUND)
+    y = 0
+    for row in rows:
+        canvas.paste(row, (0, y))
+        y += row.height
+    return canvas
+
+
+def detect_split(model, data: str, split: str, options: StorageOptions, *, picture_images: int = 0, picture_min_score: float = 0.5):
+    """Run a detector over every image of a split, in this process.
+
+    Returns the `DetectorEvaluator` fed with every image (its `results` are the COCO box results,
+    person category only; `result()` the box AP/AR against the split's ground truth) and, for the
+    first `picture_images` images, pictures of the ground truth beside the detections scoring at
+    least `picture_min_score`.
+    """
+    import torch
+
+    from jobs.detector_data import IMAGE_COLUMNS, add_pixels_and_boxes, person_boxes_by_image
+    from pose import draw
+    from pose.detector_task import DetectorEvaluator, row_boxes
+    from pose.images import decode_image
+    from pose.models.detector import PERSON_LABEL
+
+    evaluator = DetectorEvaluator(keypoint_ground_truth(data, split, options))
+    boxes = person_boxes_by_image(data, (split,), options)
+    images = read_table(data, "images", (split,), options, columns=IMAGE_COLUMNS)
+    panels = []
+    for start in range(0, images.num_rows, 8):
+        rows = next(batches_of(add_pixels_and_boxes(images.slice(start, 8), boxes, options), 8))
+        found = evaluator.update(model, rows, torch.device("cpu"))
+        for i in range(min(len(found), picture_images - len(panels))):
+            pixels = decode_image(bytes(rows["image"][i]), exif_transpose=False)
+            true_boxes, iscrowd = row_boxes(rows, i)
+            keep = (found[i]["scores"] >= picture_min_score) & (found[i]["labels"] == PERSON_LABEL)
+            truth = draw.draw_persons(pixels, true_boxes, labels=["crowd" if c else "person" for c in iscrowd])
+            detected = draw.draw_detections(pixels, found[i]["boxes"][keep], ["person"] * int(keep.sum()), found[i]["scores"][keep])
+            titles = [f"image {int(rows['image_id'][i])}: ground truth", f"detections ≥ {picture_min_score:g}"]
+            panels.append(draw.side_by_side([truth, detected], titles=titles, height=360))
+    return evaluator, panels
+
+
+def evaluate_detector(
+    data: str,
+    model_spec: str,
+    split: str,
+    options: StorageOptions,
+    pictures: Path | None = None,
+    results_file: str | None = None,
+    arch: str | None = None,
+) -> dict:
+    """COCO person box AP/AR (pycocotools, iouType "bbox", crowds as ignore regions) of a detector
+    on one split; writes the COCO box results JSON when asked and a picture of the first 4 images.
+
+    model_spec: a train-detector run folder or a detector weights file (`jobs.models.load_detector`).
+    The picture goes to `pictures`, else into the run folder, else (a weights file) here.
+    """
+    import json
+
+    from jobs.models import load_detector
+
+    evaluator, panels = detect_split(load_detector(model_spec, options, arch), data, split, options, picture_images=4)
+    figures = evaluator.result()
+    if results_file:
+        write_bytes_atomic(results_file, json.dumps(evaluator.results).encode(), options)
+        figures["results"] = results_file
+    if panels:
+        run_folder = exists(join(model_spec, "model.json"), options)
+        folder = pictures if pictures is not None or run_folder else Path(".")
+        figures["pictures"] = [_save_png(_stacked_rows(panels), folder, model_spec, f"detections-{split}.png", options)]
+    return figures
+
+
+def person_crops_from_boxes(data: str, split: str, boxes: list[dict], options: StorageOptions):
+    """`person_crops` rows cut, as ingest cuts them, around given person boxes instead of the
+    annotated ones: one row per COCO result {image_id, category_id 1, bbox [x, y, w, h], score}
+    (other categories are skipped), with its `box_score`. Keypoints are unknown (all 0), so the
+    seed's PCK means nothing on these rows; COCO keypoint AP does.
+    """
+    import json
+
+    import pyarrow as pa
+
+    from jobs.ingest import read_image_source
+    from jobs.storage import read_bytes
+    from pose.crops import CropSettings, cut_person_crop
+    from pose.images import decode_image, encode_jpeg
+    from pose.joints import NUM_JOINTS, PERSON_CATEGORY
+
+    settings = json.loads(read_bytes(join(data, "manifest.json"), options)).get("settings", {})
+    crop_settings = CropSettings(**settings.get("crop", {}))
+    by_image: dict[int, list[dict]] = {}
+    for result in boxes:
+        if int(result.get("category_id", PERSON_CATEGORY["id"])) == PERSON_CATEGORY["id"]:
+            by_image.setdefault(int(result["image_id"]), []).append(result)
+    images = read_table(data, "images", (split,), options, columns=["image_id", "source"])
+    rows, no_keypoints = [], np.zeros((NUM_JOINTS, 3))
+    for image_id, source in zip(images["image_id"].to_pylist(), images["source"].to_pylist()):
+        if image_id not in by_image:
+            continue
+        # COCO's annotations are in the stored pixel frame: no EXIF rotation, as in ingest.
+        pixels = decode_image(read_image_source(source, options), exif_transpose=False)
+        for result in by_image[image_id]:
+            box = np.asarray(result["bbox"], np.float64)
+            if box[2] < 1 or box[3] < 1:
+                continue
+            person = cut_person_crop(pixels, box, no_keypoints, crop_settings)
+            rows.append(
+                {
+                    "annotation_id": len(rows),
+                    "image_id": int(image_id),
+                    "crop": encode_jpeg(person.pixels, quality=92),
+                    "bbox": person.bbox.astype(np.float32).tolist(),
+                    "keypoints": person.keypoints.astype(np.float32).reshape(-1).tolist(),
+                    "image_from_crop": person.image_from_crop.reshape(-1).tolist(),
+                    "area": float(box[2] * box[3]),
+                    "box_score": float(result.get("score", 1.0)),
+                }
+            )
+    return pa.Table.from_pylist(rows)

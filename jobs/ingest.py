@@ -557,8 +557,8 @@ def read_table(
 
 
 def read_image_source(source: str, options: StorageOptions = StorageOptions()) -> bytes:
-    """Bytes of an image named as the `images` table's `source` records it: a path or URL, or
-    "archive.zip!member"."""
+    """Bytes of an image named as the `images` table's `source` records it: a local path, an
+    s3:// URL, or "archive.zip!member" (a member read in place, by byte range on S3)."""
     if "!" in source:
         archive, member = source.split("!", 1)
         with open_input(archive, options) as handle:

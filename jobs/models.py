@@ -74,7 +74,8 @@ def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: s
     spec: a `train-detector` run folder (its model.json names the architecture and configuration;
     `arch`, if given, must agree), or a state_dict file (`.pth` / `.pt`) such as torchvision's
     published COCO weights: built as `arch` (default: the seed's fasterrcnn_resnet50_fpn) with as
-    many classes as the file's box classifier has (91 for COCO's files).
+    many classes as the file's box classifier has (91 for COCO's files), with trainable BatchNorm
+    when the file has BatchNorm counters, and torchvision's default input size.
     """
     from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, load_detector_weights
 
@@ -96,9 +97,9 @@ def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: s
         )
     buffer = io.BytesIO(read_bytes(spec, options))
     buffer.name = spec  # named in load_detector_weights' messages
-    num_classes = _classifier_rows(buffer, spec)
+    num_classes, norm = _file_layout(buffer, spec)
     buffer.seek(0)
-    config = DetectorConfig(arch=arch or DEFAULT_COCO_ARCH, num_classes=num_classes)
+    config = DetectorConfig(arch=arch or DEFAULT_COCO_ARCH, num_classes=num_classes, norm=norm)
     model = build_detector(config)
     try:
         load_detector_weights(model, buffer)
@@ -107,13 +108,18 @@ def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: s
     return model.eval()
 
 
-def _classifier_rows(buffer: io.BytesIO, spec: str) -> int:
-    """How many classes a detector state_dict file's box classifier has (91 when it has none)."""
+def _file_layout(buffer: io.BytesIO, spec: str) -> tuple[int, str]:
+    """(classes, norm) of a detector state_dict file: how many rows its box classifier has (91
+    when it has none), and "batch" when it has BatchNorm counters (a detector trained here from
+    scratch), else "frozen" (torchvision's files: FrozenBatchNorm2d has no counters)."""
     import torch
 
     try:
         state = torch.load(buffer, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights_only errors: not a state_dict file
         raise ModelError(f"{spec}: not a readable torch state_dict ({type(error).__name__}); expected a detector weights file") from None
-    weight = state.get("roi_heads.box_predictor.cls_score.weight") if isinstance(state, dict) else None
-    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else 91
+    if not isinstance(state, dict):
+        return 91, "frozen"  # load_detector_weights says what is wrong with it
+    weight = state.get("roi_heads.box_predictor.cls_score.weight")
+    norm = "batch" if any(key.endswith("num_batches_tracked") for key in state) else "frozen"
+    return (int(weight.shape[0]) if weight is not None and weight.ndim == 2 else 91), norm

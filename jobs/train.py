@@ -103,8 +103,14 @@ def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:
     return info if info.get("epochs") == epochs else None
 
 
-def run_training(task, settings: TrainSettings, epochs: int, *, address: str | None = None, verbose: bool = False) -> dict:
-    """Train `task` for `epochs` epochs on Ray Train; returns the final model.json content."""
+def run_training(task, settings: TrainSettings, epochs: int, *, address: str | None = None, verbose: bool = False, prepare_rows=None) -> dict:
+    """Train `task` for `epochs` epochs on Ray Train; returns the final model.json content.
+
+    `prepare_rows`: a function Ray Data dataset -> dataset applied to the training and validation
+    rows of `task.table` before they reach the workers (one output row per input row), for a task
+    whose rows need more than the table holds, e.g. the detector's image bytes and boxes
+    (`jobs.detector_data.detector_rows`).
+    """
     settings = replace(settings, data=absolute(settings.data), out=absolute(settings.out))
     done = finished_run(settings.out, epochs, settings.options)
     if done is not None:
@@ -136,6 +142,8 @@ def run_training(task, settings: TrainSettings, epochs: int, *, address: str | N
     train_rows = train.count()
     if train_rows < settings.workers * task.batch_size:
         raise TrainError(f"{settings.data}: {train_rows} training rows cannot fill one batch of {task.batch_size} on each of {settings.workers} workers")
+    if prepare_rows is not None:
+        train, val = prepare_rows(train), prepare_rows(val)
 
     storage_path, name = _run_location(settings.out)
     run_config = RunConfig(
@@ -380,18 +388,6 @@ def _write_model(task, model, history: list[dict], epochs: int, out: str, option
     write_bytes_atomic(join(out, "model.pt"), buffer.getvalue(), options)
     info = {**task.config(), "epochs": epochs, "final": history[-1] if history else {}}
     write_bytes_atomic(join(out, "model.json"), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), options)
-
-
-def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) -> tuple[dict, dict]:
-    """(model.json content, state_dict) of a trained model directory; weights loaded with weights_only=True."""
-    import torch
-
-    info_url, weights_url = join(model_dir, "model.json"), join(model_dir, "model.pt")
-    if not exists(info_url, options) or not exists(weights_url, options):
-        raise TrainError(f"{model_dir}: not a trained model directory (expected model.pt and model.json; did training finish?)")
-    info = json.loads(read_bytes(info_url, options))
-    state = torch.load(io.BytesIO(read_bytes(weights_url, options)), map_location="cpu", weights_only=True)
-    return info, state
 
 
 def batches_of(table, batch_size: int):

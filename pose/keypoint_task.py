@@ -158,7 +158,8 @@ class KeypointBatchTransform:
       keypoints: (N, K, 2) float32, the true joints in input pixels (0 where unlabelled);
       input_from_crop, image_from_input: (N, 2, 3) float64;
       annotation_id, image_id: (N,) int64; area: (N,) float64 (the annotation's, for OKS);
-      bbox: (N, 4) float64, the person box [x, y, w, h] in image coordinates.
+      bbox: (N, 4) float64, the person box [x, y, w, h] in image coordinates;
+      box_score: (N,) float64, the row's `box_score` (a detector's) or 1.
     """
 
     def __init__(self, recipe: KeypointRecipe, train: bool, seed: int = 0, epoch: int = 0):
@@ -197,6 +198,8 @@ class KeypointBatchTransform:
             "image_id": np.asarray(batch["image_id"], np.int64),
             "area": np.asarray(batch["area"], np.float64),
             "bbox": np.stack([_box_through(bboxes[i], image_from_crop[i]) for i in range(count)]).reshape(count, 4),
+            # a detected person's box score, when the rows come from a detector (1 for true boxes)
+            "box_score": np.asarray(batch["box_score"], np.float64) if "box_score" in batch else np.ones(count),
         }
 
 

@@ -265,3 +265,14 @@ def test_detector_config_round_trips_and_names_its_classes():
         DetectorConfig(arch="fasterrcnn_resnet101")
     with pytest.raises(ValueError, match="trainable_backbone_layers"):
         DetectorConfig(arch="fasterrcnn_resnet50_fpn", trainable_backbone_layers=6)
+
+
+def test_batchnorm_detector_trains_every_backbone_layer_from_scratch():
+    config = DetectorConfig(arch=MOBILENET, num_classes=2, norm="batch", trainable_backbone_layers=6, **SMALL)
+    model = build_detector(config)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(type(m).__name__ == "FrozenBatchNorm2d" for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="'frozen'"):
+        DetectorConfig(norm="group")

@@ -109,6 +109,7 @@ def test_transform_shapes_and_types(crops):
         "image_id": ((n,), np.int64),
         "area": ((n,), np.float64),
         "bbox": ((n, 4), np.float64),
+        "box_score": ((n,), np.float64),
     }
     assert {name: (value.shape, value.dtype) for name, value in out.items()} == expected
     assert out["target"].max() == 1.0 and out["target_weight"].sum() > 0

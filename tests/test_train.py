@@ -17,7 +17,8 @@ import torch
 
 from jobs.ingest import ingest
 from jobs.storage import exists, join, list_files, read_bytes
-from jobs.train import TrainError, TrainSettings, load_model_info, run_training, worker_resources
+from jobs.models import load_model_info
+from jobs.train import TrainError, TrainSettings, run_training, worker_resources
 from pose.digit_task import DigitRecipe, DigitTask
 from pose.models.digits import DigitModelConfig
 from pose.synth.digits import write_svhn
@@ -106,7 +107,7 @@ def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
     assert sum(map(sum, figures["confusion"])) == 200
     assert all(Path(p).exists() for p in figures["pictures"])
     missing = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "not a trained model directory" in missing.stderr
+    assert missing.returncode == 2 and "not a trained model folder" in missing.stderr
 
 
 def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):

@@ -47,6 +47,11 @@ PERSON_CATEGORY_NAMES = ("__background__", "person")
 PERSON_LABEL = 1  # in both the 91- and the 2-class models, and COCO's person category id
 
 
+def backbone_stages(arch: str) -> int:
+    """How many backbone stages `trainable_backbone_layers` counts for `arch` (that many: all train)."""
+    return 6 if arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """A Faster R-CNN detector. Saved next to its weights (`to_dict`), so a file can be rebuilt.
@@ -65,18 +70,30 @@ class DetectorConfig:
     # RPN proposals per image that reach the box head at inference (torchvision: 1000; its 320-px
     # mobilenet: 150). On a CPU the box head on 1000 proposals is most of the mobilenet's time.
     proposals_per_image: int = 1000
+    # Training only: RPN proposals kept per image before and after NMS (torchvision: 2000) and
+    # proposals sampled per image for the box head's loss (torchvision: 512). On a CPU the box
+    # head and RoIAlign on those proposals cost several times the mobilenet backbone.
+    train_proposals_per_image: int = 2000
+    box_samples_per_image: int = 512
     # Backbone stages that train, counted from the top (torchvision's default when it starts from its
-    # weights: 3); the others, and every BatchNorm of the v1 and mobilenet backbones, stay frozen.
+    # weights: 3); the others stay frozen.
     trainable_backbone_layers: int = 3
+    # The v1 and mobilenet backbones' normalisation. "frozen": FrozenBatchNorm2d, as torchvision
+    # builds them to start from its weights (fixed statistics, the weight files' layout). "batch":
+    # ordinary, trainable BatchNorm2d, for training from scratch, where frozen statistics are an
+    # identity and the net has no normalisation at all. The v2 ResNet always has BatchNorm2d.
+    norm: str = "frozen"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown detector arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.num_classes < 2:
             raise ValueError(f"a detector needs background and at least one class (num_classes ≥ 2), got {self.num_classes}")
-        most = 6 if self.arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
+        most = backbone_stages(self.arch)
         if not 0 <= self.trainable_backbone_layers <= most:
             raise ValueError(f"{self.arch} has {most} backbone stages; trainable_backbone_layers must be in [0, {most}], got {self.trainable_backbone_layers}")
+        if self.norm not in ("frozen", "batch"):
+            raise ValueError(f"detector norm must be 'frozen' (start from weights) or 'batch' (from scratch), got {self.norm!r}")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values, saved next to the weights."""
@@ -85,6 +102,8 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "DetectorConfig":
         return cls(**values)
+
+
 
     def category_names(self) -> tuple[str, ...]:
         """Label i -> name: COCO's names for 91 classes, ("__background__", "person") for 2."""
@@ -103,18 +122,23 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
     built as torchvision builds it then: same modules, same state_dict keys as the weight files, and
     for the v1 ResNet the FrozenBatchNorm eps of 0 that torchvision sets for its COCO_V1 weights.
     Without this, fine-tuning on a few images per GPU would re-estimate BatchNorm statistics.
+    `config.norm == "batch"` swaps in trainable BatchNorm2d for training from scratch.
     """
+    norm_layer = FrozenBatchNorm2d if config.norm == "frozen" else torch.nn.BatchNorm2d
     options = dict(
         min_size=config.min_size,
         max_size=config.max_size,
         box_score_thresh=config.score_threshold,
         box_detections_per_img=config.detections_per_image,
         rpn_post_nms_top_n_test=config.proposals_per_image,
+        rpn_pre_nms_top_n_train=config.train_proposals_per_image,
+        rpn_post_nms_top_n_train=config.train_proposals_per_image,
+        box_batch_size_per_image=config.box_samples_per_image,
     )
     if config.arch == "fasterrcnn_resnet50_fpn":
         # As torchvision's fasterrcnn_resnet50_fpn(weights=COCO_V1).
         backbone = resnet_fpn_backbone(
-            backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=config.trainable_backbone_layers
+            backbone_name="resnet50", weights=None, norm_layer=norm_layer, trainable_layers=config.trainable_backbone_layers
         )
         model = FasterRCNN(backbone, config.num_classes, **options)
         # The COCO_V1 weights come from Detectron, whose frozen BatchNorm had no eps.
@@ -127,7 +151,7 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
             backbone_name="mobilenet_v3_large",
             weights=None,
             fpn=True,
-            norm_layer=FrozenBatchNorm2d,
+            norm_layer=norm_layer,
             trainable_layers=config.trainable_backbone_layers,
         )
         anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
@@ -216,7 +240,7 @@ def _image_tensor(image) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a copy: decoded images are read-only
     if image.dtype == torch.uint8:
         return image.float() / 255
     return image.float()
