@@ -73,6 +73,11 @@ class SvhnFormat(str, Enum):
     full = "full"
 
 
+class KeypointRecipeName(str, Enum):
+    cpu = "cpu"  # pose.keypoint_task.KeypointRecipe(): from scratch on a few CPU cores
+    simple_baselines = "simple-baselines"  # SIMPLE_BASELINES_COCO: ResNet-50 256x192, for GPUs and real COCO
+
+
 # ---------------------------------------------------------------------------------------------
 # synth
 
@@ -242,6 +247,7 @@ def train_keypoints(
     data: Annotated[str, typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`).")],
     out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
     workers: WorkersOption = 1,
+    recipe_name: Annotated[KeypointRecipeName, typer.Option("--recipe", help="cpu: the CPU default (ResNet-18 cut after layer2, one deconvolution); simple-baselines: ResNet-50 256x192, the GPU/COCO recipe.")] = KeypointRecipeName.cpu,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size per worker (default: the recipe's).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)] = None,
@@ -261,9 +267,9 @@ def train_keypoints(
 
     from jobs.evaluate import keypoint_ground_truth
     from jobs.train import run_training
-    from pose.keypoint_task import KeypointRecipe, KeypointTask
+    from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, KeypointTask
 
-    recipe = KeypointRecipe()
+    recipe = SIMPLE_BASELINES_COCO if recipe_name == KeypointRecipeName.simple_baselines else KeypointRecipe()
     changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "backbone": backbone}.items() if v is not None}
     if input_size:
         width, height = (int(v) for v in input_size.lower().split("x"))

@@ -28,8 +28,8 @@ from pose.keypoint_task import (
 from pose.models.keypoints import build_keypoint_model
 from pose.synth.people import write_coco
 
-# Small and fast: a 64x96 input gives 16x24 heatmaps.
-RECIPE = KeypointRecipe(input_size=(64, 96), sigma=1.0, batch_size=4, lr=1e-3, epochs=1, warmup_steps=0)
+# Small and fast: a 64x96 input gives 16x24 heatmaps; with the full augmentation (the GPU recipe's).
+RECIPE = KeypointRecipe(input_size=(64, 96), sigma=1.0, batch_size=4, lr=1e-3, epochs=1, warmup_steps=0, augment=AugmentConfig())
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,18 @@ def test_recipe_ties_input_heatmaps_and_augmentation_together():
     assert recipe.codec().heatmap_size == (24, 32) and recipe.codec().input_size == (96, 128)
     assert SIMPLE_BASELINES_COCO.codec().heatmap_size == (48, 64) and SIMPLE_BASELINES_COCO.codec().sigma == 2.0
     assert KeypointRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_cpu_recipe_is_a_cut_resnet18_and_old_runs_load_as_whole_resnets():
+    recipe = KeypointRecipe()
+    config = recipe.model_config()
+    assert (config.backbone, config.backbone_stages, config.deconv_layers, config.output_stride) == ("resnet18", 2, 1, 4)
+    assert recipe.codec().heatmap_size == (24, 32)
+    assert recipe.augment.flip and recipe.augment.scale == 0 and recipe.augment.rotation_prob == 0
+    assert (SIMPLE_BASELINES_COCO.backbone_stages, SIMPLE_BASELINES_COCO.deconv_layers) == (4, 3)
+    assert SIMPLE_BASELINES_COCO.augment.rotation == 45 and SIMPLE_BASELINES_COCO.augment.half_body_prob == 0.3
+    saved_before_cut_backbones = {k: v for k, v in recipe.to_dict().items() if k not in ("backbone_stages", "deconv_layers")}
+    assert KeypointRecipe.from_dict(saved_before_cut_backbones).model_config().backbone_stages == 4
 
 
 def test_schedule_warms_up_then_decays():

@@ -33,6 +33,19 @@ def test_keypoint_model_gives_stride_4_heatmaps(backbone, millions):
     assert count_parameters(model) / 1e6 == pytest.approx(millions, abs=0.1)
 
 
+@pytest.mark.parametrize("stages, deconv_layers, stride", [(2, 1, 4), (3, 2, 4), (2, 2, 2)])
+def test_cut_backbone_keeps_early_stages_and_fewer_deconvolutions(stages, deconv_layers, stride):
+    config = KeypointModelConfig(input_size=(64, 96), backbone_stages=stages, deconv_layers=deconv_layers, deconv_channels=64)
+    model = build_keypoint_model(config).eval()
+    assert list(model.backbone._modules)[-1] == f"layer{stages}"
+    assert config.backbone_stride == 2 ** (stages + 1) and config.output_stride == stride
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 96, 64)).shape == (1, 17, 96 // stride, 64 // stride)
+    assert config.heatmap_size == (64 // stride, 96 // stride)
+    with pytest.raises(ValueError, match="3 deconvolutions cannot upsample a stride-4"):
+        KeypointModelConfig(backbone_stages=1, deconv_layers=3)
+
+
 def test_keypoint_head_starts_near_zero_as_simple_baselines():
     model = build_keypoint_model(KeypointModelConfig())
     assert model.final.weight.std().item() == pytest.approx(0.001, rel=0.2)
@@ -82,6 +95,16 @@ def test_backbone_loads_a_torchvision_resnet_state_dict(tmp_path):
     torch.save(state, path)
     with open(path, "rb") as f:
         assert len(load_backbone_weights(model, f)) == len(state) - 2  # fc.weight, fc.bias ignored
+
+
+def test_cut_backbone_loads_the_stages_it_keeps(tmp_path):
+    resnet = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(resnet.state_dict(), path)
+    model = build_keypoint_model(KeypointModelConfig(backbone_stages=2, deconv_layers=1, deconv_channels=64))
+    loaded = load_backbone_weights(model, path)
+    assert "layer2.1.bn2.running_var" in loaded and not any(key.startswith(("layer3.", "layer4.", "fc.")) for key in loaded)
+    torch.testing.assert_close(model.backbone.layer2[1].conv2.weight, resnet.layer2[1].conv2.weight)
 
 
 def test_backbone_rejects_wrong_or_missing_files_naming_them(tmp_path):

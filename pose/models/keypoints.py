@@ -3,6 +3,10 @@
 Both map a normalised person image (N, 3, H, W) to 17 heatmaps (N, 17, H/4, W/4): 256x192 in,
 64x48 out. How heatmap pixels map to input pixels is the heatmap codec's business, not the model's.
 
+The Simple Baselines net keeps all four ResNet stages (stride 32) and three deconvolutions. For
+training from scratch on a few CPU cores the backbone can be cut after an earlier stage
+(`backbone_stages`): after `layer2` it has stride 8, and one deconvolution brings it to stride 4.
+
 Reference: Xiao, Wu, Wei, "Simple Baselines for Human Pose Estimation and Tracking", ECCV 2018.
 """
 
@@ -33,16 +37,26 @@ class KeypointModelConfig:
     num_joints: int = 17
     deconv_channels: int = 256
     deconv_layers: int = 3  # each doubles the resolution: 3 take the backbone's stride 32 to 4
+    backbone_stages: int = 4  # ResNet stages kept (layer1..layerN): 4 -> stride 32, 3 -> 16, 2 -> 8
 
     def __post_init__(self):
         if self.backbone not in RESNETS:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(RESNETS)}")
+        if not 1 <= self.backbone_stages <= 4:
+            raise ValueError(f"backbone_stages {self.backbone_stages}: a ResNet has stages 1 to 4")
+        if self.backbone_stride % 2**self.deconv_layers:
+            raise ValueError(f"{self.deconv_layers} deconvolutions cannot upsample a stride-{self.backbone_stride} backbone")
         # JSON gives lists back; keep the field a hashable tuple.
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
 
     @property
+    def backbone_stride(self) -> int:
+        """The stem's stride 4, then x2 for every stage after the first."""
+        return 2 ** (self.backbone_stages + 1)
+
+    @property
     def output_stride(self) -> int:
-        return 32 // 2**self.deconv_layers
+        return self.backbone_stride // 2**self.deconv_layers
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
@@ -58,8 +72,14 @@ class KeypointModelConfig:
         return cls(**values)
 
 
+def _stage_channels(stage: nn.Sequential) -> int:
+    """Output channels of a ResNet stage: those of its last block's last BatchNorm."""
+    return [m for m in stage[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+
+
 class KeypointNet(nn.Module):
-    """ResNet backbone (stride 32) → `deconv_layers` x [ConvTranspose 4x4 s2, BN, ReLU] → 1x1 conv.
+    """ResNet backbone (stem and `backbone_stages` stages; stride 32 with all four) →
+    `deconv_layers` x [ConvTranspose 4x4 s2, BN, ReLU] → 1x1 conv.
 
     `backbone` keeps torchvision's layer names (`backbone.conv1.weight`, `backbone.layer1.0.…`) so
     an ImageNet ResNet state_dict loads into it as is (`load_backbone_weights`).
@@ -69,8 +89,9 @@ class KeypointNet(nn.Module):
         super().__init__()
         self.config = config
         resnet = RESNETS[config.backbone](weights=None)
-        self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in BACKBONE_LAYERS))
-        channels = resnet.fc.in_features  # 512 for resnet18/34, 2048 for resnet50
+        kept = BACKBONE_LAYERS[: 4 + config.backbone_stages]
+        self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in kept))
+        channels = _stage_channels(self.backbone[-1])  # e.g. 512 after layer4 of resnet18/34, 2048 of resnet50
         layers = []
         for _ in range(config.deconv_layers):
             layers += [
@@ -112,7 +133,8 @@ def load_backbone_weights(model: KeypointNet, path_or_fileobj) -> list[str]:
     """
     where = f"backbone weights {weights_name(path_or_fileobj)} ({model.config.backbone})"
     state = read_state_dict(path_or_fileobj, where, "a torchvision ResNet state_dict", "torchvision's resnet18-f37072fd.pth")
-    state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    kept = tuple(f"{name}." for name in model.backbone._modules)  # a cut backbone ignores the later stages too
+    state = {key: value for key, value in state.items() if key.startswith(kept)}
     check_fits(state, model.backbone.state_dict(), where, optional=lambda key: key.endswith("num_batches_tracked"))
     model.backbone.load_state_dict(state, strict=False)
     return sorted(state)
