@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import time
@@ -25,34 +26,66 @@ ingest_app = typer.Typer(help="Ingest COCO or SVHN from a folder or s3:// into s
 show_app = typer.Typer(help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 app.add_typer(ingest_app, name="ingest")
+jobs_app = typer.Typer(help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).", no_args_is_help=True)
 app.add_typer(show_app, name="show")
+app.add_typer(jobs_app, name="jobs")
 
 # Options shared by every command that touches storage or Ray.
 EndpointOption = Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False)]
 AnonOption = Annotated[bool, typer.Option("--anon", help="Unsigned S3 requests, for public buckets such as COCO's.")]
-AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
+AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster: its dashboard, http://HEAD:8265, runs this command there as a Ray Job; a GCS address, HOST:6379, is joined from here (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
+NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="With a dashboard --address: print the job id and return (pose-jobs jobs ... follows it).")]
 ShardOption = Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Items per shard (default: 128 COCO images, 16384 SVHN digits, 512 SVHN numbers).", show_default=False)]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
 
 
 def user_errors(command):
-    """Turn the user mistakes every job can make into one line on stderr and exit code 2."""
+    """Every job command goes through here.
+
+    A user mistake is one line on stderr and exit code 2. A command with an `address` parameter
+    also takes `--no-wait` and, given a Ray dashboard address, is not run here: the same command
+    line is submitted to that cluster as a Ray Job (jobs/submit.py) and we exit with its status.
+    """
+    submittable = "address" in inspect.signature(command).parameters
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from jobs.ingest import IngestError
         from jobs.storage import StorageError
+        from jobs.submit import SubmitError, is_dashboard_address
         from jobs.train import TrainError
         from pose.formats.coco import CocoFormatError
         from pose.formats.svhn import SvhnFormatError
 
+        no_wait = kwargs.pop("no_wait", False)
+        context = kwargs.pop("typer_context", None)
         try:
+            if submittable and is_dashboard_address(kwargs.get("address")):
+                raise typer.Exit(_submit_to_cluster(context, kwargs, wait=not no_wait))
             return command(*args, **kwargs)
-        except (IngestError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
+        except (IngestError, StorageError, SubmitError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
             typer.echo(f"pose-jobs: error: {error}", err=True)
             raise typer.Exit(2) from None
 
+    if submittable:  # typer reads the parameters from the signature: add --no-wait and the context to it
+        signature = inspect.signature(command, eval_str=True)
+        extra = [
+            inspect.Parameter("no_wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoWaitOption),
+            inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+        ]
+        wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+        wrapper.__annotations__ = {**command.__annotations__, "no_wait": NoWaitOption, "typer_context": typer.Context}
     return wrapper
+
+
+def _submit_to_cluster(context: typer.Context, values: dict, wait: bool) -> int:
+    """Submit the command being run, as it was given, without --address and --no-wait."""
+    from jobs.submit import command_line, submit
+
+    argv, warnings = command_line(context, values, drop=("address", "no_wait"))
+    for warning in warnings:
+        typer.echo(f"pose-jobs: warning: {warning}", err=True)
+    return submit(values["address"], argv, wait=wait)
 
 
 def storage_options(endpoint_url: str | None, anon: bool):
@@ -215,6 +248,7 @@ def eval_svhn(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
     """Accuracy, per-class accuracy, confusion matrix and a grid of predictions on the test split."""
     from jobs.evaluate import evaluate_svhn
@@ -293,6 +327,7 @@ def eval_keypoints(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
     """Seed PCK and COCO keypoint AP/AR (pycocotools, ground-truth boxes, flip test) on a split."""
     from jobs.evaluate import evaluate_keypoints
@@ -369,6 +404,59 @@ def show_svhn(
 
     for path in run(src, out, storage_options(endpoint_url, anon), digits=digits, numbers=numbers):
         typer.echo(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs: the Ray Jobs of a cluster (submitted with a dashboard --address)
+
+# Not named `address`: these commands talk to the Jobs API, they are never submitted themselves.
+ClusterOption = Annotated[Optional[str], typer.Option("--address", help="The cluster's dashboard, http://HEAD:8265.", envvar="RAY_ADDRESS", show_default=False)]
+JobIdArgument = Annotated[str, typer.Argument(help="The job's id (as `pose-jobs jobs list` shows it).")]
+
+
+@jobs_app.command("list")
+@user_errors
+def jobs_list(cluster: ClusterOption = None) -> None:
+    """The cluster's jobs, oldest first: id, status, start time, command."""
+    from jobs.submit import format_time, list_jobs
+
+    for job in list_jobs(cluster):
+        typer.echo(f"{job.submission_id or job.job_id:<48} {job.status.value:<9} {format_time(job.start_time)}  {job.entrypoint}")
+
+
+@jobs_app.command("status")
+@user_errors
+def jobs_status(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
+    """One job: status, times, command, and Ray's message; exits 0 when it succeeded or runs, else its exit code."""
+    from jobs.submit import TERMINAL, exit_code, format_time, job_info
+
+    info = job_info(cluster, job_id)
+    typer.echo(f"{job_id}: {info.status.value}")
+    typer.echo(f"  command  {info.entrypoint}")
+    typer.echo(f"  started  {format_time(info.start_time)}   ended {format_time(info.end_time)}")
+    if info.message:
+        typer.echo(f"  message  {info.message}")
+    if info.status.value in TERMINAL:
+        raise typer.Exit(exit_code(info))
+
+
+@jobs_app.command("logs")
+@user_errors
+def jobs_logs(job_id: JobIdArgument, follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its code.")] = False, cluster: ClusterOption = None) -> None:
+    """A job's logs (its driver's stdout and stderr)."""
+    from jobs.submit import job_logs
+
+    raise typer.Exit(job_logs(cluster, job_id, follow))
+
+
+@jobs_app.command("stop")
+@user_errors
+def jobs_stop(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
+    """Stop a running job (its driver gets SIGTERM, then SIGKILL)."""
+    from jobs.submit import stop_job
+
+    stopped = stop_job(cluster, job_id)
+    typer.echo(f"{job_id}: {'stopping' if stopped else 'had already ended'}")
 
 
 def main() -> None:  # pragma: no cover - console entry point
