@@ -18,6 +18,7 @@ or wrong token is one line and exit code 2.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shlex
@@ -49,6 +50,7 @@ def job_client(address: str | None):
     if not address:
         raise SubmitError("which cluster? give --address http://HEAD:8265 (the Ray dashboard) or set RAY_ADDRESS")
     _use_token_if_present()
+    logging.getLogger("ray.dashboard").setLevel(logging.WARNING)  # not Ray's INFO line on every log stream's end
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -72,7 +74,7 @@ def _use_token_if_present() -> None:
 def _token_message(address: str, error: Exception) -> str:
     where = "set RAY_AUTH_TOKEN, point RAY_AUTH_TOKEN_PATH at a file holding it, or write it to ~/.ray/auth_token (`ray get-auth-token` on the head node prints it)"
     if "Authentication failed" in str(error):  # HTTP 403: a token was sent and refused
-        return f"the Ray cluster at {address} refused the authentication token: {where} with the cluster's token"
+        return f"the Ray cluster at {address} refused the authentication token: give the cluster's token (RAY_AUTH_TOKEN, a file at RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `ray get-auth-token` on the head node prints it)"
     return f"the Ray cluster at {address} requires an authentication token and none was sent: {where}"
 
 

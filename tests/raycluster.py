@@ -37,7 +37,7 @@ import requests
 from s3server import free_ports
 
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -138,16 +138,16 @@ class RayTestCluster:
         node.node_id = self._wait_for_node(node)
         return node
 
+    def get(self, path: str, **params):
+        """GET a dashboard endpoint with the cluster's token; the decoded JSON."""
+        response = requests.get(f"{self.dashboard_url}{path}", params=params, headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
     def alive_nodes(self) -> list[dict]:
         """The cluster's alive nodes as the state API lists them (node_id, resources_total, ...)."""
-        response = requests.get(
-            f"{self.dashboard_url}/api/v0/nodes",
-            params={"detail": "1", "limit": "100"},
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=10,
-        )
-        response.raise_for_status()
-        return [n for n in response.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
+        nodes = self.get("/api/v0/nodes", detail="1", limit="100")["data"]["result"]["result"]
+        return [n for n in nodes if n["state"] == "ALIVE"]
 
     def _wait_for_node(self, node: RayNode) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
