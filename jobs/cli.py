@@ -40,52 +40,23 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's
 
 
 def user_errors(command):
-    """Every job command goes through here.
-
-    A user mistake is one line on stderr and exit code 2. A command with an `address` parameter
-    also takes `--no-wait` and, given a Ray dashboard address, is not run here: the same command
-    line is submitted to that cluster as a Ray Job (jobs/submit.py) and we exit with its status.
-    """
-    submittable = "address" in inspect.signature(command).parameters
+    """Turn the user mistakes every job can make into one line on stderr and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from jobs.ingest import IngestError
         from jobs.storage import StorageError
-        from jobs.submit import SubmitError, is_dashboard_address
         from jobs.train import TrainError
         from pose.formats.coco import CocoFormatError
         from pose.formats.svhn import SvhnFormatError
 
-        no_wait = kwargs.pop("no_wait", False)
-        context = kwargs.pop("typer_context", None)
         try:
-            if submittable and is_dashboard_address(kwargs.get("address")):
-                raise typer.Exit(_submit_to_cluster(context, kwargs, wait=not no_wait))
             return command(*args, **kwargs)
-        except (IngestError, StorageError, SubmitError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
+        except (IngestError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
             typer.echo(f"pose-jobs: error: {error}", err=True)
             raise typer.Exit(2) from None
 
-    if submittable:  # typer reads the parameters from the signature: add --no-wait and the context to it
-        signature = inspect.signature(command, eval_str=True)
-        extra = [
-            inspect.Parameter("no_wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoWaitOption),
-            inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
-        ]
-        wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
-        wrapper.__annotations__ = {**command.__annotations__, "no_wait": NoWaitOption, "typer_context": typer.Context}
     return wrapper
-
-
-def _submit_to_cluster(context: typer.Context, values: dict, wait: bool) -> int:
-    """Submit the command being run, as it was given, without --address and --no-wait."""
-    from jobs.submit import command_line, submit
-
-    argv, warnings = command_line(context, values, drop=("address", "no_wait"))
-    for warning in warnings:
-        typer.echo(f"pose-jobs: warning: {warning}", err=True)
-    return submit(values["address"], argv, wait=wait)
 
 
 def storage_options(endpoint_url: str | None, anon: bool):
@@ -407,6 +378,61 @@ def show_svhn(
 
 
 # ---------------------------------------------------------------------------------------------
+# Running on a cluster: every job command (one with an `address` parameter), whichever module adds
+# it, takes --no-wait and, given a Ray dashboard address, is submitted there as a Ray Job.
+
+
+def cluster_errors(command):
+    """Trouble talking to a cluster (no token, wrong token, unknown job): one line, exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from jobs.submit import SubmitError
+
+        try:
+            return command(*args, **kwargs)
+        except SubmitError as error:
+            typer.echo(f"pose-jobs: error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def cluster_submission(command):
+    """Given a dashboard address, submit the command line (without --address and --no-wait) as a
+    Ray Job and exit with the job's status (jobs/submit.py); otherwise run the command here."""
+
+    @functools.wraps(command)
+    @cluster_errors
+    def wrapper(*args, no_wait: bool = False, typer_context: typer.Context, **kwargs):
+        from jobs.submit import command_line, is_dashboard_address, submit
+
+        if not is_dashboard_address(kwargs.get("address")):
+            return command(*args, **kwargs)
+        argv, warnings = command_line(typer_context, kwargs, drop=("address", "no_wait"))
+        for warning in warnings:
+            typer.echo(f"pose-jobs: warning: {warning}", err=True)
+        raise typer.Exit(submit(kwargs["address"], argv, wait=not no_wait))
+
+    # typer reads a command's parameters from its signature: add --no-wait and the context to it.
+    signature = inspect.signature(command, eval_str=True)
+    extra = [
+        inspect.Parameter("no_wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoWaitOption),
+        inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+    ]
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    return wrapper
+
+
+def _submittable_everywhere(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if "address" in inspect.signature(info.callback).parameters:
+            info.callback = cluster_submission(info.callback)
+    for group in typer_app.registered_groups:
+        _submittable_everywhere(group.typer_instance)
+
+
+# ---------------------------------------------------------------------------------------------
 # jobs: the Ray Jobs of a cluster (submitted with a dashboard --address)
 
 # Not named `address`: these commands talk to the Jobs API, they are never submitted themselves.
@@ -415,7 +441,7 @@ JobIdArgument = Annotated[str, typer.Argument(help="The job's id (as `pose-jobs 
 
 
 @jobs_app.command("list")
-@user_errors
+@cluster_errors
 def jobs_list(cluster: ClusterOption = None) -> None:
     """The cluster's jobs, oldest first: id, status, start time, command."""
     from jobs.submit import format_time, list_jobs
@@ -425,7 +451,7 @@ def jobs_list(cluster: ClusterOption = None) -> None:
 
 
 @jobs_app.command("status")
-@user_errors
+@cluster_errors
 def jobs_status(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
     """One job: status, times, command, and Ray's message; exits 0 when it succeeded or runs, else its exit code."""
     from jobs.submit import TERMINAL, exit_code, format_time, job_info
@@ -441,7 +467,7 @@ def jobs_status(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
 
 
 @jobs_app.command("logs")
-@user_errors
+@cluster_errors
 def jobs_logs(job_id: JobIdArgument, follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its code.")] = False, cluster: ClusterOption = None) -> None:
     """A job's logs (its driver's stdout and stderr)."""
     from jobs.submit import job_logs
@@ -450,13 +476,17 @@ def jobs_logs(job_id: JobIdArgument, follow: Annotated[bool, typer.Option("--fol
 
 
 @jobs_app.command("stop")
-@user_errors
+@cluster_errors
 def jobs_stop(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
     """Stop a running job (its driver gets SIGTERM, then SIGKILL)."""
     from jobs.submit import stop_job
 
     stopped = stop_job(cluster, job_id)
     typer.echo(f"{job_id}: {'stopping' if stopped else 'had already ended'}")
+
+
+# Last, once every command is registered.
+_submittable_everywhere(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point
