@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import time
@@ -25,12 +26,15 @@ ingest_app = typer.Typer(help="Ingest COCO or SVHN from a folder or s3:// into s
 show_app = typer.Typer(help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 app.add_typer(ingest_app, name="ingest")
+jobs_app = typer.Typer(help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).", no_args_is_help=True)
 app.add_typer(show_app, name="show")
+app.add_typer(jobs_app, name="jobs")
 
 # Options shared by every command that touches storage or Ray.
 EndpointOption = Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False)]
 AnonOption = Annotated[bool, typer.Option("--anon", help="Unsigned S3 requests, for public buckets such as COCO's.")]
-AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
+AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster: its dashboard, http://HEAD:8265, runs this command there as a Ray Job; a GCS address, HOST:6379, is joined from here (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
+NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="With a dashboard --address: print the job id and return (pose-jobs jobs ... follows it).")]
 ShardOption = Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Items per shard (default: 128 COCO images, 16384 SVHN digits, 512 SVHN numbers).", show_default=False)]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
 
@@ -226,6 +230,7 @@ def eval_svhn(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
     """Accuracy, per-class accuracy, confusion matrix and a grid of predictions on the test split."""
     from jobs.evaluate import evaluate_svhn
@@ -314,6 +319,7 @@ def eval_keypoints(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
     """Seed PCK and COCO keypoint AP/AR (pycocotools, flip test) on a split, top-down from the
     ground-truth boxes (default) or from a detector's boxes (--detector, --boxes)."""
@@ -551,6 +557,118 @@ def show_svhn(
 
     for path in run(src, out, storage_options(endpoint_url, anon), digits=digits, numbers=numbers):
         typer.echo(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running on a cluster: every job command (one with an `address` parameter), whichever module adds
+# it, takes --no-wait and, given a Ray dashboard address, is submitted there as a Ray Job.
+
+
+def cluster_errors(command):
+    """Trouble talking to a cluster (no token, wrong token, unknown job): one line, exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from jobs.submit import SubmitError
+
+        try:
+            return command(*args, **kwargs)
+        except SubmitError as error:
+            typer.echo(f"pose-jobs: error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def cluster_submission(command):
+    """Given a dashboard address, submit the command line (without --address and --no-wait) as a
+    Ray Job and exit with the job's status (jobs/submit.py); otherwise run the command here."""
+
+    @functools.wraps(command)
+    @cluster_errors
+    def wrapper(*args, no_wait: bool = False, typer_context: typer.Context, **kwargs):
+        from jobs.submit import command_line, is_dashboard_address, submit
+
+        if not is_dashboard_address(kwargs.get("address")):
+            return command(*args, **kwargs)
+        argv, warnings = command_line(typer_context, kwargs, drop=("address", "no_wait"))
+        for warning in warnings:
+            typer.echo(f"pose-jobs: warning: {warning}", err=True)
+        raise typer.Exit(submit(kwargs["address"], argv, wait=not no_wait))
+
+    # typer reads a command's parameters from its signature: add --no-wait and the context to it.
+    signature = inspect.signature(command, eval_str=True)
+    extra = [
+        inspect.Parameter("no_wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoWaitOption),
+        inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+    ]
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    return wrapper
+
+
+def _submittable_everywhere(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if "address" in inspect.signature(info.callback).parameters:
+            info.callback = cluster_submission(info.callback)
+    for group in typer_app.registered_groups:
+        _submittable_everywhere(group.typer_instance)
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs: the Ray Jobs of a cluster (submitted with a dashboard --address)
+
+# Not named `address`: these commands talk to the Jobs API, they are never submitted themselves.
+ClusterOption = Annotated[Optional[str], typer.Option("--address", help="The cluster's dashboard, http://HEAD:8265.", envvar="RAY_ADDRESS", show_default=False)]
+JobIdArgument = Annotated[str, typer.Argument(help="The job's id (as `pose-jobs jobs list` shows it).")]
+
+
+@jobs_app.command("list")
+@cluster_errors
+def jobs_list(cluster: ClusterOption = None) -> None:
+    """The cluster's jobs, oldest first: id, status, start time, command."""
+    from jobs.submit import format_time, list_jobs
+
+    for job in list_jobs(cluster):
+        typer.echo(f"{job.submission_id or job.job_id:<48} {job.status.value:<9} {format_time(job.start_time)}  {job.entrypoint}")
+
+
+@jobs_app.command("status")
+@cluster_errors
+def jobs_status(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
+    """One job: status, times, command, and Ray's message; exits 0 when it succeeded or runs, else its exit code."""
+    from jobs.submit import TERMINAL, exit_code, format_time, job_info
+
+    info = job_info(cluster, job_id)
+    typer.echo(f"{job_id}: {info.status.value}")
+    typer.echo(f"  command  {info.entrypoint}")
+    typer.echo(f"  started  {format_time(info.start_time)}   ended {format_time(info.end_time)}")
+    if info.message:
+        typer.echo(f"  message  {info.message}")
+    if info.status.value in TERMINAL:
+        raise typer.Exit(exit_code(info))
+
+
+@jobs_app.command("logs")
+@cluster_errors
+def jobs_logs(job_id: JobIdArgument, follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its code.")] = False, cluster: ClusterOption = None) -> None:
+    """A job's logs (its driver's stdout and stderr)."""
+    from jobs.submit import job_logs
+
+    raise typer.Exit(job_logs(cluster, job_id, follow))
+
+
+@jobs_app.command("stop")
+@cluster_errors
+def jobs_stop(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
+    """Stop a running job (its driver gets SIGTERM, then SIGKILL)."""
+    from jobs.submit import stop_job
+
+    stopped = stop_job(cluster, job_id)
+    typer.echo(f"{job_id}: {'stopping' if stopped else 'had already ended'}")
+
+
+# Last, once every command is registered.
+_submittable_everywhere(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -5,7 +5,7 @@ optimiser, how to turn a batch of Parquet rows into tensors and how to evaluate;
 Ray: workers and their resources, data sharding, checkpoints in object storage, resuming, and the
 files a run leaves in `--out`:
 
-  OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s)
+  OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s, Ray node of each rank)
   OUT/curves.png        the training curves
   OUT/model.pt          the final weights: a plain state_dict, `torch.load(..., weights_only=True)`
   OUT/model.json        what model it is (task, recipe, epochs, final figures)
@@ -279,6 +279,11 @@ def _train_loop(config: dict) -> None:
     torch.set_num_threads(config["torch_threads"])
     device = ray.train.torch.get_device()
     torch.manual_seed(seed)
+    # The Ray node of every rank, recorded with each epoch: where a run trained, across restarts.
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if world > 1:
+        nodes = [None] * world
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
     model = task.build_model()
     steps_per_epoch = config["train_rows"] // (world * task.batch_size)
@@ -336,6 +341,7 @@ def _train_loop(config: dict) -> None:
             "loss": float(totals[0] / max(totals[1], 1.0)),
             "lr": float(scheduler.get_last_lr()[0]),
             "samples_per_s": float(totals[1]) * task.batch_size / max(train_seconds, 1e-9),
+            "nodes": nodes,
         }
         if rank == 0:
             model.eval()

@@ -1,0 +1,168 @@
+"""Job commands submitted to a real two-node Ray cluster (`ray start` on this machine, token
+authentication on, S3 test server credentials only in the nodes' environment), and the pieces of
+submission that need no cluster.
+
+One cluster serves the module: a head node and a worker node with 3 logical CPUs each, so that two
+training workers of 2 CPUs each cannot share a node (one lands on each) and one CPU per node stays
+free for the Ray Data tasks that feed them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from raycluster import RayTestCluster
+
+import jobs.submit
+from jobs.cli import app
+from jobs.submit import is_dashboard_address
+
+POSE_JOBS = str(Path(sys.executable).with_name("pose-jobs"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Without a cluster
+
+
+def test_dashboard_addresses_submit_and_gcs_addresses_join():
+    """Inside a job Ray sets RAY_ADDRESS to the GCS address: the inner command joins, never submits again."""
+    assert is_dashboard_address("http://head:8265") and is_dashboard_address("https://ray.example.com")
+    assert not is_dashboard_address("10.0.0.1:6379") and not is_dashboard_address("auto") and not is_dashboard_address(None)
+
+
+def test_submitted_command_line_is_the_command_without_address_and_local_paths_absolute(monkeypatch, tmp_path):
+    submitted = {}
+    monkeypatch.setattr(jobs.submit, "submit", lambda address, argv, wait: submitted.update(address=address, argv=argv, wait=wait) or 0)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        ["train-svhn", "--data", "out/svhn", "--out", "s3://b/runs/svhn", "--workers", "2", "--no-gpu", "--address", "http://head:8265", "--no-wait"],
+    )
+    assert result.exit_code == 0, result.output
+    assert submitted == {
+        "address": "http://head:8265",
+        "argv": ["pose-jobs", "train-svhn", "--data", str(tmp_path / "out/svhn"), "--out", "s3://b/runs/svhn", "--workers", "2", "--no-gpu"],
+        "wait": False,
+    }
+    assert "--data out/svhn is a path on this machine" in result.output
+
+    result = CliRunner().invoke(app, ["ingest", "coco", "s3://b/coco", "s3://b/out", "--split", "val", "--split", "train", "--anon"], env={"RAY_ADDRESS": "http://head:8265"})
+    assert result.exit_code == 0, result.output
+    assert submitted["argv"] == ["pose-jobs", "ingest", "coco", "s3://b/coco", "s3://b/out", "--split", "val", "--split", "train", "--anon"]
+    assert submitted["wait"] is True
+
+
+def test_jobs_commands_need_an_address():
+    result = CliRunner().invoke(app, ["jobs", "list"], env={"RAY_ADDRESS": None})
+    assert result.exit_code == 2 and "give --address http://HEAD:8265" in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# On a two-node cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    with RayTestCluster(tmp_path_factory.mktemp("raycluster"), env=s3.env()) as cluster:
+        cluster.start_head(num_cpus=3)
+        cluster.worker = cluster.add_node(num_cpus=3)
+        yield cluster
+
+
+def run_cli(cluster, *args, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`pose-jobs ARGS` as a client of `cluster`: its token, and no AWS variables at all (the
+    cluster's nodes have their own)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
+    environment.update(cluster.client_env())
+    environment.update(env or {})
+    return subprocess.run([POSE_JOBS, *args], env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def test_missing_or_wrong_token_is_one_line(cluster, tmp_path):
+    no_token = {"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN_PATH": "", "HOME": str(tmp_path)}  # no ~/.ray/auth_token there
+    missing = run_cli(cluster, "jobs", "list", "--address", cluster.dashboard_url, env=no_token)
+    assert missing.returncode == 2 and "requires an authentication token" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+    wrong = run_cli(cluster, "jobs", "list", "--address", cluster.dashboard_url, env={**no_token, "RAY_AUTH_TOKEN": "not-the-token"})
+    assert wrong.returncode == 2 and "refused the authentication token" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+
+    unknown = run_cli(cluster, "jobs", "status", "no-such-job", "--address", cluster.dashboard_url)
+    assert unknown.returncode == 2 and "no job no-such-job" in unknown.stderr
+
+
+def read_metrics(s3, url: str) -> list[dict]:
+    bucket, _, key = url[len("s3://") :].partition("/")
+    try:
+        body = s3.client().get_object(Bucket=bucket, Key=f"{key}/metrics.jsonl")["Body"].read()
+    except s3.client().exceptions.NoSuchKey:
+        return []
+    return [json.loads(line) for line in body.decode().splitlines()]
+
+
+@pytest.mark.timeout(1800)
+def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
+    """ingest coco and train-keypoints --workers 2 submitted with --address: the workers train on
+    both nodes, checkpoints go to S3; the worker node is killed after the first epoch and replaced
+    (as an autoscaler would): the run resumes from its checkpoint and trains no epoch twice."""
+    from pose.synth.people import write_coco
+
+    bucket = s3.make_bucket("cluster")
+    write_coco(tmp_path / "src", split="train", images=16, seed=31)
+    write_coco(tmp_path / "src", split="val", images=4, seed=32)
+    client = s3.client()
+    for path in (tmp_path / "src").rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "cluster", f"src/{path.relative_to(tmp_path / 'src')}")
+
+    ingest = run_cli(cluster, "ingest", "coco", f"{bucket}/src", f"{bucket}/coco", "--shard-size", "8", "--address", cluster.dashboard_url)
+    assert ingest.returncode == 0, ingest.stderr[-3000:] + ingest.stdout[-3000:]
+    assert "pose-jobs: submitted pose-jobs-ingest-coco-" in ingest.stderr
+    assert "train: 16 images" in ingest.stdout and "all accounted for" in ingest.stdout
+
+    out = f"{bucket}/runs/keypoints"
+    train_args = ["train-keypoints", "--data", f"{bucket}/coco", "--out", out, "--workers", "2", "--cpus-per-worker", "2",
+                  "--epochs", "2", "--batch-size", "8", "--input-size", "64x96"]  # fmt: skip
+    submitted = run_cli(cluster, *train_args, "--address", cluster.dashboard_url, "--no-wait", timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.startswith("pose-jobs-train-keypoints-")
+
+    deadline = time.monotonic() + 1200
+    while not (first := read_metrics(s3, out)):
+        assert time.monotonic() < deadline, run_cli(cluster, "jobs", "logs", job_id, "--address", cluster.dashboard_url).stdout[-3000:]
+        time.sleep(3)
+    head, worker = cluster.nodes[0].node_id, cluster.worker.node_id
+    assert set(first[0]["nodes"]) == {head, worker}  # one training worker on each node
+
+    cluster.kill_node(cluster.worker)
+    replacement = cluster.add_node(num_cpus=3, name="replacement")
+
+    followed = run_cli(cluster, "jobs", "logs", job_id, "--follow", "--address", cluster.dashboard_url, timeout=1500)
+    assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
+    metrics = read_metrics(s3, out)
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[0] == first[0]  # epoch 2 resumed from epoch 1's checkpoint
+    assert set(metrics[-1]["nodes"]) == {head, replacement.node_id}
+    model = json.loads(client.get_object(Bucket="cluster", Key="runs/keypoints/model.json")["Body"].read())
+    assert model["epochs"] == 2
+    checkpoints = [o["Key"] for o in client.list_objects_v2(Bucket="cluster", Prefix="runs/keypoints/checkpoint_")["Contents"]]
+    assert checkpoints
+
+    status = run_cli(cluster, "jobs", "status", job_id, "--address", cluster.dashboard_url)
+    assert status.returncode == 0 and f"{job_id}: SUCCEEDED" in status.stdout
+    listed = run_cli(cluster, "jobs", "list", "--address", cluster.dashboard_url)
+    assert job_id in listed.stdout and "pose-jobs ingest coco" in listed.stdout
+
+    # The S3 secret lives only in the nodes' environment: never in a job's command, environment or logs.
+    for job in cluster.get("/api/jobs/"):
+        assert s3.secret_key not in json.dumps(job)
+        assert s3.secret_key not in cluster.get(f"/api/jobs/{job['submission_id']}/logs")["logs"]
