@@ -1,6 +1,6 @@
 """Training on Ray Train: one runner for every model.
 
-A *task* (`pose.digit_task.DigitTask`, `pose.keypoint_task.KeypointTask`) knows its model, its
+A *task* (`pose.digit_task.DigitTask`, `pose.keypoint_task.KeypointTask`, `pose.detector_task.DetectorTask`) knows its model, its
 optimiser, how to turn a batch of Parquet rows into tensors and how to evaluate; this module knows
 Ray: workers and their resources, data sharding, checkpoints in object storage, resuming, and the
 files a run leaves in `--out`:

@@ -257,7 +257,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["synth"], ["synth", "coco"], ["synth", "svhn"], ["ingest"], ["ingest", "coco"], ["ingest", "svhn"], ["show"], ["show", "coco"], ["show", "svhn"]],
+    [[], ["synth"], ["synth", "coco"], ["synth", "svhn"], ["ingest"], ["ingest", "coco"], ["ingest", "svhn"], ["show"], ["show", "coco"], ["show", "svhn"], ["train-detector"], ["eval-detector"]],
 )
 def test_every_command_has_help(command):
     result = run_cli(*command, "--help")
