@@ -167,7 +167,12 @@ def main() -> None:
 
     settings = AnnotateSettings(detector_dir, keypoint_dir, max_persons=args.max_persons)
     resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
-    annotate(str(folder), str(workdir / "warmup"), settings, progress=False)  # Ray's workers started once
+    warm = workdir / "warm-images"  # Ray's worker processes started once, on two images
+    warm.mkdir(exist_ok=True)
+    for path in paths[:2]:
+        shutil.copy(path, warm / path.name)
+    shutil.rmtree(workdir / "warmup", ignore_errors=True)
+    annotate(str(warm), str(workdir / "warmup"), settings, progress=False)
     shutil.rmtree(workdir / "ray-out", ignore_errors=True)
     started = time.perf_counter()
     annotate(str(folder), str(workdir / "ray-out"), settings, progress=False)

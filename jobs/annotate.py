@@ -467,6 +467,8 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
     just under the cluster's CPUs between them so that reading and cropping tasks always find room
     (Ray would otherwise wait forever for a CPU), and each runs torch on one thread."""
     use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
+    if use_gpu and gpus <= 0:
+        raise AnnotateError("--gpu asked for, but the Ray cluster has no GPUs (leave it out to run on CPUs)")
     if use_gpu:
         detector_actors = settings.detector_actors or max(1, int(gpus))
         keypoint_actors = settings.keypoint_actors or max(1, int(gpus))
