@@ -311,7 +311,7 @@ def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
                "--keypoints", models[1], "--shard-size", "2"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     job = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    commits, deadline = dest / "_commits", time.monotonic() + 180
+    commits, deadline = dest / "_commits", time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
         if commits.exists() and any(commits.glob("*.json")):
             break
@@ -326,7 +326,7 @@ def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
         if not path.name.startswith("."):
             pq.read_table(path)
 
-    result = subprocess.run(command + ["--visualize", "2"], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command + ["--visualize", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert f"{listed} images: {listed} annotated, 0 in errors -> all accounted for" in result.stdout
     annotations = read_table(str(dest), "annotations")
