@@ -167,36 +167,41 @@ def main() -> None:
 
     settings = AnnotateSettings(detector_dir, keypoint_dir, max_persons=args.max_persons)
     resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
-    annotate(str(folder), str(workdir / "warmup"), settings, progress=False)  # Ray's workers started once
+    warm = workdir / "warm-images"  # Ray's worker processes started once, on two images
+    warm.mkdir(exist_ok=True)
+    for path in paths[:2]:
+        shutil.copy(path, warm / path.name)
+    shutil.rmtree(workdir / "warmup", ignore_errors=True)
+    annotate(str(warm), str(workdir / "warmup"), settings, progress=False)
     shutil.rmtree(workdir / "ray-out", ignore_errors=True)
     started = time.perf_counter()
     annotate(str(folder), str(workdir / "ray-out"), settings, progress=False)
     job_rate = len(paths) / (time.perf_counter() - started)
     ray.shutdown()
 
+    print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {args.images * args.scale} ({args.scale}x); "
+          f"pools: {resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors, "
+          f"batches {resources.detector_batch} images / {resources.keypoint_batch} persons", flush=True)
+    print(f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s", flush=True)
     torch.set_num_threads(os.cpu_count())
     plain_rate = plain_loop(paths, detector_dir, keypoint_dir, args.max_persons)
+    print(f"plain single-process loop       {plain_rate:8.2f} images/s   (load average {os.getloadavg()[0]:.1f})", flush=True)
     processes = os.cpu_count()
     limit_rate, persons = model_only_limit(paths, detector_dir, keypoint_dir, args.max_persons, processes, resources.detector_batch, resources.keypoint_batch)
+    print(f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s   ({persons:.1f} persons per image; load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"annotate: x{job_rate / plain_rate:.2f} the plain loop, {job_rate / limit_rate:.2f} of the model-only limit", flush=True)
 
     cli = str(Path(sys.executable).with_name("pose-jobs"))
     common = ["--detector", detector_dir, "--keypoints", keypoint_dir, "--max-persons", str(args.max_persons)]
-    for name in ("cli-1x", "cli-large"):
-        shutil.rmtree(workdir / name, ignore_errors=True)
-    wall_small, peak_small = peak_tree_pss([cli, "annotate", str(folder), str(workdir / "cli-1x"), *common])
     large_count = args.images * args.scale
-    wall_large, peak_large = peak_tree_pss([cli, "annotate", str(large / "val2017"), str(workdir / "cli-large"), *common])
-
-    print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {large_count} ({args.scale}x), "
-          f"{persons:.1f} persons per image; pools: {resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors, "
-          f"batches {resources.detector_batch} images / {resources.keypoint_batch} persons")
-    print(f"plain single-process loop       {plain_rate:8.2f} images/s")
-    print(f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s")
-    print(f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s   x{job_rate / plain_rate:.2f} the plain loop, "
-          f"{job_rate / limit_rate:.2f} of the model-only limit")
-    print(f"pose-jobs annotate command, Ray start included: 1x {len(paths) / wall_small:.2f} images/s ({wall_small:.0f} s), "
-          f"{args.scale}x {large_count / wall_large:.2f} images/s ({wall_large:.0f} s)")
-    print(f"peak memory (PSS, whole job)    1x {peak_small:.0f} MiB   {args.scale}x {peak_large:.0f} MiB   ratio {peak_large / peak_small:.2f}")
+    peaks = {}
+    for name, source, count in (("1x", folder, len(paths)), (f"{args.scale}x", large / "val2017", large_count)):
+        shutil.rmtree(workdir / f"cli-{name}", ignore_errors=True)
+        with open(workdir / f"cli-{name}.stderr", "wb") as log:
+            wall, peaks[name] = peak_tree_pss([cli, "annotate", str(source), str(workdir / f"cli-{name}"), *common], stderr=log)
+        print(f"pose-jobs annotate command, Ray start included, {name}: {count / wall:.2f} images/s ({wall:.0f} s), "
+              f"peak memory (PSS, whole job) {peaks[name]:.0f} MiB", flush=True)
+    print(f"peak memory ratio {args.scale}x / 1x: {peaks[f'{args.scale}x'] / peaks['1x']:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,11 @@ def plain_ingest(src: Path, dest: Path) -> int:
     return len(images)
 
 
-def peak_tree_pss(command: list[str]) -> tuple[float, float]:
-    """Run `command`; return (wall seconds, peak summed PSS of its process tree in MiB)."""
+def peak_tree_pss(command: list[str], stderr=subprocess.DEVNULL) -> tuple[float, float]:
+    """Run `command`; return (wall seconds, peak summed PSS of its process tree in MiB).
+    `stderr`: where its error output goes (a file to keep it)."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     peak = 0.0
     done = threading.Event()
 

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import posixpath
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -467,6 +468,8 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
     just under the cluster's CPUs between them so that reading and cropping tasks always find room
     (Ray would otherwise wait forever for a CPU), and each runs torch on one thread."""
     use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
+    if use_gpu and gpus <= 0:
+        raise AnnotateError("--gpu asked for, but the Ray cluster has no GPUs (leave it out to run on CPUs)")
     if use_gpu:
         detector_actors = settings.detector_actors or max(1, int(gpus))
         keypoint_actors = settings.keypoint_actors or max(1, int(gpus))
@@ -521,7 +524,7 @@ def run_annotate(
 
         resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
         meter = Progress("annotate", len(pending), "images") if progress else None
-        for marker in _stream(pending, dest, options, settings, resources, recipe, category_names, not plan.ingested):
+        for marker in _stream(pending, dest, options, settings, resources, recipe, category_names, not plan.ingested, verbose):
             committed[marker["unit"]] = marker
             if meter:
                 meter.advance(1, marker["images"])
@@ -534,10 +537,13 @@ def run_annotate(
     return manifest
 
 
-def _stream(pending, dest, options, settings, resources: Resources, recipe, category_names, exif_transpose: bool):
+def _stream(pending, dest, options, settings, resources: Resources, recipe, category_names, exif_transpose: bool, verbose: bool):
     """Run the pipeline over the pending shards; yield each shard's marker once it is written."""
     import ray.data
 
+    if not verbose:
+        # Ray Data's advice for small inputs (fewer blocks than actors) is noise here.
+        warnings.filterwarnings("ignore", message=r".*only received \d+ input", category=UserWarning)
     # However large SRC is, Ray Data holds at most this much of the pipeline's data at a time
     # (decoded pixels waiting for a detector, mostly): reading stops while the models catch up.
     context = ray.data.DataContext.get_current()

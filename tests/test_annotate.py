@@ -28,17 +28,20 @@ import torch
 from PIL import Image
 
 from jobs.annotate import (
+    AnnotateError,
     AnnotateSettings,
     Detector,
     KeypointModel,
     annotate,
     annotation_row,
     box_results,
+    draw_pictures,
     image_ids,
     keypoint_results,
     PersonCrops,
     plan_resources,
     read_images,
+    write_shard,
 )
 from jobs.storage import StorageOptions, filesystem, join, open_input, read_bytes
 from pose import schema
@@ -163,6 +166,8 @@ def test_resources_fit_the_cluster():
     assert (cpu.detector_actors + cpu.keypoint_actors) * cpu.actor_cpus + cpu.task_cpus <= 2
     gpu = plan_resources(settings, cpus=8, gpus=2)
     assert gpu.use_gpu and gpu.detector_actors == 2 and (gpu.detector_actors + gpu.keypoint_actors) * gpu.actor_gpus <= 2
+    with pytest.raises(AnnotateError, match="no GPUs"):
+        plan_resources(AnnotateSettings("d", "k", use_gpu=True), cpus=2, gpus=0)
 
 
 def test_stages_chained_in_process(models, tmp_path):
@@ -209,6 +214,32 @@ def test_results_of_perfect_annotations_score_ap_one():
     table = pa.Table.from_pylist(rows, schema=schema.ANNOTATIONS)
     assert coco_keypoint_ap(truth, list(keypoint_results(table)))["ap"] == pytest.approx(1.0)
     assert coco_box_ap(truth, list(box_results(table)))["ap"] == pytest.approx(1.0)
+
+
+def test_pictures_are_drawn_in_image_coordinates(tmp_path):
+    """A known person and a dog drawn where the row says they are, on the source's pixels."""
+    grey = np.full((120, 160, 3), 128, np.uint8)
+    (tmp_path / "grey.png").write_bytes(encode(grey, "PNG"))
+    keypoints = np.zeros((17, 3))
+    keypoints[:, 0], keypoints[:, 1], keypoints[:, 2] = np.linspace(95, 125, 17), np.linspace(30, 100, 17), 0.9
+    keypoints[3, 2] = 0.1  # not confident: not drawn
+    row = {
+        "image_id": 7, "source": str(tmp_path / "grey.png"), "split": None, "width": 160, "height": 120,
+        "detections": [{"bbox": [90, 20, 40, 90], "category_id": 1, "category": "person", "score": 0.9},
+                       {"bbox": [10, 60, 30, 30], "category_id": DOG, "category": "dog", "score": 0.8},
+                       {"bbox": [10, 10, 20, 20], "category_id": DOG, "category": "dog", "score": 0.2}],
+        "persons": [{"bbox": [90, 20, 40, 90], "box_score": 0.9, "keypoints": keypoints.reshape(-1).tolist(), "score": 0.8}],
+    }
+    marker = write_shard("00000", {"annotations": [row], "errors": []}, str(tmp_path / "out"), StorageOptions(), "fingerprint")
+    assert draw_pictures(str(tmp_path / "out"), StorageOptions(), {"00000": marker}, DetectorConfig().category_names(), 5) == ["pictures/7.png"]
+    picture = np.asarray(Image.open(tmp_path / "out" / "pictures" / "7.png")).astype(int)
+    assert picture.shape == grey.shape
+    changed = np.abs(picture - 128).sum(-1) > 30
+    assert changed[int(keypoints[8, 1]), int(keypoints[8, 0])]  # a joint
+    assert changed[110, 90:130].any() or changed[109, 90:130].any()  # the person box's bottom edge
+    assert changed[89, 10:40].any()  # the dog's
+    assert not changed[25:28, 14:26].any()  # a dog scoring below 0.5 is not drawn
+    assert not changed[100:, :60].any() and not changed[30:, 140:].any()  # nothing elsewhere (labels sit on top)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,7 +311,7 @@ def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
                "--keypoints", models[1], "--shard-size", "2"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     job = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    commits, deadline = dest / "_commits", time.monotonic() + 180
+    commits, deadline = dest / "_commits", time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
         if commits.exists() and any(commits.glob("*.json")):
             break
@@ -295,7 +326,7 @@ def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
         if not path.name.startswith("."):
             pq.read_table(path)
 
-    result = subprocess.run(command + ["--visualize", "2"], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command + ["--visualize", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert f"{listed} images: {listed} annotated, 0 in errors -> all accounted for" in result.stdout
     annotations = read_table(str(dest), "annotations")
