@@ -24,9 +24,9 @@ app = typer.Typer(
 synth_app = typer.Typer(help="Write synthetic datasets in the exact real formats (COCO 2017 keypoints, SVHN).", no_args_is_help=True)
 ingest_app = typer.Typer(help="Ingest COCO or SVHN from a folder or s3:// into sharded Parquet (Ray Data).", no_args_is_help=True)
 show_app = typer.Typer(help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.", no_args_is_help=True)
+jobs_app = typer.Typer(help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 app.add_typer(ingest_app, name="ingest")
-jobs_app = typer.Typer(help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).", no_args_is_help=True)
 app.add_typer(show_app, name="show")
 app.add_typer(jobs_app, name="jobs")
 

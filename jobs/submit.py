@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-JOB_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+JOB_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}  # Ray itself sets PYTHONUNBUFFERED and RAY_ADDRESS for the driver
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 

@@ -24,6 +24,7 @@ import atexit
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,6 +183,7 @@ class RayTestCluster:
             self._signal_group(node, signal.SIGKILL)  # whatever of the group is left
             node.process.wait()
         self.nodes = []
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # sessions, logs, sockets
 
     @staticmethod
     def _signal_group(node: RayNode, sig: int) -> None:
