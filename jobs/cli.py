@@ -425,6 +425,7 @@ def eval_detector(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
     """COCO person box AP/AR (pycocotools, crowds ignored) of a detector on a split, and a picture."""
     from jobs.evaluate import evaluate_detector

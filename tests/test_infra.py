@@ -20,12 +20,6 @@ INFRA = ROOT / "infra"
 YAML_FILES = sorted(INFRA.rglob("*.yaml"))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-# Commands that infra/ runs but that come from another branch: until it is merged their absence is
-# expected, and only their absence (every other check still runs). Once the command is in the CLI,
-# test_pending_commands_are_still_pending fails: delete the entry and the full check applies.
-PENDING_COMMANDS = {"annotate": "branch ann"}
-
-
 def pin(package: str) -> str:
     """The exact version pyproject.toml pins `package` to."""
     for requirement in PYPROJECT["project"]["dependencies"]:
@@ -113,10 +107,7 @@ def test_commands_exist_with_their_options(path, argv):
     words = argv[1:]
     while hasattr(command, "commands") and words and words[0] in command.commands:
         command = command.commands[words.pop(0)]
-    if hasattr(command, "commands"):  # no such command: the group is where the walk stopped
-        name = words[0] if words else ""
-        assert name in PENDING_COMMANDS, f"{path.relative_to(ROOT)}: `pose-jobs {name}` is not a command of the CLI"
-        return
+    assert not hasattr(command, "commands"), f"{path.relative_to(ROOT)}: `pose-jobs {' '.join(argv[1:3])}` is not a command of the CLI"
     options = {}
     for param in command.params:
         for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
@@ -136,12 +127,6 @@ def test_commands_exist_with_their_options(path, argv):
     required = {p.name for p in command.params if p.required and p.param_type_name == "option"}
     given = {options[w.split("=", 1)[0]].name for w in argv if w.split("=", 1)[0] in options}
     assert required <= given, f"{path.relative_to(ROOT)}: pose-jobs {command.name} needs {sorted(required - given)}"
-
-
-def test_pending_commands_are_still_pending():
-    commands = typer.main.get_command(app).commands
-    for name, origin in PENDING_COMMANDS.items():
-        assert name not in commands, f"`pose-jobs {name}` ({origin}) is in the CLI now: remove it from PENDING_COMMANDS in tests/test_infra.py"
 
 
 def test_versions_match_pyproject():
