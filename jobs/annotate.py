@@ -465,8 +465,8 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
 
     On GPUs each GPU holds one detector and one keypoint actor (half a GPU each). On CPUs the
     detector, by far the heavier model, gets two actors for every keypoint actor; actors reserve
-    just under the cluster's CPUs between them so that reading and cropping tasks always find room
-    (Ray would otherwise wait forever for a CPU), and each runs torch on one thread."""
+    just under the cluster's CPUs between them so that the reading tasks always find room (Ray
+    would otherwise wait forever for a CPU), and each runs torch on one thread."""
     use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
     if use_gpu and gpus <= 0:
         raise AnnotateError("--gpu asked for, but the Ray cluster has no GPUs (leave it out to run on CPUs)")
