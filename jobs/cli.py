@@ -509,7 +509,7 @@ def demo(
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """The main job on the embedded default: synthesise -> ingest -> pictures, then a summary."""
+    """The main job on the embedded default: synthesise -> ingest -> train the three models -> evaluate -> annotate, then a summary."""
     from jobs.demo import DemoSizes, run_demo
 
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """`pose-jobs demo`: the main job on the embedded default (local Ray, local storage, synthetic data).
 
-synthesise -> ingest -> pictures -> train both models briefly -> evaluate, with a summary of the
-figures and where everything is. The training here is short, to show the pipeline; the README
+synthesise -> ingest -> pictures -> train the three models briefly (digits, keypoints, person
+detector) -> evaluate -> annotate a bucket of synthetic images with the detector and the keypoint
+model, with a summary of the figures and where everything is. The training here is short, to show the pipeline; the README
 gives the recipes and the figures of full runs.
 """
 
@@ -23,10 +24,11 @@ class DemoSizes:
     svhn_numbers: int = 100
     svhn_epochs: int = 4
     keypoint_epochs: int = 2
+    detector_epochs: int = 2
 
     @classmethod
     def quick(cls) -> "DemoSizes":
-        return cls(coco_train=40, coco_val=12, svhn_train=3000, svhn_test=300, svhn_numbers=20, svhn_epochs=3, keypoint_epochs=1)
+        return cls(coco_train=40, coco_val=12, svhn_train=3000, svhn_test=300, svhn_numbers=20, svhn_epochs=3, keypoint_epochs=1, detector_epochs=1)
 
 
 def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, address: str | None = None, verbose: bool = False) -> list[tuple[str, str]]:
@@ -89,6 +91,39 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, address: str | None =
     summary.append(
         ("keypoints", f"val PCK {keypoints['pck']:.3f}, AP {keypoints['ap']:.3f} after {keypoint_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README for full runs)")
     )
-    summary.append(("pictures", f"{len(list(pictures.glob('*.png')))} PNGs in {pictures}"))
+
+    started = stage("train the person detector (Ray Train, 2 workers)")
+    import functools
+
+    from jobs.annotate import AnnotateSettings, annotate
+    from jobs.detector_data import detector_rows, person_boxes_by_image
+    from jobs.evaluate import evaluate_detector
+    from pose.detector_task import DetectorRecipe, DetectorTask
+
+    coco, options = str(out / "coco"), StorageOptions()
+    detector_recipe = DetectorRecipe.from_scratch(epochs=sizes.detector_epochs)
+    detector_task = DetectorTask(detector_recipe, ground_truth=keypoint_ground_truth(coco, "val", options))
+    boxes = person_boxes_by_image(coco, (*detector_task.train_splits, detector_task.val_split), options)
+    prepare = functools.partial(detector_rows, boxes=boxes, options=options)
+    detector_dir = str(out / "runs" / "detector")
+    run_training(detector_task, TrainSettings(data=coco, out=detector_dir, workers=2), detector_recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
+    boxes_figures = evaluate_detector(coco, detector_dir, "val", options, pictures)
+    summary.append(
+        ("detector", f"val person box AP {boxes_figures['ap']:.3f}, AP50 {boxes_figures['ap50']:.3f} after {detector_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README)")
+    )
+
+    started = stage("annotate a bucket of images: detector -> keypoints (Ray Data actor pools)")
+    settings = AnnotateSettings(detector=detector_dir, keypoints=str(out / "runs" / "keypoints"))
+    manifest = annotate(str(coco_src / "val2017"), str(out / "annotated"), settings, options, visualize=4, address=address, verbose=verbose)
+    seconds = time.perf_counter() - started
+    images = manifest["images"]
+    summary.append(
+        (
+            "annotate",
+            f"{images['annotated']} images annotated, {images['errors']} errors of {images['listed']} listed "
+            f"({images['listed'] / seconds:.1f} images/s including start-up) -> {out / 'annotated'}",
+        )
+    )
+    summary.append(("pictures", f"{len(list(pictures.glob('*.png')))} PNGs in {pictures}, {len(manifest['pictures'])} in {out / 'annotated' / 'pictures'}"))
     summary.append(("runs", f"checkpoints, metrics.jsonl, curves.png, model.pt in {out / 'runs'}"))
     return summary
