@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.ingest import read_image_source, read_table
+from jobs.ingest import read_commit_markers, read_image_source, read_table
 from jobs.runtime import Progress, init_ray
 from jobs.storage import (
     StorageError,
@@ -515,7 +515,7 @@ def run_annotate(
     for shard in plan.shards:
         content = json.dumps({"unit": shard.unit, "items": shard.items, "settings": fingerprinted}, sort_keys=True, default=str)
         shard.fingerprint = hashlib.sha256(content.encode()).hexdigest()[:32]
-    committed = _read_markers(dest, options)
+    committed = read_commit_markers(dest, options)
     pending = [s for s in plan.shards if committed.get(s.unit, {}).get("fingerprint") != s.fingerprint]
 
     if pending:
@@ -613,17 +613,6 @@ def write_shard(unit: str, tables: dict[str, list[dict]], dest: str, options: St
         marker["images"] += len(rows)
     write_bytes_atomic(join(dest, "_commits", f"{unit}.json"), json.dumps(marker, sort_keys=True).encode(), options)
     return marker
-
-
-def _read_markers(dest: str, options: StorageOptions) -> dict[str, dict]:
-    folder = join(dest, "_commits")
-    if not exists(folder, options):
-        return {}
-    markers = {}
-    for path in list_files(folder, options, suffixes=(".json",)):
-        marker = json.loads(read_bytes(path, options))
-        markers[marker["unit"]] = marker
-    return markers
 
 
 def _annotation_tables(dest: str, options: StorageOptions, markers: dict[str, dict]):

@@ -16,6 +16,7 @@ from jobs.storage import StorageOptions, exists, is_s3, join, write_bytes_atomic
 from jobs.ingest import read_table
 from jobs.models import load_digit_model, load_keypoint_model
 from jobs.train import batches_of
+from pose.draw import stacked
 
 
 def _save_png(image, folder: Path | None, model_dir: str, name: str, options: StorageOptions) -> str:
@@ -122,20 +123,6 @@ def evaluate_keypoints(
     return figures
 
 
-def _stacked_rows(rows: list) -> "Image.Image":
-    """Pictures (side_by_side rows) one above the other, left-aligned on white."""
-    from PIL import Image
-
-    from pose.draw import BACKGROUND
-
-    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), BACKGROUND)
-    y = 0
-    for row in rows:
-        canvas.paste(row, (0, y))
-        y += row.height
-    return canvas
-
-
 def detect_split(model, data: str, split: str, options: StorageOptions, *, picture_images: int = 0, picture_min_score: float = 0.5):
     """Run a detector over every image of a split, in this process.
 
@@ -197,7 +184,7 @@ def evaluate_detector(
     if panels:
         run_folder = exists(join(model_spec, "model.json"), options)
         folder = pictures if pictures is not None or run_folder else Path(".")
-        figures["pictures"] = [_save_png(_stacked_rows(panels), folder, model_spec, f"detections-{split}.png", options)]
+        figures["pictures"] = [_save_png(stacked(panels), folder, model_spec, f"detections-{split}.png", options)]
     return figures
 
 

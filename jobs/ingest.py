@@ -423,7 +423,7 @@ def run_ingest(
     settings = {"schema_version": schema.SCHEMA_VERSION, "crop": asdict(crop)} if plan.dataset == "coco" else {"schema_version": schema.SCHEMA_VERSION}
     for shard in plan.shards:
         shard.fingerprint = _fingerprint(shard, settings)
-    committed = _read_markers(dest, options)
+    committed = read_commit_markers(dest, options)
     pending = [s for s in plan.shards if committed.get(s.unit, {}).get("fingerprint") != s.fingerprint]
 
     if pending:
@@ -464,7 +464,8 @@ def _fingerprint(shard: Shard, settings: dict) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
-def _read_markers(dest: str, options: StorageOptions) -> dict[str, dict]:
+def read_commit_markers(dest: str, options: StorageOptions) -> dict[str, dict]:
+    """unit -> commit marker of every shard committed under DEST/_commits (ingest and annotate)."""
     folder = join(dest, "_commits")
     if not exists(folder, options):
         return {}

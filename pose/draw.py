@@ -390,6 +390,16 @@ def crop_panel(crop: np.ndarray, keypoints: np.ndarray, *, title: str | None = N
     return _with_title(picture, title, int(np.clip(round(picture.height / 18), 11, 24)))
 
 
+def stacked(rows: Sequence[Image.Image]) -> Image.Image:
+    """Pictures (e.g. side_by_side rows) one above the other, left-aligned on white."""
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), BACKGROUND)
+    y = 0
+    for row in rows:
+        canvas.paste(row, (0, y))
+        y += row.height
+    return canvas
+
+
 def side_by_side(panels: Sequence[Image.Image | np.ndarray], *, titles: Sequence[str] | None = None,
                  height: int | None = None, gap: int = 8) -> Image.Image:
     """Panels in a row on white, each scaled to `height` (default: the tallest), titles above.

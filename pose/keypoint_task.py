@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from pose.augment import AugmentConfig, normalize, topdown_sample
-from pose.draw import BACKGROUND, crop_panel, heatmap_overlay, side_by_side
+from pose.draw import crop_panel, heatmap_overlay, side_by_side, stacked
 from pose.geometry import apply_affine, compose_affine, invert_affine
 from pose.heatmaps import HeatmapCodec, flip_test as average_flip_test, to_image_coordinates
 from pose.images import decode_image
@@ -520,12 +520,7 @@ def evaluation_figure(
         ]
         titles = ["true", "true heatmaps", "predicted heatmaps", "predicted"] if i == 0 else None
         rows.append(side_by_side(panels, titles=titles, height=panel_height))
-    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), BACKGROUND)
-    y = 0
-    for row in rows:
-        canvas.paste(row, (0, y))
-        y += row.height
-    return canvas
+    return stacked(rows)
 
 
 # --------------------------------------------------------------------------------------------
