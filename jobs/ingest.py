@@ -36,6 +36,7 @@ from jobs.storage import (
     list_files,
     open_input,
     read_bytes,
+    remove_stale_temporaries,
     write_bytes_atomic,
     write_parquet_atomic,
 )
@@ -420,6 +421,7 @@ def run_ingest(
 ) -> dict:
     """Process the plan's shards that are not yet committed in DEST, then write `manifest.json`."""
     check_writable(dest, options)
+    remove_stale_temporaries(dest)  # a killed run's half-written files (never under a final name)
     settings = {"schema_version": schema.SCHEMA_VERSION, "crop": asdict(crop)} if plan.dataset == "coco" else {"schema_version": schema.SCHEMA_VERSION}
     for shard in plan.shards:
         shard.fingerprint = _fingerprint(shard, settings)
