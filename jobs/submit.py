@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -159,7 +160,10 @@ def submit(address: str, argv: list[str], *, wait: bool = True) -> int:
     """Submit `argv` as a Ray Job; with `wait`, stream its logs and return its exit code."""
     client = job_client(address)
     entrypoint = shlex.join(argv)
-    name = "-".join(argv[1:3]) if len(argv) > 2 and not argv[2].startswith("-") else argv[1]
+    # The command's own words (`ingest coco`, `annotate`): not its arguments, whose paths and URLs
+    # (`s3://...`) are no part of a job id, which Ray also uses in a log file name.
+    subcommand = len(argv) > 2 and re.fullmatch(r"[a-z][a-z0-9-]*", argv[2]) is not None
+    name = "-".join(argv[1:3] if subcommand else argv[1:2])
     submission_id = f"pose-jobs-{name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     job_id = _calling(
         address,

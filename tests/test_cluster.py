@@ -113,7 +113,8 @@ def read_metrics(s3, url: str) -> list[dict]:
 def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     """ingest coco and train-keypoints --workers 2 submitted with --address: the workers train on
     both nodes, checkpoints go to S3; the worker node is killed after the first epoch and replaced
-    (as an autoscaler would): the run resumes from its checkpoint and trains no epoch twice."""
+    (as an autoscaler would): the run resumes from its checkpoint and trains no epoch twice. Then
+    annotate, submitted the same way, with the trained keypoint model."""
     from pose.synth.people import write_coco
 
     bucket = s3.make_bucket("cluster")
@@ -161,6 +162,33 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     assert status.returncode == 0 and f"{job_id}: SUCCEEDED" in status.stdout
     listed = run_cli(cluster, "jobs", "list", "--address", cluster.dashboard_url)
     assert job_id in listed.stdout and "pose-jobs ingest coco" in listed.stdout
+
+    # annotate over the cluster: the images of the val split with a tiny detector (a run folder on S3
+    # whose person logit is raised, so every image has person boxes) and the keypoint model just trained.
+    import io
+
+    import torch
+
+    from pose.models.detector import DetectorConfig, build_detector
+
+    torch.manual_seed(0)
+    config = DetectorConfig(min_size=96, max_size=160, proposals_per_image=40, detections_per_image=6)
+    detector = build_detector(config)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.bias[1] = 6.0
+    weights = io.BytesIO()
+    torch.save(detector.state_dict(), weights)
+    client.put_object(Bucket="cluster", Key="models/detector/model.pt", Body=weights.getvalue())
+    client.put_object(Bucket="cluster", Key="models/detector/model.json", Body=json.dumps({"task": "detector", "model": config.to_dict()}).encode())
+    annotated = run_cli(
+        cluster, "annotate", f"{bucket}/src/val2017", f"{bucket}/annotated", "--detector", f"{bucket}/models/detector",
+        "--keypoints", out, "--address", cluster.dashboard_url,
+    )  # fmt: skip
+    assert annotated.returncode == 0, annotated.stderr[-3000:] + annotated.stdout[-3000:]
+    manifest = json.loads(client.get_object(Bucket="cluster", Key="annotated/manifest.json")["Body"].read())
+    assert manifest["images"] == {"listed": 4, "annotated": 4, "errors": 0, "balanced": True}
+    keypoint_results = json.loads(client.get_object(Bucket="cluster", Key="annotated/results/keypoints.json")["Body"].read())
+    assert keypoint_results and all(len(r["keypoints"]) == 51 for r in keypoint_results)
 
     # The S3 secret lives only in the nodes' environment: never in a job's command, environment or logs.
     for job in cluster.get("/api/jobs/"):
