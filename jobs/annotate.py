@@ -28,7 +28,6 @@ killed run resumes where it stopped and a finished one is not redone; every file
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.ingest import read_commit_markers, read_image_source, read_table
+from jobs.ingest import manifest_created, read_commit_markers, read_image_source, read_table
 from jobs.runtime import Progress, init_ray
 from jobs.storage import (
     StorageError,
@@ -679,18 +678,11 @@ def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str,
             entry["rows"] += table["rows"]
             entry["files"].append(table["path"])
     annotated, failed = tables.get("annotations", {}).get("rows", 0), tables.get("errors", {}).get("rows", 0)
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    previous = join(dest, "manifest.json")
-    if exists(previous, options):
-        try:
-            created = json.loads(read_bytes(previous, options)).get("created", created)
-        except (ValueError, StorageError):
-            pass
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "job": "annotate",
         "source": plan.source,
-        "created": created,
+        "created": manifest_created(dest, options),
         "settings": settings,
         "tables": tables,
         "results": {name: {"entries": n} for name, n in results.items()},

@@ -466,6 +466,18 @@ def _fingerprint(shard: Shard, settings: dict) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
+def manifest_created(dest: str, options: StorageOptions) -> str:
+    """When DEST's output was first made: kept from an earlier manifest, so re-runs leave it as is."""
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    previous = join(dest, "manifest.json")
+    if exists(previous, options):
+        try:
+            created = json.loads(read_bytes(previous, options)).get("created", created)
+        except (ValueError, StorageError):
+            pass
+    return created
+
+
 def read_commit_markers(dest: str, options: StorageOptions) -> dict[str, dict]:
     """unit -> commit marker of every shard committed under DEST/_commits (ingest and annotate)."""
     folder = join(dest, "_commits")
@@ -504,18 +516,11 @@ def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str,
             "balanced": all(found.get(kind, 0) == n for kind, n in counted.items()),
         }
 
-    previous = join(dest, "manifest.json")
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    if exists(previous, options):
-        try:
-            created = json.loads(read_bytes(previous, options)).get("created", created)
-        except (ValueError, StorageError):
-            pass
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "dataset": plan.dataset,
         "source": _redact(plan.source),
-        "created": created,
+        "created": manifest_created(dest, options),
         "settings": settings,
         "tables": tables,
         "accounting": accounting,
