@@ -12,8 +12,10 @@ memory at 1x and 10x the images.
   the most the job could do on this machine if reading, decoding, cropping and moving data cost
   nothing.
 - pose-jobs annotate: the job on a Ray that is already running (its actors start inside the
-  timing, as they do in every run); the whole command's wall time, Ray's start included, is
-  printed too.
+  timing, as they do in every run). What any run pays whatever its size (actors starting, models
+  loading, results written) is timed on two images, and the rate beyond it printed too: that is
+  the rate a large bucket sees. On CPUs the job's other plan (two pools, as on GPUs) is timed for
+  comparison. The whole command's wall time, Ray's start included, is printed with the memory.
 
 The models are the CPU defaults: Faster R-CNN MobileNetV3-FPN at 512 px (91 COCO classes) and the
 ResNet-18 keypoint model at 96x128. They are untrained (nothing is downloaded), so the person logit
@@ -26,6 +28,7 @@ raylet and workers), sampled every 0.25 s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -173,23 +176,45 @@ def main() -> None:
         shutil.copy(path, warm / path.name)
     shutil.rmtree(workdir / "warmup", ignore_errors=True)
     annotate(str(warm), str(workdir / "warmup"), settings, progress=False)
+    # What every run pays whatever its size (actors starting, models loading, results and manifest
+    # written): a second run over the two images.
+    shutil.rmtree(workdir / "warmup", ignore_errors=True)
+    started = time.perf_counter()
+    annotate(str(warm), str(workdir / "warmup"), settings, progress=False)
+    fixed = time.perf_counter() - started
     shutil.rmtree(workdir / "ray-out", ignore_errors=True)
     started = time.perf_counter()
     annotate(str(folder), str(workdir / "ray-out"), settings, progress=False)
-    job_rate = len(paths) / (time.perf_counter() - started)
+    job_seconds = time.perf_counter() - started
+    job_rate = len(paths) / job_seconds
+    marginal_rate = (len(paths) - 2) / max(job_seconds - fixed, 1e-9)
+    split_rate = None
+    if resources.combined:  # the two-pool plan of GPUs, on these CPUs, for comparison
+        shutil.rmtree(workdir / "ray-out-split", ignore_errors=True)
+        split = dataclasses.replace(settings, keypoint_actors=max(1, round(ray.cluster_resources().get("CPU", 1) / 3)))
+        split_resources = plan_resources(split, ray.cluster_resources().get("CPU", 1), 0)
+        started = time.perf_counter()
+        annotate(str(folder), str(workdir / "ray-out-split"), split, progress=False)
+        split_rate = len(paths) / (time.perf_counter() - started)
     ray.shutdown()
 
+    pools = (f"{resources.detector_actors} actors running both models" if resources.combined
+             else f"{resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors")
     print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {args.images * args.scale} ({args.scale}x); "
-          f"pools: {resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors, "
-          f"batches {resources.detector_batch} images / {resources.keypoint_batch} persons", flush=True)
-    print(f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s", flush=True)
+          f"pools: {pools}, batches {resources.detector_batch} images / {resources.keypoint_batch} persons", flush=True)
+    print(f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s   ({job_seconds:.1f} s, of which {fixed:.1f} s any run pays: "
+          f"{marginal_rate:.2f} images/s beyond it)", flush=True)
+    if split_rate is not None:
+        print(f"  two pools instead ({split_resources.detector_actors} detector + {split_resources.keypoint_actors} keypoint actors, "
+              f"as on GPUs): {split_rate:.2f} images/s", flush=True)
     torch.set_num_threads(os.cpu_count())
     plain_rate = plain_loop(paths, detector_dir, keypoint_dir, args.max_persons)
     print(f"plain single-process loop       {plain_rate:8.2f} images/s   (load average {os.getloadavg()[0]:.1f})", flush=True)
     processes = os.cpu_count()
     limit_rate, persons = model_only_limit(paths, detector_dir, keypoint_dir, args.max_persons, processes, resources.detector_batch, resources.keypoint_batch)
     print(f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s   ({persons:.1f} persons per image; load average {os.getloadavg()[0]:.1f})", flush=True)
-    print(f"annotate: x{job_rate / plain_rate:.2f} the plain loop, {job_rate / limit_rate:.2f} of the model-only limit", flush=True)
+    print(f"annotate: x{job_rate / plain_rate:.2f} the plain loop, {job_rate / limit_rate:.2f} of the model-only limit; "
+          f"beyond the fixed cost x{marginal_rate / plain_rate:.2f} and {marginal_rate / limit_rate:.2f}", flush=True)
 
     cli = str(Path(sys.executable).with_name("pose-jobs"))
     common = ["--detector", detector_dir, "--keypoints", keypoint_dir, "--max-persons", str(args.max_persons)]

@@ -367,6 +367,18 @@ class KeypointModel:
         return {**out, "person_keypoints": output}
 
 
+class DetectorAndKeypoints:
+    """Both models on one actor (the CPU plan, `Resources.combined`): each batch goes through the
+    detector and then, its persons together, through the keypoint model."""
+
+    def __init__(self, detector: dict, keypoints: dict):
+        self.detector = Detector(**detector)
+        self.keypoints = KeypointModel(**keypoints)
+
+    def __call__(self, batch: dict) -> dict:
+        return self.keypoints(self.detector(batch))
+
+
 # --------------------------------------------------------------------------------------------
 # Rows (driver): a pipeline row -> an `annotations` row or an `errors` row
 
@@ -449,8 +461,8 @@ class Resources:
     """How the two model stages are spread over the cluster."""
 
     use_gpu: bool
-    detector_actors: int
-    keypoint_actors: int
+    detector_actors: int  # with `combined`: the actors that run both models
+    keypoint_actors: int  # 0 with `combined`
     detector_batch: int
     keypoint_batch: int
     actor_cpus: float  # Ray CPUs reserved per actor (one torch thread each on CPU)
@@ -458,14 +470,23 @@ class Resources:
     task_cpus: float  # per read task
     read_tasks: int  # read tasks at a time
 
+    @property
+    def combined(self) -> bool:
+        """One pool whose actors run the detector and then the keypoint model on each batch."""
+        return self.keypoint_actors == 0
+
 
 def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Resources:
     """Pools and batches for a cluster of `cpus` CPUs and `gpus` GPUs, unless set in `settings`.
 
-    On GPUs each GPU holds one detector and one keypoint actor (half a GPU each). On CPUs the
-    detector, by far the heavier model, gets two actors for every keypoint actor; actors reserve
-    just under the cluster's CPUs between them so that the reading tasks always find room (Ray
-    would otherwise wait forever for a CPU), and each runs torch on one thread."""
+    On GPUs each GPU holds one detector and one keypoint actor (half a GPU each), the keypoint
+    model batched across the images of many detector calls. On CPUs (unless `keypoint_actors` is
+    set) one pool of actors runs both models, one actor per core on one torch thread each: the
+    keypoint model costs a tenth of the detector there, and a pool of its own would hold a thread
+    that competes with the detectors for the cores (annotate at 0.72 of the model-only limit with
+    2 detector + 1 keypoint actors on 2 cores, 0.81 with 2 actors running both). Actors reserve just
+    under the cluster's CPUs between them so that the reading tasks always find room (Ray would
+    otherwise wait forever for a CPU)."""
     use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
     if use_gpu and gpus <= 0:
         raise AnnotateError("--gpu asked for, but the Ray cluster has no GPUs (leave it out to run on CPUs)")
@@ -474,8 +495,11 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
         keypoint_actors = settings.keypoint_actors or max(1, int(gpus))
         actor_gpus = min(0.5, gpus / (detector_actors + keypoint_actors)) if gpus else 0.5
         return Resources(True, detector_actors, keypoint_actors, settings.detector_batch or 8, settings.keypoint_batch or 128, min(1.0, cpus / 4), actor_gpus, 0.25, max(2, int(cpus) // 2))
-    keypoint_actors = settings.keypoint_actors or max(1, round(cpus / 3))
-    detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors + (1 if cpus <= 2 else 0))
+    keypoint_actors = settings.keypoint_actors or 0
+    if keypoint_actors:
+        detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors)
+    else:
+        detector_actors = settings.detector_actors or max(1, round(cpus))
     actor_cpus = max(0.05, (cpus - 0.5) / (detector_actors + keypoint_actors))
     return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, 0.25, 2)
 
@@ -563,29 +587,34 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
         num_cpus=resources.task_cpus,
     )
     crops = PersonCrops(tuple(recipe.input_size), recipe.augment.padding, settings.person_threshold, settings.max_persons)
-    dataset = dataset.map_batches(
-        Detector,
-        fn_constructor_kwargs={"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu},
-        batch_size=resources.detector_batch,
-        compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
-        num_cpus=resources.actor_cpus,
-        num_gpus=resources.actor_gpus,
-    )
-    dataset = dataset.map_batches(
-        KeypointModel,
-        fn_constructor_kwargs={
-            "spec": settings.keypoints,
-            "options": options,
-            "flip_test": settings.flip_test,
-            "batch_size": resources.keypoint_batch,
-            "use_gpu": resources.use_gpu,
-        },
-        # Images per call: enough for about one model batch of persons.
-        batch_size=max(1, resources.keypoint_batch // 4),
-        compute=ray.data.ActorPoolStrategy(size=resources.keypoint_actors),
-        num_cpus=resources.actor_cpus,
-        num_gpus=resources.actor_gpus,
-    )
+    detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu}
+    keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch, "use_gpu": resources.use_gpu}
+    if resources.combined:
+        dataset = dataset.map_batches(
+            DetectorAndKeypoints,
+            fn_constructor_kwargs={"detector": detector, "keypoints": keypoints},
+            batch_size=resources.detector_batch,
+            compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
+            num_cpus=resources.actor_cpus,
+        )
+    else:
+        dataset = dataset.map_batches(
+            Detector,
+            fn_constructor_kwargs=detector,
+            batch_size=resources.detector_batch,
+            compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
+            num_cpus=resources.actor_cpus,
+            num_gpus=resources.actor_gpus,
+        )
+        dataset = dataset.map_batches(
+            KeypointModel,
+            fn_constructor_kwargs=keypoints,
+            # Images per call: enough for about one model batch of persons.
+            batch_size=max(1, resources.keypoint_batch // 4),
+            compute=ray.data.ActorPoolStrategy(size=resources.keypoint_actors),
+            num_cpus=resources.actor_cpus,
+            num_gpus=resources.actor_gpus,
+        )
 
     gathered: dict[str, dict[str, list]] = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -162,8 +162,11 @@ def test_image_ids_are_coco_numbers_else_path_hashes():
 def test_resources_fit_the_cluster():
     settings = AnnotateSettings("d", "k")
     cpu = plan_resources(settings, cpus=2, gpus=0)
-    assert not cpu.use_gpu and cpu.detector_actors >= 1 and cpu.keypoint_actors >= 1
-    assert (cpu.detector_actors + cpu.keypoint_actors) * cpu.actor_cpus + cpu.task_cpus <= 2
+    assert not cpu.use_gpu and cpu.combined and cpu.detector_actors == 2
+    assert cpu.detector_actors * cpu.actor_cpus + cpu.read_tasks * cpu.task_cpus <= 2
+    split = plan_resources(AnnotateSettings("d", "k", keypoint_actors=1), cpus=4, gpus=0)
+    assert not split.combined and split.detector_actors == 3 and split.keypoint_actors == 1
+    assert (split.detector_actors + split.keypoint_actors) * split.actor_cpus + split.read_tasks * split.task_cpus <= 4
     gpu = plan_resources(settings, cpus=8, gpus=2)
     assert gpu.use_gpu and gpu.detector_actors == 2 and (gpu.detector_actors + gpu.keypoint_actors) * gpu.actor_gpus <= 2
     with pytest.raises(AnnotateError, match="no GPUs"):
@@ -361,6 +364,12 @@ def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, models
     box_figures = coco_box_ap(truth, box_entries, category_ids=[1])
     for figures in (keypoint_figures, box_figures):
         assert all(-1 <= value <= 1 for value in figures.values())
+
+    # The two-pool plan (GPUs, or --keypoint-actors on CPUs) annotates exactly as the one-pool CPU plan.
+    split = annotate(str(tmp_path / "ingested"), str(tmp_path / "split"), AnnotateSettings(*models, keypoint_actors=1), progress=False)
+    assert split["images"]["balanced"]
+    columns = ["image_id", "detections", "persons"]
+    assert read_table(str(tmp_path / "split"), "annotations").select(columns).sort_by("image_id").to_pylist() == annotations.select(columns).sort_by("image_id").to_pylist()
 
 
 def test_user_mistakes_are_one_line(models, tmp_path):
