@@ -22,7 +22,7 @@ ResNet-18 keypoint model at 96x128. They are untrained (nothing is downloaded), 
 of the detector is raised to make it report persons; `--max-persons` (default 4) keeps the
 keypoint work per image near the synthetic scenes' people count. Speed does not depend on the
 weights' values. Memory is the peak summed PSS of the command's process tree (driver, Ray's GCS,
-raylet and workers), sampled every 0.25 s.
+raylet and workers), sampled every second (`ingest.SAMPLE_SECONDS`).
 """
 
 from __future__ import annotations

@@ -68,8 +68,10 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
     """Resources for each worker that the cluster can actually grant.
 
     Ray waits forever for resources that do not exist, so an impossible request is refused here
-    with the numbers. CPU workers default to a fraction of a CPU each, so that `--workers 4`
-    runs on a 2-core machine; one CPU stays free for the Ray Data tasks that feed them.
+    with the numbers. CPU workers share the cluster's CPUs but one (or half of them), which stay
+    free for the Ray Data tasks that feed them: a fraction of a CPU each when there are more workers
+    than CPUs, so that `--workers 4` runs on a 2-core machine, and several CPUs (and as many torch
+    threads) each on bigger nodes. The share is one every worker can get on some node.
     """
     import ray
 
@@ -83,15 +85,39 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
         if total_gpus < workers:
             raise TrainError(f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; use fewer workers or --no-gpu")
         return True, {"GPU": 1, "CPU": min(1.0, max(total_cpus - 1, 0.0) / workers) or 0.0}
+    node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [total_cpus]
     if cpus_per_worker is None:
-        spare = max(total_cpus - 1.0, total_cpus / 2)  # keep one CPU (or half of them) for the data feed
-        cpus_per_worker = min(1.0, spare / workers)
-    if cpus_per_worker * workers > total_cpus + 1e-9:
+        cpus_per_worker = cpu_share(workers, node_cpus)
+    if cpus_per_worker * workers > total_cpus + 1e-9 or not _fits(cpus_per_worker, workers, node_cpus):
+        most = cpu_share(workers, node_cpus, spare=0.0)
         raise TrainError(
-            f"--workers {workers} x {cpus_per_worker:g} CPUs = {cpus_per_worker * workers:g} CPUs, but the cluster has {total_cpus:g}: "
-            f"Ray would wait forever; use --cpus-per-worker {total_cpus / workers:.2g} or fewer workers"
+            f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes ({', '.join(f'{n:g}' for n in node_cpus)} CPUs): "
+            f"Ray would wait forever; use --cpus-per-worker {most:.2g} or fewer workers"
         )
     return False, {"CPU": cpus_per_worker}
+
+
+def cpu_share(workers: int, node_cpus: list[float], spare: float | None = None) -> float:
+    """The most CPUs each of `workers` CPU workers can reserve on nodes of `node_cpus` CPUs while
+    `spare` CPUs of the cluster stay unreserved (default: one, or half of them on a 1-CPU cluster).
+
+    2 CPUs, 1 worker: 1; 2 CPUs, 4 workers: 0.25; 16 CPUs, 2 workers: 7.5; nodes of 2 and 16 CPUs,
+    4 workers: 4 (4.25 each would leave one worker without a node)."""
+    total = sum(node_cpus)
+    if spare is None:
+        spare = min(1.0, total / 2)
+    share = (total - spare) / workers
+    # The share shrinks to the next size that packs one more worker onto some node.
+    candidates = sorted({share, *(n / k for n in node_cpus for k in range(1, workers + 1))}, reverse=True)
+    for candidate in candidates:
+        if 0 < candidate <= share and _fits(candidate, workers, node_cpus):
+            return candidate
+    return share
+
+
+def _fits(cpus: float, workers: int, node_cpus: list[float]) -> bool:
+    """Whether `workers` reservations of `cpus` CPUs each fit on the nodes."""
+    return sum(int(n / cpus + 1e-9) for n in node_cpus) >= workers if cpus > 0 else True
 
 
 def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:

@@ -18,7 +18,7 @@ import torch
 from jobs.ingest import ingest
 from jobs.storage import exists, join, list_files, read_bytes
 from jobs.models import load_model_info
-from jobs.train import TrainError, TrainSettings, run_training, worker_resources
+from jobs.train import TrainError, TrainSettings, cpu_share, run_training, worker_resources
 from pose.digit_task import DigitRecipe, DigitTask
 from pose.models.digits import DigitModelConfig
 from pose.synth.digits import write_svhn
@@ -89,10 +89,23 @@ def test_killed_run_resumes_and_each_epoch_appears_once(svhn_data, tmp_path):
 def test_resource_guard_refuses_what_the_cluster_cannot_grant(ray_cluster):
     use_gpu, resources = worker_resources(4, use_gpu=False, cpus_per_worker=None)
     assert not use_gpu and resources["CPU"] * 4 <= 2
+    assert worker_resources(1, use_gpu=False, cpus_per_worker=None)[1] == {"CPU": 1.0}
     with pytest.raises(TrainError, match="Ray would wait forever"):
         worker_resources(4, use_gpu=False, cpus_per_worker=1.0)
     with pytest.raises(TrainError, match="GPUs"):
         worker_resources(1, use_gpu=True, cpus_per_worker=None)
+
+
+def test_cpu_share_fills_big_nodes_and_fits_every_worker():
+    assert cpu_share(1, [2.0]) == 1.0 and cpu_share(4, [2.0]) == 0.25 and cpu_share(1, [1.0]) == 0.5
+    assert cpu_share(2, [16.0]) == 7.5  # not one CPU each: torch gets 7 threads per worker
+    # 17 spare CPUs / 4 = 4.25 each would fit only 3 workers on the 16-CPU node and none on the other.
+    assert cpu_share(4, [2.0, 16.0]) == 4.0
+    assert cpu_share(3, [4.0, 4.0]) == 2.0  # 7 / 3 = 2.33 fits two workers, not three
+    for workers, nodes in [(1, [2.0]), (4, [2.0]), (3, [4.0, 4.0]), (5, [2.0, 16.0]), (8, [1.0, 3.0, 8.0])]:
+        share = cpu_share(workers, nodes)
+        placed = sum(int(n / share + 1e-9) for n in nodes)
+        assert placed >= workers and share * workers <= sum(nodes) - min(1.0, sum(nodes) / 2) + 1e-9
 
 
 def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
