@@ -175,6 +175,7 @@ def ingest_svhn(
 
 WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Ray Train workers (DDP). On CPU they share the cores.")]
 GpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False)]
+InferenceGpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Run the models on GPUs (default: when the cluster has them).", show_default=False)]
 CpusOption = Annotated[Optional[float], typer.Option("--cpus-per-worker", min=0.01, help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data).", show_default=False)]
 SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
 DetectorArchOption = Annotated[
@@ -463,7 +464,7 @@ def annotate(
     keypoint_batch: Annotated[Optional[int], typer.Option(min=1, help="Persons per keypoint-model call (default: 32 on CPU, 128 on GPU).", show_default=False)] = None,
     detector_actors: Annotated[Optional[int], typer.Option(min=1, help="Detector actors (default: one per GPU; on CPU one per core, each running both models).", show_default=False)] = None,
     keypoint_actors: Annotated[Optional[int], typer.Option(min=1, help="Keypoint-model actors (default: one per GPU; on CPU none: the detector actors run it; set it to give it a pool of its own).", show_default=False)] = None,
-    gpu: GpuOption = None,
+    gpu: InferenceGpuOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
