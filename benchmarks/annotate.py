@@ -169,7 +169,8 @@ def main() -> None:
     import ray
 
     settings = AnnotateSettings(detector_dir, keypoint_dir, max_persons=args.max_persons)
-    resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
+    cpus = ray.cluster_resources().get("CPU", 1)
+    resources = plan_resources(settings, cpus, ray.cluster_resources().get("GPU", 0))
     warm = workdir / "warm-images"  # Ray's worker processes started once, on two images
     warm.mkdir(exist_ok=True)
     for path in paths[:2]:
@@ -191,8 +192,8 @@ def main() -> None:
     split_rate = None
     if resources.combined:  # the two-pool plan of GPUs, on these CPUs, for comparison
         shutil.rmtree(workdir / "ray-out-split", ignore_errors=True)
-        split = dataclasses.replace(settings, keypoint_actors=max(1, round(ray.cluster_resources().get("CPU", 1) / 3)))
-        split_resources = plan_resources(split, ray.cluster_resources().get("CPU", 1), 0)
+        split = dataclasses.replace(settings, keypoint_actors=max(1, round(cpus / 3)))
+        split_resources = plan_resources(split, cpus, 0)
         started = time.perf_counter()
         annotate(str(folder), str(workdir / "ray-out-split"), split, progress=False)
         split_rate = len(paths) / (time.perf_counter() - started)

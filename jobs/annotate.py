@@ -495,11 +495,8 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
         keypoint_actors = settings.keypoint_actors or max(1, int(gpus))
         actor_gpus = min(0.5, gpus / (detector_actors + keypoint_actors)) if gpus else 0.5
         return Resources(True, detector_actors, keypoint_actors, settings.detector_batch or 8, settings.keypoint_batch or 128, min(1.0, cpus / 4), actor_gpus, 0.25, max(2, int(cpus) // 2))
-    keypoint_actors = settings.keypoint_actors or 0
-    if keypoint_actors:
-        detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors)
-    else:
-        detector_actors = settings.detector_actors or max(1, round(cpus))
+    keypoint_actors = settings.keypoint_actors or 0  # 0: the detector actors run both models
+    detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors)
     actor_cpus = max(0.05, (cpus - 0.5) / (detector_actors + keypoint_actors))
     return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, 0.25, 2)
 
