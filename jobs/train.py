@@ -88,7 +88,7 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
     node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [total_cpus]
     if cpus_per_worker is None:
         cpus_per_worker = cpu_share(workers, node_cpus)
-    if cpus_per_worker * workers > total_cpus + 1e-9 or not _fits(cpus_per_worker, workers, node_cpus):
+    if not _fits(cpus_per_worker, workers, node_cpus):  # fitting on the nodes implies fitting in the total
         most = cpu_share(workers, node_cpus, spare=0.0)
         raise TrainError(
             f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes ({', '.join(f'{n:g}' for n in node_cpus)} CPUs): "
