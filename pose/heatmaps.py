@@ -17,7 +17,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 
 from pose.joints import flip_index
 
@@ -115,8 +114,18 @@ def _dark_offset(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: floa
     to a Gaussian. Returns (N, K, 2)."""
     # Zero padding, as DARK and mmpose do: a mirrored border adds mass near the edge and pulls
     # joints there by up to 1.5 heatmap px; zeros leave < 0.4 px (< 0.01 px from 4 px inwards).
-    smooth = gaussian_filter(heatmaps.astype(np.float64), sigma=(0, 0, sigma, sigma), mode="constant", truncate=3.0)
-    at, interior = _neighbourhood(np.log(np.maximum(smooth, 1e-10)), x, y)
+    # Only the 3x3 neighbourhood of each argmax is needed, so only it is smoothed: the same values as
+    # smoothing the whole map, at a cost that does not grow with the map (128 persons at 64x48:
+    # 11 ms against 124 ms for whole maps on one core; the whole maps bounded annotate on a GPU).
+    n, k, h, w = heatmaps.shape
+    xc, yc = np.clip(x, 1, w - 2), np.clip(y, 1, h - 2)
+    smooth = _smoothed_neighbourhood(heatmaps, xc, yc, sigma)  # (N, K, 3, 3): rows y - 1 .. y + 1
+    logs = np.log(np.maximum(smooth, 1e-10))
+    interior = (xc == x) & (yc == y)
+
+    def at(dx: int, dy: int) -> np.ndarray:
+        return logs[..., 1 + dy, 1 + dx]
+
     centre = at(0, 0)
     gx, gy = (at(1, 0) - at(-1, 0)) / 2, (at(0, 1) - at(0, -1)) / 2
     dxx, dyy = at(1, 0) - 2 * centre + at(-1, 0), at(0, 1) - 2 * centre + at(0, -1)
@@ -127,6 +136,25 @@ def _dark_offset(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: floa
     offset = -np.stack([dyy * gx - dxy * gy, dxx * gy - dxy * gx], -1) / det[..., None]
     # The step is only trusted within the argmax's own neighbourhood.
     return np.where(is_peak[..., None], np.clip(offset, -1.0, 1.0), 0.0)
+
+
+def _smoothed_neighbourhood(heatmaps: np.ndarray, xc: np.ndarray, yc: np.ndarray, sigma: float) -> np.ndarray:
+    """The maps (N, K, h, w) smoothed by a Gaussian of `sigma` (zeros outside the map, kernel cut at
+    3 sigma, as scipy.ndimage.gaussian_filter(mode="constant", truncate=3)), read only at the 3x3
+    neighbourhood of (xc, yc) (N, K): (N, K, 3, 3) float64, [..., 1 + dy, 1 + dx]."""
+    radius = int(3.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    n, k, h, w = heatmaps.shape
+    span = np.arange(-1 - radius, 2 + radius)  # rows/columns yc - 1 - radius .. yc + 1 + radius
+    rows, cols = yc[..., None] + span, xc[..., None] + span  # (N, K, S)
+    inside = ((rows >= 0) & (rows < h))[..., :, None] & ((cols >= 0) & (cols < w))[..., None, :]
+    rows, cols = np.clip(rows, 0, h - 1)[..., :, None], np.clip(cols, 0, w - 1)[..., None, :]
+    patches = heatmaps[np.arange(n)[:, None, None, None], np.arange(k)[None, :, None, None], rows, cols]
+    patches = np.where(inside, patches.astype(np.float64), 0.0)  # zeros outside the map
+    windows = np.lib.stride_tricks.sliding_window_view
+    along_x = windows(patches, 2 * radius + 1, axis=-1) @ taps  # (N, K, S, 3)
+    return windows(along_x, 2 * radius + 1, axis=-2) @ taps  # (N, K, 3 rows, 3 columns)
 
 
 def flip_heatmaps(heatmaps: torch.Tensor, shift: bool = False) -> torch.Tensor:

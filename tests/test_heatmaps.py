@@ -110,3 +110,20 @@ def test_to_image_coordinates_inverts_the_crop():
     input_points = np.stack([apply_affine(p, m) for p, m in zip(image_points, crops)])
     back = to_image_coordinates(input_points, np.stack([invert_affine(m) for m in crops]))
     np.testing.assert_allclose(back, image_points, atol=1e-9)
+
+
+@pytest.mark.parametrize("sigma, size", [(2.0, (64, 48)), (1.0, (32, 24)), (1.5, (17, 13))])
+def test_dark_smooths_only_the_argmax_neighbourhood_as_the_whole_map_would(sigma, size):
+    from scipy.ndimage import gaussian_filter
+
+    from pose.heatmaps import _smoothed_neighbourhood
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    maps = rng.random((3, 17, h, w)).astype(np.float32)
+    x, y = np.clip(rng.integers(0, w, (3, 17)), 1, w - 2), np.clip(rng.integers(0, h, (3, 17)), 1, h - 2)
+    x[0, 0], y[0, 0], x[0, 1], y[0, 1] = 1, 1, w - 2, h - 2  # next to the border, where zeros come in
+    whole = gaussian_filter(maps.astype(np.float64), sigma=(0, 0, sigma, sigma), mode="constant", truncate=3.0)
+    n, k = np.arange(3)[:, None], np.arange(17)[None, :]
+    expected = np.stack([np.stack([whole[n, k, y + dy, x + dx] for dx in (-1, 0, 1)], -1) for dy in (-1, 0, 1)], -2)
+    np.testing.assert_allclose(_smoothed_neighbourhood(maps, x, y, sigma), expected, rtol=0, atol=1e-12)
