@@ -46,12 +46,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import peak_tree_pss  # noqa: E402  (benchmarks/ingest.py: one home for the memory sampler)
 
-from jobs.annotate import IMAGE_SUFFIXES, person_boxes  # noqa: E402
-from pose.geometry import box_to_center_size, crop_affine, invert_affine, warp_image  # noqa: E402
+from jobs.annotate import IMAGE_SUFFIXES  # noqa: E402
 from pose.heatmaps import to_image_coordinates  # noqa: E402
 from pose.images import decode_image  # noqa: E402
 from pose.keypoint_task import KeypointRecipe, predict  # noqa: E402
-from pose.models.detector import DetectorConfig, build_detector, detect  # noqa: E402
+from pose.crops import model_inputs  # noqa: E402
+from pose.models.detector import DetectorConfig, build_detector, detect, person_boxes  # noqa: E402
 from pose.models.keypoints import build_keypoint_model  # noqa: E402
 
 PERSON_THRESHOLD = 0.3
@@ -85,15 +85,7 @@ def load_models(detector_dir: str, keypoint_dir: str):
 def cut_persons(image: np.ndarray, found: dict, recipe: KeypointRecipe, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
     """The person inputs (P, h, w, 3) and their input -> image matrices (P, 2, 3), as the job cuts them."""
     chosen = person_boxes(found["boxes"], found["scores"], found["labels"], PERSON_THRESHOLD, max_persons)
-    aspect = recipe.input_size[0] / recipe.input_size[1]
-    crops, matrices = [], []
-    for index in chosen:
-        center, size = box_to_center_size(found["boxes"][index], aspect, recipe.augment.padding)
-        matrix = crop_affine(center, size, recipe.input_size)
-        crops.append(warp_image(image, matrix, recipe.input_size))
-        matrices.append(invert_affine(matrix))
-    w, h = recipe.input_size
-    return np.asarray(crops, np.uint8).reshape(-1, h, w, 3), np.asarray(matrices).reshape(-1, 2, 3)
+    return model_inputs(image, found["boxes"][chosen], recipe.input_size, recipe.augment.padding)
 
 
 def plain_loop(paths: list[Path], detector_dir: str, keypoint_dir: str, max_persons: int) -> float:

@@ -285,42 +285,27 @@ class Detector:
         return person_inputs(batch, self.crops)
 
 
-def person_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold: float, limit: int) -> np.ndarray:
-    """Indices of the detections that get keypoints: persons scoring ≥ `threshold`, the best
-    `limit` of them (detections come best first)."""
-    from pose.models.detector import PERSON_LABEL
-
-    chosen = np.flatnonzero((labels == PERSON_LABEL) & (scores >= threshold) & (boxes[:, 2] >= 1) & (boxes[:, 3] >= 1))
-    return chosen[:limit]
-
-
 def person_inputs(batch: dict, crops: PersonCrops) -> dict:
     """Cut each chosen person box (`person_boxes`) to the keypoint model's input, as evaluation
     does (`pose.augment.topdown_sample` without augmentation): the box grown to the input's aspect
     ratio, padded, warped to the input size. Adds `person_rows` ((P,) int32: which detections),
     `person_inputs` ((P, h, w, 3) uint8) and `person_affines` ((P, 2, 3) float64, input -> image
     pixels); drops the pixels."""
-    from pose.geometry import box_to_center_size, crop_affine, invert_affine, warp_image
+    from pose.crops import model_inputs
+    from pose.models.detector import person_boxes
 
     count = len(batch["source"])
     rows, inputs, affines = (np.full(count, b"", dtype=object) for _ in range(3))
-    aspect = crops.input_size[0] / crops.input_size[1]
     for i in range(count):
         if _failed(batch, i):
             continue
         boxes = np.frombuffer(batch["det_boxes"][i], np.float32).reshape(-1, 4)
         scores, labels = np.frombuffer(batch["det_scores"][i], np.float32), np.frombuffer(batch["det_labels"][i], np.int64)
         chosen = person_boxes(boxes, scores, labels, crops.threshold, crops.limit)
-        image = _image(batch, i)
-        pixels, matrices = [], []
-        for index in chosen:
-            center, size = box_to_center_size(boxes[index], aspect, crops.padding)
-            input_from_image = crop_affine(center, size, crops.input_size)
-            pixels.append(warp_image(image, input_from_image, crops.input_size))
-            matrices.append(invert_affine(input_from_image))
+        pixels, matrices = model_inputs(_image(batch, i), boxes[chosen], crops.input_size, crops.padding)
         rows[i] = chosen.astype(np.int32).tobytes()
-        inputs[i] = np.asarray(pixels, np.uint8).tobytes()
-        affines[i] = np.asarray(matrices, np.float64).tobytes()
+        inputs[i] = pixels.tobytes()
+        affines[i] = matrices.tobytes()
     out = {k: v for k, v in batch.items() if k != "pixels"}
     return {**out, "person_rows": rows, "person_inputs": inputs, "person_affines": affines}
 
