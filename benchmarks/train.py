@@ -2,19 +2,26 @@
 
 For each model it prints samples/s of
   - the step alone, on one batch of tensors already in memory (the ceiling),
-  - the pose-side loop: Parquet rows -> task.training_inputs (decode, augment, targets) -> step,
-    in one process, no Ray (this part also runs on a machine without Ray, e.g. a lent GPU),
+  - the pose-side loop: Parquet rows -> task.prepare_batch (decode, augment, targets) on
+    `--feed-workers` processes ahead of the step (`pose.feed.BatchFeed`, as Ray Train GPU workers
+    run it; 0: inline, as CPU workers run it) -> task.device_inputs -> step, in one process, no Ray,
   - the real thing: `pose-jobs train-*` on Ray Train with 1 and 2 workers (second epoch, so
     start-up is not counted),
 and the feed ratio = real loop / ceiling (goal >= 0.9).
 
+With `--no-ray --rows FOLDER` it imports nothing but `pose` (so it runs on a machine without Ray
+or the job's storage libraries, e.g. a lent GPU): FOLDER holds Parquet files of the model's table
+(`person_crops` or `digits`, from `pose-jobs ingest`).
+
     python benchmarks/train.py                      # both models, CPU, with Ray
-    python benchmarks/train.py --model svhn --no-ray --device cuda --steps 50
+    python benchmarks/train.py --model keypoints --no-ray --device cuda --rows crops/ \
+        --recipe coco --batch-size 128 --feed-workers 14 --steps 60
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -23,43 +30,74 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.train import batches_of
+from pose.feed import BatchFeed, batches_of
 
 
-def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool) -> float:
-    """samples/s of `steps` optimiser steps; inputs prepared once (ceiling) or per batch (feed)."""
+def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool, feed_workers: int = 0, processes: bool = True) -> float:
+    """samples/s of `steps` optimiser steps; inputs prepared once (ceiling) or per batch by
+    `feed_workers` processes (or threads) ahead of the step (feed), as `pose.feed.BatchFeed` runs
+    on a Ray Train GPU worker. The warm-up drains what the feed prepared while it started."""
     torch.manual_seed(0)
     model = task.build_model().to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = getattr(task, "fixed_input_size", False)  # as the Ray Train workers set it
     optimizer, scheduler = task.build_optimizer(model, steps + 10)
     generator = torch.Generator().manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    fixed = task.training_inputs(batches[0], device, generator, 0)
+    warmup = 3 + (0 if reuse_inputs else 2 * feed_workers)  # allocator, cudnn autotuning; the feed's head start
+    with BatchFeed(task.prepare_batch, 0 if reuse_inputs else feed_workers, processes=processes) as feed:
+        if reuse_inputs:
+            prepared = iter([task.prepare_batch(batches[0], 0)] * (warmup + steps))
+        else:
+            prepared = feed((batches[i % len(batches)] for i in range(warmup + steps)), 0)
 
-    def one_step(index: int) -> None:
-        inputs = fixed if reuse_inputs else task.training_inputs(batches[index % len(batches)], device, generator, 0)
-        with autocast:
-            loss = task.loss(model, inputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        def one_step() -> None:
+            inputs = task.device_inputs(next(prepared), device, generator)
+            with autocast:
+                loss = task.loss(model, inputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
 
-    for index in range(3):  # warm-up: allocator, cudnn autotuning
-        one_step(index)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for index in range(steps):
-        one_step(index)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * task.batch_size / (time.perf_counter() - started)
+        for _ in range(warmup):
+            one_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return steps * task.batch_size / (time.perf_counter() - started)
+
+
+def prepare_rate(task, batches: list[dict], workers: int, processes: bool = True) -> float:
+    """samples/s of task.prepare_batch alone on `workers` processes (or threads): what the feed can
+    supply. Timed after the feed has started and prepared its first batches."""
+    count = max(4, 3 * workers)
+    with BatchFeed(task.prepare_batch, workers, processes=processes) as feed:
+        results = feed((batches[i % len(batches)] for i in range(workers + count)), 0)
+        for _ in range(workers):
+            next(results)
+        started = time.perf_counter()
+        for _ in results:
+            pass
+        return count * task.batch_size / (time.perf_counter() - started)
+
+
+def parquet_rows(folder: Path) -> pa.Table:
+    """Every Parquet file under `folder` (one table of an ingest output), as one table."""
+    import pyarrow.parquet as pq
+
+    files = sorted(folder.rglob("*.parquet"))
+    if not files:
+        raise SystemExit(f"{folder}: no Parquet files")
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
 
 
 def svhn_rows(workdir: Path, count: int) -> tuple[pa.Table, Path]:
@@ -120,15 +158,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ray", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--rows", type=Path, default=None, help="a folder of the model's Parquet rows (person_crops or digits) instead of generating them")
+    parser.add_argument("--recipe", choices=["cpu", "coco"], default="cpu", help="keypoints: the CPU default or Simple Baselines' COCO recipe (ResNet-50, 256x192)")
     parser.add_argument("--keypoint-input", default=None, help="WxH model input for the keypoint model, e.g. 192x256")
     parser.add_argument("--backbone", default=None, help="keypoint backbone, e.g. resnet50")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the in-process runs (Ray workers use one per CPU they reserve)")
+    parser.add_argument("--feed-workers", default="0", help="comma-separated feed sizes (0: inline, as CPU workers run it)")
+    parser.add_argument("--feed-kind", choices=["process", "thread"], default="process", help="the feed's workers: processes (as GPU workers run it) or threads")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-train-"))
     workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPU cores'}), torch {torch.__version__}")
+    feed_sizes = [int(v) for v in args.feed_workers.split(",")]
+    processes = args.feed_kind == "process"
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {os.cpu_count()} CPU cores), torch {torch.__version__}")
 
     models = ["svhn", "keypoints"] if args.model == "both" else [args.model]
     for name in models:
@@ -140,10 +184,10 @@ def main() -> None:
             def factory():
                 return DigitTask(recipe)
 
-            table, src = svhn_rows(workdir, 4096)
+            table, src = (parquet_rows(args.rows), None) if args.rows else svhn_rows(workdir, 4096)
             dataset = "svhn"
         else:
-            from pose.keypoint_task import KeypointRecipe, KeypointTask
+            from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, KeypointTask
 
             overrides = {}
             if args.keypoint_input:
@@ -153,12 +197,12 @@ def main() -> None:
                 overrides["backbone"] = args.backbone
             if args.batch_size:
                 overrides["batch_size"] = args.batch_size
-            recipe = KeypointRecipe(**overrides)
+            recipe = dataclasses.replace(SIMPLE_BASELINES_COCO if args.recipe == "coco" else KeypointRecipe(), **overrides)
 
             def factory():
                 return KeypointTask(recipe)
 
-            table, src = keypoint_rows(workdir, 120)
+            table, src = (parquet_rows(args.rows), None) if args.rows else keypoint_rows(workdir, 120)
             dataset = "coco"
         task = factory()
         batches = [b for b in batches_of(table, task.batch_size) if len(b[next(iter(b))]) == task.batch_size]
@@ -166,9 +210,13 @@ def main() -> None:
             raise SystemExit(f"{name}: too few rows ({table.num_rows}) for one batch of {task.batch_size}")
         torch.set_num_threads(args.threads)
         ceiling = step_rate(task, batches, device, args.steps, reuse_inputs=True)
-        feed = step_rate(task, batches, device, args.steps, reuse_inputs=False)
-        print(f"{name}: step on in-memory tensors   {ceiling:9.1f} samples/s  (batch {task.batch_size})")
-        print(f"{name}: pose-side loop, no Ray       {feed:9.1f} samples/s  feed ratio {feed / ceiling:.2f}")
+        print(f"{name}: step on in-memory tensors   {ceiling:9.1f} samples/s  (batch {task.batch_size})", flush=True)
+        for workers in feed_sizes:
+            supply = prepare_rate(task, batches, workers, processes)
+            feed = step_rate(task, batches, device, args.steps, reuse_inputs=False, feed_workers=workers, processes=processes)
+            kind = f"{workers:2d} {args.feed_kind}{'es' if processes else 's'}" if workers else "inline     "
+            print(f"{name}: feed alone, {kind}      {supply:9.1f} samples/s", flush=True)
+            print(f"{name}: pose-side loop, feed {kind} {feed:9.1f} samples/s  feed ratio {feed / ceiling:.2f}", flush=True)
         if args.ray and device.type == "cpu":
             rates = ray_rates(factory, src, dataset, workdir, [1, 2])
             for workers, rate in rates.items():

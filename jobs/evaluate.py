@@ -15,8 +15,8 @@ import numpy as np
 from jobs.storage import StorageOptions, exists, is_s3, join, write_bytes_atomic
 from jobs.ingest import read_table
 from jobs.models import load_digit_model, load_keypoint_model
-from jobs.train import batches_of
 from pose.draw import stacked
+from pose.feed import batches_of
 
 
 def _save_png(image, folder: Path | None, model_dir: str, name: str, options: StorageOptions) -> str:

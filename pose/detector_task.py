@@ -168,11 +168,6 @@ def augment(image: np.ndarray, boxes: np.ndarray, recipe: DetectorRecipe, rng: n
     return image, boxes
 
 
-def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    # np.array: decoded images are read-only views of PIL's buffer
-    return torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1).float().div_(255)
-
-
 def row_boxes(batch: dict, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Row i's (N, 4) float64 COCO boxes and (N,) bool crowd flags."""
     boxes = np.asarray(batch["boxes"][i], np.float64).reshape(-1, 4)
@@ -197,6 +192,7 @@ class DetectorTask:
     val_split = "val"
     holdout_every = 0
     eval_batch_size = 8
+    feed_ahead = True  # batches cost CPU time (decode, augment): prepared on feed processes on GPUs
 
     def __init__(self, recipe: DetectorRecipe = DetectorRecipe(), ground_truth: dict | None = None, seed: int = 0, init_weights: bytes | None = None):
         self.recipe, self.ground_truth, self.seed = recipe, ground_truth, seed
@@ -220,16 +216,27 @@ class DetectorTask:
     def build_optimizer(self, model: torch.nn.Module, steps_per_epoch: int):
         return self.recipe.build_optimizer(model, steps_per_epoch)
 
-    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator, epoch: int = 0) -> dict:
+    def prepare_batch(self, batch: dict, epoch: int = 0) -> dict:
+        """The CPU half of a training batch, safe on several threads (the runner prefetches with it):
+        images decoded and augmented, (C, H, W) uint8 tensors, and their targets."""
         images, targets = [], []
         for i, image_id in enumerate(np.asarray(batch["image_id"], np.int64)):
             rng = np.random.default_rng([self.seed, epoch, int(image_id)])
             boxes, iscrowd = row_boxes(batch, i)
             image, boxes = augment(decode_image(bytes(batch["image"][i]), exif_transpose=False), boxes, self.recipe, rng)
-            images.append(_image_tensor(image, device))
-            target = detector_targets(boxes, np.ones(len(boxes), np.int64), iscrowd)
-            targets.append({key: value.to(device) for key, value in target.items()})
+            # np.array: decoded images are read-only views of PIL's buffer
+            images.append(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+            targets.append(detector_targets(boxes, np.ones(len(boxes), np.int64), iscrowd))
         return {"images": images, "targets": targets}
+
+    def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator | None = None) -> dict:
+        return {
+            "images": [image.to(device, non_blocking=True).float().div_(255) for image in prepared["images"]],
+            "targets": [{key: value.to(device) for key, value in target.items()} for target in prepared["targets"]],
+        }
+
+    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator | None = None, epoch: int = 0) -> dict:
+        return self.device_inputs(self.prepare_batch(batch, epoch), device)
 
     def loss(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
         losses = model(inputs["images"], inputs["targets"])

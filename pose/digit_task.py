@@ -94,6 +94,7 @@ class DigitTask:
     """The SVHN task as the training runner (`jobs/train.py`) drives it."""
 
     name = "svhn"
+    fixed_input_size = True  # every batch has one shape (cuDNN may tune for it)
     table = "digits"
     train_splits = ("train", "extra")
     val_split = None  # SVHN has no validation split: rows of train are held out instead
@@ -129,12 +130,20 @@ class DigitTask:
         )
         return optimizer, scheduler
 
-    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator, epoch: int = 0) -> dict:
-        """A batch of rows -> augmented inputs on `device`; randomness from `generator` (seeded per
-        epoch and worker by the runner)."""
-        images = torch.from_numpy(pixels_from_rows(batch["pixels"])).to(device, non_blocking=True)
-        labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64), device=device)
+    def prepare_batch(self, batch: dict, epoch: int = 0) -> dict:
+        """The CPU half of a training batch (the runner may run it on feed threads): pixels and labels
+        as arrays. The augmentation runs on the device, in `device_inputs`."""
+        return {"pixels": pixels_from_rows(batch["pixels"]), "label": np.asarray(batch["label"], dtype=np.int64)}
+
+    def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator) -> dict:
+        """`prepare_batch`'s arrays -> augmented inputs on `device`; randomness from `generator`
+        (seeded per epoch and worker by the runner)."""
+        images = torch.from_numpy(prepared["pixels"]).to(device, non_blocking=True)
+        labels = torch.as_tensor(prepared["label"], device=device)
         return {"images": augment(to_input(images), self.recipe, generator), "labels": labels}
+
+    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator, epoch: int = 0) -> dict:
+        return self.device_inputs(self.prepare_batch(batch, epoch), device, generator)
 
     def loss(self, model: nn.Module, inputs: dict) -> torch.Tensor:
         logits = model(inputs["images"])

@@ -537,6 +537,8 @@ class KeypointTask:
     train_splits = ("train",)
     val_split = "val"
     holdout_every = 0
+    fixed_input_size = True  # every batch has one shape (cuDNN may tune for it)
+    feed_ahead = True  # batches cost CPU time (decode, augment, heatmaps): prepared on feed processes on GPUs
 
     def __init__(self, recipe: KeypointRecipe = KeypointRecipe(), ground_truth: dict | None = None, seed: int = 0, backbone_weights: bytes | None = None):
         """`backbone_weights`: the bytes of an ImageNet torchvision ResNet state_dict file, loaded
@@ -564,13 +566,21 @@ class KeypointTask:
         optimizer = self.recipe.optimizer(model)
         return optimizer, self.recipe.scheduler(optimizer, steps_per_epoch)
 
-    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator, epoch: int = 0) -> dict:
+    def prepare_batch(self, batch: dict, epoch: int = 0) -> dict:
+        """The CPU half of a training batch, safe on several threads (the runner prefetches with it):
+        crops decoded, augmented and warped to the input, heatmap targets encoded."""
         prepared = KeypointBatchTransform(self.recipe, train=True, seed=self.seed, epoch=epoch)(batch)
+        return {key: prepared[key] for key in ("image", "target", "target_weight")}
+
+    def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator | None = None) -> dict:
         return {
             "image": _model_input(prepared["image"], device, channels_last=device.type == "cuda"),
             "target": torch.as_tensor(prepared["target"]).to(device, non_blocking=True),
             "target_weight": torch.as_tensor(prepared["target_weight"]).to(device, non_blocking=True),
         }
+
+    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator | None = None, epoch: int = 0) -> dict:
+        return self.device_inputs(self.prepare_batch(batch, epoch), device)
 
     def loss(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
         return keypoint_loss(model(inputs["image"]), inputs["target"], inputs["target_weight"])

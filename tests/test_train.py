@@ -18,7 +18,7 @@ import torch
 from jobs.ingest import ingest
 from jobs.storage import exists, join, list_files, read_bytes
 from jobs.models import load_model_info
-from jobs.train import TrainError, TrainSettings, cpu_share, run_training, worker_resources
+from jobs.train import TrainError, TrainSettings, cpu_share, feed_workers, gpu_worker_cpus, run_training, worker_resources
 from pose.digit_task import DigitRecipe, DigitTask
 from pose.models.digits import DigitModelConfig
 from pose.synth.digits import write_svhn
@@ -106,6 +106,19 @@ def test_cpu_share_fills_big_nodes_and_fits_every_worker():
         share = cpu_share(workers, nodes)
         placed = sum(int(n / share + 1e-9) for n in nodes)
         assert placed >= workers and share * workers <= sum(nodes) - min(1.0, sum(nodes) / 2) + 1e-9
+
+
+def test_gpu_workers_reserve_their_nodes_cpus_for_feed_processes():
+    def node(cpus, gpus=0.0, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+    assert gpu_worker_cpus([node(16.0, 1.0)], 16.0, 1) == 15.0
+    assert gpu_worker_cpus([node(96.0, 8.0), node(8.0)], 104.0, 8) == 95.0 / 8  # the CPU-only head does not count
+    assert gpu_worker_cpus([node(96.0, 8.0), node(16.0, 1.0), node(64.0, 2.0, alive=False)], 112.0, 9) == 95.0 / 8
+    assert gpu_worker_cpus([node(1.0, 1.0), node(4.0)], 5.0, 1) == 1.0  # too few on the GPU node: at most one
+    assert feed_workers(True, {"GPU": 1, "CPU": 15.0}) == 14 and feed_workers(True, {"GPU": 1, "CPU": 1.0}) == 1
+    assert feed_workers(False, {"CPU": 7.5}) == 0
+    assert feed_workers(True, {"GPU": 1, "CPU": 15.0}, DigitTask()) == 0  # pixels already: nothing to prepare ahead
 
 
 def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
