@@ -176,7 +176,7 @@ def ingest_svhn(
 WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Ray Train workers (DDP). On CPU they share the cores.")]
 GpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False)]
 InferenceGpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Run the models on GPUs (default: when the cluster has them).", show_default=False)]
-CpusOption = Annotated[Optional[float], typer.Option("--cpus-per-worker", min=0.01, help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data).", show_default=False)]
+CpusOption = Annotated[Optional[float], typer.Option("--cpus-per-worker", min=0.01, help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data; with GPUs, the node's CPUs per GPU but one, for the feed processes).", show_default=False)]
 SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
 DetectorArchOption = Annotated[
     Optional[str],

@@ -56,6 +56,7 @@ class TrainSettings:
     use_gpu: bool | None = None  # None: GPUs when the cluster has them
     cpus_per_worker: float | None = None  # None: share what the cluster has, keeping one CPU for the data feed
     max_failures: int = 2  # whole-group restarts from the last checkpoint after a worker dies
+    feed_workers: int | None = None  # processes preparing batches per worker; None: `feed_workers()`
     options: StorageOptions = field(default_factory=StorageOptions)
 
 
@@ -83,7 +84,7 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
     if use_gpu:
         if total_gpus < workers:
             raise TrainError(f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; use fewer workers or --no-gpu")
-        return True, {"GPU": 1, "CPU": gpu_worker_cpus(ray.nodes(), total_cpus, workers)}
+        return True, {"GPU": 1, "CPU": cpus_per_worker or gpu_worker_cpus(ray.nodes(), total_cpus, workers)}
     node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [total_cpus]
     if cpus_per_worker is None:
         cpus_per_worker = cpu_share(workers, node_cpus)
@@ -215,7 +216,7 @@ def run_training(task, settings: TrainSettings, epochs: int, *, address: str | N
         "train_rows": train_rows,
         "use_gpu": use_gpu,
         "torch_threads": max(1, int(resources.get("CPU", 1.0))),
-        "feed_workers": feed_workers(use_gpu, resources, task),
+        "feed_workers": feed_workers(use_gpu, resources, task) if settings.feed_workers is None else settings.feed_workers,
     }
     trainer = TorchTrainer(
         _train_loop,
@@ -363,7 +364,7 @@ def _train_loop(config: dict) -> None:
     val_data = ray.train.get_dataset_shard("val")
     # Decoding and augmentation (the CPU half of a batch) run ahead of the step: on processes on
     # GPU workers, inline on CPU workers (see `feed_workers`).
-    with BatchFeed(task.prepare_batch, config["feed_workers"], processes=config["use_gpu"]) as feed:
+    with BatchFeed(task.prepare_batch, config["feed_workers"], processes=True) as feed:
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             model.train()

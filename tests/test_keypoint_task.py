@@ -18,6 +18,7 @@ from pose.keypoint_task import (
     KeypointBatchTransform,
     KeypointEvaluator,
     KeypointRecipe,
+    KeypointTask,
     evaluate,
     evaluation_figure,
     ground_truth_from_tables,
@@ -302,6 +303,21 @@ def test_a_few_steps_lower_the_loss(crops):
     second = train_epoch(model, [batch] * 3, optimizer, scheduler, device="cpu")
     assert first["samples"] == 24 and first["seconds"] > 0
     assert second["loss"] < first["loss"]
+
+
+def test_feed_processes_prepare_the_same_batches_as_inline(crops):
+    """GPU workers prepare batches on feed processes: the same arrays as preparing them inline."""
+    from pose.feed import BatchFeed
+
+    task = KeypointTask(RECIPE, seed=3)
+    batches = [rows(crops, range(i, i + 4)) for i in (0, 4)]
+    inline = [task.prepare_batch(batch, 2) for batch in batches]
+    with BatchFeed(task.prepare_batch, 2, processes=True) as feed:
+        fed = list(feed(batches, 2))
+    for mine, theirs in zip(fed, inline):
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            np.testing.assert_array_equal(mine[key], theirs[key])
 
 
 def test_non_finite_loss_stops_training(crops):
