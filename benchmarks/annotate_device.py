@@ -13,9 +13,11 @@ prints, on the same images:
   the GPU's busy fraction (NVML's utilisation: the share of time a kernel was running), sampled
   every 50 ms while the lanes run.
 
-The models are untrained (nothing is downloaded); the detector's person logit is raised so that it
-reports persons, and `--max-persons` caps them per image as the synthetic scenes have them. Speed
-does not depend on the weights' values.
+Without `--detector` / `--keypoints` (run folders from `train-detector` / `train-keypoints`, local)
+the models are untrained (nothing is downloaded) and the detector's person logit is raised so that
+it reports persons. That makes every proposal a person, which sends 1,000 boxes per image through
+NMS: use a trained detector for the detector's real rate. `--max-persons` caps the persons per
+image as the synthetic scenes have them.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ class GpuBusy:
         return float(np.mean(self.samples)) / 100 if self.samples else float("nan")
 
 
+def run_folder(folder: Path) -> tuple[dict, dict]:
+    """(model.json, state_dict) of a local run folder, without `jobs` (no Ray or S3 libraries here)."""
+    import json
+
+    return json.loads((folder / "model.json").read_text()), torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -105,7 +114,7 @@ def keypoints_only(model, inputs: np.ndarray, recipe: KeypointRecipe, device, ba
     return repeats * len(on_device) / (time.perf_counter() - started)
 
 
-def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lanes: int, decode_threads: int, detector_batch: int, keypoint_batch: int, max_persons: int) -> tuple[float, float]:
+def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lanes: int, decode_threads: int, detector_batch: int, keypoint_batch: int, max_persons: int, threshold: float) -> tuple[float, float]:
     """images/s and the GPU's busy fraction of decode -> detect -> cut -> keypoints in `lanes` threads."""
     codec = recipe.codec()
     batches = [paths[i : i + detector_batch] for i in range(0, len(paths), detector_batch)]
@@ -122,7 +131,7 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
             found = detect(detector, images, device)
             inputs, matrices = [], []
             for image, result in zip(images, found):
-                chosen = person_boxes(result["boxes"], result["scores"], result["labels"], 0.3, max_persons)
+                chosen = person_boxes(result["boxes"], result["scores"], result["labels"], threshold, max_persons)
                 pixels, affine = model_inputs(image, result["boxes"][chosen], recipe.input_size, recipe.augment.padding)
                 inputs.append(pixels)
                 matrices.append(affine)
@@ -150,11 +159,14 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="a folder of images (e.g. a synthetic COCO val2017/)")
     parser.add_argument("--count", type=int, default=256, help="images used")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--detector", type=Path, default=None, help="a train-detector run folder (default: an untrained --arch)")
+    parser.add_argument("--keypoints", type=Path, default=None, help="a train-keypoints run folder (default: an untrained --recipe model)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="fasterrcnn_resnet50_fpn_v2")
     parser.add_argument("--recipe", choices=["cpu", "coco"], default="coco", help="keypoint model: the CPU default or Simple Baselines' ResNet-50 at 256x192")
     parser.add_argument("--detector-batch", type=int, default=8, help="annotate's GPU default")
     parser.add_argument("--keypoint-batch", type=int, default=128, help="annotate's GPU default")
     parser.add_argument("--max-persons", type=int, default=4)
+    parser.add_argument("--person-threshold", type=float, default=0.3, help="person score that gets keypoints (annotate's default)")
     parser.add_argument("--lanes", default="1,2,4", help="comma-separated numbers of detector+keypoint lanes sharing the device")
     parser.add_argument("--decode-threads", type=int, default=8)
     args = parser.parse_args()
@@ -166,25 +178,38 @@ def main() -> None:
     if not paths:
         raise SystemExit(f"{args.images}: no images")
     torch.manual_seed(0)
-    config = DetectorConfig(arch=args.arch)
-    detector = build_detector(config)
-    with torch.no_grad():  # persons win over the classes the random weights favour
-        detector.roi_heads.box_predictor.cls_score.bias[1] = 10.0
+    if args.detector:
+        info, state = run_folder(args.detector)
+        config = DetectorConfig.from_dict(info["model"])
+        detector = build_detector(config)
+        detector.load_state_dict(state)
+    else:
+        config = DetectorConfig(arch=args.arch)
+        detector = build_detector(config)
+        with torch.no_grad():  # persons win over the classes the random weights favour
+            detector.roi_heads.box_predictor.cls_score.bias[1] = 10.0
     detector = detector.to(device).eval()
-    recipe = SIMPLE_BASELINES_COCO if args.recipe == "coco" else KeypointRecipe()
-    keypoint_model = build_keypoint_model(recipe.model_config()).to(device).eval()
+    if args.keypoints:
+        info, state = run_folder(args.keypoints)
+        recipe = KeypointRecipe.from_dict(info["recipe"])
+    else:
+        recipe = SIMPLE_BASELINES_COCO if args.recipe == "coco" else KeypointRecipe()
+    keypoint_model = build_keypoint_model(recipe.model_config())
+    if args.keypoints:
+        keypoint_model.load_state_dict(state)
+    keypoint_model = keypoint_model.to(device).eval()
     if device.type == "cuda":
         keypoint_model = keypoint_model.to(memory_format=torch.channels_last)
 
     images = [decode_image(path.read_bytes()) for path in paths]
     sizes = np.array([image.shape[:2] for image in images])
-    print(f"{len(images)} images, median {int(np.median(sizes[:, 1]))}x{int(np.median(sizes[:, 0]))}; detector {args.arch} "
+    print(f"{len(images)} images, median {int(np.median(sizes[:, 1]))}x{int(np.median(sizes[:, 0]))}; detector {config.arch} "
           f"(short side {config.min_size}), keypoints {recipe.backbone} {recipe.input_size[0]}x{recipe.input_size[1]}", flush=True)
     found = detect(detector, images[:1], device)
     inputs = []
     for image in images[:64]:
         result = detect(detector, [image], device)[0]
-        chosen = person_boxes(result["boxes"], result["scores"], result["labels"], 0.3, args.max_persons)
+        chosen = person_boxes(result["boxes"], result["scores"], result["labels"], args.person_threshold, args.max_persons)
         inputs.append(model_inputs(image, result["boxes"][chosen], recipe.input_size, recipe.augment.padding)[0])
     persons = np.concatenate(inputs)
     per_image = len(persons) / 64
@@ -201,7 +226,8 @@ def main() -> None:
     print(f"model-only limit at {per_image:.2f} persons/image: {limit:8.1f} images/s", flush=True)
     for lanes in (int(v) for v in args.lanes.split(",")):
         rate, busy = pipeline(paths, detector, keypoint_model, recipe, device, lanes=lanes, decode_threads=args.decode_threads,
-                              detector_batch=args.detector_batch, keypoint_batch=args.keypoint_batch, max_persons=args.max_persons)
+                              detector_batch=args.detector_batch, keypoint_batch=args.keypoint_batch, max_persons=args.max_persons,
+                              threshold=args.person_threshold)
         print(f"pipeline, {lanes} lane(s):                 {rate:8.1f} images/s  ({rate / limit:.2f} of the limit), GPU busy {busy:.0%}", flush=True)
 
 
