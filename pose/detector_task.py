@@ -13,6 +13,7 @@ pixel, so a box covers [x, x + w) x [y, y + h); torchvision's xyxy stays inside
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -179,6 +180,20 @@ def row_boxes(batch: dict, i: int) -> tuple[np.ndarray, np.ndarray]:
 # The task as the training runner (`jobs/train.py`) drives it
 
 
+def prepare_training_batch(recipe: DetectorRecipe, seed: int, batch: dict, epoch: int = 0) -> dict:
+    """The CPU half of a training batch, safe on several threads or processes (the runner prepares
+    batches ahead with it): images decoded and augmented, (C, H, W) uint8 tensors, and their targets."""
+    images, targets = [], []
+    for i, image_id in enumerate(np.asarray(batch["image_id"], np.int64)):
+        rng = np.random.default_rng([seed, epoch, int(image_id)])
+        boxes, iscrowd = row_boxes(batch, i)
+        image, boxes = augment(decode_image(bytes(batch["image"][i]), exif_transpose=False), boxes, recipe, rng)
+        # np.array: decoded images are read-only views of PIL's buffer
+        images.append(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        targets.append(detector_targets(boxes, np.ones(len(boxes), np.int64), iscrowd))
+    return {"images": images, "targets": targets}
+
+
 class DetectorTask:
     """The person detector on `images` rows (with `image` bytes, `boxes`, `iscrowd` added by
     `jobs.detector_rows`): train on `train`, validate on `val` with COCO box AP (crowds as
@@ -217,17 +232,13 @@ class DetectorTask:
         return self.recipe.build_optimizer(model, steps_per_epoch)
 
     def prepare_batch(self, batch: dict, epoch: int = 0) -> dict:
-        """The CPU half of a training batch, safe on several threads (the runner prefetches with it):
-        images decoded and augmented, (C, H, W) uint8 tensors, and their targets."""
-        images, targets = [], []
-        for i, image_id in enumerate(np.asarray(batch["image_id"], np.int64)):
-            rng = np.random.default_rng([self.seed, epoch, int(image_id)])
-            boxes, iscrowd = row_boxes(batch, i)
-            image, boxes = augment(decode_image(bytes(batch["image"][i]), exif_transpose=False), boxes, self.recipe, rng)
-            # np.array: decoded images are read-only views of PIL's buffer
-            images.append(torch.from_numpy(np.array(image)).permute(2, 0, 1))
-            targets.append(detector_targets(boxes, np.ones(len(boxes), np.int64), iscrowd))
-        return {"images": images, "targets": targets}
+        """The CPU half of a training batch (`prepare_training_batch`)."""
+        return prepare_training_batch(self.recipe, self.seed, batch, epoch)
+
+    def preparer(self):
+        """`prepare_batch` without the task, for the feed processes: the task may hold a weight
+        file's bytes (`init_weights`), which each process would otherwise receive."""
+        return functools.partial(prepare_training_batch, self.recipe, self.seed)
 
     def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator | None = None) -> dict:
         return {

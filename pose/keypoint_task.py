@@ -15,6 +15,7 @@ original image (COCO's); the affine matrices between them are (2, 3) float64.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -527,6 +528,13 @@ def evaluation_figure(
 # The task as the training runner (`jobs/train.py`) drives it
 
 
+def prepare_training_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoch: int = 0) -> dict:
+    """The CPU half of a training batch, safe on several threads or processes (the runner prepares
+    batches ahead with it): crops decoded, augmented and warped to the input, heatmap targets."""
+    prepared = KeypointBatchTransform(recipe, train=True, seed=seed, epoch=epoch)(batch)
+    return {key: prepared[key] for key in ("image", "target", "target_weight")}
+
+
 class KeypointTask:
     """The top-down keypoint model on `person_crops`: train on `train`, validate on `val` with the
     seed's PCK and COCO AP (ground-truth boxes). Batches are transformed in the training worker,
@@ -567,10 +575,13 @@ class KeypointTask:
         return optimizer, self.recipe.scheduler(optimizer, steps_per_epoch)
 
     def prepare_batch(self, batch: dict, epoch: int = 0) -> dict:
-        """The CPU half of a training batch, safe on several threads (the runner prefetches with it):
-        crops decoded, augmented and warped to the input, heatmap targets encoded."""
-        prepared = KeypointBatchTransform(self.recipe, train=True, seed=self.seed, epoch=epoch)(batch)
-        return {key: prepared[key] for key in ("image", "target", "target_weight")}
+        """The CPU half of a training batch (`prepare_training_batch`)."""
+        return prepare_training_batch(self.recipe, self.seed, batch, epoch)
+
+    def preparer(self):
+        """`prepare_batch` without the task, for the feed processes: the task may hold a weight
+        file's bytes, which each process would otherwise receive."""
+        return functools.partial(prepare_training_batch, self.recipe, self.seed)
 
     def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator | None = None) -> dict:
         return {

@@ -312,7 +312,7 @@ def test_feed_processes_prepare_the_same_batches_as_inline(crops):
     task = KeypointTask(RECIPE, seed=3)
     batches = [rows(crops, range(i, i + 4)) for i in (0, 4)]
     inline = [task.prepare_batch(batch, 2) for batch in batches]
-    with BatchFeed(task.prepare_batch, 2, processes=True) as feed:
+    with BatchFeed(task.preparer(), 2, processes=True) as feed:
         fed = list(feed(batches, 2))
     for mine, theirs in zip(fed, inline):
         assert mine.keys() == theirs.keys()
