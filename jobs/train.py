@@ -100,8 +100,8 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
 def gpu_worker_cpus(nodes: list[dict], total_cpus: float, workers: int) -> float:
     """CPUs for each GPU worker: its node's CPUs per GPU, one CPU per node left for Ray Data's
     reading tasks, on the GPU node with the fewest (16 CPUs and 1 GPU: 15; 96 CPUs and 8 GPUs:
-    11.875). They run the worker's feed threads (`feed_threads`). At least what the cluster can
-    give: a GPU node of 1 CPU gives what is left of the cluster's CPUs, shared."""
+    11.875). They run the worker's feed processes (`feed_workers`). A GPU node of 1 CPU gives
+    what is left of the cluster's CPUs, shared, at most one each."""
     shares = [
         (node["Resources"].get("CPU", 0.0) - 1.0) / node["Resources"]["GPU"]
         for node in nodes

@@ -131,7 +131,7 @@ class DigitTask:
         return optimizer, scheduler
 
     def prepare_batch(self, batch: dict, epoch: int = 0) -> dict:
-        """The CPU half of a training batch (the runner may run it on feed threads): pixels and labels
+        """The CPU half of a training batch (prepared inline: it is pixels already): pixels and labels
         as arrays. The augmentation runs on the device, in `device_inputs`."""
         return {"pixels": pixels_from_rows(batch["pixels"]), "label": np.asarray(batch["label"], dtype=np.int64)}
 
