@@ -16,15 +16,16 @@ import typer
 import jobs.runtime  # noqa: F401  (sets RAY_USAGE_STATS_ENABLED before anything imports Ray)
 
 app = typer.Typer(
+    rich_markup_mode=None,  # plain help: rich panels truncate option names at 80 columns
     help="Distributed batch jobs for human pose estimation on Ray: ingest, train, annotate, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-synth_app = typer.Typer(help="Write synthetic datasets in the exact real formats (COCO 2017 keypoints, SVHN).", no_args_is_help=True)
-ingest_app = typer.Typer(help="Ingest COCO or SVHN from a folder or s3:// into sharded Parquet (Ray Data).", no_args_is_help=True)
-show_app = typer.Typer(help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.", no_args_is_help=True)
-jobs_app = typer.Typer(help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).", no_args_is_help=True)
+synth_app = typer.Typer(help="Write synthetic datasets in the exact real formats (COCO 2017 keypoints, SVHN).", no_args_is_help=True, rich_markup_mode=None)
+ingest_app = typer.Typer(help="Ingest COCO or SVHN from a folder or s3:// into sharded Parquet (Ray Data).", no_args_is_help=True, rich_markup_mode=None)
+show_app = typer.Typer(help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.", no_args_is_help=True, rich_markup_mode=None)
+jobs_app = typer.Typer(help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(synth_app, name="synth")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(show_app, name="show")
