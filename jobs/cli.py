@@ -178,6 +178,10 @@ WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Ray Train 
 GpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False)]
 InferenceGpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Run the models on GPUs (default: when the cluster has them).", show_default=False)]
 CpusOption = Annotated[Optional[float], typer.Option("--cpus-per-worker", min=0.01, help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data; with GPUs, the node's CPUs per GPU but one, for the feed processes).", show_default=False)]
+FeedOption = Annotated[
+    Optional[int],
+    typer.Option("--feed-workers", min=0, help="Processes per worker that prepare batches ahead of the step (default: on GPUs, the worker's CPUs but one, for keypoints and the detector; 0 on CPUs).", show_default=False),
+]
 SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
 DetectorArchOption = Annotated[
     Optional[str],
@@ -185,10 +189,12 @@ DetectorArchOption = Annotated[
 ]
 
 
-def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon):
+def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers=None):
     from jobs.train import TrainSettings
 
-    return TrainSettings(data=data, out=out, workers=workers, seed=seed, use_gpu=gpu, cpus_per_worker=cpus_per_worker, options=storage_options(endpoint_url, anon))
+    return TrainSettings(
+        data=data, out=out, workers=workers, seed=seed, use_gpu=gpu, cpus_per_worker=cpus_per_worker, feed_workers=feed_workers, options=storage_options(endpoint_url, anon)
+    )
 
 
 @app.command("train-svhn")
@@ -264,6 +270,7 @@ def train_keypoints(
     seed: SeedOption = 0,
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
+    feed_workers: FeedOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -289,7 +296,7 @@ def train_keypoints(
         from jobs.storage import read_bytes
 
         weights = read_bytes(backbone_weights, options)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers)
     task = KeypointTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, backbone_weights=weights)
     if weights is not None:
         try:
@@ -376,6 +383,7 @@ def train_detector(
     seed: SeedOption = 0,
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
+    feed_workers: FeedOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -408,7 +416,7 @@ def train_detector(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--init-weights") from None
     boxes = person_boxes_by_image(data, (*task.train_splits, task.val_split), options)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers)
     prepare = functools.partial(detector_rows, boxes=boxes, options=options)
     info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
     final = info["final"]

@@ -20,7 +20,6 @@ from jobs.storage import exists, join, list_files, read_bytes
 from jobs.models import load_model_info
 from jobs.train import TrainError, TrainSettings, cpu_share, feed_workers, gpu_worker_cpus, run_training, worker_resources
 from pose.digit_task import DigitRecipe, DigitTask
-from pose.keypoint_task import KeypointRecipe, KeypointTask
 from pose.models.digits import DigitModelConfig
 from pose.synth.digits import write_svhn
 
@@ -148,15 +147,17 @@ def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):
     write_coco(tmp_path / "src", split="val", images=4, seed=22)
     ingest("coco", str(tmp_path / "src"), str(tmp_path / "coco"), progress=False)
 
-    # The feed processes that GPU workers use, forced on a CPU worker: the run trains and evaluates.
-    recipe = KeypointRecipe(input_size=(64, 96), batch_size=8, epochs=1)
-    fed = run_training(KeypointTask(recipe), TrainSettings(data=str(tmp_path / "coco"), out=str(tmp_path / "fed"), feed_workers=2), 1)
-    assert fed["final"]["epoch"] == 1 and fed["final"]["loss"] > 0 and 0 <= fed["final"]["val_pck"] <= 1
-
     executable = str(Path(sys.executable).with_name("pose-jobs"))
     common = ["--data", str(tmp_path / "coco")]
+    tiny = ["--epochs", "1", "--batch-size", "8", "--input-size", "64x96"]
+
+    # The feed processes that GPU workers use, forced on a CPU worker: the run trains and evaluates.
+    result = subprocess.run([executable, "train-keypoints", *common, "--out", str(tmp_path / "fed"), *tiny, "--feed-workers", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fed = json.loads((tmp_path / "fed" / "model.json").read_text())["final"]
+    assert fed["epoch"] == 1 and fed["loss"] > 0 and 0 <= fed["val_pck"] <= 1
     result = subprocess.run(
-        [executable, "train-keypoints", *common, "--out", str(tmp_path / "run"), "--workers", "2", "--epochs", "1", "--batch-size", "8", "--input-size", "64x96"],
+        [executable, "train-keypoints", *common, "--out", str(tmp_path / "run"), "--workers", "2", *tiny],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
