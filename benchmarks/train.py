@@ -49,7 +49,7 @@ def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, re
     generator = torch.Generator().manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     warmup = 3 + (0 if reuse_inputs else 2 * feed_workers)  # allocator, cudnn autotuning; the feed's head start
-    with BatchFeed(task.preparer() if hasattr(task, "preparer") else task.prepare_batch, 0 if reuse_inputs else feed_workers, processes=processes) as feed:
+    with BatchFeed(task.preparer(), 0 if reuse_inputs else feed_workers, processes=processes) as feed:
         if reuse_inputs:
             prepared = iter([task.prepare_batch(batches[0], 0)] * (warmup + steps))
         else:
@@ -80,7 +80,7 @@ def prepare_rate(task, batches: list[dict], workers: int, processes: bool = True
     """samples/s of task.prepare_batch alone on `workers` processes (or threads): what the feed can
     supply. Timed after the feed has started and prepared its first batches."""
     count = max(4, 3 * workers)
-    with BatchFeed(task.preparer() if hasattr(task, "preparer") else task.prepare_batch, workers, processes=processes) as feed:
+    with BatchFeed(task.preparer(), workers, processes=processes) as feed:
         results = feed((batches[i % len(batches)] for i in range(workers + count)), 0)
         for _ in range(workers):
             next(results)

@@ -364,8 +364,7 @@ def _train_loop(config: dict) -> None:
     val_data = ray.train.get_dataset_shard("val")
     # Decoding and augmentation (the CPU half of a batch) run ahead of the step: on processes on
     # GPU workers, inline on CPU workers (see `feed_workers`).
-    preparer = task.preparer() if hasattr(task, "preparer") else task.prepare_batch  # light to send to the feed processes
-    with BatchFeed(preparer, config["feed_workers"], processes=True) as feed:
+    with BatchFeed(task.preparer(), config["feed_workers"], processes=True) as feed:
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             model.train()

@@ -246,9 +246,6 @@ class DetectorTask:
             "targets": [{key: value.to(device) for key, value in target.items()} for target in prepared["targets"]],
         }
 
-    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator | None = None, epoch: int = 0) -> dict:
-        return self.device_inputs(self.prepare_batch(batch, epoch), device)
-
     def loss(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
         losses = model(inputs["images"], inputs["targets"])
         return sum(losses.values())

@@ -135,15 +135,16 @@ class DigitTask:
         as arrays. The augmentation runs on the device, in `device_inputs`."""
         return {"pixels": pixels_from_rows(batch["pixels"]), "label": np.asarray(batch["label"], dtype=np.int64)}
 
+    def preparer(self):
+        """`prepare_batch`, as the runner's feed takes it from every task (this task holds no weights)."""
+        return self.prepare_batch
+
     def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator) -> dict:
         """`prepare_batch`'s arrays -> augmented inputs on `device`; randomness from `generator`
         (seeded per epoch and worker by the runner)."""
         images = torch.from_numpy(prepared["pixels"]).to(device, non_blocking=True)
         labels = torch.as_tensor(prepared["label"], device=device)
         return {"images": augment(to_input(images), self.recipe, generator), "labels": labels}
-
-    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator, epoch: int = 0) -> dict:
-        return self.device_inputs(self.prepare_batch(batch, epoch), device, generator)
 
     def loss(self, model: nn.Module, inputs: dict) -> torch.Tensor:
         logits = model(inputs["images"])

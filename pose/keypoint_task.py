@@ -590,9 +590,6 @@ class KeypointTask:
             "target_weight": torch.as_tensor(prepared["target_weight"]).to(device, non_blocking=True),
         }
 
-    def training_inputs(self, batch: dict, device: torch.device, generator: torch.Generator | None = None, epoch: int = 0) -> dict:
-        return self.device_inputs(self.prepare_batch(batch, epoch), device)
-
     def loss(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
         return keypoint_loss(model(inputs["image"]), inputs["target"], inputs["target_weight"])
 

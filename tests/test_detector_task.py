@@ -109,14 +109,14 @@ def test_one_training_step_of_the_task():
     task = DetectorTask(DetectorRecipe(model=TINY, batch_size=2, warmup_steps=0, lr=1e-3), seed=3)
     torch.manual_seed(0)
     model = task.build_model()
-    inputs = task.training_inputs(batch, torch.device("cpu"), torch.Generator(), epoch=0)
+    inputs = task.device_inputs(task.prepare_batch(batch, 0), torch.device("cpu"))
     assert [len(t["boxes"]) for t in inputs["targets"]] == [1, 1]  # the crowd box is no target
     for image, target in zip(inputs["images"], inputs["targets"]):
         assert image.dtype == torch.float32 and image.shape[0] == 3 and 0 <= image.min() and image.max() <= 1
         x1, y1, x2, y2 = target["boxes"][0].round().int().tolist()
         red = torch.tensor(RED, dtype=torch.float32) / 255
         assert torch.allclose(image[:, y1:y2, x1:x2].mean((1, 2)), red, atol=1e-3)  # boxes moved with their pixels
-    again = task.training_inputs(batch, torch.device("cpu"), torch.Generator(), epoch=0)
+    again = task.device_inputs(task.prepare_batch(batch, 0), torch.device("cpu"))
     assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(inputs["targets"], again["targets"]))
     optimizer, scheduler = task.build_optimizer(model, steps_per_epoch=1)
     model.train()
