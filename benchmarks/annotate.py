@@ -46,9 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import peak_tree_pss  # noqa: E402  (benchmarks/ingest.py: one home for the memory sampler)
 
-from jobs.annotate import IMAGE_SUFFIXES  # noqa: E402
 from pose.heatmaps import to_image_coordinates  # noqa: E402
-from pose.images import decode_image  # noqa: E402
+from pose.images import IMAGE_SUFFIXES, decode_image  # noqa: E402
 from pose.keypoint_task import KeypointRecipe, predict  # noqa: E402
 from pose.crops import model_inputs  # noqa: E402
 from pose.models.detector import DetectorConfig, build_detector, detect, person_boxes  # noqa: E402

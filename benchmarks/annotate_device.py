@@ -33,12 +33,10 @@ import torch
 from pose.crops import model_inputs
 from pose.feed import prefetch
 from pose.heatmaps import to_image_coordinates
-from pose.images import decode_image
+from pose.images import IMAGE_SUFFIXES, decode_image
 from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, predict
 from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, detect, person_boxes
 from pose.models.keypoints import build_keypoint_model
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class GpuBusy:

@@ -60,10 +60,9 @@ from jobs.storage import (
     write_parquet_atomic,
 )
 from pose import schema
-from pose.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
+from pose.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from pose.joints import NUM_JOINTS, PERSON_CATEGORY
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 SHARD_IMAGES = 64
 RESULTS_KEYPOINTS = "results/keypoints.json"
 RESULTS_BOXES = "results/boxes.json"

@@ -12,6 +12,8 @@ from PIL import Image, ImageOps
 # A 16-bit greyscale PNG or a huge JPEG can declare more pixels than fit in memory; refuse before
 # decoding. 2**28 pixels (~268 MP, ~800 MB as RGB) is far above any camera image.
 DEFAULT_MAX_PIXELS = 1 << 28
+# The file names taken for images in a bucket (any case): what `decode_image` reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 class ImageDecodeError(ValueError):
