@@ -87,23 +87,20 @@ class HeatmapCodec:
         return (keypoints + 0.5) * self.stride - 0.5, scores
 
 
-def _neighbourhood(maps: np.ndarray, x: np.ndarray, y: np.ndarray):
-    """A function `at(dx, dy)` reading maps (N, K, h, w) at (x + dx, y + dy) for every (N, K), and
-    the mask (N, K) of positions whose 3x3 neighbourhood lies inside the map."""
-    n, k, h, w = maps.shape
+def _neighbourhood(maps: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float = 0.0):
+    """The maps (N, K, h, w) around (x, y) (N, K): (N, K, 3, 3) float64, [..., 1 + dy, 1 + dx] read
+    at (x + dx, y + dy), smoothed first by a Gaussian of `sigma` when it is > 0
+    (`_smoothed_neighbourhood`); and the mask (N, K) of positions whose 3x3 neighbourhood lies
+    inside the map (elsewhere the values are around the nearest such position)."""
+    h, w = maps.shape[-2:]
     xc, yc = np.clip(x, 1, w - 2), np.clip(y, 1, h - 2)
-    flat = maps.reshape(n, k, h * w)
-
-    def at(dx: int, dy: int) -> np.ndarray:
-        return np.take_along_axis(flat, ((yc + dy) * w + xc + dx)[..., None], -1)[..., 0].astype(np.float64)
-
-    return at, (xc == x) & (yc == y)
+    return _smoothed_neighbourhood(maps, xc, yc, sigma), (xc == x) & (yc == y)
 
 
 def _quarter_offset(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Simple Baselines: move 0.25 px towards the higher neighbour along x and along y. (N, K, 2)."""
-    at, interior = _neighbourhood(heatmaps, x, y)
-    step = 0.25 * np.sign(np.stack([at(1, 0) - at(-1, 0), at(0, 1) - at(0, -1)], -1))
+    values, interior = _neighbourhood(heatmaps, x, y)
+    step = 0.25 * np.sign(np.stack([values[..., 1, 2] - values[..., 1, 0], values[..., 2, 1] - values[..., 0, 1]], -1))
     return np.where(interior[..., None], step, 0.0)
 
 
@@ -117,11 +114,8 @@ def _dark_offset(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: floa
     # Only the 3x3 neighbourhood of each argmax is needed, so only it is smoothed: the same values as
     # smoothing the whole map, at a cost that does not grow with the map (128 persons at 64x48:
     # 11 ms against 124 ms for whole maps on one core; the whole maps bounded annotate on a GPU).
-    n, k, h, w = heatmaps.shape
-    xc, yc = np.clip(x, 1, w - 2), np.clip(y, 1, h - 2)
-    smooth = _smoothed_neighbourhood(heatmaps, xc, yc, sigma)  # (N, K, 3, 3): rows y - 1 .. y + 1
+    smooth, interior = _neighbourhood(heatmaps, x, y, sigma)
     logs = np.log(np.maximum(smooth, 1e-10))
-    interior = (xc == x) & (yc == y)
 
     def at(dx: int, dy: int) -> np.ndarray:
         return logs[..., 1 + dy, 1 + dx]
@@ -141,9 +135,10 @@ def _dark_offset(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: floa
 def _smoothed_neighbourhood(heatmaps: np.ndarray, xc: np.ndarray, yc: np.ndarray, sigma: float) -> np.ndarray:
     """The maps (N, K, h, w) smoothed by a Gaussian of `sigma` (zeros outside the map, kernel cut at
     3 sigma, as scipy.ndimage.gaussian_filter(mode="constant", truncate=3)), read only at the 3x3
-    neighbourhood of (xc, yc) (N, K): (N, K, 3, 3) float64, [..., 1 + dy, 1 + dx]."""
+    neighbourhood of (xc, yc) (N, K): (N, K, 3, 3) float64, [..., 1 + dy, 1 + dx]. `sigma` 0: the
+    maps' own values."""
     radius = int(3.0 * sigma + 0.5)
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2) if sigma > 0 else np.ones(1)
     taps /= taps.sum()
     n, k, h, w = heatmaps.shape
     span = np.arange(-1 - radius, 2 + radius)  # rows/columns yc - 1 - radius .. yc + 1 + radius
