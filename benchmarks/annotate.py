@@ -44,13 +44,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from annotate_device import cut_persons  # noqa: E402  (Ray-free: shared with the device benchmark)
 from ingest import peak_tree_pss  # noqa: E402  (benchmarks/ingest.py: one home for the memory sampler)
 
 from pose.heatmaps import to_image_coordinates  # noqa: E402
 from pose.images import IMAGE_SUFFIXES, decode_image  # noqa: E402
 from pose.keypoint_task import KeypointRecipe, predict  # noqa: E402
-from pose.crops import model_inputs  # noqa: E402
-from pose.models.detector import DetectorConfig, build_detector, detect, person_boxes  # noqa: E402
+from pose.models.detector import DetectorConfig, build_detector, detect  # noqa: E402
 from pose.models.keypoints import build_keypoint_model  # noqa: E402
 
 PERSON_THRESHOLD = 0.3
@@ -81,12 +81,6 @@ def load_models(detector_dir: str, keypoint_dir: str):
     return load_detector(detector_dir), model, recipe
 
 
-def cut_persons(image: np.ndarray, found: dict, recipe: KeypointRecipe, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
-    """The person inputs (P, h, w, 3) and their input -> image matrices (P, 2, 3), as the job cuts them."""
-    chosen = person_boxes(found["boxes"], found["scores"], found["labels"], PERSON_THRESHOLD, max_persons)
-    return model_inputs(image, found["boxes"][chosen], recipe.input_size, recipe.augment.padding)
-
-
 def plain_loop(paths: list[Path], detector_dir: str, keypoint_dir: str, max_persons: int) -> float:
     """One process, one image at a time; returns images/s (model loading not timed)."""
     detector, keypoint_model, recipe = load_models(detector_dir, keypoint_dir)
@@ -95,7 +89,7 @@ def plain_loop(paths: list[Path], detector_dir: str, keypoint_dir: str, max_pers
     for path in paths:
         image = decode_image(path.read_bytes())
         found = detect(detector, [image])[0]
-        inputs, matrices = cut_persons(image, found, recipe, max_persons)
+        inputs, matrices = cut_persons(image, found, recipe, PERSON_THRESHOLD, max_persons)
         if len(inputs):
             points, scores, _ = predict(keypoint_model, inputs, flip_test=True, codec=codec)
             to_image_coordinates(points, matrices)
@@ -121,7 +115,7 @@ def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, 
     """images/s of the forward passes alone, `processes` processes with one torch thread each."""
     detector, _, recipe = load_models(detector_dir, keypoint_dir)
     images = [decode_image(path.read_bytes()) for path in paths]
-    inputs = [cut_persons(image, detect(detector, [image])[0], recipe, max_persons)[0] for image in images]
+    inputs = [cut_persons(image, detect(detector, [image])[0], recipe, PERSON_THRESHOLD, max_persons)[0] for image in images]
     shares = []
     for p in range(processes):
         mine = list(range(p, len(images), processes))

@@ -75,6 +75,13 @@ class GpuBusy:
         return float(np.mean(self.samples)) / 100 if self.samples else float("nan")
 
 
+def cut_persons(image: np.ndarray, found: dict, recipe: KeypointRecipe, threshold: float, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
+    """The person inputs (P, h, w, 3) of one image's detections and their input -> image matrices
+    (P, 2, 3), chosen and cut as the job does (`person_boxes`, `model_inputs`)."""
+    chosen = person_boxes(found["boxes"], found["scores"], found["labels"], threshold, max_persons)
+    return model_inputs(image, found["boxes"][chosen], recipe.input_size, recipe.augment.padding)
+
+
 def run_folder(folder: Path) -> tuple[dict, dict]:
     """(model.json, state_dict) of a local run folder, without `jobs` (no Ray or S3 libraries here)."""
     import json
@@ -129,8 +136,7 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
             found = detect(detector, images, device)
             inputs, matrices = [], []
             for image, result in zip(images, found):
-                chosen = person_boxes(result["boxes"], result["scores"], result["labels"], threshold, max_persons)
-                pixels, affine = model_inputs(image, result["boxes"][chosen], recipe.input_size, recipe.augment.padding)
+                pixels, affine = cut_persons(image, result, recipe, threshold, max_persons)
                 inputs.append(pixels)
                 matrices.append(affine)
             persons, affines = np.concatenate(inputs), np.concatenate(matrices)
@@ -207,8 +213,7 @@ def main() -> None:
     inputs = []
     for image in images[:64]:
         result = detect(detector, [image], device)[0]
-        chosen = person_boxes(result["boxes"], result["scores"], result["labels"], args.person_threshold, args.max_persons)
-        inputs.append(model_inputs(image, result["boxes"][chosen], recipe.input_size, recipe.augment.padding)[0])
+        inputs.append(cut_persons(image, result, recipe, args.person_threshold, args.max_persons)[0])
     persons = np.concatenate(inputs)
     per_image = len(persons) / 64
     if not len(persons):
