@@ -34,20 +34,23 @@ import pyarrow as pa
 import torch
 
 from pose.feed import BatchFeed, batches_of
+from pose.precision import PRECISIONS, training_precision
 
 
-def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool, feed_workers: int = 0, processes: bool = True) -> float:
+def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool, feed_workers: int = 0, processes: bool = True,
+              precision: str = "auto") -> float:
     """samples/s of `steps` optimiser steps; inputs prepared once (ceiling) or per batch by
     `feed_workers` processes (or threads) ahead of the step (feed), as `pose.feed.BatchFeed` runs
-    on a Ray Train GPU worker. The warm-up drains what the feed prepared while it started."""
+    on a Ray Train GPU worker. The warm-up drains what the feed prepared while it started.
+    `precision` as the runner's (`pose.precision.training_precision`)."""
     torch.manual_seed(0)
-    model = task.build_model().to(device)
+    arithmetic = training_precision(device, precision, task)
+    model = arithmetic.prepare(task.build_model().to(device))
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = getattr(task, "fixed_input_size", False)  # as the Ray Train workers set it
     optimizer, scheduler = task.build_optimizer(model, steps + 10)
     generator = torch.Generator().manual_seed(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = arithmetic.autocast(device)
     warmup = 3 + (0 if reuse_inputs else 2 * feed_workers)  # allocator, cudnn autotuning; the feed's head start
     with BatchFeed(task.preparer(), 0 if reuse_inputs else feed_workers, processes=processes) as feed:
         if reuse_inputs:
@@ -132,7 +135,7 @@ def keypoint_rows(workdir: Path, images: int) -> tuple[pa.Table, Path]:
     return pa.Table.from_pylist(rows, schema=schema.PERSON_CROPS), src
 
 
-def ray_rates(task_factory, src: Path, dataset: str, workdir: Path, workers_list: list[int], epochs: int = 2) -> dict[int, float]:
+def ray_rates(task_factory, src: Path, dataset: str, workdir: Path, workers_list: list[int], epochs: int = 2, precision: str = "auto") -> dict[int, float]:
     """samples/s of the last epoch of `pose-jobs train-*` (Ray Train) for each worker count."""
     from jobs.ingest import ingest
     from jobs.runtime import init_ray
@@ -145,7 +148,7 @@ def ray_rates(task_factory, src: Path, dataset: str, workdir: Path, workers_list
     for workers in workers_list:
         out = Path(tempfile.mkdtemp(prefix=f"run-{dataset}-{workers}w-", dir=workdir))
         task = task_factory()
-        run_training(task, TrainSettings(data=str(ingested), out=str(out), workers=workers), epochs)
+        run_training(task, TrainSettings(data=str(ingested), out=str(out), workers=workers, precision=precision), epochs)
         lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         rates[workers] = lines[-1]["samples_per_s"]
     return rates
@@ -165,6 +168,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the in-process runs (Ray workers use one per CPU they reserve)")
     parser.add_argument("--feed-workers", default="0", help="comma-separated feed sizes (0: inline, as CPU workers run it)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as train-*'s --precision (auto: bf16 on GPUs and on CPUs with native bf16)")
     parser.add_argument("--feed-kind", choices=["process", "thread"], default="process", help="the feed's workers: processes (as GPU workers run it) or threads")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-train-"))
@@ -209,16 +213,18 @@ def main() -> None:
         if not batches:
             raise SystemExit(f"{name}: too few rows ({table.num_rows}) for one batch of {task.batch_size}")
         torch.set_num_threads(args.threads)
-        ceiling = step_rate(task, batches, device, args.steps, reuse_inputs=True)
-        print(f"{name}: step on in-memory tensors   {ceiling:9.1f} samples/s  (batch {task.batch_size})", flush=True)
+        ceiling = step_rate(task, batches, device, args.steps, reuse_inputs=True, precision=args.precision)
+        print(f"{name}: step on in-memory tensors   {ceiling:9.1f} samples/s  (batch {task.batch_size}, "
+              f"{training_precision(device, args.precision, task).describe()})", flush=True)
         for workers in feed_sizes:
             supply = prepare_rate(task, batches, workers, processes)
-            feed = step_rate(task, batches, device, args.steps, reuse_inputs=False, feed_workers=workers, processes=processes)
+            feed = step_rate(task, batches, device, args.steps, reuse_inputs=False, feed_workers=workers, processes=processes,
+                             precision=args.precision)
             kind = f"{workers:2d} {args.feed_kind}{'es' if processes else 's'}" if workers else "inline     "
             print(f"{name}: feed alone, {kind}      {supply:9.1f} samples/s", flush=True)
             print(f"{name}: pose-side loop, feed {kind} {feed:9.1f} samples/s  feed ratio {feed / ceiling:.2f}", flush=True)
         if args.ray and device.type == "cpu":
-            rates = ray_rates(factory, src, dataset, workdir, [1, 2])
+            rates = ray_rates(factory, src, dataset, workdir, [1, 2], precision=args.precision)
             for workers, rate in rates.items():
                 print(f"{name}: Ray Train, {workers} worker(s)         {rate:9.1f} samples/s  feed ratio {rate / ceiling:.2f}")
             print(f"{name}: 2 workers / 1 worker         {rates[2] / rates[1]:.2f}")

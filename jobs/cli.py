@@ -83,6 +83,12 @@ class KeypointRecipeName(str, Enum):
     simple_baselines = "simple-baselines"  # SIMPLE_BASELINES_COCO: ResNet-50 256x192, for GPUs and real COCO
 
 
+class Precision(str, Enum):  # pose.precision.PRECISIONS
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
 # ---------------------------------------------------------------------------------------------
 # synth
 
@@ -182,6 +188,10 @@ FeedOption = Annotated[
     Optional[int],
     typer.Option("--feed-workers", min=0, help="Processes per worker that prepare batches ahead of the step (default: on GPUs, the worker's CPUs but one, for keypoints and the detector; 0 on CPUs).", show_default=False),
 ]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option("--precision", help="auto: bf16 autocast and channels-last on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX) for the models that gain from it, fp32 elsewhere; bf16 or fp32 to force one."),
+]
 SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
 DetectorArchOption = Annotated[
     Optional[str],
@@ -189,11 +199,12 @@ DetectorArchOption = Annotated[
 ]
 
 
-def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers=None):
+def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers=None, precision=Precision.auto):
     from jobs.train import TrainSettings
 
     return TrainSettings(
-        data=data, out=out, workers=workers, seed=seed, use_gpu=gpu, cpus_per_worker=cpus_per_worker, feed_workers=feed_workers, options=storage_options(endpoint_url, anon)
+        data=data, out=out, workers=workers, seed=seed, use_gpu=gpu, cpus_per_worker=cpus_per_worker, feed_workers=feed_workers,
+        precision=precision.value, options=storage_options(endpoint_url, anon)
     )
 
 
@@ -212,6 +223,7 @@ def train_svhn(
     seed: SeedOption = 0,
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
+    precision: PrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -223,7 +235,7 @@ def train_svhn(
     from pose.models.digits import DigitModelConfig
 
     recipe = DigitRecipe(model=DigitModelConfig(arch=arch, depth=depth, width=width), epochs=epochs, batch_size=batch_size, lr=lr)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, precision=precision)
     info = run_training(DigitTask(recipe), settings, epochs, address=address, verbose=verbose)
     typer.echo(f"trained {info['task']} for {info['epochs']} epochs: validation accuracy {info['final'].get('val_accuracy', float('nan')):.4f} -> {out}")
 
@@ -271,6 +283,7 @@ def train_keypoints(
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
     feed_workers: FeedOption = None,
+    precision: PrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -296,7 +309,7 @@ def train_keypoints(
         from jobs.storage import read_bytes
 
         weights = read_bytes(backbone_weights, options)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision)
     task = KeypointTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, backbone_weights=weights)
     if weights is not None:
         try:
@@ -384,6 +397,7 @@ def train_detector(
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
     feed_workers: FeedOption = None,
+    precision: PrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -416,7 +430,7 @@ def train_detector(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--init-weights") from None
     boxes = person_boxes_by_image(data, (*task.train_splits, task.val_split), options)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision)
     prepare = functools.partial(detector_rows, boxes=boxes, options=options)
     info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
     final = info["final"]

@@ -57,6 +57,7 @@ class TrainSettings:
     cpus_per_worker: float | None = None  # None: share what the cluster has, keeping one CPU for the data feed
     max_failures: int = 2  # whole-group restarts from the last checkpoint after a worker dies
     feed_workers: int | None = None  # processes preparing batches per worker; None: `feed_workers()`
+    precision: str = "auto"  # auto | bf16 | fp32 (`pose.precision.training_precision`)
     options: StorageOptions = field(default_factory=StorageOptions)
 
 
@@ -217,6 +218,7 @@ def run_training(task, settings: TrainSettings, epochs: int, *, address: str | N
         "use_gpu": use_gpu,
         "torch_threads": max(1, int(resources.get("CPU", 1.0))),
         "feed_workers": feed_workers(use_gpu, resources, task) if settings.feed_workers is None else settings.feed_workers,
+        "precision": settings.precision,
     }
     trainer = TorchTrainer(
         _train_loop,
@@ -326,6 +328,8 @@ def _train_loop(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
+    from pose.precision import training_precision
+
     task, epochs, seed, out, options = config["task"], config["epochs"], config["seed"], config["out"], config["options"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -352,13 +356,13 @@ def _train_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
+    precision = training_precision(device, config["precision"], task)
+    model = precision.prepare(model)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         # cuDNN picks the fastest kernels per input shape: worth it where every batch has one shape.
         torch.backends.cudnn.benchmark = getattr(task, "fixed_input_size", False)
     model = ray.train.torch.prepare_model(model)
     plain_model = model.module if hasattr(model, "module") else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
@@ -381,7 +385,7 @@ def _train_loop(config: dict) -> None:
                 if step >= steps_per_epoch:  # equal steps on every worker, whatever the shard sizes
                     break
                 inputs = task.device_inputs(prepared, device, generator)
-                with autocast:
+                with precision.autocast(device):
                     loss = task.loss(model, inputs)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1} step {step}; lower the learning rate")
@@ -401,6 +405,7 @@ def _train_loop(config: dict) -> None:
                 "loss": float(totals[0] / max(totals[1], 1.0)),
                 "lr": float(scheduler.get_last_lr()[0]),
                 "samples_per_s": float(totals[1]) * task.batch_size / max(train_seconds, 1e-9),
+                "precision": precision.describe(),
                 "nodes": nodes,
             }
             if rank == 0:

@@ -46,6 +46,25 @@ def test_cut_backbone_keeps_early_stages_and_fewer_deconvolutions(stages, deconv
         KeypointModelConfig(backbone_stages=1, deconv_layers=3)
 
 
+@pytest.mark.parametrize("stages, deconv_layers, joined", [(2, 1, ["layer1"]), (3, 2, ["layer2", "layer1"]), (4, 2, ["layer3", "layer2"])])
+def test_skips_add_each_stage_to_the_deconvolution_of_its_stride(stages, deconv_layers, joined):
+    config = KeypointModelConfig(input_size=(64, 96), backbone_stages=stages, deconv_layers=deconv_layers, deconv_channels=32, skips=True)
+    model = build_keypoint_model(config).eval()
+    channels = {"layer1": 64, "layer2": 128, "layer3": 256}
+    assert [lateral.in_channels for lateral in model.laterals.values()] == [channels[name] for name in joined]
+    images = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        heatmaps = model(images)
+        # Silence a lateral path: the output changes, so the stage really reaches the heatmaps.
+        torch.nn.init.zeros_(model.laterals["0"].weight)
+        assert not torch.allclose(model(images), heatmaps)
+    assert heatmaps.shape == (2, 17, 96 // config.output_stride, 64 // config.output_stride)
+    assert KeypointModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    # Configurations saved before skips existed load as the plain net.
+    old = {k: v for k, v in config.to_dict().items() if k != "skips"}
+    assert not build_keypoint_model(KeypointModelConfig.from_dict(old)).laterals
+
+
 def test_keypoint_head_starts_near_zero_as_simple_baselines():
     model = build_keypoint_model(KeypointModelConfig())
     assert model.final.weight.std().item() == pytest.approx(0.001, rel=0.2)

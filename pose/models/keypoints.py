@@ -38,6 +38,7 @@ class KeypointModelConfig:
     deconv_channels: int = 256
     deconv_layers: int = 3  # each doubles the resolution: 3 take the backbone's stride 32 to 4
     backbone_stages: int = 4  # ResNet stages kept (layer1..layerN): 4 -> stride 32, 3 -> 16, 2 -> 8
+    skips: bool = False  # add each backbone stage at a deconvolution's output stride to it (1x1 conv)
 
     def __post_init__(self):
         if self.backbone not in RESNETS:
@@ -81,6 +82,10 @@ class KeypointNet(nn.Module):
     """ResNet backbone (stem and `backbone_stages` stages; stride 32 with all four) →
     `deconv_layers` x [ConvTranspose 4x4 s2, BN, ReLU] → 1x1 conv.
 
+    With `skips`, each deconvolution's output gets the backbone stage of the same stride added
+    before its BatchNorm, through a 1x1 convolution (a U-Net's lateral path): the heatmaps see the
+    deepest stage's context and the earlier stages' detail.
+
     `backbone` keeps torchvision's layer names (`backbone.conv1.weight`, `backbone.layer1.0.…`) so
     an ImageNet ResNet state_dict loads into it as is (`load_backbone_weights`).
     """
@@ -92,20 +97,34 @@ class KeypointNet(nn.Module):
         kept = BACKBONE_LAYERS[: 4 + config.backbone_stages]
         self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in kept))
         channels = _stage_channels(self.backbone[-1])  # e.g. 512 after layer4 of resnet18/34, 2048 of resnet50
-        layers = []
-        for _ in range(config.deconv_layers):
+        layers, laterals = [], {}
+        for index in range(config.deconv_layers):
             layers += [
                 nn.ConvTranspose2d(channels, config.deconv_channels, kernel_size=4, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(config.deconv_channels),
                 nn.ReLU(inplace=True),
             ]
             channels = config.deconv_channels
+            stage = config.backbone_stages - 1 - index  # layerN at stride 2 ** (N + 1); the stem's maxpool is stage 0
+            if config.skips and stage >= 1:
+                source = getattr(self.backbone, f"layer{stage}")
+                laterals[str(3 * index)] = nn.Conv2d(_stage_channels(source), channels, kernel_size=1, bias=False)
         self.deconv = nn.Sequential(*layers)
+        self.laterals = nn.ModuleDict(laterals)  # by the index in `deconv` of the deconvolution they join
         self.final = nn.Conv2d(channels, config.num_joints, kernel_size=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, H, W), ImageNet-normalised → heatmaps (N, num_joints, H/4, W/4)."""
-        return self.final(self.deconv(self.backbone(images)))
+        if not self.laterals:
+            return self.final(self.deconv(self.backbone(images)))
+        stages, x = {}, images
+        for name, layer in self.backbone.named_children():
+            x = stages[name] = layer(x)
+        for index, layer in enumerate(self.deconv):
+            x = layer(x)
+            if str(index) in self.laterals:
+                x = x + self.laterals[str(index)](stages[f"layer{self.config.backbone_stages - 1 - index // 3}"])
+        return self.final(x)
 
 
 def build_keypoint_model(config: KeypointModelConfig = KeypointModelConfig()) -> KeypointNet:
