@@ -277,7 +277,7 @@ def train_keypoints(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size per worker (default: the recipe's).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)] = None,
     backbone: Annotated[Optional[str], typer.Option(help="resnet18 | resnet34 | resnet50 (default: the recipe's).", show_default=False)] = None,
-    input_size: Annotated[Optional[str], typer.Option("--input-size", help="Model input WxH, multiples of 32, e.g. 192x256 (default: the recipe's).", show_default=False)] = None,
+    input_size: Annotated[Optional[str], typer.Option("--input-size", help="Model input WxH, multiples of the backbone's stride (32 for the whole ResNet), e.g. 192x256 (default: the recipe's).", show_default=False)] = None,
     backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="ImageNet weights for the backbone: a torchvision resnet state_dict file or s3:// URL.", show_default=False)] = None,
     seed: SeedOption = 0,
     gpu: GpuOption = None,

@@ -30,11 +30,36 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
         log_to_driver=verbose,
         configure_logging=True,
     )
+    if not verbose:
+        _drop_startup_concurrency_warnings()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
+
+
+# The raylet warns each time the workers it started reach a multiple of its CPU count. Fractional
+# CPU requests (`--workers 4` on 2 cores) and Ray Data's tasks reach it by design, so outside
+# `--verbose` the driver drops that one message; every other raylet message (memory kills, dead
+# workers) still prints.
+STARTUP_CONCURRENCY_WARNING = "the maximum expected startup concurrency"
+
+
+def _drop_startup_concurrency_warnings() -> None:
+    from ray._private import worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "drops_startup_warnings", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix: bool):
+        lines = [line for line in data.get("lines", []) if STARTUP_CONCURRENCY_WARNING not in line]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+
+    print_to_stdstream.drops_startup_warnings = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 class Progress:

@@ -412,7 +412,8 @@ def _train_loop(config: dict) -> None:
                 model.eval()
                 evaluator = task.evaluator()
                 for batch in val_data.iter_batches(batch_size=task.eval_batch_size, batch_format="numpy"):
-                    evaluator.update(plain_model, batch, device)
+                    with precision.autocast(device):  # validation in the training step's precision
+                        evaluator.update(plain_model, batch, device)
                 figures = evaluator.result()
                 metrics.update({f"val_{k}": v for k, v in figures.items() if isinstance(v, (int, float))})
             metrics["epoch_seconds"] = time.perf_counter() - started

@@ -95,6 +95,7 @@ class DigitTask:
 
     name = "svhn"
     fixed_input_size = True  # every batch has one shape (cuDNN may tune for it)
+    cpu_bf16 = True  # bf16 autocast and channels-last on CPUs with native bf16: twice as fast (pose.precision)
     table = "digits"
     train_splits = ("train", "extra")
     val_split = None  # SVHN has no validation split: rows of train are held out instead

@@ -194,3 +194,20 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     for job in cluster.get("/api/jobs/"):
         assert s3.secret_key not in json.dumps(job)
         assert s3.secret_key not in cluster.get(f"/api/jobs/{job['submission_id']}/logs")["logs"]
+
+
+def test_quiet_driver_drops_only_the_startup_concurrency_warning(monkeypatch, capsys):
+    from ray._private import worker as ray_worker
+
+    import jobs.runtime
+
+    printed = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(list(data["lines"])))
+    jobs.runtime._drop_startup_concurrency_warnings()
+    jobs.runtime._drop_startup_concurrency_warnings()  # a second call does not wrap it twice
+    warning = ("WARNING: 8 PYTHON worker processes have been started on node: abc with address: 10.0.0.1, which is 4x "
+               "the maximum expected startup concurrency (2). This could be a result of using a large number of actors")
+    killed = "Task was killed due to the node running low on memory."
+    ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    ray_worker.print_to_stdstream({"lines": [warning, killed], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert printed == [[killed]]
