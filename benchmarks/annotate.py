@@ -8,7 +8,9 @@ memory at 1x and 10x the images.
 - plain loop: what a user would write without Ray: one process (torch on every core), one image
   at a time: read, decode, detect, cut the persons, keypoints (flip test).
 - model-only limit: the same forward passes on images decoded and persons cut beforehand, with the
-  job's batch sizes, in one process per core (torch on one thread each), as the job's actors run:
+  job's batch sizes and precision (`--precision`, default auto: bf16 on CPUs with native bf16; the
+  plain loop stays float32, as a user writes it), in one process per core (torch on one thread
+  each), as the job's actors run:
   the most the job could do on this machine if reading, decoding, cropping and moving data cost
   nothing.
 - pose-jobs annotate: the job on a Ray that is already running (its actors start inside the
@@ -52,6 +54,7 @@ from pose.images import IMAGE_SUFFIXES, decode_image  # noqa: E402
 from pose.keypoint_task import KeypointRecipe, predict  # noqa: E402
 from pose.models.detector import DetectorConfig, build_detector, detect  # noqa: E402
 from pose.models.keypoints import build_keypoint_model  # noqa: E402
+from pose.precision import PRECISIONS, inference_precision  # noqa: E402
 
 PERSON_THRESHOLD = 0.3
 
@@ -97,21 +100,26 @@ def plain_loop(paths: list[Path], detector_dir: str, keypoint_dir: str, max_pers
 
 
 def _model_only_worker(arguments) -> float:
-    """One core's share of the model-only limit: seconds for its forward passes."""
-    images, inputs, detector_dir, keypoint_dir, detector_batch, keypoint_batch = arguments
+    """One core's share of the model-only limit: seconds for its forward passes, in the job's
+    precision."""
+    images, inputs, detector_dir, keypoint_dir, detector_batch, keypoint_batch, precision = arguments
     torch.set_num_threads(1)
     detector, keypoint_model, recipe = load_models(detector_dir, keypoint_dir)
+    arithmetic = inference_precision("cpu", precision)
+    detector, keypoint_model = arithmetic.prepare(detector), arithmetic.prepare(keypoint_model)
     codec = recipe.codec()
     tensors = [torch.from_numpy(image).permute(2, 0, 1).contiguous() for image in images]
     started = time.perf_counter()
-    for start in range(0, len(tensors), detector_batch):
-        detect(detector, tensors[start : start + detector_batch])
+    with arithmetic.autocast(torch.device("cpu")):
+        for start in range(0, len(tensors), detector_batch):
+            detect(detector, tensors[start : start + detector_batch])
     for start in range(0, len(inputs), keypoint_batch):
-        predict(keypoint_model, inputs[start : start + keypoint_batch], flip_test=True, codec=codec)
+        predict(keypoint_model, inputs[start : start + keypoint_batch], flip_test=True, codec=codec,
+                amp_dtype=arithmetic.amp_dtype, channels_last=arithmetic.channels_last)
     return time.perf_counter() - started
 
 
-def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, detector_batch, keypoint_batch) -> float:
+def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, detector_batch, keypoint_batch, precision="auto") -> float:
     """images/s of the forward passes alone, `processes` processes with one torch thread each."""
     detector, _, recipe = load_models(detector_dir, keypoint_dir)
     images = [decode_image(path.read_bytes()) for path in paths]
@@ -120,7 +128,7 @@ def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, 
     for p in range(processes):
         mine = list(range(p, len(images), processes))
         persons = np.concatenate([inputs[i] for i in mine]) if mine else np.zeros((0,))
-        shares.append(([images[i] for i in mine], persons, detector_dir, keypoint_dir, detector_batch, keypoint_batch))
+        shares.append(([images[i] for i in mine], persons, detector_dir, keypoint_dir, detector_batch, keypoint_batch, precision))
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         seconds = pool.map(_model_only_worker, shares)
     return len(images) / max(seconds), sum(len(i) for i in inputs) / len(images)
@@ -132,6 +140,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--max-persons", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="the job's and the model-only limit's (annotate --precision); the plain loop is float32")
     args = parser.parse_args()
 
     from pose.synth.people import write_coco
@@ -153,7 +162,7 @@ def main() -> None:
     init_ray()
     import ray
 
-    settings = AnnotateSettings(detector_dir, keypoint_dir, max_persons=args.max_persons)
+    settings = AnnotateSettings(detector_dir, keypoint_dir, max_persons=args.max_persons, precision=args.precision)
     cpus = ray.cluster_resources().get("CPU", 1)
     resources = plan_resources(settings, cpus, ray.cluster_resources().get("GPU", 0))
     warm = workdir / "warm-images"  # Ray's worker processes started once, on two images
@@ -186,6 +195,7 @@ def main() -> None:
 
     pools = (f"{resources.detector_actors} actors running both models" if resources.combined
              else f"{resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors")
+    print(f"precision (job and model-only limit): {inference_precision('cpu', args.precision).describe()}; plain loop: fp32", flush=True)
     print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {args.images * args.scale} ({args.scale}x); "
           f"pools: {pools}, batches {resources.detector_batch} images / {resources.keypoint_batch} persons", flush=True)
     print(f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s   ({job_seconds:.1f} s, of which {fixed:.1f} s any run pays: "
@@ -197,13 +207,14 @@ def main() -> None:
     plain_rate = plain_loop(paths, detector_dir, keypoint_dir, args.max_persons)
     print(f"plain single-process loop       {plain_rate:8.2f} images/s   (load average {os.getloadavg()[0]:.1f})", flush=True)
     processes = os.cpu_count()
-    limit_rate, persons = model_only_limit(paths, detector_dir, keypoint_dir, args.max_persons, processes, resources.detector_batch, resources.keypoint_batch)
+    limit_rate, persons = model_only_limit(paths, detector_dir, keypoint_dir, args.max_persons, processes, resources.detector_batch, resources.keypoint_batch,
+                                           args.precision)
     print(f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s   ({persons:.1f} persons per image; load average {os.getloadavg()[0]:.1f})", flush=True)
     print(f"annotate: x{job_rate / plain_rate:.2f} the plain loop, {job_rate / limit_rate:.2f} of the model-only limit; "
           f"beyond the fixed cost x{marginal_rate / plain_rate:.2f} and {marginal_rate / limit_rate:.2f}", flush=True)
 
     cli = str(Path(sys.executable).with_name("pose-jobs"))
-    common = ["--detector", detector_dir, "--keypoints", keypoint_dir, "--max-persons", str(args.max_persons)]
+    common = ["--detector", detector_dir, "--keypoints", keypoint_dir, "--max-persons", str(args.max_persons), "--precision", args.precision]
     large_count = args.images * args.scale
     peaks = {}
     for name, source, count in (("1x", folder, len(paths)), (f"{args.scale}x", large / "val2017", large_count)):

@@ -93,6 +93,7 @@ class AnnotateSettings:
     detector_actors: int | None = None  # default: from the cluster's CPUs or GPUs
     keypoint_actors: int | None = None
     use_gpu: bool | None = None  # default: when the cluster has GPUs
+    precision: str = "auto"  # auto | bf16 | fp32, the models' arithmetic (`pose.precision.inference_precision`)
 
     def result_settings(self) -> dict:
         keys = ("detector", "keypoints", "detector_arch", "person_threshold", "max_persons", "flip_test", "nms_threshold", "max_pixels", "shard_images")
@@ -249,31 +250,38 @@ class Detector:
     GPU, ...) is retried image by image; an image that still fails becomes an error of stage
     "detect"."""
 
-    def __init__(self, spec: str, options: StorageOptions, crops: PersonCrops, arch: str | None = None, use_gpu: bool = False, threads: int = 1):
+    def __init__(self, spec: str, options: StorageOptions, crops: PersonCrops, arch: str | None = None, use_gpu: bool = False, threads: int = 1,
+                 precision: str = "auto"):
         import torch
 
         from jobs.models import load_detector
+        from pose.precision import inference_precision
 
         torch.set_num_threads(threads)
         self.device = _torch_device(use_gpu)
-        self.model = load_detector(spec, options, arch).to(self.device)
+        self.precision = inference_precision(self.device, precision)
+        self.model = self.precision.prepare(load_detector(spec, options, arch).to(self.device))
         self.crops = crops
 
-    def __call__(self, batch: dict) -> dict:
+    def detect(self, images: list) -> list[dict]:
         from pose.models.detector import detect
 
+        with self.precision.autocast(self.device):
+            return detect(self.model, images, self.device)
+
+    def __call__(self, batch: dict) -> dict:
         count = len(batch["source"])
         boxes, scores, labels = (np.full(count, b"", dtype=object) for _ in range(3))
         stages, reasons = np.array(batch["error_stage"], dtype=object), np.array(batch["error_reason"], dtype=object)
         good = [i for i in range(count) if not _failed(batch, i)]
         try:
             # Copies: torch wants writable arrays, and the batch's buffers are read-only.
-            found = dict(zip(good, detect(self.model, [_image(batch, i).copy() for i in good], self.device)))
+            found = dict(zip(good, self.detect([_image(batch, i).copy() for i in good])))
         except Exception:  # noqa: BLE001 - one bad image must not cost the batch
             found = {}
             for i in good:
                 try:
-                    found[i] = detect(self.model, [_image(batch, i).copy()], self.device)[0]
+                    found[i] = self.detect([_image(batch, i).copy()])[0]
                 except Exception as error:  # noqa: BLE001
                     stages[i], reasons[i] = "detect", f"{type(error).__name__}: {error}"
         for i, detections in found.items():
@@ -314,15 +322,18 @@ class KeypointModel:
     model together, `batch_size` at a time, with flip test; adds `person_keypoints` ((P, 17, 3)
     float32: x, y in image pixels and the joint's confidence) and drops the inputs."""
 
-    def __init__(self, spec: str, options: StorageOptions, flip_test: bool = True, batch_size: int = 32, use_gpu: bool = False, threads: int = 1):
+    def __init__(self, spec: str, options: StorageOptions, flip_test: bool = True, batch_size: int = 32, use_gpu: bool = False, threads: int = 1,
+                 precision: str = "auto"):
         import torch
 
         from jobs.models import load_keypoint_model
+        from pose.precision import inference_precision
 
         torch.set_num_threads(threads)
         self.device = _torch_device(use_gpu)
+        self.precision = inference_precision(self.device, precision)
         model, self.recipe = load_keypoint_model(spec, options)
-        self.model = model.to(self.device)
+        self.model = self.precision.prepare(model.to(self.device))
         self.codec = self.recipe.codec()
         self.flip_test, self.batch_size = flip_test, batch_size
 
@@ -339,7 +350,8 @@ class KeypointModel:
         keypoints = np.zeros((len(persons), NUM_JOINTS, 3), np.float32)
         for start in range(0, len(persons), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            points, scores, _ = predict(self.model, persons[chunk], flip_test=self.flip_test, codec=self.codec)
+            points, scores, _ = predict(self.model, persons[chunk], flip_test=self.flip_test, codec=self.codec,
+                                        amp_dtype=self.precision.amp_dtype, channels_last=self.precision.channels_last)
             keypoints[chunk, :, :2] = to_image_coordinates(points, matrices[chunk])
             keypoints[chunk, :, 2] = scores
         output = np.empty(count, dtype=object)
@@ -568,8 +580,10 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
         num_cpus=resources.task_cpus,
     )
     crops = PersonCrops(tuple(recipe.input_size), recipe.augment.padding, settings.person_threshold, settings.max_persons)
-    detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu}
-    keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch, "use_gpu": resources.use_gpu}
+    detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu,
+                "precision": settings.precision}
+    keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch,
+                 "use_gpu": resources.use_gpu, "precision": settings.precision}
     if resources.combined:
         dataset = dataset.map_batches(
             DetectorAndKeypoints,

@@ -488,6 +488,10 @@ def annotate(
     detector_actors: Annotated[Optional[int], typer.Option(min=1, help="Detector actors (default: one per GPU; on CPU one per core, each running both models).", show_default=False)] = None,
     keypoint_actors: Annotated[Optional[int], typer.Option(min=1, help="Keypoint-model actors (default: one per GPU; on CPU none: the detector actors run it; set it to give it a pool of its own).", show_default=False)] = None,
     gpu: InferenceGpuOption = None,
+    precision: Annotated[
+        Precision,
+        typer.Option("--precision", help="The models' arithmetic. auto: bf16 autocast and channels-last on CPUs with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs and on GPUs."),
+    ] = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,
@@ -509,6 +513,7 @@ def annotate(
         detector_actors=detector_actors,
         keypoint_actors=keypoint_actors,
         use_gpu=gpu,
+        precision=precision.value,
     )
     manifest = run(src, dest, settings, storage_options(endpoint_url, anon), visualize=visualize, address=address, verbose=verbose)
     images = manifest["images"]

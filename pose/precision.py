@@ -1,5 +1,5 @@
-"""The arithmetic of a training step: bfloat16 autocast and channels-last tensors where the
-hardware runs them fast, float32 otherwise.
+"""The arithmetic of a training step and of inference: bfloat16 autocast and channels-last tensors
+where the hardware runs them fast, float32 otherwise.
 
 - On a GPU: bf16 autocast and channels-last for every model.
 - On a CPU with native bf16 (AVX512-BF16 or AMX: AMD Zen 4 and later, Intel Cooper Lake,
@@ -60,4 +60,16 @@ def training_precision(device: torch.device | str, setting: str = "auto", task=N
     if setting == "bf16" or device.type == "cuda":
         return Precision(torch.bfloat16, channels_last=True)
     fast = getattr(task, "cpu_bf16", False) and cpu_has_bf16()
+    return Precision(torch.bfloat16 if fast else None, channels_last=fast)
+
+
+def inference_precision(device: torch.device | str, setting: str = "auto") -> Precision:
+    """The precision of the models' forward passes in `annotate`. "auto": bf16 autocast and
+    channels-last on CPUs with native bf16 (2 Zen 4 cores: the CPU keypoint model 2x, the
+    MobileNetV3 detector 1.4x as fast; `benchmarks/annotate.py`), float32 on other CPUs and, until
+    bf16 inference is measured there, on GPUs. "bf16" or "fp32" force one."""
+    device = torch.device(device)
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision {setting!r}: choose one of {', '.join(PRECISIONS)}")
+    fast = setting == "bf16" or (setting == "auto" and device.type == "cpu" and cpu_has_bf16())
     return Precision(torch.bfloat16 if fast else None, channels_last=fast)

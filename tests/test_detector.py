@@ -288,3 +288,26 @@ def test_batchnorm_detector_trains_every_backbone_layer_from_scratch():
     assert DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="'frozen'"):
         DetectorConfig(norm="group")
+
+
+def test_bf16_detections_are_float32_arrays_close_to_the_float32_ones():
+    """annotate runs the detector under bf16 autocast on CPUs with native bf16: its outputs still
+    come back as float32 arrays, and the best boxes land where float32 puts them."""
+    from pose.precision import inference_precision
+
+    model = small_mobilenet(num_classes=2, detections_per_image=5)
+    images = noise_images()
+    exact = detect(model, images)
+    arithmetic = inference_precision("cpu", "bf16")
+    with arithmetic.autocast(torch.device("cpu")):
+        rough = detect(arithmetic.prepare(model), images)
+    for fp32, bf16 in zip(exact, rough):
+        assert bf16["boxes"].dtype == np.float32 and bf16["scores"].dtype == np.float32
+        assert len(bf16["scores"]) > 0
+        # The top box in bf16 overlaps float32's top box (IoU > 0.5), with a close score.
+        a, b = fp32["boxes"][0], bf16["boxes"][0]
+        x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+        x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+        inter = max(0, x1 - x0) * max(0, y1 - y0)
+        assert inter / (a[2] * a[3] + b[2] * b[3] - inter) > 0.5
+        assert abs(float(bf16["scores"][0]) - float(fp32["scores"][0])) < 0.05

@@ -48,3 +48,15 @@ def test_a_bf16_cpu_step_keeps_float32_weights_and_follows_the_float32_step():
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
     # bf16 keeps 8 bits of mantissa: the gradient points the same way, not to the last digit.
     assert torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0) > 0.95
+
+
+def test_inference_is_bf16_only_where_it_was_measured_faster(monkeypatch):
+    from pose.precision import inference_precision
+
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
+    assert inference_precision("cpu") == Precision(torch.bfloat16, channels_last=True)
+    assert inference_precision("cpu", "fp32") == Precision(None, channels_last=False)
+    assert inference_precision("cuda") == Precision(None, channels_last=False)
+    assert inference_precision("cuda", "bf16") == Precision(torch.bfloat16, channels_last=True)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
+    assert inference_precision("cpu") == Precision(None, channels_last=False)

@@ -278,8 +278,8 @@ def detect(model: FasterRCNN, images: list, device=None) -> list[dict[str, np.nd
                 outputs[index] = output
     return [
         {
-            "boxes": box_convert(output["boxes"], "xyxy", "xywh").cpu().numpy().astype(np.float32),
-            "scores": output["scores"].cpu().numpy().astype(np.float32),
+            "boxes": box_convert(output["boxes"].float(), "xyxy", "xywh").cpu().numpy().astype(np.float32),
+            "scores": output["scores"].float().cpu().numpy().astype(np.float32),
             "labels": output["labels"].cpu().numpy().astype(np.int64),
         }
         for output in outputs
