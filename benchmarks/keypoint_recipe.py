@@ -1,0 +1,117 @@
+"""Keypoint recipe trial: a few epochs of a `KeypointRecipe` variant without Ray, PCK after each.
+
+For comparing recipe changes per minute of training on one machine before a full run: the batch
+transform, loss and evaluator are `pose.keypoint_task`'s, in a plain loop over the ingested
+`person_crops` held in memory (one process, torch on `--threads` threads), in the runner's
+precision (`--precision`). PCK is the seed's, with flip test, on the first `--val` validation
+persons.
+
+    python benchmarks/keypoint_recipe.py out/coco --epochs 4                       # the default recipe
+    python benchmarks/keypoint_recipe.py out/coco --epochs 4 backbone_stages=3 deconv_layers=2 skips=true
+    python benchmarks/keypoint_recipe.py out/coco --epochs 4 input_size=48x64 deconv_layers=2
+
+Overrides are `field=value` for `KeypointRecipe` fields (sizes as WxH, booleans true/false);
+`--epochs` is the length of the cosine schedule, so a 4-epoch trial anneals fully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pose.heatmaps import to_image_coordinates
+from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, KeypointRecipe, KeypointTask, predict
+from pose.precision import PRECISIONS, training_precision
+
+
+def recipe_value(name: str, text: str):
+    """A `KeypointRecipe` field's value from its command-line text."""
+    default = getattr(KeypointRecipe(), name)
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise SystemExit(f"{name}={text}: use true or false")
+        return text.lower() == "true"
+    if isinstance(default, tuple):
+        return tuple(int(v) for v in text.lower().split("x"))
+    return type(default)(text)
+
+
+def read_split(data: Path, split: str) -> pa.Table:
+    files = sorted((data / "person_crops" / split).rglob("*.parquet"))
+    if not files:
+        raise SystemExit(f"no person_crops/{split} Parquet under {data} (an ingested COCO DEST)")
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def rows(table: pa.Table) -> dict:
+    return {k: (v if k == "crop" else np.asarray(v)) for k, v in table.to_pydict().items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="an ingested COCO DEST (pose-jobs ingest coco)")
+    parser.add_argument("overrides", nargs="*", help="KeypointRecipe field=value")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--val", type=int, default=600, help="validation persons scored after each epoch")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_intermixed_args()
+
+    changes = {}
+    for item in args.overrides:
+        name, _, text = item.partition("=")
+        if name not in KeypointRecipe.__dataclass_fields__ or not text:
+            raise SystemExit(f"{item!r}: expected field=value with a KeypointRecipe field")
+        changes[name] = recipe_value(name, text)
+    recipe = dataclasses.replace(KeypointRecipe(), epochs=args.epochs, **changes)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train, val = read_split(args.data, "train"), read_split(args.data, "val")
+    val = val.slice(0, args.val)
+
+    task = KeypointTask(recipe, seed=args.seed)
+    device = torch.device("cpu")
+    arithmetic = training_precision(device, args.precision, task)
+    model = arithmetic.prepare(task.build_model())
+    steps = train.num_rows // recipe.batch_size
+    optimizer, scheduler = task.build_optimizer(model, steps)
+    order_rng = np.random.default_rng(args.seed)
+    print(f"{', '.join(f'{k}={v}' for k, v in changes.items()) or 'default recipe'}; {arithmetic.describe()}; "
+          f"{train.num_rows} training crops, {val.num_rows} validation persons", flush=True)
+    started = time.perf_counter()
+    for epoch in range(recipe.epochs):
+        model.train()
+        epoch_start, losses = time.perf_counter(), []
+        order = order_rng.permutation(train.num_rows)
+        for step in range(steps):
+            batch = rows(train.take(order[step * recipe.batch_size : (step + 1) * recipe.batch_size]))
+            inputs = task.device_inputs(task.prepare_batch(batch, epoch), device)
+            with arithmetic.autocast(device):
+                loss = task.loss(model, inputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        rate = steps * recipe.batch_size / (time.perf_counter() - epoch_start)
+        evaluator, transform = KeypointEvaluator(task.codec, None), KeypointBatchTransform(recipe, train=False)
+        for start in range(0, val.num_rows, 64):
+            prepared = transform(rows(val.slice(start, 64)))
+            with arithmetic.autocast(device):
+                keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=True, codec=task.codec)
+            evaluator.update(heatmaps, prepared["target"], prepared["target_weight"],
+                             to_image_coordinates(keypoints, prepared["image_from_input"]), scores, prepared)
+        print(f"epoch {epoch + 1}/{recipe.epochs}  loss {np.mean(losses):.6f}  PCK {evaluator.result()['pck']:.4f}  "
+              f"{rate:.0f} samples/s  {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
