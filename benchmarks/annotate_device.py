@@ -37,6 +37,7 @@ from pose.images import IMAGE_SUFFIXES, decode_image
 from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, predict
 from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, detect, person_boxes
 from pose.models.keypoints import build_keypoint_model
+from pose.precision import PRECISIONS, Precision, inference_precision
 
 
 class GpuBusy:
@@ -94,14 +95,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def detector_only(detector, images: list[np.ndarray], device, batch: int, repeats: int) -> float:
+def detector_only(detector, images: list[np.ndarray], device, batch: int, repeats: int, arithmetic: Precision = Precision()) -> float:
     tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).to(device) for image in images]
-    detect(detector, tensors[:batch])
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        for start in range(0, len(tensors), batch):
-            detect(detector, tensors[start : start + batch])
+    with arithmetic.autocast(device):
+        detect(detector, tensors[:batch])
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for start in range(0, len(tensors), batch):
+                detect(detector, tensors[start : start + batch])
     synchronize(device)
     return repeats * len(tensors) / (time.perf_counter() - started)
 
@@ -109,18 +111,21 @@ def detector_only(detector, images: list[np.ndarray], device, batch: int, repeat
 def keypoints_only(model, inputs: np.ndarray, recipe: KeypointRecipe, device, batch: int, repeats: int, amp_dtype=None) -> float:
     codec = recipe.codec()
     on_device = torch.from_numpy(inputs).to(device)
-    predict(model, on_device[:batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=device.type == "cuda")
+    predict(model, on_device[:batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=device.type == "cuda" or amp_dtype is not None)
     synchronize(device)
     started = time.perf_counter()
     for _ in range(repeats):
         for start in range(0, len(on_device), batch):
-            predict(model, on_device[start : start + batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=device.type == "cuda")
+            predict(model, on_device[start : start + batch], flip_test=True, codec=codec, amp_dtype=amp_dtype,
+                    channels_last=device.type == "cuda" or amp_dtype is not None)
     synchronize(device)
     return repeats * len(on_device) / (time.perf_counter() - started)
 
 
-def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lanes: int, decode_threads: int, detector_batch: int, keypoint_batch: int, max_persons: int, threshold: float) -> tuple[float, float]:
-    """images/s and the GPU's busy fraction of decode -> detect -> cut -> keypoints in `lanes` threads."""
+def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lanes: int, decode_threads: int, detector_batch: int, keypoint_batch: int, max_persons: int, threshold: float,
+             arithmetic: Precision = Precision()) -> tuple[float, float]:
+    """images/s and the GPU's busy fraction of decode -> detect -> cut -> keypoints in `lanes`
+    threads, both models in `arithmetic`'s precision (annotate's `--precision`)."""
     codec = recipe.codec()
     batches = [paths[i : i + detector_batch] for i in range(0, len(paths), detector_batch)]
     decoded = prefetch(batches, lambda chunk: [decode_image(path.read_bytes()) for path in chunk], decode_threads, ahead=2 * decode_threads + lanes)
@@ -133,7 +138,8 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
                 images = next(decoded, None)
             if images is None:
                 return
-            found = detect(detector, images, device)
+            with arithmetic.autocast(device):
+                found = detect(detector, images, device)
             inputs, matrices = [], []
             for image, result in zip(images, found):
                 pixels, affine = cut_persons(image, result, recipe, threshold, max_persons)
@@ -141,7 +147,8 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
                 matrices.append(affine)
             persons, affines = np.concatenate(inputs), np.concatenate(matrices)
             for start in range(0, len(persons), keypoint_batch):
-                points, _, _ = predict(keypoint_model, persons[start : start + keypoint_batch], flip_test=True, codec=codec, channels_last=device.type == "cuda")
+                points, _, _ = predict(keypoint_model, persons[start : start + keypoint_batch], flip_test=True, codec=codec,
+                                       amp_dtype=arithmetic.amp_dtype, channels_last=device.type == "cuda" or arithmetic.channels_last)
                 to_image_coordinates(points, affines[start : start + keypoint_batch])
             with lock:
                 done[0] += len(images)
@@ -173,6 +180,7 @@ def main() -> None:
     parser.add_argument("--person-threshold", type=float, default=0.3, help="person score that gets keypoints (annotate's default)")
     parser.add_argument("--lanes", default="1,2,4", help="comma-separated numbers of detector+keypoint lanes sharing the device")
     parser.add_argument("--decode-threads", type=int, default=8)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="the models' arithmetic in the detector-alone and pipeline runs, as annotate's --precision")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -192,7 +200,8 @@ def main() -> None:
         detector = build_detector(config)
         with torch.no_grad():  # persons win over the classes the random weights favour
             detector.roi_heads.box_predictor.cls_score.bias[1] = 10.0
-    detector = detector.to(device).eval()
+    arithmetic = inference_precision(device, args.precision)
+    detector = arithmetic.prepare(detector.to(device).eval())
     if args.keypoints:
         info, state = run_folder(args.keypoints)
         recipe = KeypointRecipe.from_dict(info["recipe"])
@@ -202,7 +211,7 @@ def main() -> None:
     if args.keypoints:
         keypoint_model.load_state_dict(state)
     keypoint_model = keypoint_model.to(device).eval()
-    if device.type == "cuda":
+    if device.type == "cuda" or arithmetic.channels_last:
         keypoint_model = keypoint_model.to(memory_format=torch.channels_last)
 
     images = [decode_image(path.read_bytes()) for path in paths]
@@ -220,8 +229,9 @@ def main() -> None:
         raise SystemExit("the detector found no persons to time the keypoint model on")
     del found
 
-    detector_rate = detector_only(detector, images, device, args.detector_batch, 1)
-    keypoint_rate = keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4)
+    print(f"precision: {arithmetic.describe()}", flush=True)
+    detector_rate = detector_only(detector, images, device, args.detector_batch, 1, arithmetic)
+    keypoint_rate = keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=arithmetic.amp_dtype)
     keypoint_bf16 = keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=torch.bfloat16) if device.type == "cuda" else float("nan")
     limit = 1 / (1 / detector_rate + per_image / keypoint_rate)
     print(f"detector alone (batch {args.detector_batch}):      {detector_rate:8.1f} images/s", flush=True)
@@ -230,7 +240,7 @@ def main() -> None:
     for lanes in (int(v) for v in args.lanes.split(",")):
         rate, busy = pipeline(paths, detector, keypoint_model, recipe, device, lanes=lanes, decode_threads=args.decode_threads,
                               detector_batch=args.detector_batch, keypoint_batch=args.keypoint_batch, max_persons=args.max_persons,
-                              threshold=args.person_threshold)
+                              threshold=args.person_threshold, arithmetic=arithmetic)
         print(f"pipeline, {lanes} lane(s):                 {rate:8.1f} images/s  ({rate / limit:.2f} of the limit), GPU busy {busy:.0%}", flush=True)
 
 
