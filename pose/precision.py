@@ -65,8 +65,9 @@ def training_precision(device: torch.device | str, setting: str = "auto", task=N
 
 def inference_precision(device: torch.device | str, setting: str = "auto") -> Precision:
     """The precision of the models' forward passes in `annotate`. "auto": bf16 autocast and
-    channels-last on CPUs with native bf16 (2 Zen 4 cores: the CPU keypoint model 2x, the
-    MobileNetV3 detector 1.4x as fast; `benchmarks/annotate.py`), float32 on other CPUs and, until
+    channels-last on CPUs with native bf16 (2 Zen 4 cores: the CPU keypoint model 2.2x, the
+    MobileNetV3 detector 1.5x as fast; `benchmarks/annotate_device.py --device cpu`), float32 on
+    other CPUs and, until
     bf16 inference is measured there, on GPUs. "bf16" or "fp32" force one."""
     device = torch.device(device)
     if setting not in PRECISIONS:
