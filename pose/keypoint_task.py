@@ -14,7 +14,6 @@ original image (COCO's); the affine matrices between them are (2, 3) float64.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -36,6 +35,7 @@ from pose.images import decode_image
 from pose.joints import NUM_JOINTS, PERSON_CATEGORY
 from pose.metrics import PckAccumulator, coco_keypoint_ap, oks_nms
 from pose.models.keypoints import KeypointModelConfig
+from pose.precision import Precision
 
 
 # Flip with the joint swap and colour jitter only: the CPU recipe's budget ends long before the
@@ -51,10 +51,10 @@ class KeypointRecipe:
     The defaults are the CPU recipe, for training from scratch in about 20 minutes on 2 CPU cores
     with native bf16 (`pose.precision`; twice that in float32): a ResNet-18 cut after `layer2`
     (stride 8) with one 64-channel deconvolution to stride-4 heatmaps, 128x96 input, batch 16,
-    AdamW 2e-3 with a cosine over 12 epochs (about 120,000 samples). It is far from converged (training and validation figures are equal), so its
-    augmentation keeps the flip (with the joint swap) and colour jitter but not the scale,
-    rotation and half-body jitter, which only slow fitting there (`CPU_AUGMENT`). See
-    `SIMPLE_BASELINES_COCO` for the published GPU recipe. `sigma` is in heatmap pixels (Simple
+    AdamW 2e-3 with a cosine over 12 epochs (about 120,000 samples). It is far from converged
+    (training and validation figures are equal), so its augmentation keeps the flip (with the
+    joint swap) and colour jitter but not the scale, rotation and half-body jitter, which only
+    slow fitting there (`CPU_AUGMENT`). See `SIMPLE_BASELINES_COCO` for the published GPU recipe. `sigma` is in heatmap pixels (Simple
     Baselines' 2 at 64x48 heatmaps). `augment.input_size` is always the recipe's `input_size`.
     """
 
@@ -257,10 +257,6 @@ def _model_input(images: np.ndarray | torch.Tensor, device: torch.device | str, 
     return images.contiguous(memory_format=memory_format)
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
-
-
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,
@@ -281,7 +277,7 @@ def predict(
     model.eval()
     device = next(model.parameters()).device
     inputs = _model_input(images, device, channels_last)
-    with _autocast(device, amp_dtype):
+    with Precision(amp_dtype).autocast(device):
         heatmaps = model(inputs).float()
         if flip_test:
             heatmaps = average_flip_test(heatmaps, model(inputs.flip(-1)).float())
@@ -316,7 +312,7 @@ def train_epoch(
         inputs = _model_input(batch["image"], device, channels_last)
         target = torch.as_tensor(batch["target"]).to(device, non_blocking=True)
         target_weight = torch.as_tensor(batch["target_weight"]).to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with Precision(amp_dtype).autocast(device):
             loss = keypoint_loss(model(inputs), target, target_weight)
         value = loss.item()
         if not math.isfinite(value):

@@ -48,13 +48,17 @@ class Precision:
         return f"{name}{', channels-last' if self.channels_last else ''}"
 
 
+def _checked(device: torch.device | str, setting: str) -> torch.device:
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision {setting!r}: choose one of {', '.join(PRECISIONS)}")
+    return torch.device(device)
+
+
 def training_precision(device: torch.device | str, setting: str = "auto", task=None) -> Precision:
     """The precision of a training step on `device`. `setting`: "auto" (see the module's text),
     "bf16" (bf16 autocast and channels-last on any device) or "fp32" (float32; channels-last
     still on GPUs, where it costs nothing)."""
-    device = torch.device(device)
-    if setting not in PRECISIONS:
-        raise ValueError(f"precision {setting!r}: choose one of {', '.join(PRECISIONS)}")
+    device = _checked(device, setting)
     if setting == "fp32":
         return Precision(None, channels_last=device.type == "cuda")
     if setting == "bf16" or device.type == "cuda":
@@ -67,10 +71,7 @@ def inference_precision(device: torch.device | str, setting: str = "auto") -> Pr
     """The precision of the models' forward passes in `annotate`. "auto": bf16 autocast and
     channels-last on CPUs with native bf16 (2 Zen 4 cores: the CPU keypoint model 2.2x, the
     MobileNetV3 detector 1.5x as fast; `benchmarks/annotate_device.py --device cpu`), float32 on
-    other CPUs and, until
-    bf16 inference is measured there, on GPUs. "bf16" or "fp32" force one."""
-    device = torch.device(device)
-    if setting not in PRECISIONS:
-        raise ValueError(f"precision {setting!r}: choose one of {', '.join(PRECISIONS)}")
+    other CPUs and, until bf16 inference is measured there, on GPUs. "bf16" or "fp32" force one."""
+    device = _checked(device, setting)
     fast = setting == "bf16" or (setting == "auto" and device.type == "cpu" and cpu_has_bf16())
     return Precision(torch.bfloat16 if fast else None, channels_last=fast)

@@ -97,7 +97,7 @@ class KeypointNet(nn.Module):
         kept = BACKBONE_LAYERS[: 4 + config.backbone_stages]
         self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in kept))
         channels = _stage_channels(self.backbone[-1])  # e.g. 512 after layer4 of resnet18/34, 2048 of resnet50
-        layers, laterals = [], {}
+        layers, laterals, self.lateral_sources = [], {}, {}
         for index in range(config.deconv_layers):
             layers += [
                 nn.ConvTranspose2d(channels, config.deconv_channels, kernel_size=4, stride=2, padding=1, bias=False),
@@ -107,10 +107,11 @@ class KeypointNet(nn.Module):
             channels = config.deconv_channels
             stage = config.backbone_stages - 1 - index  # layerN at stride 2 ** (N + 1); the stem's maxpool is stage 0
             if config.skips and stage >= 1:
-                source = getattr(self.backbone, f"layer{stage}")
-                laterals[str(3 * index)] = nn.Conv2d(_stage_channels(source), channels, kernel_size=1, bias=False)
+                source = self.lateral_sources[str(3 * index)] = f"layer{stage}"
+                laterals[str(3 * index)] = nn.Conv2d(_stage_channels(getattr(self.backbone, source)), channels, kernel_size=1, bias=False)
         self.deconv = nn.Sequential(*layers)
-        self.laterals = nn.ModuleDict(laterals)  # by the index in `deconv` of the deconvolution they join
+        # By the index in `deconv` of the deconvolution they join; `lateral_sources`: the stage each reads.
+        self.laterals = nn.ModuleDict(laterals)
         self.final = nn.Conv2d(channels, config.num_joints, kernel_size=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ class KeypointNet(nn.Module):
         for index, layer in enumerate(self.deconv):
             x = layer(x)
             if str(index) in self.laterals:
-                x = x + self.laterals[str(index)](stages[f"layer{self.config.backbone_stages - 1 - index // 3}"])
+                x = x + self.laterals[str(index)](stages[self.lateral_sources[str(index)]])
         return self.final(x)
 
 
