@@ -3,8 +3,9 @@
 `topdown_sample` turns one `person_crops` row (crop pixels, box and keypoints in crop coordinates)
 into the model input: the box grown to the input's aspect ratio and padded, warped to the input
 size, with Simple Baselines' augmentation when given a random generator — half body, scale,
-rotation, horizontal flip with the left/right joint swap, colour jitter. All geometric steps are
-composed into one affine matrix and the pixels are warped once.
+rotation, horizontal flip with the left/right joint swap, and colour-jitter factors. All geometric
+steps are composed into one affine matrix and the pixels are warped once; the colours are jittered
+later, on the training device (`jitter_colors`).
 
 Coordinates follow `pose.geometry`: (x, y) pixels, top-left origin, integer = pixel centre.
 """
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image
 
-from pose.geometry import apply_affine, box_to_center_size, compose_affine, crop_affine, warp_image
+from pose.geometry import apply_affine, box_to_center_size, compose_affine, crop_affine, reduction_affine, warp_image
+from pose.images import load_reduced
 from pose.joints import LOWER_BODY, UPPER_BODY, flip_index
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,7 +66,7 @@ def half_body_box(keypoints: np.ndarray, rng: np.random.Generator, aspect_ratio:
 
 
 def topdown_sample(
-    crop: np.ndarray,
+    crop: np.ndarray | Image.Image,
     bbox: np.ndarray,
     keypoints: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -72,14 +74,16 @@ def topdown_sample(
 ) -> dict[str, np.ndarray]:
     """One model input from a person crop.
 
-    crop: (H, W, 3) uint8; bbox: (4,) person box [x, y, w, h] in crop coordinates; keypoints:
+    crop: (H, W, 3) uint8, or an `open_image` result not yet decoded (decoded here at the size the
+    warp needs, `pose.images.load_reduced`); bbox: (4,) person box [x, y, w, h] in crop coordinates; keypoints:
     (17, 3) COCO (x, y, v) in crop coordinates (a flat (51,) Parquet row works too). `rng` None means evaluation: no augmentation.
 
     Returns a dict:
       image: (h, w, 3) uint8, the model input;
       keypoints: (17, 2) float32 in input pixel coordinates (0 for unlabelled joints);
       visible: (17,) float32, 1 where the joint is labelled (v > 0) and lands on an input pixel;
-      input_from_crop: (2, 3) float64, the affine map from crop to input coordinates (a flip included).
+      input_from_crop: (2, 3) float64, the affine map from crop to input coordinates (a flip included);
+      color: (3,) float32 colour-jitter factors for `jitter_colors` (ones without augmentation).
     A flip swaps left and right joints as Simple Baselines and torchvision do: in the mirrored
     image the person's left wrist looks like a right wrist, so the pixel that was the left wrist
     comes back as `keypoints[right_wrist]`, and joint j keeps meaning what it looks like.
@@ -101,16 +105,22 @@ def topdown_sample(
 
     if flip:
         # Mirror the crop (x -> W - 1 - x), then cut the mirrored box: one matrix for both.
-        crop_w = crop.shape[1]
+        crop_w = crop.size[0] if isinstance(crop, Image.Image) else crop.shape[1]
         mirror = np.array([[-1.0, 0.0, crop_w - 1.0], [0.0, 1.0, 0.0]])
         center = apply_affine(center, mirror)
         input_from_crop = compose_affine(crop_affine(center, size, (out_w, out_h), rotation), mirror)
     else:
         input_from_crop = crop_affine(center, size, (out_w, out_h), rotation)
 
-    image = warp_image(crop, input_from_crop, (out_w, out_h))
+    if isinstance(crop, Image.Image):
+        # Encoded: decoded at the smallest DCT scale the warp allows (`load_reduced`).
+        pixels, reduction = load_reduced(crop, float(np.linalg.norm(input_from_crop[:, :2], 2)))
+        image = warp_image(pixels, compose_affine(input_from_crop, reduction_affine(reduction)), (out_w, out_h))
+    else:
+        image = warp_image(crop, input_from_crop, (out_w, out_h))
+    color = np.ones(3, np.float32)
     if rng is not None and config.color_jitter > 0:
-        image = jitter_colors(image, rng, config.color_jitter)
+        color = color_factors(rng, config.color_jitter)
 
     points = apply_affine(keypoints[:, :2], input_from_crop)
     labelled = keypoints[:, 2] > 0
@@ -123,19 +133,32 @@ def topdown_sample(
         "keypoints": points.astype(np.float32),
         "visible": (labelled & on_input).astype(np.float32),
         "input_from_crop": input_from_crop,
+        "color": color,
     }
 
 
-def jitter_colors(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Brightness, contrast and saturation of an (H, W, 3) uint8 image, each scaled by a factor
-    uniform in [1 - strength, 1 + strength], in that order. Pillow's ImageEnhance, as torchvision's
-    ColorJitter uses on PIL images (uint8 blends in C: ~0.5 ms at 256x192)."""
-    brightness, contrast, saturation = rng.uniform(1.0 - strength, 1.0 + strength, size=3)
-    pil = Image.fromarray(image)
-    pil = ImageEnhance.Brightness(pil).enhance(brightness)
-    pil = ImageEnhance.Contrast(pil).enhance(contrast)
-    pil = ImageEnhance.Color(pil).enhance(saturation)
-    return np.asarray(pil)
+def color_factors(rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Colour-jitter factors (brightness, contrast, saturation), each uniform in
+    [1 - strength, 1 + strength]: (3,) float32, for `jitter_colors`."""
+    return rng.uniform(1.0 - strength, 1.0 + strength, size=3).astype(np.float32)
+
+
+def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation of images (N, H, W, 3) with values in [0, 255] (uint8 or
+    float, on any device), scaled by `factors` (N, 3) (`color_factors`) in that order: float32 out.
+
+    Pillow's ImageEnhance blends, as torchvision's ColorJitter applies them: towards black, towards
+    the mean grey level (ITU-R 601 luma), towards each pixel's grey; clamped to [0, 255] after each,
+    but not rounded. On the training device, where it costs next to nothing, rather than on the CPU
+    that prepares batches (0.3 ms per crop there at 128x96)."""
+    x = images.float()
+    factors = torch.as_tensor(factors, dtype=torch.float32, device=x.device).view(-1, 1, 1, 3)
+    luma = torch.tensor([0.299, 0.587, 0.114], device=x.device)
+    x = (x * factors[..., 0:1]).clamp_(0.0, 255.0)
+    mean = (x @ luma).mean((1, 2)).view(-1, 1, 1, 1)
+    x = (mean + factors[..., 1:2] * (x - mean)).clamp_(0.0, 255.0)
+    grey = (x @ luma).unsqueeze(-1)
+    return (grey + factors[..., 2:3] * (x - grey)).clamp_(0.0, 255.0)
 
 
 def normalize(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,16 @@ def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int], fill: int = 0) -> np.ndarray:
-    """Warp an (H, W, 3) uint8 image by `matrix` into an (out_h, out_w, 3) image, bilinear.
+def reduction_affine(reduction: int) -> np.ndarray:
+    """The affine map from an image decoded at 1/`reduction` of its size (its pixel x_r averages
+    source pixels [r x_r, r x_r + r)) to the full image: x = r (x_r + 0.5) - 0.5."""
+    r = float(reduction)
+    return np.array([[r, 0.0, (r - 1.0) / 2.0], [0.0, r, (r - 1.0) / 2.0]])
+
+
+def warp_image(image: np.ndarray | Image.Image, matrix: np.ndarray, output_size: tuple[int, int], fill: int = 0) -> np.ndarray:
+    """Warp an (H, W, 3) uint8 image (or an RGB Pillow image) by `matrix` into an
+    (out_h, out_w, 3) image, bilinear.
 
     Pixels that come from outside the source image are `fill`.
     """
@@ -74,7 +82,7 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, in
     from_continuous = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5]])
     forward = compose_affine(to_continuous, compose_affine(matrix, from_continuous))
     inverse = invert_affine(forward)
-    pil = Image.fromarray(image)
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
     warped = pil.transform(
         tuple(int(v) for v in output_size),
         Image.Transform.AFFINE,

@@ -27,11 +27,11 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from pose.augment import AugmentConfig, normalize, topdown_sample
+from pose.augment import AugmentConfig, jitter_colors, normalize, topdown_sample
 from pose.draw import crop_panel, heatmap_overlay, side_by_side, stacked
 from pose.geometry import apply_affine, compose_affine, invert_affine
 from pose.heatmaps import HeatmapCodec, flip_test as average_flip_test, to_image_coordinates
-from pose.images import decode_image
+from pose.images import open_image
 from pose.joints import NUM_JOINTS, PERSON_CATEGORY
 from pose.metrics import PckAccumulator, coco_keypoint_ap, oks_nms
 from pose.models.keypoints import KeypointModelConfig
@@ -176,6 +176,8 @@ class KeypointBatchTransform:
 
     Output columns (N rows):
       image: (N, h, w, 3) uint8, the model input (normalise on the device with `pose.augment.normalize`);
+      color: (N, 3) float32, its colour-jitter factors (`pose.augment.jitter_colors`, on the device; ones
+        without augmentation);
       target: (N, K, hh, ww) float16 heatmaps; target_weight: (N, K) float32;
       keypoints: (N, K, 2) float32, the true joints in input pixels (0 where unlabelled);
       input_from_crop, image_from_input: (N, 2, 3) float64;
@@ -199,7 +201,7 @@ class KeypointBatchTransform:
         samples = []
         for i in range(count):
             rng = np.random.default_rng([self.seed, int(epochs[i]), int(annotation_ids[i])]) if self.train else None
-            crop = decode_image(bytes(batch["crop"][i]), exif_transpose=False)
+            crop = open_image(bytes(batch["crop"][i]))  # decoded by topdown_sample, at the size it needs
             samples.append(topdown_sample(crop, bboxes[i], keypoints[i], rng, self.recipe.augment))
 
         joints = np.stack([s["keypoints"] for s in samples]) if samples else np.zeros((0, NUM_JOINTS, 2), np.float32)
@@ -209,17 +211,18 @@ class KeypointBatchTransform:
         w, h = self.recipe.input_size
         return {
             "image": np.stack([s["image"] for s in samples]) if samples else np.zeros((0, h, w, 3), np.uint8),
+            "color": np.stack([s["color"] for s in samples]) if samples else np.ones((0, 3), np.float32),
             "target": target.astype(np.float16),
             "target_weight": target_weight,
             "keypoints": joints,
             "input_from_crop": input_from_crop,
-            "image_from_input": np.stack(
-                [compose_affine(image_from_crop[i], invert_affine(input_from_crop[i])) for i in range(count)]
+            "image_from_input": np.array(
+                [compose_affine(image_from_crop[i], invert_affine(input_from_crop[i])) for i in range(count)], np.float64
             ).reshape(count, 2, 3),
             "annotation_id": annotation_ids,
             "image_id": np.asarray(batch["image_id"], np.int64),
             "area": np.asarray(batch["area"], np.float64),
-            "bbox": np.stack([_box_through(bboxes[i], image_from_crop[i]) for i in range(count)]).reshape(count, 4),
+            "bbox": np.array([_box_through(bboxes[i], image_from_crop[i]) for i in range(count)], np.float64).reshape(count, 4),
             # a detected person's box score, when the rows come from a detector (1 for true boxes)
             "box_score": np.asarray(batch["box_score"], np.float64) if "box_score" in batch else np.ones(count),
         }
@@ -255,6 +258,17 @@ def _model_input(images: np.ndarray | torch.Tensor, device: torch.device | str, 
         images = images.to(device, non_blocking=True)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return images.contiguous(memory_format=memory_format)
+
+
+def _training_input(batch: dict, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A training batch's uint8 images (N, H, W, 3), colour-jittered on `device` by the batch's
+    `color` factors when it has them (`pose.augment.jitter_colors`), then normalised as
+    `_model_input` does."""
+    if "color" not in batch:
+        return _model_input(batch["image"], device, channels_last)
+    images = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
+    images = jitter_colors(images, torch.as_tensor(batch["color"]).to(device, non_blocking=True))
+    return _model_input(normalize(images), device, channels_last)
 
 
 @torch.no_grad()
@@ -296,7 +310,8 @@ def train_epoch(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> dict:
-    """One pass over `batches` (KeypointBatchTransform outputs): forward, `keypoint_loss`,
+    """One pass over `batches` (KeypointBatchTransform outputs, colour-jittered here by their
+    `color` factors): forward, `keypoint_loss`,
     backward, optimiser step, then `scheduler.step()` (per step, see `KeypointRecipe.scheduler`).
 
     `amp_dtype` (torch.bfloat16 or torch.float16, the latter with a gradient scaler) runs the
@@ -309,7 +324,7 @@ def train_epoch(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     total_loss, samples, started = 0.0, 0, time.perf_counter()
     for step, batch in enumerate(batches):
-        inputs = _model_input(batch["image"], device, channels_last)
+        inputs = _training_input(batch, device, channels_last)
         target = torch.as_tensor(batch["target"]).to(device, non_blocking=True)
         target_weight = torch.as_tensor(batch["target_weight"]).to(device, non_blocking=True)
         with Precision(amp_dtype).autocast(device):
@@ -529,9 +544,10 @@ def evaluation_figure(
 
 def prepare_training_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoch: int = 0) -> dict:
     """The CPU half of a training batch, safe on several threads or processes (the runner prepares
-    batches ahead with it): crops decoded, augmented and warped to the input, heatmap targets."""
+    batches ahead with it): crops decoded, augmented and warped to the input, heatmap targets, and
+    the colour-jitter factors that `KeypointTask.device_inputs` applies."""
     prepared = KeypointBatchTransform(recipe, train=True, seed=seed, epoch=epoch)(batch)
-    return {key: prepared[key] for key in ("image", "target", "target_weight")}
+    return {key: prepared[key] for key in ("image", "color", "target", "target_weight")}
 
 
 class KeypointTask:
@@ -584,8 +600,10 @@ class KeypointTask:
         return functools.partial(prepare_training_batch, self.recipe, self.seed)
 
     def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator | None = None) -> dict:
+        """A prepared batch on `device`: the uint8 images travel, then are colour-jittered there
+        (`pose.augment.jitter_colors`) and normalised."""
         return {
-            "image": _model_input(prepared["image"], device, channels_last=device.type == "cuda"),
+            "image": _training_input(prepared, device, channels_last=device.type == "cuda"),
             "target": torch.as_tensor(prepared["target"]).to(device, non_blocking=True),
             "target_weight": torch.as_tensor(prepared["target_weight"]).to(device, non_blocking=True),
         }

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pose.augment import AugmentConfig, normalize, topdown_sample
+from pose.augment import AugmentConfig, jitter_colors, normalize, topdown_sample
 from pose.geometry import apply_affine, box_to_center_size
 from pose.joints import JOINT_NAMES, NUM_JOINTS, flip_index
 
@@ -129,14 +129,41 @@ def test_joints_pushed_outside_the_input_are_not_visible():
     assert zoomed["visible"][[15, 16]].sum() == 0 and zoomed["visible"][[5, 6]].all()
 
 
-def test_color_jitter_changes_colours_not_geometry():
+def test_color_jitter_draws_factors_and_leaves_geometry():
     bbox, keypoints = standing_person()
     crop = np.random.default_rng(1).integers(0, 255, (CROP_H, CROP_W, 3), dtype=np.uint8)
     config = AugmentConfig(rotation_prob=0.0, scale=0.0, half_body_prob=0.0, flip=False, color_jitter=0.4)
     jittered = topdown_sample(crop, bbox, keypoints, np.random.default_rng(3), config)
     plain = topdown_sample(crop, bbox, keypoints, rng=None)
-    assert jittered["image"].dtype == np.uint8 and not np.array_equal(jittered["image"], plain["image"])
+    # The pixels are jittered later, on the device: the sample carries the factors.
+    factors = jittered["color"]
+    assert factors.shape == (3,) and factors.dtype == np.float32
+    assert ((factors >= 0.6) & (factors <= 1.4)).all() and not np.allclose(factors, 1.0)
+    np.testing.assert_array_equal(plain["color"], np.ones(3))
+    np.testing.assert_array_equal(jittered["image"], plain["image"])
     np.testing.assert_array_equal(jittered["keypoints"], plain["keypoints"])
+
+
+def test_jitter_colors_follows_pillow_image_enhance():
+    from PIL import Image, ImageEnhance
+
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (3, 20, 16, 3), dtype=np.uint8)
+    images[1] = images[1] // 4 + 180  # a bright one, so that clamping matters
+    factors = np.array([[1.3, 0.7, 1.2], [1.2, 1.4, 0.6], [0.8, 1.0, 1.0]], np.float32)
+    out = jitter_colors(torch.from_numpy(images), torch.from_numpy(factors))
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    for image, (brightness, contrast, saturation), got in zip(images, factors, out.numpy()):
+        pil = ImageEnhance.Brightness(Image.fromarray(image)).enhance(brightness)
+        pil = ImageEnhance.Contrast(pil).enhance(contrast)
+        pil = ImageEnhance.Color(pil).enhance(saturation)
+        # Pillow truncates to uint8 after each of the three blends (and takes an integer mean
+        # grey); this does not: at most a grey level or so per blend apart.
+        difference = np.abs(got - np.asarray(pil, np.float32))
+        assert difference.mean() < 2.0 and difference.max() <= 4.0
+    # Factors of one leave the image as it is.
+    same = jitter_colors(torch.from_numpy(images), torch.ones(3, 3))
+    torch.testing.assert_close(same, torch.from_numpy(images).float())
 
 
 def test_normalize_gives_imagenet_normalised_channels_last_nchw():

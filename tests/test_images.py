@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pose.images import ImageDecodeError, decode_image, encode_jpeg, encode_png
+from pose.images import ImageDecodeError, decode_image, encode_jpeg, encode_png, load_reduced, open_image
 
 
 def save(image: Image.Image, format: str, **kwargs) -> bytes:
@@ -88,3 +88,37 @@ def test_not_an_image_gives_the_same_reason_every_time():
             decode_image(b"plain text, not pixels")
         reasons.add(str(caught.value))
     assert reasons == {"not an image file (no known image format recognised)"}
+
+
+def _smooth_image(width: int, height: int) -> np.ndarray:
+    """A smooth colour pattern (as photos mostly are): sampling it at a lower resolution is exact
+    up to the JPEG noise."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    return np.stack([128 + 90 * np.sin(x / 17.0), 128 + 90 * np.cos(y / 13.0), 128 + 60 * np.sin((x + y) / 23.0)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scale, reduction", [(1.0, 1), (0.6, 1), (0.5, 2), (0.3, 2), (0.25, 4), (0.05, 8)])
+def test_jpeg_decoded_at_the_smallest_size_the_warp_allows(scale, reduction):
+    from pose.geometry import compose_affine, reduction_affine, warp_image
+
+    data = encode_jpeg(_smooth_image(288, 384), quality=95)
+    pixels, got = load_reduced(open_image(data), scale)
+    assert got == reduction and pixels.mode == "RGB"
+    assert pixels.size == (-(-288 // reduction), -(-384 // reduction))
+    # Warping the reduced image by the matrix composed with reduction_affine gives the full
+    # decode's warp: the geometry is exact, only the pixel values differ by DCT-scaling noise.
+    matrix = np.array([[scale, 0.0, 3.3], [0.0, scale, -2.1]])
+    size = (int(288 * scale) - 8, int(384 * scale) - 8)
+    full = warp_image(decode_image(data), matrix, size).astype(np.float64)
+    reduced = warp_image(pixels, compose_affine(matrix, reduction_affine(reduction)), size).astype(np.float64)
+    assert np.abs(full - reduced).mean() < 1.0
+
+
+def test_other_formats_decode_whole_and_bad_bytes_fail_clearly():
+    pixels, reduction = load_reduced(open_image(encode_png(_smooth_image(64, 48))), 0.1)
+    assert reduction == 1 and pixels.size == (64, 48)
+    with pytest.raises(ImageDecodeError, match="empty file"):
+        open_image(b"")
+    truncated = encode_jpeg(_smooth_image(64, 48))[:200]
+    with pytest.raises(ImageDecodeError, match="not a decodable image"):
+        load_reduced(open_image(truncated), 0.5)

@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 from jobs.ingest import coco_shard_tables, plan_coco
 from jobs.storage import StorageOptions
 from pose import schema
-from pose.augment import AugmentConfig
+from pose.augment import AugmentConfig, jitter_colors, normalize
 from pose.crops import CropSettings
 from pose.heatmaps import flip_heatmaps, to_image_coordinates
 from pose.keypoint_task import (
@@ -113,6 +113,7 @@ def test_transform_shapes_and_types(crops):
     n = len(crops["crop"])
     expected = {
         "image": ((n, 96, 64, 3), np.uint8),
+        "color": ((n, 3), np.float32),
         "target": ((n, 17, 24, 16), np.float16),
         "target_weight": ((n, 17), np.float32),
         "keypoints": ((n, 17, 2), np.float32),
@@ -126,6 +127,11 @@ def test_transform_shapes_and_types(crops):
     }
     assert {name: (value.shape, value.dtype) for name, value in out.items()} == expected
     assert out["target"].max() == 1.0 and out["target_weight"].sum() > 0
+    # An empty batch (Ray Data can hand one over) gives the same columns with no rows.
+    empty = KeypointBatchTransform(RECIPE, train=True)(rows(crops, []))
+    assert {name: (value.shape[1:], value.dtype) for name, value in empty.items()} == {
+        name: (shape[1:], dtype) for name, (shape, dtype) in expected.items()}
+    assert all(len(value) == 0 for value in empty.values())
 
 
 def test_eval_transform_maps_back_to_the_image(tables, crops):
@@ -303,6 +309,17 @@ def test_a_few_steps_lower_the_loss(crops):
     second = train_epoch(model, [batch] * 3, optimizer, scheduler, device="cpu")
     assert first["samples"] == 24 and first["seconds"] > 0
     assert second["loss"] < first["loss"]
+
+
+def test_colours_are_jittered_on_the_device(crops):
+    """Batches carry colour-jitter factors; device_inputs applies them before normalising."""
+    task = KeypointTask(RECIPE, seed=3)
+    prepared = task.prepare_batch(rows(crops, range(6)), 1)
+    assert prepared["color"].shape == (6, 3) and not np.allclose(prepared["color"], 1.0)
+    image = task.device_inputs(prepared, torch.device("cpu"))["image"]
+    expected = normalize(jitter_colors(torch.from_numpy(prepared["image"]), torch.from_numpy(prepared["color"])))
+    torch.testing.assert_close(image, expected)
+    assert not torch.allclose(image, normalize(prepared["image"]))
 
 
 def test_feed_processes_prepare_the_same_batches_as_inline(crops):
