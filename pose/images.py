@@ -69,12 +69,12 @@ def load_reduced(image: Image.Image, scale: float) -> tuple[Image.Image, int]:
         while reduction < 8 and scale * reduction * 2 <= 1.0:
             reduction *= 2
     width, height = image.size
-    if reduction > 1:
-        image.draft("RGB", (-(-width // reduction), -(-height // reduction)))
-        got = image.size
-        if got != (-(-width // reduction), -(-height // reduction)):  # not a DCT scale after all
-            raise ImageDecodeError(f"JPEG draft gave {got[0]}x{got[1]} for {width}x{height} at 1/{reduction}")
+    wanted = (-(-width // reduction), -(-height // reduction))
     with _decoding():
+        if reduction > 1:
+            image.draft("RGB", wanted)
+            if image.size != wanted:  # not a DCT scale after all
+                raise ImageDecodeError(f"JPEG draft gave {image.size[0]}x{image.size[1]} for {width}x{height} at 1/{reduction}")
         image.load()
     return to_rgb(image), reduction
 

@@ -161,9 +161,11 @@ def test_jitter_colors_follows_pillow_image_enhance():
         # grey); this does not: at most a grey level or so per blend apart.
         difference = np.abs(got - np.asarray(pil, np.float32))
         assert difference.mean() < 2.0 and difference.max() <= 4.0
-    # Factors of one leave the image as it is.
-    same = jitter_colors(torch.from_numpy(images), torch.ones(3, 3))
-    torch.testing.assert_close(same, torch.from_numpy(images).float())
+    # Factors of one leave the image as it is, and a float input is not changed in place.
+    floats = torch.from_numpy(images).float()
+    torch.testing.assert_close(jitter_colors(floats, torch.ones(3, 3)), floats)
+    jitter_colors(floats, torch.from_numpy(factors))
+    torch.testing.assert_close(floats, torch.from_numpy(images).float())
 
 
 def test_normalize_gives_imagenet_normalised_channels_last_nchw():
