@@ -17,8 +17,9 @@ memory at 1x and 10x the images.
   timing, as they do in every run), on the 1x and on the 10x images. What any run pays whatever
   its size (actors starting, models loading, results written) cancels in the difference: the 10x
   run's extra images over its extra time are the rate a large bucket sees ("beyond the fixed
-  cost"), and the ratios to the plain loop and the limit are printed for it too. On CPUs the job's other plan (two pools, as on GPUs) is timed for
-  comparison. The whole command's wall time, Ray's start included, is printed with the memory.
+  cost"), and the ratios to the plain loop and the limit are printed for it too. On CPUs the
+  job's other plan (two pools, as on GPUs) is timed for comparison. The whole command's wall
+  time, Ray's start included, is printed with the memory.
 
 The models are the CPU defaults: Faster R-CNN MobileNetV3-FPN at 512 px (91 COCO classes) and the
 ResNet-18 keypoint model at 96x128. They are untrained (nothing is downloaded), so the person logit
