@@ -108,24 +108,24 @@ def detector_only(detector, images: list[np.ndarray], device, batch: int, repeat
     return repeats * len(tensors) / (time.perf_counter() - started)
 
 
-def keypoints_only(model, inputs: np.ndarray, recipe: KeypointRecipe, device, batch: int, repeats: int, amp_dtype=None) -> float:
+def keypoints_only(model, inputs: np.ndarray, recipe: KeypointRecipe, device, batch: int, repeats: int, amp_dtype=None, channels_last: bool = False) -> float:
     codec = recipe.codec()
     on_device = torch.from_numpy(inputs).to(device)
-    predict(model, on_device[:batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=device.type == "cuda" or amp_dtype is not None)
+    predict(model, on_device[:batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=channels_last)
     synchronize(device)
     started = time.perf_counter()
     for _ in range(repeats):
         for start in range(0, len(on_device), batch):
-            predict(model, on_device[start : start + batch], flip_test=True, codec=codec, amp_dtype=amp_dtype,
-                    channels_last=device.type == "cuda" or amp_dtype is not None)
+            predict(model, on_device[start : start + batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=channels_last)
     synchronize(device)
     return repeats * len(on_device) / (time.perf_counter() - started)
 
 
 def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lanes: int, decode_threads: int, detector_batch: int, keypoint_batch: int, max_persons: int, threshold: float,
-             arithmetic: Precision = Precision()) -> tuple[float, float]:
+             arithmetic: Precision = Precision(), channels_last: bool = False) -> tuple[float, float]:
     """images/s and the GPU's busy fraction of decode -> detect -> cut -> keypoints in `lanes`
-    threads, both models in `arithmetic`'s precision (annotate's `--precision`)."""
+    threads, both models in `arithmetic`'s precision (annotate's `--precision`), the keypoint
+    model's inputs channels-last when it is."""
     codec = recipe.codec()
     batches = [paths[i : i + detector_batch] for i in range(0, len(paths), detector_batch)]
     decoded = prefetch(batches, lambda chunk: [decode_image(path.read_bytes()) for path in chunk], decode_threads, ahead=2 * decode_threads + lanes)
@@ -148,7 +148,7 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
             persons, affines = np.concatenate(inputs), np.concatenate(matrices)
             for start in range(0, len(persons), keypoint_batch):
                 points, _, _ = predict(keypoint_model, persons[start : start + keypoint_batch], flip_test=True, codec=codec,
-                                       amp_dtype=arithmetic.amp_dtype, channels_last=device.type == "cuda" or arithmetic.channels_last)
+                                       amp_dtype=arithmetic.amp_dtype, channels_last=channels_last)
                 to_image_coordinates(points, affines[start : start + keypoint_batch])
             with lock:
                 done[0] += len(images)
@@ -211,7 +211,8 @@ def main() -> None:
     if args.keypoints:
         keypoint_model.load_state_dict(state)
     keypoint_model = keypoint_model.to(device).eval()
-    if device.type == "cuda" or arithmetic.channels_last:
+    channels_last = device.type == "cuda" or arithmetic.channels_last  # the keypoint model's memory format
+    if channels_last:
         keypoint_model = keypoint_model.to(memory_format=torch.channels_last)
 
     images = [decode_image(path.read_bytes()) for path in paths]
@@ -231,8 +232,9 @@ def main() -> None:
 
     print(f"precision: {arithmetic.describe()}", flush=True)
     detector_rate = detector_only(detector, images, device, args.detector_batch, 1, arithmetic)
-    keypoint_rate = keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=arithmetic.amp_dtype)
-    keypoint_bf16 = keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=torch.bfloat16) if device.type == "cuda" else float("nan")
+    keypoint_rate = keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=arithmetic.amp_dtype, channels_last=channels_last)
+    keypoint_bf16 = (keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=torch.bfloat16, channels_last=channels_last)
+                     if device.type == "cuda" else float("nan"))
     limit = 1 / (1 / detector_rate + per_image / keypoint_rate)
     print(f"detector alone (batch {args.detector_batch}):      {detector_rate:8.1f} images/s", flush=True)
     print(f"keypoints alone (batch {args.keypoint_batch}, flip): {keypoint_rate:8.1f} persons/s (bf16: {keypoint_bf16:.1f})", flush=True)
@@ -240,7 +242,7 @@ def main() -> None:
     for lanes in (int(v) for v in args.lanes.split(",")):
         rate, busy = pipeline(paths, detector, keypoint_model, recipe, device, lanes=lanes, decode_threads=args.decode_threads,
                               detector_batch=args.detector_batch, keypoint_batch=args.keypoint_batch, max_persons=args.max_persons,
-                              threshold=args.person_threshold, arithmetic=arithmetic)
+                              threshold=args.person_threshold, arithmetic=arithmetic, channels_last=channels_last)
         print(f"pipeline, {lanes} lane(s):                 {rate:8.1f} images/s  ({rate / limit:.2f} of the limit), GPU busy {busy:.0%}", flush=True)
 
 

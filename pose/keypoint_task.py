@@ -54,8 +54,9 @@ class KeypointRecipe:
     AdamW 2e-3 with a cosine over 12 epochs (about 120,000 samples). It is far from converged
     (training and validation figures are equal), so its augmentation keeps the flip (with the
     joint swap) and colour jitter but not the scale, rotation and half-body jitter, which only
-    slow fitting there (`CPU_AUGMENT`). See `SIMPLE_BASELINES_COCO` for the published GPU recipe. `sigma` is in heatmap pixels (Simple
-    Baselines' 2 at 64x48 heatmaps). `augment.input_size` is always the recipe's `input_size`.
+    slow fitting there (`CPU_AUGMENT`). See `SIMPLE_BASELINES_COCO` for the published GPU recipe.
+    `sigma` is in heatmap pixels (Simple Baselines' 2 at 64x48 heatmaps). `augment.input_size` is
+    always the recipe's `input_size`.
     """
 
     backbone: str = "resnet18"
