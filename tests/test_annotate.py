@@ -31,6 +31,7 @@ from jobs.annotate import (
     AnnotateError,
     AnnotateSettings,
     Detector,
+    ONEDNN_CACHE_ENTRIES,
     KeypointModel,
     annotate,
     annotation_row,
@@ -195,6 +196,27 @@ def test_stages_chained_in_process(models, tmp_path):
     for person in first["persons"]:
         assert len(person["keypoints"]) == 51 and 0 <= person["score"] <= person["box_score"] <= 1
     pa.Table.from_pylist([first, second], schema=schema.ANNOTATIONS)  # the rows fit the schema
+
+
+def test_actors_cap_the_kernel_cache_unless_the_user_set_it(models):
+    """Each actor caps oneDNN's kernel cache before its first convolution, in its own process;
+    a value already in the environment is kept."""
+    detector_spec, keypoint_spec = models
+    script = (
+        "import os, sys\n"
+        "from jobs.annotate import Detector, KeypointModel, PersonCrops\n"
+        "from jobs.storage import StorageOptions\n"
+        "make = Detector if sys.argv[1] == 'detector' else KeypointModel\n"
+        "args = (PersonCrops((64, 96), 1.25, 0.3, 4),) if make is Detector else ()\n"
+        "make(sys.argv[2], StorageOptions(), *args)\n"
+        "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    for stage, spec in (("detector", detector_spec), ("keypoints", keypoint_spec)):
+        for environment, expected in ((base, ONEDNN_CACHE_ENTRIES), ({**base, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}, "64")):
+            run = subprocess.run([sys.executable, "-c", script, stage, spec], env=environment, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.split()[-1] == expected, (stage, run.stdout)
 
 
 def test_results_of_perfect_annotations_score_ap_one():
