@@ -10,6 +10,7 @@ to do through three stages, one row per image all the way:
                                 person box cut to the keypoint model's input by its affine
   KeypointModel    actor pool   batches of persons across images -> 17 joints, flip test
 
+(on CPUs, one pool of actors runs all three, `DetectorAndKeypoints`: see `plan_resources`)
 and back to the driver, which gathers the rows of each shard and, once a shard is complete,
 writes its Parquet files and then its commit marker:
 
@@ -379,13 +380,17 @@ class KeypointModel:
 
 class DetectorAndKeypoints:
     """Both models on one actor (the CPU plan, `Resources.combined`): each batch goes through the
-    detector and then, its persons together, through the keypoint model."""
+    detector and then, its persons together, through the keypoint model. Given `read` (the keyword
+    arguments of `read_images`), the actor first reads and decodes the batch's images itself."""
 
-    def __init__(self, detector: dict, keypoints: dict):
+    def __init__(self, detector: dict, keypoints: dict, read: dict | None = None):
         self.detector = Detector(**detector)
         self.keypoints = KeypointModel(**keypoints)
+        self.read = read
 
     def __call__(self, batch: dict) -> dict:
+        if self.read is not None:
+            batch = read_images(batch, **self.read)
         return self.keypoints(self.detector(batch))
 
 
@@ -477,7 +482,7 @@ class Resources:
     keypoint_batch: int
     actor_cpus: float  # Ray CPUs reserved per actor (one torch thread each on CPU)
     actor_gpus: float
-    task_cpus: float  # per read task
+    task_cpus: float  # per read task (without `combined`: there the actors read)
     read_tasks: int  # read tasks at a time
 
     @property
@@ -494,8 +499,9 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
     set) one pool of actors runs both models, one actor per core on one torch thread each: the
     keypoint model costs a tenth of the detector there, and a pool of its own would hold a thread
     that competes with the detectors for the cores (annotate at 0.72 of the model-only limit with
-    2 detector + 1 keypoint actors on 2 cores, 0.81 with 2 actors running both). Actors reserve just
-    under the cluster's CPUs between them so that the reading tasks always find room (Ray would
+    2 detector + 1 keypoint actors on 2 cores, 0.81 with 2 actors running both). That pool's actors
+    also read and decode their images. Actors reserve just under the cluster's CPUs between them so
+    that reading tasks (two pools) and Ray Data's own small tasks always find room (Ray would
     otherwise wait forever for a CPU)."""
     use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
     if use_gpu and gpus <= 0:
@@ -581,32 +587,37 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
     items = [{**item, "split": item["split"] or "", "unit": shard.unit} for shard in pending for item in shard.items]
     expected = {shard.unit: len(shard.items) for shard in pending}
     fingerprints = {shard.unit: shard.fingerprint for shard in pending}
-    # Blocks of one detector batch (bigger only past MAX_BLOCKS), so that reading spreads over
-    # the tasks, every actor gets work and the first batches reach the models early. The order of
-    # the rows does not matter: the driver gathers them by shard.
+    # Blocks of one detector batch (bigger only past MAX_BLOCKS), so that every actor gets work
+    # and the first batches reach the models early. The order of the rows does not matter: the
+    # driver gathers them by shard.
     per_block = max(resources.detector_batch, -(-len(items) // MAX_BLOCKS))
     dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block))
-    dataset = dataset.map_batches(
-        read_images,
-        fn_kwargs={"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels},
-        batch_size=resources.detector_batch,
-        compute=ray.data.TaskPoolStrategy(size=resources.read_tasks),
-        num_cpus=resources.task_cpus,
-    )
+    read = {"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels}
     crops = PersonCrops(tuple(recipe.input_size), recipe.augment.padding, settings.person_threshold, settings.max_persons)
     detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu,
                 "precision": settings.precision}
     keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch,
                  "use_gpu": resources.use_gpu, "precision": settings.precision}
     if resources.combined:
+        # The actors read and decode their own images (a few ms each, against about half a second
+        # of model time on a CPU): no reading tasks, whose worker processes cost about 0.1 GB each
+        # and Ray's per-task overhead, and no decoded pixels through the object store.
         dataset = dataset.map_batches(
             DetectorAndKeypoints,
-            fn_constructor_kwargs={"detector": detector, "keypoints": keypoints},
+            fn_constructor_kwargs={"detector": detector, "keypoints": keypoints, "read": read},
             batch_size=resources.detector_batch,
             compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
             num_cpus=resources.actor_cpus,
         )
     else:
+        # Reading and decoding in tasks of their own, so that the GPU actors only run models.
+        dataset = dataset.map_batches(
+            read_images,
+            fn_kwargs=read,
+            batch_size=resources.detector_batch,
+            compute=ray.data.TaskPoolStrategy(size=resources.read_tasks),
+            num_cpus=resources.task_cpus,
+        )
         dataset = dataset.map_batches(
             Detector,
             fn_constructor_kwargs=detector,
