@@ -598,43 +598,24 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
                 "precision": settings.precision}
     keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch,
                  "use_gpu": resources.use_gpu, "precision": settings.precision}
+
+    def on_actors(dataset, stage, arguments: dict, batch_size: int, actors: int):
+        return dataset.map_batches(stage, fn_constructor_kwargs=arguments, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                                   num_cpus=resources.actor_cpus, num_gpus=resources.actor_gpus)
+
     if resources.combined:
         # The actors read and decode their own images (a few ms each, against about half a second
         # of model time on a CPU): no reading tasks, whose worker processes cost about 0.1 GB each
         # and Ray's per-task overhead, and no decoded pixels through the object store.
-        dataset = dataset.map_batches(
-            DetectorAndKeypoints,
-            fn_constructor_kwargs={"detector": detector, "keypoints": keypoints, "read": read},
-            batch_size=resources.detector_batch,
-            compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
-            num_cpus=resources.actor_cpus,
-        )
+        arguments = {"detector": detector, "keypoints": keypoints, "read": read}
+        dataset = on_actors(dataset, DetectorAndKeypoints, arguments, resources.detector_batch, resources.detector_actors)
     else:
         # Reading and decoding in tasks of their own, so that the GPU actors only run models.
-        dataset = dataset.map_batches(
-            read_images,
-            fn_kwargs=read,
-            batch_size=resources.detector_batch,
-            compute=ray.data.TaskPoolStrategy(size=resources.read_tasks),
-            num_cpus=resources.task_cpus,
-        )
-        dataset = dataset.map_batches(
-            Detector,
-            fn_constructor_kwargs=detector,
-            batch_size=resources.detector_batch,
-            compute=ray.data.ActorPoolStrategy(size=resources.detector_actors),
-            num_cpus=resources.actor_cpus,
-            num_gpus=resources.actor_gpus,
-        )
-        dataset = dataset.map_batches(
-            KeypointModel,
-            fn_constructor_kwargs=keypoints,
-            # Images per call: enough for about one model batch of persons.
-            batch_size=max(1, resources.keypoint_batch // 4),
-            compute=ray.data.ActorPoolStrategy(size=resources.keypoint_actors),
-            num_cpus=resources.actor_cpus,
-            num_gpus=resources.actor_gpus,
-        )
+        dataset = dataset.map_batches(read_images, fn_kwargs=read, batch_size=resources.detector_batch,
+                                      compute=ray.data.TaskPoolStrategy(size=resources.read_tasks), num_cpus=resources.task_cpus)
+        dataset = on_actors(dataset, Detector, detector, resources.detector_batch, resources.detector_actors)
+        # Images per keypoint call: enough for about one model batch of persons.
+        dataset = on_actors(dataset, KeypointModel, keypoints, max(1, resources.keypoint_batch // 4), resources.keypoint_actors)
 
     gathered: dict[str, dict[str, list]] = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
