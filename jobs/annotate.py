@@ -10,7 +10,7 @@ to do through three stages, one row per image all the way:
                                 person box cut to the keypoint model's input by its affine
   KeypointModel    actor pool   batches of persons across images -> 17 joints, flip test
 
-(on CPUs, one pool of actors runs all three, `DetectorAndKeypoints`: see `plan_resources`)
+(on CPUs one pool of actors, `DetectorAndKeypoints`, does all three: see `plan_resources`),
 and back to the driver, which gathers the rows of each shard and, once a shard is complete,
 writes its Parquet files and then its commit marker:
 
