@@ -379,19 +379,17 @@ class KeypointModel:
 
 
 class DetectorAndKeypoints:
-    """Both models on one actor (the CPU plan, `Resources.combined`): each batch goes through the
-    detector and then, its persons together, through the keypoint model. Given `read` (the keyword
-    arguments of `read_images`), the actor first reads and decodes the batch's images itself."""
+    """The whole pipeline on one actor (the CPU plan, `Resources.combined`): each batch's images are
+    read and decoded (`read`: `read_images`' keyword arguments), go through the detector and then,
+    their persons together, through the keypoint model."""
 
-    def __init__(self, detector: dict, keypoints: dict, read: dict | None = None):
+    def __init__(self, detector: dict, keypoints: dict, read: dict):
         self.detector = Detector(**detector)
         self.keypoints = KeypointModel(**keypoints)
         self.read = read
 
     def __call__(self, batch: dict) -> dict:
-        if self.read is not None:
-            batch = read_images(batch, **self.read)
-        return self.keypoints(self.detector(batch))
+        return self.keypoints(self.detector(read_images(batch, **self.read)))
 
 
 # --------------------------------------------------------------------------------------------
