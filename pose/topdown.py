@@ -1,0 +1,179 @@
+"""Top-down pose estimation with any model: person boxes -> crops -> model -> decoding -> image
+coordinates -> rescoring -> OKS-NMS, in one place and without Ray.
+
+Every family of keypoint model (the ones trained here, MMPose's SimpleBaseline / HRNet / RTMPose,
+the original Simple Baselines and HRNet releases) implements `PoseModel`: how its framework cuts a
+box (`CropConvention`), how it turns uint8 crops into the network's input, and how it decodes the
+network's output (with the flip test) into keypoints in input pixels. `TopDownPredictor` runs the
+chain; annotate's actors, `eval-keypoints`, the pictures and the benchmarks all call it.
+
+Coordinates: `(x, y)` pixels, integer = pixel centre (`pose.geometry`). Matrices are (2, 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from pose.geometry import apply_affine, box_to_center_size, crop_affine, invert_affine, warp_image
+from pose.joints import NUM_JOINTS
+from pose.metrics import oks_nms
+from pose.precision import Precision
+
+# Where the box centre lands in the model input, and how input pixels map back to the image:
+# - "pose-jobs": at ((w - 1) / 2, (h - 1) / 2), the box width spanning the w pixels (pose.geometry);
+#   keypoints map back by the inverse warp. Models trained here.
+# - "mmpose": at (w / 2, h / 2), scale w / box width (MMPose's get_warp_matrix, Simple Baselines'
+#   and HRNet's get_affine_transform); keypoints map back as kp / input_size * scale + centre -
+#   scale / 2 (MMPose's TopdownPoseEstimator, the releases' transform_preds).
+# - "udp": MMPose's unbiased warp (get_udp_warp_matrix): at ((w - 1) / 2, (h - 1) / 2), scale
+#   (w - 1) / box width; keypoints map back as in "mmpose" (UDP's decoder has already scaled them).
+Centring = Literal["pose-jobs", "mmpose", "udp"]
+
+
+@dataclass(frozen=True)
+class CropConvention:
+    """How a framework cuts a person box into its model input."""
+
+    input_size: tuple[int, int]  # (w, h)
+    padding: float = 1.25  # the box, grown to the input's aspect ratio, is scaled by this
+    centring: Centring = "mmpose"
+
+    @property
+    def aspect_ratio(self) -> float:
+        return self.input_size[0] / self.input_size[1]
+
+    def center_scale(self, box_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A COCO box [x, y, w, h] -> centre (2,) and scale (2,) (w, h) in image pixels: the box
+        grown to the input's aspect ratio, then padded (MMPose's bbox_xywh2cs and
+        _fix_aspect_ratio, Simple Baselines' _xywh2cs)."""
+        return box_to_center_size(box_xywh, self.aspect_ratio, self.padding)
+
+    def matrices(self, center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(input_from_image, image_from_input), both (2, 3) float64: the warp that cuts the crop,
+        and the map that takes decoded keypoints (input pixels) back to the image."""
+        w, h = self.input_size
+        center, scale = np.asarray(center, np.float64), np.asarray(scale, np.float64)
+        if self.centring == "pose-jobs":
+            warp = crop_affine(center, scale, self.input_size)
+            return warp, invert_affine(warp)
+        back = np.array([[scale[0] / w, 0.0, center[0] - scale[0] / 2], [0.0, scale[1] / h, center[1] - scale[1] / 2]])
+        if self.centring == "mmpose":
+            return invert_affine(back), back
+        # UDP: MMPose computes this matrix in float32; so do we, to cut the same pixels.
+        sx, sy = (w - 1) / scale[0], (h - 1) / scale[1]
+        warp = np.array([[sx, 0.0, sx * (scale[0] / 2 - center[0])], [0.0, sy, sy * (scale[1] / 2 - center[1])]])
+        return warp.astype(np.float32).astype(np.float64), back
+
+
+class PoseModel(Protocol):
+    """What a keypoint model family provides to `TopDownPredictor`.
+
+    `network` is a torch module in eval mode. `inputs` turns uint8 crops (N, h, w, 3) RGB, already
+    on the network's device, into its input (channel order, normalisation). `decode` takes the
+    network's output on the crops and, with the flip test, its output on the mirrored crops (None
+    without), and returns keypoints (N, K, 2) float64 in input pixels and joint confidences (N, K)
+    float32 as the family's framework reports them.
+    """
+
+    name: str
+    crop: CropConvention
+    network: torch.nn.Module
+
+    def inputs(self, crops: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, output, flipped_output) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def cut_crops(image: np.ndarray, boxes_xywh: np.ndarray, crop: CropConvention) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model inputs of person boxes (P, 4) of one RGB image (H, W, 3) uint8: crops (P, h, w, 3)
+    uint8 (bilinear, zeros outside the image), image_from_input (P, 2, 3) float64 and the areas
+    (P,) of the padded, aspect-fixed boxes (what OKS-NMS uses)."""
+    w, h = crop.input_size
+    crops, backs, areas = [], [], []
+    for box in np.asarray(boxes_xywh, np.float64).reshape(-1, 4):
+        center, scale = crop.center_scale(box)
+        warp, back = crop.matrices(center, scale)
+        crops.append(warp_image(image, warp, crop.input_size))
+        backs.append(back)
+        areas.append(float(scale[0] * scale[1]))
+    return (
+        np.asarray(crops, np.uint8).reshape(-1, h, w, 3),
+        np.asarray(backs, np.float64).reshape(-1, 2, 3),
+        np.asarray(areas, np.float64),
+    )
+
+
+def instance_score(box_score: float, joint_scores: np.ndarray, joint_threshold: float = 0.2) -> float:
+    """A person's score as Simple Baselines and MMPose rescore top-down results: the box score
+    times the mean confidence of the joints (K,) above `joint_threshold` (0 when none is)."""
+    joint_scores = np.asarray(joint_scores, np.float64)
+    confident = joint_scores > joint_threshold
+    return float(box_score) * (float(joint_scores[confident].mean()) if confident.any() else 0.0)
+
+
+def rescore_and_suppress(keypoints: np.ndarray, box_scores: np.ndarray, areas: np.ndarray, *, joint_threshold: float = 0.2,
+                         nms_threshold: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """The persons of one image kept as the COCO protocol keeps them: keypoints (P, K, 3), box
+    scores (P,), padded box areas (P,) -> (kept indices best first, the scores (P,) of all)."""
+    scores = np.array([instance_score(b, k[:, 2], joint_threshold) for b, k in zip(box_scores, keypoints)], np.float64)
+    instances = [{"keypoints": k, "score": s, "area": a} for k, s, a in zip(keypoints, scores, areas)]
+    kept = oks_nms(instances, nms_threshold) if instances else []
+    return np.asarray(sorted(kept, key=lambda i: -scores[i]), np.int64), scores
+
+
+class TopDownPredictor:
+    """A `PoseModel` on a device: `keypoints` of crops, `__call__` of boxes in an image."""
+
+    def __init__(self, model: PoseModel, *, device: torch.device | str = "cpu", precision: Precision = Precision(),
+                 flip_test: bool = True, batch_size: int = 32):
+        self.model, self.device = model, torch.device(device)
+        self.precision, self.flip_test, self.batch_size = precision, flip_test, batch_size
+        self.model.network.to(self.device).eval()
+        self.precision.prepare(self.model.network)
+
+    @property
+    def crop(self) -> CropConvention:
+        return self.model.crop
+
+    @torch.no_grad()
+    def keypoints(self, crops: np.ndarray, image_from_input: np.ndarray) -> np.ndarray:
+        """Crops (P, h, w, 3) uint8 from `cut_crops` -> keypoints (P, K, 3) float32: x, y in image
+        pixels and the joint's confidence."""
+        out = np.zeros((len(crops), NUM_JOINTS, 3), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            pixels = torch.from_numpy(np.ascontiguousarray(crops[chunk])).to(self.device)
+            inputs = self.model.inputs(pixels)
+            if self.precision.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with self.precision.autocast(self.device):
+                output = _float(self.model.network(inputs))
+                flipped = _float(self.model.network(inputs.flip(-1))) if self.flip_test else None
+            points, scores = self.model.decode(output, flipped)
+            out[chunk, :, :2] = apply_affine_each(points, image_from_input[chunk])
+            out[chunk, :, 2] = scores
+        return out
+
+    def __call__(self, image: np.ndarray, boxes_xywh: np.ndarray, box_scores: np.ndarray) -> dict:
+        """The persons of one RGB image given its person boxes (P, 4) and their scores (P,):
+        {"keypoints" (P, K, 3), "scores" (P,), "areas" (P,), "kept" (indices after OKS-NMS, best
+        first)}."""
+        crops, backs, areas = cut_crops(image, boxes_xywh, self.crop)
+        keypoints = self.keypoints(crops, backs)
+        kept, scores = rescore_and_suppress(keypoints, np.asarray(box_scores, np.float64), areas)
+        return {"keypoints": keypoints, "scores": scores, "areas": areas, "kept": kept}
+
+
+def apply_affine_each(points: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+    """Points (N, K, 2), each sample through its own (2, 3) matrix (N, 2, 3) -> (N, K, 2) float64."""
+    return np.stack([apply_affine(p, m) for p, m in zip(np.asarray(points, np.float64), matrices)]).reshape(np.shape(points))
+
+
+def _float(output):
+    if isinstance(output, (tuple, list)):
+        return type(output)(o.float() for o in output)
+    return output.float()
