@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pose.crops import model_inputs
 from pose.feed import prefetch
 from pose.heatmaps import to_image_coordinates
 from pose.images import IMAGE_SUFFIXES, decode_image
 from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, predict
 from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, detect, person_boxes
+from pose.topdown import cut_crops
 from pose.models.keypoints import build_keypoint_model
 from pose.precision import PRECISIONS, Precision, inference_precision
 
@@ -78,9 +78,10 @@ class GpuBusy:
 
 def cut_persons(image: np.ndarray, found: dict, recipe: KeypointRecipe, threshold: float, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
     """The person inputs (P, h, w, 3) of one image's detections and their input -> image matrices
-    (P, 2, 3), chosen and cut as the job does (`person_boxes`, `model_inputs`)."""
+    (P, 2, 3), chosen and cut as the job does (`person_boxes`, `pose.topdown.cut_crops`)."""
     chosen = person_boxes(found["boxes"], found["scores"], found["labels"], threshold, max_persons)
-    return model_inputs(image, found["boxes"][chosen], recipe.input_size, recipe.augment.padding)
+    inputs, image_from_input, _ = cut_crops(image, found["boxes"][chosen], recipe.crop())
+    return inputs, image_from_input
 
 
 def run_folder(folder: Path) -> tuple[dict, dict]:

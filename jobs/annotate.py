@@ -86,9 +86,14 @@ class AnnotateSettings:
     """What to run and how. The fields marked (result) change what is written and are part of each
     shard's fingerprint; the others only change speed."""
 
-    detector: str  # a train-detector run folder or a torchvision .pth file, local or s3:// (result)
-    keypoints: str  # a train-keypoints run folder, local or s3:// (result)
+    detector: str | None  # a train-detector run folder or a torchvision .pth file, local or s3://; None with `boxes` (result)
+    keypoints: str  # a train-keypoints run folder or a published checkpoint file, local or s3:// (result)
     detector_arch: str | None = None  # architecture of a bare .pth file (result)
+    keypoint_arch: str | None = None  # what a published keypoint file holds, when its name does not say (result)
+    input_size: tuple[int, int] | None = None  # (w, h) of a published heatmap model's input (result)
+    codec: str | None = None  # msra | dark | udp | simcc, for a published file (result)
+    boxes: str | None = None  # COCO box results JSON: person boxes instead of a detector (result)
+    box_threshold: float = 0.0  # given boxes scoring less get no keypoints (result)
     person_threshold: float = 0.3  # person boxes scoring less get no keypoints (result)
     max_persons: int = 20  # per image, best boxes first (result)
     flip_test: bool = True  # (result)
@@ -103,8 +108,15 @@ class AnnotateSettings:
     precision: str = "auto"  # auto | bf16 | fp32, the models' arithmetic (`pose.precision.inference_precision`)
 
     def result_settings(self) -> dict:
-        keys = ("detector", "keypoints", "detector_arch", "person_threshold", "max_persons", "flip_test", "nms_threshold", "max_pixels", "shard_images")
+        keys = ("detector", "keypoints", "detector_arch", "keypoint_arch", "input_size", "codec", "boxes", "box_threshold", "person_threshold",
+                "max_persons", "flip_test", "nms_threshold", "max_pixels", "shard_images")
         return {key: getattr(self, key) for key in keys}
+
+    def overrides(self):
+        """What the user said about a published keypoint file (`pose.checkpoints.Overrides`)."""
+        from pose.checkpoints import Overrides
+
+        return Overrides(self.keypoint_arch, tuple(self.input_size) if self.input_size else None, self.codec)
 
 
 @dataclass
@@ -177,6 +189,33 @@ def plan_annotate(src: str, dest: str, options: StorageOptions, shard_images: in
     return plan
 
 
+def read_box_results(url: str, options: StorageOptions) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Person boxes by image id from a COCO box results JSON file (`boxes_by_image`); a file that
+    is missing or not such a list is an AnnotateError."""
+    if not exists(url, options):
+        raise AnnotateError(f"{url}: no such boxes file (expected a COCO box results JSON)")
+    try:
+        return boxes_by_image(json.loads(read_bytes(url, options)))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise AnnotateError(f"{url}: not a COCO box results file ({type(error).__name__}: {error}); expected a JSON list of "
+                            "{image_id, category_id, bbox [x, y, w, h], score}") from None
+
+
+def boxes_by_image(entries: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """COCO box results (a list of {image_id, category_id, bbox [x, y, w, h], score}; COCO's
+    published person detections, or `results/boxes.json` of an earlier run) -> per image id the
+    person boxes (M, 4) float64 and scores (M,) float64, in file order. Other categories are
+    skipped; a missing score counts as 1."""
+    by_image: dict[int, tuple[list, list]] = {}
+    for entry in entries:
+        if int(entry.get("category_id", PERSON_CATEGORY["id"])) != PERSON_CATEGORY["id"]:
+            continue
+        boxes, scores = by_image.setdefault(int(entry["image_id"]), ([], []))
+        boxes.append([float(v) for v in entry["bbox"]][:4])
+        scores.append(float(entry.get("score", 1.0)))
+    return {i: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64)) for i, (b, s) in by_image.items()}
+
+
 def model_identity(spec: str, options: StorageOptions) -> dict:
     """What names a model's content cheaply: its files' sizes and modification times (ETags on S3),
     so that retraining into the same folder re-annotates instead of keeping stale results."""
@@ -246,11 +285,10 @@ def _torch_device(use_gpu: bool):
 
 @dataclass(frozen=True)
 class PersonCrops:
-    """Which detections get keypoints and how they are cut: the keypoint model's input size (w, h)
-    and box padding (its recipe's), and the person score threshold and count limit."""
+    """Which detections get keypoints and how they are cut: the keypoint model's crop convention
+    (`pose.topdown.CropConvention`), and the person score threshold and count limit."""
 
-    input_size: tuple[int, int]
-    padding: float
+    crop: object  # pose.topdown.CropConvention
     threshold: float
     limit: int
 
@@ -306,29 +344,45 @@ class Detector:
         return person_inputs(batch, self.crops)
 
 
+def given_boxes(batch: dict, crops: PersonCrops) -> dict:
+    """The detector's stage with `--boxes`: each row's given person boxes (`given_boxes` (M, 4)
+    float64 COCO [x, y, w, h] and `given_scores` (M,), set by the driver from the file) become its
+    detections, best first, then `person_inputs`."""
+    count = len(batch["source"])
+    boxes, scores, labels = (np.full(count, b"", dtype=object) for _ in range(3))
+    for i in range(count):
+        given = np.frombuffer(batch["given_boxes"][i], np.float64).reshape(-1, 4)
+        given_scores = np.frombuffer(batch["given_scores"][i], np.float64)
+        order = np.argsort(-given_scores, kind="stable")
+        boxes[i] = given[order].astype(np.float32).tobytes()
+        scores[i] = given_scores[order].astype(np.float32).tobytes()
+        labels[i] = np.full(len(order), PERSON_CATEGORY["id"], np.int64).tobytes()
+    rest = {k: v for k, v in batch.items() if k not in ("given_boxes", "given_scores")}
+    return person_inputs({**rest, "det_boxes": boxes, "det_scores": scores, "det_labels": labels}, crops)
+
+
 def person_inputs(batch: dict, crops: PersonCrops) -> dict:
-    """Cut each chosen person box (`person_boxes`) to the keypoint model's input, as evaluation
-    does (`pose.augment.topdown_sample` without augmentation): the box grown to the input's aspect
-    ratio, padded, warped to the input size. Adds `person_rows` ((P,) int32: which detections),
-    `person_inputs` ((P, h, w, 3) uint8) and `person_affines` ((P, 2, 3) float64, input -> image
-    pixels); drops the pixels."""
-    from pose.crops import model_inputs
+    """Cut each chosen person box (`person_boxes`) to the keypoint model's input as its framework
+    cuts it (`pose.topdown.cut_crops`). Adds `person_rows` ((P,) int32: which detections),
+    `person_inputs` ((P, h, w, 3) uint8), `person_affines` ((P, 2, 3) float64, input -> image
+    pixels) and `person_areas` ((P,) float64, the padded boxes' areas, for OKS-NMS); drops the
+    pixels."""
     from pose.models.detector import person_boxes
+    from pose.topdown import cut_crops
 
     count = len(batch["source"])
-    rows, inputs, affines = (np.full(count, b"", dtype=object) for _ in range(3))
+    rows, inputs, affines, areas = (np.full(count, b"", dtype=object) for _ in range(4))
     for i in range(count):
         if _failed(batch, i):
             continue
         boxes = np.frombuffer(batch["det_boxes"][i], np.float32).reshape(-1, 4)
         scores, labels = np.frombuffer(batch["det_scores"][i], np.float32), np.frombuffer(batch["det_labels"][i], np.int64)
         chosen = person_boxes(boxes, scores, labels, crops.threshold, crops.limit)
-        pixels, matrices = model_inputs(_image(batch, i), boxes[chosen], crops.input_size, crops.padding)
+        pixels, matrices, padded = cut_crops(_image(batch, i), boxes[chosen], crops.crop)
         rows[i] = chosen.astype(np.int32).tobytes()
-        inputs[i] = pixels.tobytes()
-        affines[i] = matrices.tobytes()
+        inputs[i], affines[i], areas[i] = pixels.tobytes(), matrices.tobytes(), padded.tobytes()
     out = {k: v for k, v in batch.items() if k != "pixels"}
-    return {**out, "person_rows": rows, "person_inputs": inputs, "person_affines": affines}
+    return {**out, "person_rows": rows, "person_inputs": inputs, "person_affines": affines, "person_areas": areas}
 
 
 class KeypointModel:
@@ -337,38 +391,27 @@ class KeypointModel:
     float32: x, y in image pixels and the joint's confidence) and drops the inputs."""
 
     def __init__(self, spec: str, options: StorageOptions, flip_test: bool = True, batch_size: int = 32, use_gpu: bool = False, threads: int = 1,
-                 precision: str = "auto"):
+                 precision: str = "auto", overrides=None):
         import torch
 
-        from jobs.models import load_keypoint_model
+        from jobs.models import load_pose_model
         from pose.precision import inference_precision
+        from pose.topdown import TopDownPredictor
 
         bound_kernel_cache()
         torch.set_num_threads(threads)
-        self.device = _torch_device(use_gpu)
-        self.precision = inference_precision(self.device, precision)
-        model, self.recipe = load_keypoint_model(spec, options)
-        self.model = self.precision.prepare(model.to(self.device))
-        self.codec = self.recipe.codec()
-        self.flip_test, self.batch_size = flip_test, batch_size
+        device = _torch_device(use_gpu)
+        self.predictor = TopDownPredictor(load_pose_model(spec, options, overrides), device=device, precision=inference_precision(device, precision),
+                                          flip_test=flip_test, batch_size=batch_size)
 
     def __call__(self, batch: dict) -> dict:
-        from pose.heatmaps import to_image_coordinates
-        from pose.keypoint_task import predict
-
-        width, height = self.recipe.input_size
+        width, height = self.predictor.crop.input_size
         count = len(batch["source"])
         inputs = [np.frombuffer(batch["person_inputs"][i], np.uint8).reshape(-1, height, width, 3) for i in range(count)]
         affines = [np.frombuffer(batch["person_affines"][i], np.float64).reshape(-1, 2, 3) for i in range(count)]
         persons = np.concatenate(inputs) if inputs else np.zeros((0, height, width, 3), np.uint8)
         matrices = np.concatenate(affines) if affines else np.zeros((0, 2, 3))
-        keypoints = np.zeros((len(persons), NUM_JOINTS, 3), np.float32)
-        for start in range(0, len(persons), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            points, scores, _ = predict(self.model, persons[chunk], flip_test=self.flip_test, codec=self.codec,
-                                        amp_dtype=self.precision.amp_dtype, channels_last=self.precision.channels_last)
-            keypoints[chunk, :, :2] = to_image_coordinates(points, matrices[chunk])
-            keypoints[chunk, :, 2] = scores
+        keypoints = self.predictor.keypoints(persons, matrices)
         output = np.empty(count, dtype=object)
         offset = 0
         for i in range(count):
@@ -383,13 +426,14 @@ class DetectorAndKeypoints:
     read and decoded (`read`: `read_images`' keyword arguments), go through the detector and then,
     their persons together, through the keypoint model."""
 
-    def __init__(self, detector: dict, keypoints: dict, read: dict):
-        self.detector = Detector(**detector)
+    def __init__(self, detector: dict | None, keypoints: dict, read: dict, crops: PersonCrops):
+        self.detector = Detector(**detector) if detector is not None else None  # None: the rows carry given boxes
         self.keypoints = KeypointModel(**keypoints)
-        self.read = read
+        self.read, self.crops = read, crops
 
     def __call__(self, batch: dict) -> dict:
-        return self.keypoints(self.detector(read_images(batch, **self.read)))
+        batch = read_images(batch, **self.read)
+        return self.keypoints(self.detector(batch) if self.detector is not None else given_boxes(batch, self.crops))
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,10 +443,9 @@ class DetectorAndKeypoints:
 def annotation_row(row: dict, category_names: tuple[str, ...], nms_threshold: float = 0.9) -> dict:
     """The `annotations` row (pose.schema.ANNOTATIONS) of a pipeline row that got through.
 
-    Persons are rescored as Simple Baselines does (box score x mean confident-joint score,
-    `pose.keypoint_task.instance_score`), then OKS-NMS'd within the image, best first."""
-    from pose.keypoint_task import instance_score
-    from pose.metrics import oks_nms
+    Persons are rescored and OKS-NMS'd within the image as the COCO protocol does
+    (`pose.topdown.rescore_and_suppress`), best first."""
+    from pose.topdown import rescore_and_suppress
 
     boxes = np.frombuffer(row["det_boxes"], np.float32).reshape(-1, 4)
     scores = np.frombuffer(row["det_scores"], np.float32)
@@ -418,19 +461,10 @@ def annotation_row(row: dict, category_names: tuple[str, ...], nms_threshold: fl
     ]
     rows = np.frombuffer(row["person_rows"], np.int32)
     keypoints = np.frombuffer(row["person_keypoints"], np.float32).reshape(-1, NUM_JOINTS, 3)
-    instances = [
-        {
-            "bbox": boxes[index].tolist(),
-            "box_score": float(scores[index]),
-            "keypoints": keypoints[n],
-            "score": instance_score(float(scores[index]), keypoints[n, :, 2]),
-            "area": float(boxes[index, 2] * boxes[index, 3]),
-        }
-        for n, index in enumerate(rows)
-    ]
-    kept = sorted(oks_nms(instances, nms_threshold), key=lambda k: -instances[k]["score"]) if instances else []
+    areas = np.frombuffer(row["person_areas"], np.float64)
+    kept, person_scores = rescore_and_suppress(keypoints, scores[rows], areas, nms_threshold=nms_threshold)
     persons = [
-        {"bbox": instances[k]["bbox"], "box_score": instances[k]["box_score"], "keypoints": instances[k]["keypoints"].reshape(-1).tolist(), "score": instances[k]["score"]}
+        {"bbox": boxes[rows[k]].tolist(), "box_score": float(scores[rows[k]]), "keypoints": keypoints[k].reshape(-1).tolist(), "score": float(person_scores[k])}
         for k in kept
     ]
     return {
@@ -528,21 +562,32 @@ def run_annotate(
 ) -> dict:
     """Annotate the plan's shards that are not yet committed in DST; then the results files,
     pictures and `manifest.json`. Returns the manifest."""
-    from jobs.models import load_detector, load_keypoint_model
+    from jobs.models import load_detector, load_pose_model
+    from pose.models.detector import PERSON_CATEGORY_NAMES
 
     check_writable(dest, options)
     remove_stale_temporaries(dest)  # a killed run's half-written files (never under a final name)
     # Both models are loaded here once, so that a wrong --detector or --keypoints is one line now
     # rather than an actor's traceback later; the actors load their own copies.
-    detector = load_detector(settings.detector, options, settings.detector_arch)
-    category_names = detector.config.category_names()
-    del detector
-    _, recipe = load_keypoint_model(settings.keypoints, options)
+    if (settings.boxes is None) == (settings.detector is None):
+        raise AnnotateError("give either --detector (a model finds the persons) or --boxes (a COCO box results file), not both or neither")
+    if settings.boxes is None:
+        detector = load_detector(settings.detector, options, settings.detector_arch)
+        category_names = detector.config.category_names()
+        del detector
+    else:
+        category_names = PERSON_CATEGORY_NAMES
+        given = read_box_results(settings.boxes, options)
+        for shard in plan.shards:
+            for item in shard.items:
+                boxes, scores = given.get(item["image_id"], (np.zeros((0, 4)), np.zeros(0)))
+                item["given_boxes"], item["given_scores"] = boxes.tobytes(), scores.tobytes()
+    crop = load_pose_model(settings.keypoints, options, settings.overrides()).crop
 
     fingerprinted = {
         **settings.result_settings(),
         "exif_transpose": not plan.ingested,
-        "detector_identity": model_identity(settings.detector, options),
+        "detector_identity": model_identity(settings.detector or settings.boxes, options),
         "keypoints_identity": model_identity(settings.keypoints, options),
         "schema_version": schema.SCHEMA_VERSION,
     }
@@ -558,7 +603,7 @@ def run_annotate(
 
         resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
         meter = Progress("annotate", len(pending), "images") if progress else None
-        for marker in _stream(pending, dest, options, settings, resources, recipe, category_names, not plan.ingested, verbose):
+        for marker in _stream(pending, dest, options, settings, resources, crop, category_names, not plan.ingested, verbose):
             committed[marker["unit"]] = marker
             if meter:
                 meter.advance(1, marker["images"])
@@ -571,7 +616,7 @@ def run_annotate(
     return manifest
 
 
-def _stream(pending, dest, options, settings, resources: Resources, recipe, category_names, exif_transpose: bool, verbose: bool):
+def _stream(pending, dest, options, settings, resources: Resources, crop, category_names, exif_transpose: bool, verbose: bool):
     """Run the pipeline over the pending shards; yield each shard's marker once it is written."""
     import ray.data
 
@@ -591,11 +636,14 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
     per_block = max(resources.detector_batch, -(-len(items) // MAX_BLOCKS))
     dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block))
     read = {"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels}
-    crops = PersonCrops(tuple(recipe.input_size), recipe.augment.padding, settings.person_threshold, settings.max_persons)
-    detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu,
-                "precision": settings.precision}
+    if settings.boxes is None:
+        crops = PersonCrops(crop, settings.person_threshold, settings.max_persons)
+        detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu,
+                    "precision": settings.precision}
+    else:  # every given box scoring at least --box-threshold, as the COCO protocol evaluates them
+        crops, detector = PersonCrops(crop, settings.box_threshold, 2**31 - 1), None
     keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch,
-                 "use_gpu": resources.use_gpu, "precision": settings.precision}
+                 "use_gpu": resources.use_gpu, "precision": settings.precision, "overrides": settings.overrides()}
 
     def on_actors(dataset, stage, arguments: dict, batch_size: int, actors: int):
         return dataset.map_batches(stage, fn_constructor_kwargs=arguments, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
@@ -605,13 +653,17 @@ def _stream(pending, dest, options, settings, resources: Resources, recipe, cate
         # The actors read and decode their own images (a few ms each, against about half a second
         # of model time on a CPU): no reading tasks, whose worker processes cost about 0.1 GB each
         # and Ray's per-task overhead, and no decoded pixels through the object store.
-        arguments = {"detector": detector, "keypoints": keypoints, "read": read}
+        arguments = {"detector": detector, "keypoints": keypoints, "read": read, "crops": crops}
         dataset = on_actors(dataset, DetectorAndKeypoints, arguments, resources.detector_batch, resources.detector_actors)
     else:
         # Reading and decoding in tasks of their own, so that the GPU actors only run models.
         dataset = dataset.map_batches(read_images, fn_kwargs=read, batch_size=resources.detector_batch,
                                       compute=ray.data.TaskPoolStrategy(size=resources.read_tasks), num_cpus=resources.task_cpus)
-        dataset = on_actors(dataset, Detector, detector, resources.detector_batch, resources.detector_actors)
+        if detector is None:
+            dataset = dataset.map_batches(given_boxes, fn_kwargs={"crops": crops}, batch_size=resources.detector_batch,
+                                          compute=ray.data.TaskPoolStrategy(size=resources.read_tasks), num_cpus=resources.task_cpus)
+        else:
+            dataset = on_actors(dataset, Detector, detector, resources.detector_batch, resources.detector_actors)
         # Images per keypoint call: enough for about one model batch of persons.
         dataset = on_actors(dataset, KeypointModel, keypoints, max(1, resources.keypoint_batch // 4), resources.keypoint_actors)
 
@@ -733,7 +785,8 @@ def annotate(
 ) -> dict:
     """Annotate the images at SRC into DST (see the module docstring); returns the manifest."""
     src, dest = absolute(src), absolute(dest)  # workers do not share the driver's working directory
-    settings = AnnotateSettings(**{**asdict(settings), "detector": absolute(settings.detector), "keypoints": absolute(settings.keypoints)})
+    settings = AnnotateSettings(**{**asdict(settings), "detector": settings.detector and absolute(settings.detector),
+                                   "keypoints": absolute(settings.keypoints), "boxes": settings.boxes and absolute(settings.boxes)})
     check_readable(src, options)
     plan = plan_annotate(src, dest, options, settings.shard_images)
     return run_annotate(plan, dest, options, settings, visualize=visualize, address=address, verbose=verbose, progress=progress)

@@ -193,6 +193,40 @@ PrecisionOption = Annotated[
     typer.Option("--precision", help="auto: bf16 autocast and channels-last on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX) for the models that gain from it, fp32 elsewhere; bf16 or fp32 to force one."),
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
+KeypointsOption = Annotated[
+    str,
+    typer.Option("--keypoints", help="A train-keypoints run folder, or a published checkpoint file: MMPose SimpleBaseline / HRNet / RTMPose (COCO 17 joints), "
+                 "a Simple Baselines or HRNet release (local or s3://).", show_default=False),
+]
+KeypointArchOption = Annotated[
+    Optional[str],
+    typer.Option("--keypoint-arch", help="What a published keypoint file holds: resnet50|101|152, hrnet-w32|w48, rtmpose-t|s|m|l (default: read from the file).",
+                 show_default=False),
+]
+ModelInputOption = Annotated[
+    Optional[str],
+    typer.Option("--input-size", help="A published heatmap model's input, WxH as 192x256 (default: from the file name's 256x192 / 384x288, else 192x256).",
+                 show_default=False),
+]
+CodecOption = Annotated[
+    Optional[str],
+    typer.Option("--codec", help="A published heatmap model's decoding: msra | dark | udp (default: from the file name; RTMPose: simcc).", show_default=False),
+]
+
+
+def keypoint_overrides(arch: str | None, input_size: str | None, codec: str | None):
+    """The `pose.checkpoints.Overrides` of --keypoint-arch, --input-size and --codec."""
+    from pose.checkpoints import Overrides
+
+    size = None
+    if input_size:
+        try:
+            size = tuple(int(v) for v in input_size.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 2:
+            raise typer.BadParameter(f"{input_size!r}: expected WxH, e.g. 192x256", param_hint="--input-size")
+    return Overrides(arch, size, codec)
 DetectorArchOption = Annotated[
     Optional[str],
     typer.Option("--detector-arch", help="fasterrcnn_mobilenet_v3_large_fpn | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 (default: the run's; for a .pth file fasterrcnn_resnet50_fpn).", show_default=False),
@@ -325,7 +359,7 @@ def train_keypoints(
 @user_errors
 def eval_keypoints(
     data: Annotated[str, typer.Option("--data", help="Ingested COCO.")],
-    model: Annotated[str, typer.Option("--model", help="A run folder from train-keypoints.")],
+    model: Annotated[str, typer.Option("--model", help="A train-keypoints run folder, or a published checkpoint file (see annotate --keypoints).")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
     results: Annotated[Optional[str], typer.Option("--results", help="Write the COCO results JSON here (local or s3://).", show_default=False)] = None,
     pictures: Annotated[Optional[Path], typer.Option(help="Folder for the PNG of inputs, true and predicted heatmaps.")] = None,
@@ -338,15 +372,20 @@ def eval_keypoints(
         Optional[str],
         typer.Option("--boxes", help="Score with the person boxes of this COCO box results JSON (local or s3://), e.g. eval-detector --results.", show_default=False),
     ] = None,
+    keypoint_arch: KeypointArchOption = None,
+    input_size: ModelInputOption = None,
+    codec: CodecOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
-    """Seed PCK and COCO keypoint AP/AR (pycocotools, flip test) on a split, top-down from the
-    ground-truth boxes (default) or from a detector's boxes (--detector, --boxes)."""
-    from jobs.evaluate import detect_split, evaluate_keypoints
-    from jobs.storage import read_bytes
+    """COCO keypoint AP/AR (pycocotools, flip test) on a split, top-down from the ground-truth boxes
+    (default) or from a detector's boxes (--detector, --boxes); with a train-keypoints run and
+    ground-truth boxes also the seed's PCK, on the stored person crops."""
+    from jobs.annotate import boxes_by_image
+    from jobs.evaluate import detect_split, evaluate_keypoints, evaluate_topdown
+    from jobs.storage import exists, join, read_bytes
 
     if detector and boxes:
         raise typer.BadParameter("give --detector or --boxes, not both", param_hint="--boxes")
@@ -366,14 +405,20 @@ def eval_keypoints(
         found, _ = detect_split(load_detector(detector, options, detector_arch), data, split, options)
         person_boxes = found.results
         box_figures = {f"box_{k}": v for k, v in found.result().items() if k in ("ap", "ap50", "ar")}
-    figures = {**evaluate_keypoints(data, model, split, options, pictures, results, boxes=person_boxes), **box_figures}
+    overrides = keypoint_overrides(keypoint_arch, input_size, codec)
+    if person_boxes is None and exists(join(model, "model.json"), options):
+        figures = evaluate_keypoints(data, model, split, options, pictures, results)
+    else:
+        given = boxes_by_image(person_boxes) if person_boxes is not None else None
+        figures = {**evaluate_topdown(data, model, split, options, overrides=overrides, boxes=given, results_file=results), **box_figures}
     if as_json:
         typer.echo(json.dumps(figures))
         return
     source = "ground-truth boxes" if person_boxes is None else f"boxes of {detector or boxes}"
     typer.echo(f"keypoints on {split} ({figures['instances']} persons, {source}, flip test):")
     for key in ("pck", "ap", "ap50", "ap75", "ap_m", "ap_l", "ar", *box_figures):
-        typer.echo(f"  {key:<9} {figures[key]:.4f}")
+        if key in figures:
+            typer.echo(f"  {key:<9} {figures[key]:.4f}")
     for path in figures.get("pictures", []):
         typer.echo(f"  picture: {path}")
 
@@ -475,9 +520,16 @@ def eval_detector(
 def annotate(
     src: Annotated[str, typer.Argument(help="Images: a folder or s3://bucket/prefix (jpg, jpeg, png, webp, bmp, tif, tiff, gif; any case; sub-folders too), or an ingested COCO DEST.")],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
-    detector: Annotated[str, typer.Option("--detector", help="A train-detector run folder, or a torchvision Faster R-CNN .pth (local or s3://).")],
-    keypoints: Annotated[str, typer.Option("--keypoints", help="A train-keypoints run folder (local or s3://).")],
+    keypoints: KeypointsOption,
+    detector: Annotated[Optional[str], typer.Option("--detector", help="A train-detector run folder, or a torchvision Faster R-CNN .pth (local or s3://).",
+                                                    show_default=False)] = None,
+    boxes: Annotated[Optional[str], typer.Option("--boxes", help="Person boxes from a COCO box results JSON (local or s3://) instead of a detector, "
+                                                 "e.g. COCO's published detections or results/boxes.json of an earlier run.", show_default=False)] = None,
+    box_threshold: Annotated[float, typer.Option(help="With --boxes: boxes scoring less get no keypoints (0: all, as the COCO protocol).")] = 0.0,
     detector_arch: Annotated[Optional[str], typer.Option("--detector-arch", help="Architecture of a bare .pth detector file (default: fasterrcnn_resnet50_fpn).", show_default=False)] = None,
+    keypoint_arch: KeypointArchOption = None,
+    input_size: ModelInputOption = None,
+    codec: CodecOption = None,
     person_threshold: Annotated[float, typer.Option(help="Person boxes scoring less get no keypoints.")] = 0.3,
     max_persons: Annotated[int, typer.Option(min=1, help="Most persons per image given keypoints (best boxes first).")] = 20,
     flip_test: Annotated[bool, typer.Option("--flip-test/--no-flip-test", help="Average the keypoint heatmaps with those of the mirrored person.")] = True,
@@ -500,10 +552,16 @@ def annotate(
     """Detect every object and every person's 17 keypoints in a bucket of images -> Parquet, COCO results, pictures."""
     from jobs.annotate import AnnotateSettings, annotate as run
 
+    overrides = keypoint_overrides(keypoint_arch, input_size, codec)
     settings = AnnotateSettings(
         detector=detector,
         keypoints=keypoints,
         detector_arch=detector_arch,
+        keypoint_arch=overrides.arch,
+        input_size=overrides.input_size,
+        codec=overrides.codec,
+        boxes=boxes,
+        box_threshold=box_threshold,
         person_threshold=person_threshold,
         max_persons=max_persons,
         flip_test=flip_test,

@@ -235,3 +235,65 @@ def person_crops_from_boxes(data: str, split: str, boxes: list[dict], options: S
                 }
             )
     return pa.Table.from_pylist(rows)
+
+
+def evaluate_topdown(
+    data: str,
+    model_spec: str,
+    split: str,
+    options: StorageOptions,
+    *,
+    overrides=None,
+    boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    results_file: str | None = None,
+    flip_test: bool = True,
+) -> dict:
+    """COCO keypoint AP/AR of any keypoint model (a run folder or a published file,
+    `jobs.models.load_pose_model`) on one split, top-down from the split's images as the model's
+    framework cuts them (`pose.topdown.TopDownPredictor`, float32, flip test).
+
+    The persons are the annotated ones (non-crowd, with labelled keypoints; box score 1) unless
+    `boxes` gives boxes and scores by image id (`jobs.annotate.boxes_by_image`): every box, as
+    the COCO protocol evaluates detections. Every image of the split counts, with or without
+    persons found. Writes the COCO keypoint results when asked.
+    """
+    import json
+
+    from jobs.ingest import read_image_source
+    from jobs.models import load_pose_model
+    from pose.images import decode_image
+    from pose.joints import PERSON_CATEGORY
+    from pose.metrics import coco_keypoint_ap
+    from pose.topdown import TopDownPredictor
+
+    predictor = TopDownPredictor(load_pose_model(model_spec, options, overrides), flip_test=flip_test)
+    truth = keypoint_ground_truth(data, split, options)
+    if boxes is None:
+        persons = read_table(data, "persons", (split,), options, columns=["image_id", "bbox", "num_keypoints", "iscrowd"]).to_pylist()
+        boxes = {}
+        for person in persons:
+            if person["iscrowd"] or not person["num_keypoints"]:
+                continue
+            found, scores = boxes.setdefault(int(person["image_id"]), ([], []))
+            found.append(person["bbox"])
+            scores.append(1.0)
+        boxes = {i: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64)) for i, (b, s) in boxes.items()}
+    images = read_table(data, "images", (split,), options, columns=["image_id", "source"]).sort_by("image_id")
+    results, instances = [], 0
+    for image_id, source in zip(images["image_id"].to_pylist(), images["source"].to_pylist()):
+        given, scores = boxes.get(int(image_id), (np.zeros((0, 4)), np.zeros(0)))
+        given, scores = given[(given[:, 2] >= 1) & (given[:, 3] >= 1)], scores[(given[:, 2] >= 1) & (given[:, 3] >= 1)]
+        if not len(given):
+            continue
+        # COCO's annotations are in the stored pixel frame: no EXIF rotation, as in ingest.
+        found = predictor(decode_image(read_image_source(source, options), exif_transpose=False), given, scores)
+        instances += len(given)
+        for k in found["kept"]:
+            keypoints = [round(float(v), 3) for v in found["keypoints"][k].reshape(-1)]
+            results.append({"image_id": int(image_id), "category_id": PERSON_CATEGORY["id"], "keypoints": keypoints, "score": float(found["scores"][k])})
+    figures = {**coco_keypoint_ap(truth, results, image_ids=sorted(images["image_id"].to_pylist())), "instances": instances,
+               "model": predictor.model.name}
+    if results_file:
+        write_bytes_atomic(results_file, json.dumps(results).encode(), options)
+        figures["results"] = results_file
+    return figures

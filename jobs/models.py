@@ -68,6 +68,28 @@ def load_keypoint_model(model_dir: str, options: StorageOptions = StorageOptions
     return model.eval(), recipe
 
 
+def load_pose_model(spec: str, options: StorageOptions = StorageOptions(), overrides=None):
+    """A `pose.topdown.PoseModel` (network in eval mode on the CPU) of `--keypoints`: a
+    `train-keypoints` run folder, or a published checkpoint file (`pose.checkpoints`: MMPose's
+    SimpleBaseline, HRNet and RTMPose files, the Simple Baselines and HRNet releases), local or
+    s3://. `overrides` (`pose.checkpoints.Overrides`) only apply to files."""
+    from pose.checkpoints import CheckpointError, Overrides, load_published
+    from pose.keypoint_task import TrainedPoseModel
+
+    overrides = overrides or Overrides()
+    if exists(join(spec, "model.json"), options):
+        if overrides != Overrides():
+            raise ModelError(f"{spec}: a train-keypoints run folder knows its own architecture, input size and codec; leave out "
+                             "--keypoint-arch, --input-size and --codec")
+        return TrainedPoseModel(*load_keypoint_model(spec, options))
+    if not exists(spec, options):
+        raise ModelError(f"{spec}: no such keypoint model (expected a train-keypoints run folder or a published checkpoint file)")
+    try:
+        return load_published(read_bytes(spec, options), spec, overrides)
+    except CheckpointError as error:
+        raise ModelError(str(error)) from None
+
+
 def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: str | None = None):
     """A Faster R-CNN in eval mode, with `model.config` (a DetectorConfig) set.
 

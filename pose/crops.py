@@ -69,17 +69,3 @@ def square_digit_crop(image: np.ndarray, box_ltwh: tuple[float, float, float, fl
     matrix = crop_affine(center, np.array([side, side]), (size, size))
     return warp_image(image, matrix, (size, size))
 
-
-def model_inputs(image: np.ndarray, boxes_xywh: np.ndarray, input_size: tuple[int, int], padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
-    """The keypoint model's inputs for person boxes of one image, cut as evaluation cuts them
-    (`pose.augment.topdown_sample` without augmentation): each box grown to the input's aspect
-    ratio, padded, warped to `input_size` (w, h). Returns (P, h, w, 3) uint8 inputs and (P, 2, 3)
-    float64 input -> image matrices."""
-    w, h = input_size
-    inputs, matrices = [], []
-    for box in np.asarray(boxes_xywh, np.float64).reshape(-1, 4):
-        center, size = box_to_center_size(box, w / h, padding)
-        input_from_image = crop_affine(center, size, input_size)
-        inputs.append(warp_image(image, input_from_image, input_size))
-        matrices.append(invert_affine(input_from_image))
-    return np.asarray(inputs, np.uint8).reshape(-1, h, w, 3), np.asarray(matrices, np.float64).reshape(-1, 2, 3)

@@ -36,6 +36,7 @@ from pose.joints import NUM_JOINTS, PERSON_CATEGORY
 from pose.metrics import PckAccumulator, coco_keypoint_ap, oks_nms
 from pose.models.keypoints import KeypointModelConfig
 from pose.precision import Precision
+from pose.topdown import instance_score
 
 
 # Flip with the joint swap and colour jitter only: the CPU recipe's budget ends long before the
@@ -89,6 +90,12 @@ class KeypointRecipe:
         return KeypointModelConfig(backbone=self.backbone, input_size=self.input_size, deconv_channels=self.deconv_channels,
                                    deconv_layers=self.deconv_layers, backbone_stages=self.backbone_stages,
                                    skips=self.skips)
+
+    def crop(self):
+        """How a person box is cut to this recipe's input (`pose.topdown.CropConvention`)."""
+        from pose.topdown import CropConvention
+
+        return CropConvention(self.input_size, self.augment.padding, "pose-jobs")
 
     def codec(self) -> HeatmapCodec:
         return HeatmapCodec(input_size=self.input_size, heatmap_size=self.model_config().heatmap_size, sigma=self.sigma)
@@ -378,14 +385,6 @@ def _numpy(values) -> np.ndarray:
     return np.asarray(values)
 
 
-def instance_score(box_score: float, joint_scores: np.ndarray, joint_threshold: float = 0.2) -> float:
-    """A pose instance's score as Simple Baselines rescores detections: the box score times the
-    mean confidence of the joints (K,) above `joint_threshold` (0 when none is)."""
-    joint_scores = np.asarray(joint_scores, np.float64)
-    confident = joint_scores > joint_threshold
-    return float(box_score) * (float(joint_scores[confident].mean()) if confident.any() else 0.0)
-
-
 class KeypointEvaluator:
     """The validation metrics over a whole split, fed batch by batch.
 
@@ -633,3 +632,19 @@ class KeypointTaskEvaluator:
     def result(self) -> dict:
         figures = self.figures.result()
         return {k: float(v) for k, v in figures.items() if isinstance(v, (int, float, np.floating)) and k in ("pck", "ap", "ap50", "ap75", "ar")}
+
+
+class TrainedPoseModel:
+    """A model trained here as a `pose.topdown.PoseModel`: pose-jobs' crop convention and heatmap
+    codec (`pose.heatmaps`), the flip test without a shift (exact for its unbiased targets)."""
+
+    def __init__(self, network: torch.nn.Module, recipe: KeypointRecipe):
+        self.network, self.recipe, self.codec, self.crop = network, recipe, recipe.codec(), recipe.crop()
+        self.name = f"pose-jobs {recipe.backbone} {recipe.input_size[1]}x{recipe.input_size[0]}"
+
+    def inputs(self, crops: torch.Tensor) -> torch.Tensor:
+        return normalize(crops)
+
+    def decode(self, output: torch.Tensor, flipped_output: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        heatmaps = output if flipped_output is None else average_flip_test(output, flipped_output)
+        return self.codec.decode(heatmaps)

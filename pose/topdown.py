@@ -177,3 +177,29 @@ def _float(output):
     if isinstance(output, (tuple, list)):
         return type(output)(o.float() for o in output)
     return output.float()
+
+
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # RGB; MMPose's data preprocessor, the releases' Normalize x 255
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+
+class NormalisedPoseModel:
+    """A `PoseModel` whose network takes ImageNet-normalised pixels: RGB, or BGR for networks trained
+    on OpenCV's channel order (the Simple Baselines release normalises its BGR pixels with the RGB
+    mean and std, channel by channel, and so does this). `decoder.decode(output, flipped_output)`
+    does the family's flip test and decoding."""
+
+    def __init__(self, *, name: str, crop: CropConvention, network: torch.nn.Module, decoder, bgr: bool = False):
+        self.name, self.crop, self.network, self.decoder, self.bgr = name, crop, network, decoder, bgr
+
+    def inputs(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, h, w, 3) RGB -> float32 (N, 3, h, w) normalised, in the network's channel order."""
+        pixels = crops.permute(0, 3, 1, 2).float()
+        if self.bgr:
+            pixels = pixels.flip(1)
+        mean = torch.tensor(IMAGENET_MEAN_255, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD_255, device=pixels.device).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+    def decode(self, output, flipped_output) -> tuple[np.ndarray, np.ndarray]:
+        return self.decoder.decode(output, flipped_output)

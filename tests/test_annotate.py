@@ -184,7 +184,7 @@ def test_stages_chained_in_process(models, tmp_path):
     batch = read_images(batch, StorageOptions())
     assert list(batch["error_stage"]) == ["", "", "decode"] and list(batch["width"][:2]) == [WIDTH, WIDTH]
     recipe = KeypointRecipe(input_size=(64, 96), deconv_channels=16)
-    batch = Detector(detector_spec, StorageOptions(), PersonCrops(recipe.input_size, recipe.augment.padding, 0.3, 4))(batch)
+    batch = Detector(detector_spec, StorageOptions(), PersonCrops(recipe.crop(), 0.3, 4))(batch)
     assert "pixels" not in batch
     batch = KeypointModel(keypoint_spec, StorageOptions(), batch_size=3)(batch)
     first, second = (annotation_row({k: v[i] for k, v in batch.items()}, DetectorConfig().category_names()) for i in (0, 1))
@@ -205,9 +205,10 @@ def test_actors_cap_the_kernel_cache_unless_the_user_set_it(models):
     script = (
         "import os, sys\n"
         "from jobs.annotate import Detector, KeypointModel, PersonCrops\n"
+        "from pose.topdown import CropConvention\n"
         "from jobs.storage import StorageOptions\n"
         "make = Detector if sys.argv[1] == 'detector' else KeypointModel\n"
-        "args = (PersonCrops((64, 96), 1.25, 0.3, 4),) if make is Detector else ()\n"
+        "args = (PersonCrops(CropConvention((64, 96), 1.25, 'pose-jobs'), 0.3, 4),) if make is Detector else ()\n"
         "make(sys.argv[2], StorageOptions(), *args)\n"
         "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))\n"
     )
@@ -409,3 +410,39 @@ def test_user_mistakes_are_one_line(models, tmp_path):
         result = subprocess.run([executable, "annotate", str(src), str(tmp_path / "out"), "--detector", detector, "--keypoints", models[1]],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, models, tmp_path):
+    """`annotate --boxes FILE` and `eval-keypoints --boxes FILE` run one top-down chain: the same
+    persons, keypoints and scores (in float32); other categories in the file are ignored, and an
+    image without boxes is annotated with no persons."""
+    from jobs.annotate import boxes_by_image
+    from jobs.evaluate import evaluate_topdown, keypoint_ground_truth
+    from jobs.ingest import ingest
+    from pose.synth.people import write_coco
+
+    write_coco(tmp_path / "coco", split="val", images=3, seed=7)
+    ingested = str(tmp_path / "ingested")
+    ingest("coco", str(tmp_path / "coco"), ingested, progress=False)
+    truth = keypoint_ground_truth(ingested, "val", StorageOptions())
+    boxed = sorted(i["id"] for i in truth["images"])[:2]
+    entries = [{"image_id": a["image_id"], "category_id": 1, "bbox": [v + 3.0 for v in a["bbox"]], "score": 0.5 + 0.1 * n}
+               for n, a in enumerate(truth["annotations"]) if a["image_id"] in boxed]
+    entries.append({"image_id": boxed[0], "category_id": DOG, "bbox": [1.0, 1.0, 20.0, 20.0], "score": 0.99})
+    (tmp_path / "boxes.json").write_text(json.dumps(entries))
+
+    settings = AnnotateSettings(None, models[1], boxes=str(tmp_path / "boxes.json"), precision="fp32")
+    manifest = annotate(ingested, str(tmp_path / "out"), settings, progress=False)
+    assert manifest["images"]["balanced"] and manifest["images"]["annotated"] == 3
+    annotations = read_table(str(tmp_path / "out"), "annotations").to_pylist()
+    assert all(d["category"] == "person" for row in annotations for d in row["detections"])
+    assert [len(row["persons"]) == 0 for row in sorted(annotations, key=lambda r: r["image_id"])].count(True) >= 1
+    annotated = json.loads(Path(tmp_path, "out", "results/keypoints.json").read_text())
+
+    figures = evaluate_topdown(ingested, models[1], "val", StorageOptions(), boxes=boxes_by_image(entries), results_file=str(tmp_path / "eval.json"))
+    evaluated = json.loads(Path(tmp_path, "eval.json").read_text())
+    assert figures["instances"] == len(entries) - 1 and len(evaluated) == len(annotated) > 0
+    key = lambda r: (r["image_id"], -r["score"])  # noqa: E731
+    for a, e in zip(sorted(annotated, key=key), sorted(evaluated, key=key)):
+        assert a["image_id"] == e["image_id"] and abs(a["score"] - e["score"]) < 1e-4
+        np.testing.assert_allclose(a["keypoints"], e["keypoints"], atol=0.01)

@@ -25,6 +25,8 @@ RESNETS = {
     "resnet18": torchvision.models.resnet18,
     "resnet34": torchvision.models.resnet34,
     "resnet50": torchvision.models.resnet50,
+    "resnet101": torchvision.models.resnet101,
+    "resnet152": torchvision.models.resnet152,
 }
 # The torchvision ResNet stem and stages, by their state_dict names; avgpool and fc are dropped.
 BACKBONE_LAYERS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -158,6 +160,38 @@ def load_backbone_weights(model: KeypointNet, path_or_fileobj) -> list[str]:
     check_fits(state, model.backbone.state_dict(), where, optional=lambda key: key.endswith("num_batches_tracked"))
     model.backbone.load_state_dict(state, strict=False)
     return sorted(state)
+
+
+class SimpleBaselineHead(nn.Module):
+    """Simple Baselines' head under MMPose's names: `deconv_layers` (3 x [ConvTranspose 4x4 s2
+    without bias, BN, ReLU], indices 0, 1, 3, 4, 6, 7 hold weights) and the 1x1 `final_layer`."""
+
+    def __init__(self, in_channels: int, num_joints: int = 17, channels: int = 256):
+        super().__init__()
+        layers = []
+        for _ in range(3):
+            layers += [nn.ConvTranspose2d(in_channels, channels, 4, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+            in_channels = channels
+        self.deconv_layers = nn.Sequential(*layers)
+        self.final_layer = nn.Conv2d(channels, num_joints, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.final_layer(self.deconv_layers(features))
+
+
+class SimpleBaselineNet(nn.Module):
+    """Simple Baselines on a whole torchvision ResNet (`resnet50`, `resnet101`, `resnet152`), with
+    the state_dict names of MMPose's published files (`backbone.layer1.0.conv1.weight`,
+    `head.deconv_layers.0.weight`, `head.final_layer.weight`): (N, 3, H, W) -> (N, 17, H/4, W/4)."""
+
+    def __init__(self, backbone: str = "resnet50", num_joints: int = 17):
+        super().__init__()
+        resnet = RESNETS[backbone](weights=None)
+        self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in BACKBONE_LAYERS))
+        self.head = SimpleBaselineHead(_stage_channels(self.backbone.layer4), num_joints)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
 
 
 class SeedKeypointNet(nn.Module):
