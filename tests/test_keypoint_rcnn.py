@@ -33,8 +33,8 @@ LEGACY_NAME = "keypointrcnn_resnet50_fpn_coco-9f466800.pth"
 WEIGHTS = {"coco_v1": KeypointRCNN_ResNet50_FPN_Weights.COCO_V1, "legacy": KeypointRCNN_ResNet50_FPN_Weights.COCO_LEGACY}
 # Small inputs and few boxes keep a forward pass near a second on one thread (the keypoint head
 # costs ~4 GFLOP per box). torchvision's builder gets the same settings.
-MINE = dict(min_size=128, max_size=192, detections_per_image=2, proposals_per_image=60)
-THEIRS = dict(min_size=128, max_size=192, box_detections_per_img=2, rpn_post_nms_top_n_test=60)
+MINE = {"min_size": 128, "max_size": 192, "detections_per_image": 2, "proposals_per_image": 60}
+THEIRS = {"min_size": 128, "max_size": 192, "box_detections_per_img": 2, "rpn_post_nms_top_n_test": 60}
 
 
 def random_person_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -102,10 +102,12 @@ def test_published_layout():
     assert tuple(state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape) == (512, 17, 4, 4)
     assert not model.training and model.variant == "coco_v1"
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    assert frozen[0] == "backbone.body.conv1.weight" and all(name.startswith(("backbone.body.conv1", "backbone.body.layer1")) for name in frozen)
+    assert frozen[0] == "backbone.body.conv1.weight"
+    assert all(name.startswith(("backbone.body.conv1", "backbone.body.layer1")) for name in frozen)
     # torchvision's builder without weights has BatchNorm2d, but the same keys and shapes besides its counters.
     theirs = detection.keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
-    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in theirs.items() if not k.endswith("num_batches_tracked")}
+    counters = [k for k in theirs if k.endswith("num_batches_tracked")]
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in theirs.items() if k not in counters}
     with pytest.raises(ValueError, match="unknown Keypoint R-CNN variant"):
         build_keypoint_rcnn("coco_v2")
 
@@ -184,7 +186,9 @@ def test_state_detection_and_variant_names(models):
 
 def test_wrong_files_are_one_clear_error(tmp_path, weight_files):
     bad = tmp_path / V1_NAME
-    torch.save({"backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7), "roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)}, bad)
+    # A piece of a 91-class Faster R-CNN file.
+    torch.save({"backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7), "roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)},
+               bad)
     with pytest.raises(ValueError) as error:
         load_keypoint_rcnn(bad)
     message = str(error.value)
@@ -200,6 +204,6 @@ def test_wrong_files_are_one_clear_error(tmp_path, weight_files):
     os.link(weight_files["coco_v1"], renamed)
     with pytest.raises(ValueError, match="pass variant="):
         load_keypoint_rcnn(renamed)
-    with open(bad, "rb") as file:  # a file object is named by its .name
-        with pytest.raises(ValueError, match=f"{bad} \\(legacy\\): does not match"):
-            load_keypoint_rcnn(file, variant="legacy")
+    # A file object is named by its .name.
+    with open(bad, "rb") as file, pytest.raises(ValueError, match=f"{bad} \\(legacy\\): does not match"):
+        load_keypoint_rcnn(file, variant="legacy")

@@ -140,7 +140,8 @@ def load_keypoint_rcnn(path_or_fileobj, variant: str | None = None, **options) -
     if variant not in VARIANT_EPS:
         raise ValueError(f"Keypoint R-CNN weights {name}: unknown variant {variant!r}; choose one of {', '.join(VARIANT_EPS)}")
     where = f"Keypoint R-CNN weights {name} ({variant})"
-    state = read_state_dict(path_or_fileobj, where, "a Keypoint R-CNN state_dict", "torchvision's keypointrcnn_resnet50_fpn_coco-fc266e95.pth")
+    example = "torchvision's keypointrcnn_resnet50_fpn_coco-fc266e95.pth"
+    state = read_state_dict(path_or_fileobj, where, "a Keypoint R-CNN state_dict", example)
     state = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
     model = build_keypoint_rcnn(variant, **options)
     check_fits(state, model.state_dict(), where)
