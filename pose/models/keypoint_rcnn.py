@@ -45,9 +45,9 @@ from pose.joints import NUM_JOINTS
 from pose.models.detector import _image_tensor
 from pose.models.weights import check_fits, read_state_dict, weights_name
 
-# FrozenBatchNorm2d eps per published file. torchvision's FrozenBatchNorm2d once had no eps
-# (pytorch/vision#2933 added 1e-5); COCO_V1 was trained before that fix, so torchvision sets eps to
-# 0 after loading it (`overwrite_eps(model, 0.0)`), while COCO_LEGACY keeps the default 1e-5.
+# FrozenBatchNorm2d eps per published file, as torchvision 0.29's builder sets it: after loading
+# COCO_V1 it calls `overwrite_eps(model, 0.0)` (its FrozenBatchNorm2d had no eps before
+# pytorch/vision#2933, and these weights keep the old behaviour); COCO_LEGACY keeps the default 1e-5.
 VARIANT_EPS: dict[str, float] = {"coco_v1": 0.0, "legacy": 1e-5}
 
 # The hash in the published file names (what torch.hub checks) -> variant.
