@@ -12,8 +12,14 @@ from pose.models.rtmpose import GatedAttentionUnit, RTMPoseConfig, build_rtmpose
 SIZES = {"t": (218, 3_337_007), "s": (254, 5_473_251), "m": (362, 13_587_611), "l": (470, 27_660_339)}
 
 
-def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+def on_meta(config: RTMPoseConfig) -> torch.nn.Module:
+    """The model without memory or initialisation (shapes only): RTMPose-l in milliseconds."""
+    with torch.device("meta"):
+        return build_rtmpose(config)
+
+
+def shapes(config: RTMPoseConfig) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in on_meta(config).state_dict().items()}
 
 
 def seeded_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -29,7 +35,7 @@ def seeded_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
         elif key.endswith(("running_mean", ".bias")):
             state[key] = torch.randn(value.shape, generator=gen) * 0.2
         elif value.dim() >= 2:
-            state[key] = torch.randn(value.shape, generator=gen) * (1.5 / value[0].numel()) ** 0.5
+            state[key] = torch.randn(value.shape, generator=gen) * (2.0 / value[0].numel()) ** 0.5
         else:
             state[key] = torch.rand(value.shape, generator=gen) + 0.5
     return state
@@ -37,8 +43,7 @@ def seeded_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_key_and_value_counts_per_size(size):
-    model = build_rtmpose(RTMPoseConfig(size=size))
-    state = model.state_dict()
+    state = on_meta(RTMPoseConfig(size=size)).state_dict()
     keys, values = SIZES[size]
     assert len(state) == keys
     assert sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == values
@@ -46,7 +51,7 @@ def test_key_and_value_counts_per_size(size):
 
 
 def test_published_names_and_shapes_m_256x192():
-    got = shapes(build_rtmpose(RTMPoseConfig(size="m", input_size=(192, 256))))
+    got = shapes(RTMPoseConfig(size="m", input_size=(192, 256)))
     expected = {
         "backbone.stem.0.conv.weight": (24, 3, 3, 3),
         "backbone.stem.0.bn.running_var": (24,),
@@ -104,13 +109,14 @@ def test_published_names_and_shapes_m_256x192():
     ],
 )
 def test_names_and_shapes_of_other_sizes(size, input_size, expected):
-    got = shapes(build_rtmpose(RTMPoseConfig(size=size, input_size=input_size)))
+    got = shapes(RTMPoseConfig(size=size, input_size=input_size))
     assert {key: got.get(key) for key in expected} == expected
 
 
 def test_config_derivations_and_refusals():
     m = RTMPoseConfig(size="m")
-    assert (m.stem_channels, m.stage_channels, m.stage_depths) == ((24, 24, 48), ((48, 96), (96, 192), (192, 384), (384, 768)), (2, 4, 4, 2))
+    assert (m.stem_channels, m.stage_depths, m.feature_channels) == ((24, 24, 48), (2, 4, 4, 2), 768)
+    assert m.stage_channels == ((48, 96), (96, 192), (192, 384), (384, 768))
     assert RTMPoseConfig(size="t").stage_depths == (1, 1, 1, 1)  # round(0.501) and round(1.002)
     assert RTMPoseConfig(size="s").stage_depths == (1, 2, 2, 1)
     assert RTMPoseConfig(size="l", input_size=(288, 384)).bins == (576, 768)
@@ -121,7 +127,7 @@ def test_config_derivations_and_refusals():
 
 
 def test_batchnorm_as_syncbn_defaults():
-    model = build_rtmpose(RTMPoseConfig(size="t"))
+    model = on_meta(RTMPoseConfig(size="t"))
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.eps == 1e-5 and m.momentum == 0.1 for m in norms)
 
@@ -151,6 +157,29 @@ def test_loaded_weights_reproduce_the_output_and_the_output_depends_on_the_image
     assert (got[0][0] - got[0][1]).abs().max() > 1e-3  # the two images give different outputs
 
 
+def test_matches_mmpose_on_seeded_weights():
+    # MMPose 1.3.2's CSPNeXt + RTMCCHead, built from rtmpose-t_8xb256-420e_coco-256x192.py (SyncBN
+    # reverted to BatchNorm), given seeded_state(model, 0) and these images, outputs these values
+    # (computed once with MMPose installed; its full outputs equal this module's to the last bit).
+    model = build_rtmpose(RTMPoseConfig(size="t")).eval()
+    model.load_state_dict(seeded_state(model, 0))
+    images = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        simcc_x, simcc_y = model(images)
+    mmpose = {
+        "x": [-1.7727139, -3.3369339, -1.4713744, -1.1892164, 3.2967472],  # simcc_x[0, ::4, 190]
+        "y": [0.2565612, -0.4504401, -0.3330250, 1.7935506, 0.3628451],  # simcc_y[0, ::4, 250]
+        "dx": [0.2602010, -0.1416347, 0.0762051, 0.0903916, -0.0399303],  # (simcc_x[0] - simcc_x[1])[::4, 190]
+        "dy": [0.0884347, -0.2221629, -0.3382629, 0.2840655, -0.0282079],  # (simcc_y[0] - simcc_y[1])[::4, 250]
+    }
+    got = {
+        "x": simcc_x[0, ::4, 190], "y": simcc_y[0, ::4, 250],
+        "dx": (simcc_x[0] - simcc_x[1])[::4, 190], "dy": (simcc_y[0] - simcc_y[1])[::4, 250],
+    }
+    for name, values in mmpose.items():
+        torch.testing.assert_close(got[name], torch.tensor(values), rtol=0, atol=1e-4, msg=name)
+
+
 def test_gau_treats_the_joints_as_a_set():
     # No relative position bias nor rotary encoding: permuting the joint tokens permutes the output.
     torch.manual_seed(0)
@@ -164,22 +193,26 @@ def test_gau_treats_the_joints_as_a_set():
 
 
 def test_wrong_state_dicts_are_refused_with_what_is_wrong():
-    model_m = build_rtmpose(RTMPoseConfig(size="m"))
-    state_l = build_rtmpose(RTMPoseConfig(size="l")).state_dict()
-    with pytest.raises(ValueError, match=r"^rtmpose-l\.pth \(for RTMPose-m 256x192\): does not match the model: .*unexpected.*wrong shape.*; it looks like RTMPose-l 256x192$"):
-        load_rtmpose_state_dict(model_m, state_l, where="rtmpose-l.pth")
+    model_t = build_rtmpose(RTMPoseConfig(size="t"))
+    state_l = on_meta(RTMPoseConfig(size="l")).state_dict()
+    expected = r"^rtmpose-l\.pth \(for RTMPose-t 256x192\): does not match the model: "
+    expected += r".*unexpected.*wrong shape.*; it looks like RTMPose-l 256x192$"
+    with pytest.raises(ValueError, match=expected):
+        load_rtmpose_state_dict(model_t, state_l, where="rtmpose-l.pth")
 
-    state_384 = build_rtmpose(RTMPoseConfig(size="m", input_size=(288, 384))).state_dict()
-    with pytest.raises(ValueError, match=r"wrong shape \(e\.g\. head\.mlp\.1\.weight \(256, 108\) vs \(256, 48\).*looks like RTMPose-m 384x288$"):
-        load_rtmpose_state_dict(model_m, state_384)
+    state_384 = on_meta(RTMPoseConfig(size="t", input_size=(288, 384))).state_dict()
+    expected = r": 3 wrong shape \(e\.g\. head\.mlp\.1\.weight \(256, 108\) vs \(256, 48\), .*; it looks like RTMPose-t 384x288$"
+    with pytest.raises(ValueError, match=expected):
+        load_rtmpose_state_dict(model_t, state_384)
 
     # A checkpoint whose keys lack the "backbone."/"head." prefixes (e.g. the backbone-only
-    # CSPNeXt files) or carries the published file's wrapper is refused too, not half-loaded.
-    before = {k: v.clone() for k, v in model_m.state_dict().items()}
+    # CSPNeXt files) or still in the published file's {"meta", "state_dict"} wrapper is refused
+    # too, and nothing is half-loaded.
+    before = {k: v.clone() for k, v in model_t.state_dict().items()}
     with pytest.raises(ValueError, match="unexpected"):
-        load_rtmpose_state_dict(model_m, {k.removeprefix("backbone."): v for k, v in before.items()})
+        load_rtmpose_state_dict(model_t, {k.removeprefix("backbone."): v for k, v in before.items()})
     with pytest.raises(ValueError, match=r"unexpected \(e\.g\. meta, state_dict\)"):
-        load_rtmpose_state_dict(model_m, {"meta": {}, "state_dict": before})
+        load_rtmpose_state_dict(model_t, {"meta": {}, "state_dict": before})
     with pytest.raises(ValueError, match=r"1 missing \(e\.g\. head\.gau\.gamma\)"):
-        load_rtmpose_state_dict(model_m, {k: v for k, v in before.items() if k != "head.gau.gamma"})
-    assert all(torch.equal(before[k], v) for k, v in model_m.state_dict().items())
+        load_rtmpose_state_dict(model_t, {k: v for k, v in before.items() if k != "head.gau.gamma"})
+    assert all(torch.equal(before[k], v) for k, v in model_t.state_dict().items())
