@@ -204,8 +204,8 @@ def read_box_results(url: str, options: StorageOptions) -> dict[int, tuple[np.nd
 def boxes_by_image(entries: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """COCO box results (a list of {image_id, category_id, bbox [x, y, w, h], score}; COCO's
     published person detections, or `results/boxes.json` of an earlier run) -> per image id the
-    person boxes (M, 4) float64 and scores (M,) float64, in file order. Other categories are
-    skipped; a missing score counts as 1."""
+    person boxes (M, 4) float64 and scores (M,) float64, best first (ties in file order). Other
+    categories are skipped; a missing score counts as 1."""
     by_image: dict[int, tuple[list, list]] = {}
     for entry in entries:
         if int(entry.get("category_id", PERSON_CATEGORY["id"])) != PERSON_CATEGORY["id"]:
@@ -213,7 +213,8 @@ def boxes_by_image(entries: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarra
         boxes, scores = by_image.setdefault(int(entry["image_id"]), ([], []))
         boxes.append([float(v) for v in entry["bbox"]][:4])
         scores.append(float(entry.get("score", 1.0)))
-    return {i: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64)) for i, (b, s) in by_image.items()}
+    best_first = {i: np.argsort(-np.asarray(s, np.float64), kind="stable") for i, (_, s) in by_image.items()}
+    return {i: (np.asarray(b, np.float64).reshape(-1, 4)[best_first[i]], np.asarray(s, np.float64)[best_first[i]]) for i, (b, s) in by_image.items()}
 
 
 def model_identity(spec: str, options: StorageOptions) -> dict:
@@ -321,6 +322,10 @@ class Detector:
         with self.precision.autocast(self.device):
             return detect(self.model, images, self.device)
 
+    def persons(self, batch: dict, found: dict[int, dict]) -> dict:
+        """What follows detection: the person inputs for the keypoint model."""
+        return person_inputs(batch, self.crops)
+
     def __call__(self, batch: dict) -> dict:
         count = len(batch["source"])
         boxes, scores, labels = (np.full(count, b"", dtype=object) for _ in range(3))
@@ -341,22 +346,60 @@ class Detector:
             scores[i] = detections["scores"].astype(np.float32).tobytes()
             labels[i] = detections["labels"].astype(np.int64).tobytes()
         batch = {**batch, "det_boxes": boxes, "det_scores": scores, "det_labels": labels, "error_stage": stages, "error_reason": reasons}
-        return person_inputs(batch, self.crops)
+        return self.persons(batch, found)
+
+
+class KeypointDetector(Detector):
+    """torchvision's Keypoint R-CNN on one actor: detections as `Detector` gives them, and the
+    keypoints of each chosen person box from the same model (`person_rows`, `person_keypoints`,
+    `person_scores`: the box score, its own person score, no rescoring), with no keypoint stage
+    after it."""
+
+    def __init__(self, spec: str, options: StorageOptions, crops: PersonCrops, arch: str | None = None, use_gpu: bool = False, threads: int = 1,
+                 precision: str = "auto"):
+        import torch
+
+        from jobs.models import load_keypoint_rcnn_file
+        from pose.precision import inference_precision
+
+        bound_kernel_cache()
+        torch.set_num_threads(threads)
+        self.device = _torch_device(use_gpu)
+        self.precision = inference_precision(self.device, precision)
+        self.model = self.precision.prepare(load_keypoint_rcnn_file(spec, options, arch).to(self.device))
+        self.crops = crops
+
+    def detect(self, images: list) -> list[dict]:
+        from pose.models.keypoint_rcnn import detect_with_keypoints
+
+        with self.precision.autocast(self.device):
+            return detect_with_keypoints(self.model, images, self.device)
+
+    def persons(self, batch: dict, found: dict[int, dict]) -> dict:
+        from pose.models.detector import person_boxes
+
+        count = len(batch["source"])
+        rows, keypoints, scores = (np.full(count, b"", dtype=object) for _ in range(3))
+        for i, detections in found.items():
+            chosen = person_boxes(detections["boxes"], detections["scores"], detections["labels"], self.crops.threshold, self.crops.limit)
+            rows[i] = chosen.astype(np.int32).tobytes()
+            keypoints[i] = detections["keypoints"][chosen].astype(np.float32).tobytes()
+            scores[i] = detections["scores"][chosen].astype(np.float64).tobytes()
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        return {**out, "person_rows": rows, "person_keypoints": keypoints, "person_scores": scores}
 
 
 def given_boxes(batch: dict, crops: PersonCrops) -> dict:
     """The detector's stage with `--boxes`: each row's given person boxes (`given_boxes` (M, 4)
-    float64 COCO [x, y, w, h] and `given_scores` (M,), set by the driver from the file) become its
-    detections, best first, then `person_inputs`."""
+    float64 COCO [x, y, w, h] and `given_scores` (M,), best first, set by the driver from the file
+    by `boxes_by_image`) become its detections, then `person_inputs`."""
     count = len(batch["source"])
     boxes, scores, labels = (np.full(count, b"", dtype=object) for _ in range(3))
     for i in range(count):
-        given = np.frombuffer(batch["given_boxes"][i], np.float64).reshape(-1, 4)
         given_scores = np.frombuffer(batch["given_scores"][i], np.float64)
-        order = np.argsort(-given_scores, kind="stable")
-        boxes[i] = given[order].astype(np.float32).tobytes()
-        scores[i] = given_scores[order].astype(np.float32).tobytes()
-        labels[i] = np.full(len(order), PERSON_CATEGORY["id"], np.int64).tobytes()
+        boxes[i] = np.frombuffer(batch["given_boxes"][i], np.float64).astype(np.float32).tobytes()
+        scores[i] = given_scores.astype(np.float32).tobytes()
+        labels[i] = np.full(len(given_scores), PERSON_CATEGORY["id"], np.int64).tobytes()
     rest = {k: v for k, v in batch.items() if k not in ("given_boxes", "given_scores")}
     return person_inputs({**rest, "det_boxes": boxes, "det_scores": scores, "det_labels": labels}, crops)
 
@@ -426,14 +469,16 @@ class DetectorAndKeypoints:
     read and decoded (`read`: `read_images`' keyword arguments), go through the detector and then,
     their persons together, through the keypoint model."""
 
-    def __init__(self, detector: dict | None, keypoints: dict, read: dict, crops: PersonCrops):
-        self.detector = Detector(**detector) if detector is not None else None  # None: the rows carry given boxes
-        self.keypoints = KeypointModel(**keypoints)
+    def __init__(self, detector: dict | None, keypoints: dict | None, read: dict, crops: PersonCrops):
+        # detector None: the rows carry given boxes; keypoints None: the detector is a Keypoint R-CNN.
+        self.detector = (Detector if keypoints is not None else KeypointDetector)(**detector) if detector is not None else None
+        self.keypoints = KeypointModel(**keypoints) if keypoints is not None else None
         self.read, self.crops = read, crops
 
     def __call__(self, batch: dict) -> dict:
         batch = read_images(batch, **self.read)
-        return self.keypoints(self.detector(batch) if self.detector is not None else given_boxes(batch, self.crops))
+        batch = self.detector(batch) if self.detector is not None else given_boxes(batch, self.crops)
+        return self.keypoints(batch) if self.keypoints is not None else batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,8 +506,12 @@ def annotation_row(row: dict, category_names: tuple[str, ...], nms_threshold: fl
     ]
     rows = np.frombuffer(row["person_rows"], np.int32)
     keypoints = np.frombuffer(row["person_keypoints"], np.float32).reshape(-1, NUM_JOINTS, 3)
-    areas = np.frombuffer(row["person_areas"], np.float64)
-    kept, person_scores = rescore_and_suppress(keypoints, scores[rows], areas, nms_threshold=nms_threshold)
+    if "person_scores" in row:  # a Keypoint R-CNN: its own person scores, no rescoring or OKS-NMS
+        person_scores = np.frombuffer(row["person_scores"], np.float64)
+        kept = np.argsort(-person_scores, kind="stable")
+    else:
+        areas = np.frombuffer(row["person_areas"], np.float64)
+        kept, person_scores = rescore_and_suppress(keypoints, scores[rows], areas, nms_threshold=nms_threshold)
     persons = [
         {"bbox": boxes[rows[k]].tolist(), "box_score": float(scores[rows[k]]), "keypoints": keypoints[k].reshape(-1).tolist(), "score": float(person_scores[k])}
         for k in kept
@@ -562,16 +611,22 @@ def run_annotate(
 ) -> dict:
     """Annotate the plan's shards that are not yet committed in DST; then the results files,
     pictures and `manifest.json`. Returns the manifest."""
-    from jobs.models import load_detector, load_pose_model
+    from jobs.models import is_keypoint_rcnn, load_detector, load_keypoint_rcnn_file, load_pose_model
     from pose.models.detector import PERSON_CATEGORY_NAMES
 
     check_writable(dest, options)
     remove_stale_temporaries(dest)  # a killed run's half-written files (never under a final name)
     # Both models are loaded here once, so that a wrong --detector or --keypoints is one line now
     # rather than an actor's traceback later; the actors load their own copies.
-    if (settings.boxes is None) == (settings.detector is None):
+    rcnn = is_keypoint_rcnn(settings.keypoints, options)
+    if rcnn:
+        if settings.boxes is not None or settings.detector is not None:
+            raise AnnotateError(f"{settings.keypoints}: a torchvision Keypoint R-CNN finds its own persons; leave out --detector and --boxes")
+        load_keypoint_rcnn_file(settings.keypoints, options, settings.keypoint_arch)
+        category_names = PERSON_CATEGORY_NAMES
+    elif (settings.boxes is None) == (settings.detector is None):
         raise AnnotateError("give either --detector (a model finds the persons) or --boxes (a COCO box results file), not both or neither")
-    if settings.boxes is None:
+    elif settings.boxes is None:
         detector = load_detector(settings.detector, options, settings.detector_arch)
         category_names = detector.config.category_names()
         del detector
@@ -582,12 +637,12 @@ def run_annotate(
             for item in shard.items:
                 boxes, scores = given.get(item["image_id"], (np.zeros((0, 4)), np.zeros(0)))
                 item["given_boxes"], item["given_scores"] = boxes.tobytes(), scores.tobytes()
-    crop = load_pose_model(settings.keypoints, options, settings.overrides()).crop
+    crop = None if rcnn else load_pose_model(settings.keypoints, options, settings.overrides()).crop
 
     fingerprinted = {
         **settings.result_settings(),
         "exif_transpose": not plan.ingested,
-        "detector_identity": model_identity(settings.detector or settings.boxes, options),
+        "detector_identity": model_identity(settings.detector or settings.boxes or settings.keypoints, options),
         "keypoints_identity": model_identity(settings.keypoints, options),
         "schema_version": schema.SCHEMA_VERSION,
     }
@@ -636,14 +691,18 @@ def _stream(pending, dest, options, settings, resources: Resources, crop, catego
     per_block = max(resources.detector_batch, -(-len(items) // MAX_BLOCKS))
     dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block))
     read = {"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels}
-    if settings.boxes is None:
+    keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch,
+                 "use_gpu": resources.use_gpu, "precision": settings.precision, "overrides": settings.overrides()}
+    if crop is None:  # a Keypoint R-CNN: the detector stage gives the keypoints too
+        crops, keypoints = PersonCrops(None, settings.person_threshold, settings.max_persons), None
+        detector = {"spec": settings.keypoints, "options": options, "crops": crops, "arch": settings.keypoint_arch, "use_gpu": resources.use_gpu,
+                    "precision": settings.precision}
+    elif settings.boxes is None:
         crops = PersonCrops(crop, settings.person_threshold, settings.max_persons)
         detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu,
                     "precision": settings.precision}
     else:  # every given box scoring at least --box-threshold, as the COCO protocol evaluates them
         crops, detector = PersonCrops(crop, settings.box_threshold, 2**31 - 1), None
-    keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch,
-                 "use_gpu": resources.use_gpu, "precision": settings.precision, "overrides": settings.overrides()}
 
     def on_actors(dataset, stage, arguments: dict, batch_size: int, actors: int):
         return dataset.map_batches(stage, fn_constructor_kwargs=arguments, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
@@ -663,9 +722,11 @@ def _stream(pending, dest, options, settings, resources: Resources, crop, catego
             dataset = dataset.map_batches(given_boxes, fn_kwargs={"crops": crops}, batch_size=resources.detector_batch,
                                           compute=ray.data.TaskPoolStrategy(size=resources.read_tasks), num_cpus=resources.task_cpus)
         else:
-            dataset = on_actors(dataset, Detector, detector, resources.detector_batch, resources.detector_actors)
-        # Images per keypoint call: enough for about one model batch of persons.
-        dataset = on_actors(dataset, KeypointModel, keypoints, max(1, resources.keypoint_batch // 4), resources.keypoint_actors)
+            stage = Detector if keypoints is not None else KeypointDetector
+            dataset = on_actors(dataset, stage, detector, resources.detector_batch, resources.detector_actors)
+        if keypoints is not None:
+            # Images per keypoint call: enough for about one model batch of persons.
+            dataset = on_actors(dataset, KeypointModel, keypoints, max(1, resources.keypoint_batch // 4), resources.keypoint_actors)
 
     gathered: dict[str, dict[str, list]] = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -196,11 +196,12 @@ SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and 
 KeypointsOption = Annotated[
     str,
     typer.Option("--keypoints", help="A train-keypoints run folder, or a published checkpoint file: MMPose SimpleBaseline / HRNet / RTMPose (COCO 17 joints), "
-                 "a Simple Baselines or HRNet release (local or s3://).", show_default=False),
+                 "a Simple Baselines or HRNet release, or torchvision's Keypoint R-CNN (then no --detector) (local or s3://).", show_default=False),
 ]
 KeypointArchOption = Annotated[
     Optional[str],
-    typer.Option("--keypoint-arch", help="What a published keypoint file holds: resnet50|101|152, hrnet-w32|w48, rtmpose-t|s|m|l (default: read from the file).",
+    typer.Option("--keypoint-arch", help="What a published keypoint file holds: resnet50|101|152, hrnet-w32|w48, rtmpose-t|s|m|l, "
+                 "keypointrcnn-coco-v1|legacy (default: read from the file and its name).",
                  show_default=False),
 ]
 ModelInputOption = Annotated[

@@ -90,6 +90,40 @@ def load_pose_model(spec: str, options: StorageOptions = StorageOptions(), overr
         raise ModelError(str(error)) from None
 
 
+# `--keypoint-arch` values for torchvision's Keypoint R-CNN files, whose names usually say it by their hash.
+KEYPOINT_RCNN_VARIANTS = {"keypointrcnn-coco-v1": "coco_v1", "keypointrcnn-legacy": "legacy"}
+
+
+def is_keypoint_rcnn(spec: str, options: StorageOptions = StorageOptions()) -> bool:
+    """Whether `--keypoints` is a torchvision Keypoint R-CNN file (a detector with keypoints)."""
+    from pose.checkpoints import CheckpointError, read_checkpoint
+    from pose.models.keypoint_rcnn import is_keypoint_rcnn_state
+
+    if exists(join(spec, "model.json"), options) or not exists(spec, options):
+        return False
+    try:
+        state, _ = read_checkpoint(read_bytes(spec, options), spec)
+    except CheckpointError as error:
+        raise ModelError(str(error)) from None
+    return is_keypoint_rcnn_state(state)
+
+
+def load_keypoint_rcnn_file(spec: str, options: StorageOptions = StorageOptions(), arch: str | None = None):
+    """torchvision's Keypoint R-CNN in eval mode from a published file (local or s3://); `arch`
+    (`KEYPOINT_RCNN_VARIANTS`) names the variant of a file whose name lost its hash."""
+    from pose.models.keypoint_rcnn import load_keypoint_rcnn
+
+    if arch is not None and arch not in KEYPOINT_RCNN_VARIANTS:
+        raise ModelError(f"{spec}: a torchvision Keypoint R-CNN; --keypoint-arch takes {' or '.join(KEYPOINT_RCNN_VARIANTS)} for it, not {arch!r}")
+    buffer = io.BytesIO(read_bytes(spec, options))
+    buffer.name = spec
+    try:
+        return load_keypoint_rcnn(buffer, KEYPOINT_RCNN_VARIANTS.get(arch)).eval()
+    except ValueError as error:
+        message = str(error).replace("pass variant=", "pass --keypoint-arch").replace("coco_v1, legacy", " or ".join(KEYPOINT_RCNN_VARIANTS))
+        raise ModelError(message) from None
+
+
 def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: str | None = None):
     """A Faster R-CNN in eval mode, with `model.config` (a DetectorConfig) set.
 

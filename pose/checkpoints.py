@@ -127,6 +127,9 @@ def identify(state: dict[str, torch.Tensor], name: str, overrides: Overrides = O
         codec = _codec_from_name(name)
         found = CheckpointSpec("mmpose" if mmpose else "simple-baselines", RESNET_DEPTHS[blocks], _size_from_name(name), codec,
                                bgr=not mmpose)
+    elif any(k.startswith("roi_heads.keypoint_predictor.") for k in state):
+        raise CheckpointError(f"{name}: a torchvision Keypoint R-CNN, which finds its own persons: give it to annotate as --keypoints "
+                              "without --detector or --boxes")
     else:
         sample = ", ".join(list(state)[:3])
         raise CheckpointError(
