@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from published import manifest, random_state_dict
 
 from pose.models.rtmpose import GatedAttentionUnit, RTMPoseConfig, build_rtmpose, load_rtmpose_state_dict
 
 # Keys and values (parameters, without BatchNorm statistics) of each size at 256x192; the value
-# counts are the "Params" of MMPose's model zoo (3.34 M, 5.47 M, 13.59 M, 27.66 M).
+# counts are the "Params(M)" of MMPose's projects/rtmpose tables (3.34, 5.47, 13.59, 27.66).
 SIZES = {"t": (218, 3_337_007), "s": (254, 5_473_251), "m": (362, 13_587_611), "l": (470, 27_660_339)}
 
 
@@ -48,6 +49,32 @@ def test_key_and_value_counts_per_size(size):
     assert len(state) == keys
     assert sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == values
     assert all(k.startswith(("backbone.", "head.")) for k in state)
+
+
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("mmpose-rtmpose-t", RTMPoseConfig(size="t")),
+        ("mmpose-rtmpose-s", RTMPoseConfig(size="s")),
+        ("mmpose-rtmpose-m", RTMPoseConfig(size="m")),
+        ("mmpose-rtmpose-l", RTMPoseConfig(size="l")),
+        ("mmpose-rtmpose-m-384x288", RTMPoseConfig(size="m", input_size=(288, 384))),
+        ("mmpose-rtmpose-l-384x288", RTMPoseConfig(size="l", input_size=(288, 384))),
+    ],
+)
+def test_state_dict_is_the_published_manifest_key_for_key(name, config):
+    # tests/data/published/<name>.json: keys, shapes and order of the published file's state_dict.
+    assert list(shapes(config).items()) == manifest(name)
+
+
+def test_published_layout_random_weights_load_and_run():
+    model = build_rtmpose(RTMPoseConfig(size="t")).eval()
+    load_rtmpose_state_dict(model, random_state_dict("mmpose-rtmpose-t", seed=3), where="mmpose-rtmpose-t")
+    images = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        simcc_x, simcc_y = model(images)
+    assert torch.isfinite(simcc_x).all() and torch.isfinite(simcc_y).all()
+    assert (simcc_x[0] - simcc_x[1]).abs().max() > 1e-2
 
 
 def test_published_names_and_shapes_m_256x192():
