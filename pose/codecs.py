@@ -1,0 +1,378 @@
+"""The keypoint decoders of the published checkpoints' frameworks, flip test included, computed as they compute them.
+
+Each decoder is the `decode` half of a `pose.topdown.PoseModel`: `decode(output, flipped_output)` takes the
+network's output on the crops (float32 torch tensor (N, K, h, w), or (simcc_x (N, K, Wx), simcc_y (N, K, Wy)) for
+SimCC; on any device) and its output on the horizontally mirrored crops (or None: no flip test), and returns
+keypoints (N, K, 2) float64 in model-input pixels and scores (N, K) float32.
+
+- `MSRAHeatmapDecoder`: MMPose 1.x `MSRAHeatmap` (SimpleBaseline ResNets, HRNet; `unbiased=True` is DARK).
+- `UDPHeatmapDecoder`: MMPose 1.x `UDPHeatmap` with Gaussian heatmaps (HRNet UDP).
+- `SimCCDecoder`: MMPose 1.x `SimCCLabel` as `RTMCCHead` uses it (RTMPose).
+- `SimpleBaselinesDecoder`: the original Simple Baselines and HRNet releases (`get_final_preds`).
+
+"Model-input pixels" are each framework's own, the coordinates it maps back to the image with
+kp / input_size * scale + centre - scale / 2 (`pose.topdown`'s "mmpose" and "udp" centrings):
+MMPose MSRA/DARK and the releases: heatmap x * input_size / heatmap_size; UDP: heatmap x * input_size /
+(heatmap_size - 1); SimCC: bin / split ratio. None of them is pose-jobs' pixel-centre convention (`pose.heatmaps`).
+
+Exactness: MMPose decodes in float32 numpy (and OpenCV for DARK's and UDP's blur), so these decoders do the same
+float32 operations in the same order, and reproduce OpenCV's float32 Gaussian blur (fused multiply-adds in its
+order, see `opencv_gaussian_blur`): on random, flat, negative and border-peaked maps the keypoints equal MMPose's
+and the releases' bit for bit (checked against MMPose 1.3.2 with opencv-python-headless 4.10 on an AVX2/FMA CPU).
+Their quirks are kept on purpose, each where it happens (border rules, the -1 of non-positive maxima, UDP's reads
+across neighbouring maps); a fix would change published accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pose.heatmaps import flip_test
+from pose.joints import flip_index
+
+
+def opencv_gaussian_kernel(kernel_size: int) -> np.ndarray:
+    """The 1-D kernel (kernel_size,) float32 that OpenCV's GaussianBlur uses for `kernel_size` and sigma 0:
+    exp(-x^2 / (2 sigma^2)) for x = -(n-1)/2 .. (n-1)/2, sigma = 0.3 * ((n - 1) / 2 - 1) + 0.8, normalised to sum
+    1 in float64, then rounded to float32 (the kernel type OpenCV picks for float32 images).
+
+    OpenCV takes kernels of size 1, 3, 5 and 7 from a fixed table instead: they are not offered here (no
+    published model's decoder uses them)."""
+    if kernel_size % 2 != 1 or kernel_size < 9:
+        raise ValueError(f"blur kernel size must be odd and at least 9 (OpenCV tabulates smaller ones), got {kernel_size}")
+    sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+    x = np.arange(kernel_size) - (kernel_size - 1) / 2
+    taps = np.exp(-(x**2) / (2 * sigma**2))
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def opencv_gaussian_blur(heatmaps: np.ndarray, kernel_size: int) -> np.ndarray:
+    """MMPose's `gaussian_blur` of heatmaps (..., H, W) float32 -> (..., H, W) float32: each map padded with
+    (kernel_size - 1) / 2 zeros on every side, blurred by cv2.GaussianBlur((kernel_size, kernel_size), 0), cut
+    back, and rescaled so that its maximum is the original map's maximum.
+
+    The padding is as wide as the kernel's radius, so OpenCV's default border (BORDER_REFLECT_101 of the padded
+    map) never reaches a kept pixel: the blur equals a correlation with zeros outside the map. OpenCV filters
+    float32 images separably in float32, rows first, with fused multiply-adds: along a row
+    s = fma(p[t], k[t], s) for t = 0 .. n-1 from s = 0; down a column, with the symmetric kernel,
+    s = r[0] * k[c] then s = fma(r[+j] + r[-j], k[c + j], s) for j = 1 .. radius. Done here in that order
+    on x86 CPUs with AVX2 and FMA (what opencv-python's wheels dispatch to there), so the result is OpenCV's to
+    the bit; about 5 ms per crop of 17 maps 64x48 on one core.
+    """
+    heatmaps = np.asarray(heatmaps, np.float32)
+    h, w = heatmaps.shape[-2:]
+    if heatmaps.size == 0:
+        return heatmaps.copy()
+    maps = heatmaps.reshape(-1, h, w)
+    # In blocks of maps that stay in the CPU's cache: twice as fast as all 128 crops x 17 joints at once.
+    blurred = np.concatenate([_opencv_blur_zero_padded(maps[i:i + 32], kernel_size) for i in range(0, len(maps), 32)])
+    blurred = blurred.reshape(heatmaps.shape)
+    # MMPose restores each map's peak height; an all-zero map becomes NaN (0 / 0), as it does there.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = heatmaps.max(axis=(-2, -1)) / blurred.max(axis=(-2, -1))
+    return blurred * ratio[..., None, None]
+
+
+def _opencv_blur_zero_padded(maps: np.ndarray, kernel_size: int) -> np.ndarray:
+    """cv2.GaussianBlur of maps (M, H, W) float32 surrounded by zeros, in OpenCV's float32 operations -> (M, H, W).
+
+    A float32 fma(a, b, c) is computed as a * b + c in float64, then rounded to float32: a * b is exact in float64
+    for float32 a and b, and the double rounding of the sum differs from fma's single one in fewer than 1 in 2^29
+    cases."""
+    kernel = opencv_gaussian_kernel(kernel_size).astype(np.float64)
+    radius = kernel_size // 2
+    m, h, w = maps.shape
+    padded = np.zeros((m, h, w + 2 * radius), np.float64)
+    padded[..., radius:radius + w] = maps
+    fma = np.empty((m, h, w), np.float64)
+    # Rows filtered into the middle of a taller buffer: its zero margins are the filtered zero rows of the padding.
+    tall = np.zeros((m, h + 2 * radius, w), np.float32)
+    rows = tall[:, radius:radius + h]
+    for t in range(kernel_size):
+        np.multiply(padded[..., t:t + w], kernel[t], out=fma)
+        fma += rows
+        rows[...] = fma
+    blurred = rows * np.float32(kernel[radius])
+    pair = np.empty((m, h, w), np.float32)
+    for j in range(1, radius + 1):
+        np.add(tall[:, radius + j:radius + j + h], tall[:, radius - j:radius - j + h], out=pair)
+        np.multiply(pair, kernel[radius + j], out=fma)
+        fma += blurred
+        blurred[...] = fma
+    return blurred
+
+
+def heatmap_maximum(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MMPose's `get_heatmap_maximum`: heatmaps (N, K, H, W) float32 -> the arg-max (x, y) (N, K, 2) int64 (first
+    in row-major order on ties) and the maximum (N, K) float32. Where the maximum is <= 0 the position is (-1, -1):
+    MMPose's marker for "no peak", which every MMPose decoder then carries to its output."""
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, k, h * w)
+    index = flat.argmax(-1)
+    scores = np.take_along_axis(flat, index[..., None], -1)[..., 0]
+    xy = np.stack([index % w, index // w], -1)
+    return np.where((scores <= 0)[..., None], -1, xy), scores
+
+
+def _at(maps: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """maps (N, K, H, W) read at integer (x, y) (N, K) -> (N, K); positions outside are clipped (callers mask them)."""
+    h, w = maps.shape[-2:]
+    index = np.clip(y, 0, h - 1) * w + np.clip(x, 0, w - 1)
+    return np.take_along_axis(maps.reshape(maps.shape[:2] + (h * w,)), index[..., None], -1)[..., 0]
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+def _check_shape(heatmaps: np.ndarray, heatmap_size: tuple[int, int]) -> None:
+    if heatmaps.shape[-2:] != (heatmap_size[1], heatmap_size[0]):
+        raise ValueError(f"heatmaps of shape {tuple(heatmaps.shape)}, but the decoder expects (h, w) = {heatmap_size[::-1]}")
+
+
+def _flip_averaged_heatmaps(output: torch.Tensor, flipped_output: torch.Tensor | None, shift: bool) -> np.ndarray:
+    """The heatmaps that MMPose's `HeatmapHead.predict` and the releases' `validate` decode, (N, K, H, W) float32.
+
+    With a flip test both compute, on the network's device in float32: the flipped output mirrored along x, its
+    joints swapped (COCO's left/right pairs), shifted one pixel right when `shift` (column 0 keeps its value),
+    then (output + that) * 0.5. `pose.heatmaps.flip_test` is that computation ((a + b) / 2 is the same float32
+    number as (a + b) * 0.5)."""
+    if flipped_output is None:
+        return _numpy(output)
+    return _numpy(flip_test(output.float(), flipped_output.float(), shift=shift))
+
+
+@dataclass(frozen=True)
+class MSRAHeatmapDecoder:
+    """MMPose 1.x `MSRAHeatmap.decode` with the heatmap head's flip test: SimpleBaseline ResNet-50/101/152 and
+    HRNet-W32/W48 (`td-hm_*_coco-*.py`), and their DARK variants (`td-hm_*_dark-*.py`, `unbiased=True`).
+
+    - Flip test (`HeatmapHead.predict`): see `_flip_averaged_heatmaps`. Every COCO td-hm config of these models,
+      DARK included, sets `test_cfg=dict(flip_test=True, flip_mode='heatmap', shift_heatmap=True)`: keep
+      `shift_flipped=True` for them.
+    - Arg-max and score: `heatmap_maximum` on the averaged maps; the score is the map's maximum, negative or not.
+      A non-positive maximum gives the position (-1, -1), which neither refinement moves: (-1, -1) * stride.
+    - `unbiased=False`: the quarter step of `refine_keypoints`. x moves 0.25 towards the higher of its two
+      neighbours when 1 < x < W - 1 and 0 < y (column 1 and row 0 never move along x); y moves when
+      1 < y < H - 1 and 0 < x; equal neighbours do not move.
+    - `unbiased=True` (DARK, `refine_keypoints_dark`): the maps blurred by `opencv_gaussian_blur`
+      (`blur_kernel_size` 11 in all these configs but td-hm_res152_dark 384x288, which sets 17), floored at 1e-10,
+      log, then one Newton step x -= H^-1 g with g the central difference and the Hessian from
+      dxx = (m[x+2] - 2 m[x] + m[x-2]) / 4 (a step of 2), dxy = (m[x+1,y+1] - m[x+1,y-1] - m[x-1,y+1] +
+      m[x-1,y-1]) / 4, all in float32; only where 1 < x < W - 2 and 1 < y < H - 2 and the float32 determinant is
+      not 0. The step is not bounded.
+    - To input pixels: x * (input_size / heatmap_size), in float32 as MMPose has it.
+    """
+
+    input_size: tuple[int, int] = (192, 256)  # (w, h)
+    heatmap_size: tuple[int, int] = (48, 64)  # (w, h)
+    unbiased: bool = False
+    blur_kernel_size: int = 11
+    shift_flipped: bool = True
+
+    def decode(self, output: torch.Tensor, flipped_output: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps (N, K, H, W) and those of the mirrored crops (or None) -> keypoints (N, K, 2) float64 in input
+        pixels, scores (N, K) float32."""
+        heatmaps = _flip_averaged_heatmaps(output, flipped_output, self.shift_flipped)
+        _check_shape(heatmaps, self.heatmap_size)
+        xy, scores = heatmap_maximum(heatmaps)
+        if self.unbiased:
+            keypoints = _dark_step(heatmaps, xy, self.blur_kernel_size)
+        else:
+            keypoints = _mmpose_quarter_step(heatmaps, xy)
+        stride = (np.asarray(self.input_size) / np.asarray(self.heatmap_size)).astype(np.float32)
+        return (keypoints * stride).astype(np.float64), scores
+
+
+def _mmpose_quarter_step(heatmaps: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """MMPose's `refine_keypoints` on arg-maxima xy (N, K, 2) -> (N, K, 2) float32 heatmap coordinates."""
+    h, w = heatmaps.shape[-2:]
+    x, y = xy[..., 0], xy[..., 1]
+    # MMPose's own bounds, off by one against Simple Baselines' (1 < x < W - 1 and 1 < y < H - 1 for both axes).
+    along_x = (1 < x) & (x < w - 1) & (0 < y) & (y < h)
+    along_y = (1 < y) & (y < h - 1) & (0 < x) & (x < w)
+    dx = np.where(along_x, _at(heatmaps, x + 1, y) - _at(heatmaps, x - 1, y), np.float32(0))
+    dy = np.where(along_y, _at(heatmaps, x, y + 1) - _at(heatmaps, x, y - 1), np.float32(0))
+    return xy.astype(np.float32) + np.sign(np.stack([dx, dy], -1)) * np.float32(0.25)
+
+
+def _dark_step(heatmaps: np.ndarray, xy: np.ndarray, blur_kernel_size: int) -> np.ndarray:
+    """MMPose's `refine_keypoints_dark` on arg-maxima xy (N, K, 2) -> (N, K, 2) float32 heatmap coordinates."""
+    h, w = heatmaps.shape[-2:]
+    logs = np.log(np.maximum(opencv_gaussian_blur(heatmaps, blur_kernel_size), np.float32(1e-10)))
+    x, y = xy[..., 0], xy[..., 1]
+
+    def m(dx: int, dy: int) -> np.ndarray:
+        return _at(logs, x + dx, y + dy)
+
+    half, quarter = np.float32(0.5), np.float32(0.25)
+    # Every expression below keeps MMPose's order of float32 operations.
+    gx, gy = half * (m(1, 0) - m(-1, 0)), half * (m(0, 1) - m(0, -1))
+    dxx = quarter * (m(2, 0) - 2 * m(0, 0) + m(-2, 0))
+    dxy = quarter * (m(1, 1) - m(1, -1) - m(-1, 1) + m(-1, -1))
+    dyy = quarter * (m(0, 2) - 2 * m(0, 0) + m(0, -2))
+    refined = (1 < x) & (x < w - 2) & (1 < y) & (y < h - 2) & (dxx * dyy - dxy**2 != 0)
+    hessian = np.stack([np.stack([dxx, dxy], -1), np.stack([dxy, dyy], -1)], -2)[refined]
+    gradient = np.stack([gx, gy], -1)[refined][..., None]
+    keypoints = xy.astype(np.float32)
+    keypoints[refined] += np.matmul(-_inverse(hessian), gradient)[..., 0]
+    return keypoints
+
+
+def _inverse(matrices: np.ndarray) -> np.ndarray:
+    """np.linalg.inv of (M, 2, 2) float32 (what MMPose calls, matrix by matrix); a matrix that LAPACK finds exactly
+    singular although its float32 determinant is not 0 (where MMPose would raise) gets a zero inverse: no step."""
+    try:
+        return np.linalg.inv(matrices)
+    except np.linalg.LinAlgError:
+        out = np.zeros_like(matrices)
+        for i, matrix in enumerate(matrices):
+            try:
+                out[i] = np.linalg.inv(matrix)
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+@dataclass(frozen=True)
+class UDPHeatmapDecoder:
+    """MMPose 1.x `UDPHeatmap.decode` with heatmap_type 'gaussian' and the heatmap head's flip test: HRNet-W32/W48
+    UDP (`td-hm_hrnet-w*_udp-*_coco-*.py`; input cut with `pose.topdown`'s "udp" centring).
+
+    - Flip test: `_flip_averaged_heatmaps` without the shift (the UDP configs set `shift_heatmap=False`: UDP's
+      warp already makes the mirrored heatmap exact).
+    - Arg-max and score: `heatmap_maximum` (score = the map's maximum).
+    - `refine_keypoints_dark_udp`: maps blurred by `opencv_gaussian_blur` (`blur_kernel_size` 11, the UDPHeatmap
+      default that all these configs keep, 384x288 included), clipped to [1e-3, 50], log, padded by one pixel
+      with edge values; one Newton step at every keypoint (borders included) from first and second central
+      differences of step 1 and a mixed difference (m[x+1,y+1] - m[x+1,y] - m[x,y+1] + 2 m - m[x-1,y] -
+      m[x,y-1] + m[x-1,y-1]) / 2, with the Hessian + float32 eps * I inverted in float64 and the step applied
+      to float32 coordinates. MMPose reads the neighbours by flat index into the stacked padded maps of one crop,
+      so a "no peak" (-1, -1) keypoint reads its up and left neighbours from the end of the previous joint's
+      padded map (the last joint's for joint 0): reproduced, as its output position is part of MMPose's result.
+    - To input pixels: x * input_size / (heatmap_size - 1), in float64.
+    """
+
+    input_size: tuple[int, int] = (192, 256)  # (w, h)
+    heatmap_size: tuple[int, int] = (48, 64)  # (w, h)
+    blur_kernel_size: int = 11
+    shift_flipped: bool = False
+
+    def decode(self, output: torch.Tensor, flipped_output: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps (N, K, H, W) and those of the mirrored crops (or None) -> keypoints (N, K, 2) float64 in input
+        pixels, scores (N, K) float32."""
+        heatmaps = _flip_averaged_heatmaps(output, flipped_output, self.shift_flipped)
+        _check_shape(heatmaps, self.heatmap_size)
+        xy, scores = heatmap_maximum(heatmaps)
+        keypoints = _udp_dark_step(heatmaps, xy, self.blur_kernel_size)
+        w, h = self.heatmap_size
+        return keypoints.astype(np.float64) / [w - 1, h - 1] * np.asarray(self.input_size), scores
+
+
+def _udp_dark_step(heatmaps: np.ndarray, xy: np.ndarray, blur_kernel_size: int) -> np.ndarray:
+    """MMPose's `refine_keypoints_dark_udp` on arg-maxima xy (N, K, 2) -> (N, K, 2) float32 heatmap coordinates."""
+    n, k, h, w = heatmaps.shape
+    logs = np.log(np.clip(opencv_gaussian_blur(heatmaps, blur_kernel_size), np.float32(1e-3), np.float32(50.0)))
+    # One flat array per crop of its K edge-padded maps, read by flat index as MMPose reads it: an index below 0
+    # wraps to the end (numpy's negative indexing there).
+    flat = np.pad(logs, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge").reshape(n, -1)
+    row = w + 2
+    index = (xy[..., 0] + 1) + (xy[..., 1] + 1) * row + (h + 2) * row * np.arange(k)
+
+    def m(offset: int) -> np.ndarray:
+        return np.take(flat, np.mod(index + offset, flat.shape[1]) + flat.shape[1] * np.arange(n)[:, None])
+
+    centre, right, left, down, up = m(0), m(1), m(-1), m(row), m(-row)
+    half = np.float32(0.5)
+    # MMPose's order of float32 operations, term by term.
+    gradient = np.stack([half * (right - left), half * (down - up)], -1)[..., None]
+    dxx = right - 2 * centre + left
+    dyy = down - 2 * centre + up
+    dxy = half * (m(row + 1) - right - down + centre + centre - left - up + m(-row - 1))
+    hessian = np.stack([np.stack([dxx, dxy], -1), np.stack([dxy, dyy], -1)], -2)
+    # float32 eps times float64 I: the sum, its inverse and the step are float64.
+    inverse = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
+    step = np.einsum("aimn,aink->aimk", inverse, gradient)[..., 0]
+    return (xy.astype(np.float32) - step).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SimCCDecoder:
+    """MMPose 1.x `SimCCLabel.decode` as RTMPose's `RTMCCHead.predict` uses it (`simcc_split_ratio` 2.0,
+    `use_dark` and `decode_visibility` off, `test_cfg=dict(flip_test=True)` in the RTMPose COCO configs).
+
+    - Flip test (`flip_vectors`): the flipped x vectors reversed and both axes' joints swapped, no shift; then
+      (output + flipped) * 0.5 per axis, in float32 on the network's device.
+    - `get_simcc_maximum`: x = arg-max of the x vector, y = arg-max of the y vector (first on ties); the score is
+      the smaller of the two maxima, raw (RTMCCHead normalises nothing, no softmax: scores are logits, not
+      probabilities). Where the score is <= 0 the position is (-1, -1) bins.
+    - To input pixels: bin / simcc_split_ratio, in float32.
+    """
+
+    input_size: tuple[int, int] = (192, 256)  # (w, h)
+    simcc_split_ratio: float = 2.0
+
+    def decode(self, output: tuple[torch.Tensor, torch.Tensor],
+               flipped_output: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(simcc_x (N, K, Wx), simcc_y (N, K, Wy)) and those of the mirrored crops (or None) -> keypoints
+        (N, K, 2) float64 in input pixels, scores (N, K) float32."""
+        simcc_x, simcc_y = (o.float() for o in output)
+        bins = round(self.input_size[0] * self.simcc_split_ratio), round(self.input_size[1] * self.simcc_split_ratio)
+        if (simcc_x.shape[-1], simcc_y.shape[-1]) != bins:
+            raise ValueError(f"SimCC vectors of {simcc_x.shape[-1]} and {simcc_y.shape[-1]} bins, but the decoder expects {bins}")
+        if flipped_output is not None:
+            index = torch.as_tensor(flip_index(), device=simcc_x.device)
+            flipped_x, flipped_y = (o.float().index_select(1, index) for o in flipped_output)
+            simcc_x = (simcc_x + flipped_x.flip(-1)) * 0.5
+            simcc_y = (simcc_y + flipped_y) * 0.5
+        simcc_x, simcc_y = _numpy(simcc_x), _numpy(simcc_y)
+        x, y = simcc_x.argmax(-1), simcc_y.argmax(-1)
+        max_x, max_y = simcc_x.max(-1), simcc_y.max(-1)
+        scores = np.where(max_x > max_y, max_y, max_x)  # not np.minimum: a NaN in y alone keeps x, as in MMPose
+        bins_xy = np.where((scores <= 0)[..., None], -1, np.stack([x, y], -1)).astype(np.float32)
+        return (bins_xy / np.float32(self.simcc_split_ratio)).astype(np.float64), scores
+
+
+@dataclass(frozen=True)
+class SimpleBaselinesDecoder:
+    """The original releases' decoding: microsoft/human-pose-estimation.pytorch (`pose_resnet_*`) and
+    leoxiaobin/deep-high-resolution-net.pytorch (`pose_hrnet_*`), `lib/core/function.py` `validate` and
+    `lib/core/inference.py` `get_final_preds`; the two repositories' code is the same.
+
+    - Flip test (`flip_back`, then `SHIFT_HEATMAP`): `_flip_averaged_heatmaps`. Their published results use
+      `--flip-test` (Simple Baselines' README) or `TEST.FLIP_TEST: true` (the HRNet COCO yamls), with
+      `TEST.SHIFT_HEATMAP` true (Simple Baselines' default config; set in the HRNet yamls): `shift_flipped=True`.
+    - `get_max_preds`: the arg-max, and the score = the map's maximum; where the maximum is <= 0 the position is
+      (0, 0) (their mask multiplies it by 0; MMPose uses -1).
+    - `TEST.POST_PROCESS` (true in both: Simple Baselines' default, the HRNet yamls): the quarter step, on both
+      axes only when 1 < x < W - 1 and 1 < y < H - 1 (MMPose's bounds differ by one, see `MSRAHeatmapDecoder`).
+    - To input pixels: x * input_size / heatmap_size. They map heatmap coordinates to the image with
+      `transform_preds` (the affine of `get_affine_transform(centre, scale, 0, heatmap_size, inv=1)`), which is
+      kp_heatmap / heatmap_size * box + centre - box / 2, the same as `pose.topdown`'s "mmpose" back-map of these
+      input pixels (kp_input / input_size * box + centre - box / 2), up to the float32 rounding of the points
+      `get_affine_transform` builds its matrix from (at most 1.4e-4 px in images ~1,500 px wide).
+    """
+
+    input_size: tuple[int, int] = (192, 256)  # (w, h)
+    heatmap_size: tuple[int, int] = (48, 64)  # (w, h)
+    post_process: bool = True
+    shift_flipped: bool = True
+
+    def decode(self, output: torch.Tensor, flipped_output: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps (N, K, H, W) and those of the mirrored crops (or None) -> keypoints (N, K, 2) float64 in input
+        pixels, scores (N, K) float32."""
+        heatmaps = _flip_averaged_heatmaps(output, flipped_output, self.shift_flipped)
+        _check_shape(heatmaps, self.heatmap_size)
+        h, w = heatmaps.shape[-2:]
+        xy, scores = heatmap_maximum(heatmaps)
+        xy = np.where((scores > 0)[..., None], xy, 0)
+        keypoints = xy.astype(np.float32)
+        if self.post_process:
+            x, y = xy[..., 0], xy[..., 1]
+            inside = (1 < x) & (x < w - 1) & (1 < y) & (y < h - 1)
+            diff = np.stack([_at(heatmaps, x + 1, y) - _at(heatmaps, x - 1, y), _at(heatmaps, x, y + 1) - _at(heatmaps, x, y - 1)], -1)
+            keypoints += np.where(inside[..., None], np.sign(diff) * np.float32(0.25), np.float32(0))
+        return keypoints.astype(np.float64) * (np.asarray(self.input_size) / np.asarray(self.heatmap_size)), scores
