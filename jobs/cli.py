@@ -314,6 +314,11 @@ def train_keypoints(
     backbone: Annotated[Optional[str], typer.Option(help="resnet18 | resnet34 | resnet50 (default: the recipe's).", show_default=False)] = None,
     input_size: Annotated[Optional[str], typer.Option("--input-size", help="Model input WxH, multiples of the backbone's stride (32 for the whole ResNet), e.g. 192x256 (default: the recipe's).", show_default=False)] = None,
     backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="ImageNet weights for the backbone: a torchvision resnet state_dict file or s3:// URL.", show_default=False)] = None,
+    init_weights: Annotated[
+        Optional[str],
+        typer.Option("--init-weights", help="Start from a published Simple Baselines file (MMPose td-hm_res50/101/152 or pose_resnet_*.pth.tar; local or s3://): "
+                     "the whole network; use --recipe simple-baselines and its --backbone.", show_default=False),
+    ] = None,
     seed: SeedOption = 0,
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
@@ -339,18 +344,17 @@ def train_keypoints(
         changes["sigma"] = recipe.sigma * width / recipe.input_size[0]  # sigma scales with the heatmap
     recipe = replace(recipe, **changes)
     options = storage_options(endpoint_url, anon)
-    weights = None
-    if backbone_weights:
-        from jobs.storage import read_bytes
+    from jobs.storage import read_bytes
 
-        weights = read_bytes(backbone_weights, options)
+    weights = read_bytes(backbone_weights, options) if backbone_weights else None
+    initial = (init_weights, read_bytes(init_weights, options)) if init_weights else None
     settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision)
-    task = KeypointTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, backbone_weights=weights)
-    if weights is not None:
+    task = KeypointTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, backbone_weights=weights, init_weights=initial)
+    if weights is not None or initial is not None:
         try:
             task.build_model()  # a wrong file is one clear line now, not a worker traceback later
         except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--backbone-weights") from None
+            raise typer.BadParameter(str(error), param_hint="--init-weights" if initial else "--backbone-weights") from None
     info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose)
     final = info["final"]
     typer.echo(f"trained keypoints for {info['epochs']} epochs: PCK {final.get('val_pck', float('nan')):.4f}  AP {final.get('val_ap', float('nan')):.4f} -> {out}")

@@ -250,3 +250,18 @@ def load_published(data: bytes, name: str, overrides: Overrides = Overrides()):
         raise CheckpointError(f"{error}; is it really a {spec.name} file?") from None
     network.load_state_dict(state, strict=False)
     return NormalisedPoseModel(name=spec.name, crop=crop_convention(spec), network=network.eval(), decoder=decoder(spec), bgr=spec.bgr)
+
+
+def keypoint_net_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
+    """A published Simple Baselines file (MMPose's ResNet SimpleBaseline or the release) as a
+    state_dict of pose-jobs' trainable `KeypointNet` (whole ResNet, three 256-channel
+    deconvolutions): `backbone.*`, `deconv.*`, `final.*`. The release's BGR training is not
+    undone: fine-tuning on RGB pixels starts from weights that saw the channels swapped."""
+    state, _ = read_checkpoint(data, name)
+    spec = identify(state, name)
+    if not spec.arch.startswith("resnet"):
+        raise CheckpointError(f"{name}: a {spec.arch}; --init-weights takes a ResNet Simple Baselines file (pose-jobs trains that network)")
+    renamed = {}
+    for key, value in mmpose_keys(state, spec).items():
+        renamed[key.replace("head.deconv_layers.", "deconv.").replace("head.final_layer.", "final.")] = value
+    return renamed

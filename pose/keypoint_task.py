@@ -564,11 +564,14 @@ class KeypointTask:
     feed_ahead = True  # batches cost CPU time (decode, augment, heatmaps): prepared on feed processes on GPUs
     cpu_bf16 = True  # bf16 autocast and channels-last on CPUs with native bf16: twice as fast (pose.precision)
 
-    def __init__(self, recipe: KeypointRecipe = KeypointRecipe(), ground_truth: dict | None = None, seed: int = 0, backbone_weights: bytes | None = None):
+    def __init__(self, recipe: KeypointRecipe = KeypointRecipe(), ground_truth: dict | None = None, seed: int = 0, backbone_weights: bytes | None = None,
+                 init_weights: tuple[str, bytes] | None = None):
         """`backbone_weights`: the bytes of an ImageNet torchvision ResNet state_dict file, loaded
-        into the backbone of every new model (they cannot be downloaded here)."""
+        into the backbone of every new model (they cannot be downloaded here). `init_weights`:
+        (name, bytes) of a published Simple Baselines file whose whole network starts training
+        (`pose.checkpoints.keypoint_net_weights`); the recipe's network must be that one."""
         self.recipe, self.ground_truth, self.seed = recipe, ground_truth, seed
-        self.backbone_weights = backbone_weights
+        self.backbone_weights, self.init_weights = backbone_weights, init_weights
         self.batch_size = recipe.batch_size
         self.eval_batch_size = 64
         self.codec = recipe.codec()
@@ -584,6 +587,15 @@ class KeypointTask:
         model = build_keypoint_model(self.recipe.model_config())
         if self.backbone_weights is not None:
             load_backbone_weights(model, io.BytesIO(self.backbone_weights))
+        if self.init_weights is not None:
+            from pose.checkpoints import keypoint_net_weights
+            from pose.models.weights import check_fits
+
+            name, data = self.init_weights
+            state = keypoint_net_weights(data, name)
+            check_fits(state, model.state_dict(), f"{name} for the recipe's {self.recipe.backbone} network",
+                       optional=lambda key: key.endswith("num_batches_tracked"))
+            model.load_state_dict(state, strict=False)
         return model
 
     def build_optimizer(self, model: torch.nn.Module, steps_per_epoch: int):
