@@ -598,6 +598,10 @@ def annotate(
 def demo(
     out: Annotated[Path, typer.Option(help="Where everything goes.")] = Path("demo-out"),
     quick: Annotated[bool, typer.Option("--quick", help="Small data: a run of a few minutes.")] = False,
+    detector: Annotated[Optional[str], typer.Option("--detector", help="Annotate with this published detector file instead of the one trained here (local or s3://).",
+                                                    show_default=False)] = None,
+    keypoints: Annotated[Optional[str], typer.Option("--keypoints", help="Evaluate and annotate with this published keypoint file (see annotate --keypoints).",
+                                                     show_default=False)] = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -605,7 +609,7 @@ def demo(
     from jobs.demo import DemoSizes, run_demo
 
     started = time.perf_counter()
-    summary = run_demo(out, DemoSizes.quick() if quick else DemoSizes(), address=address, verbose=verbose)
+    summary = run_demo(out, DemoSizes.quick() if quick else DemoSizes(), detector=detector, keypoints=keypoints, address=address, verbose=verbose)
     summary.append(("total", f"{time.perf_counter() - started:.0f} s"))
     width = max(len(name) for name, _ in summary)
     typer.echo("\npose-jobs demo: summary")

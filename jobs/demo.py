@@ -31,8 +31,19 @@ class DemoSizes:
         return cls(coco_train=40, coco_val=12, svhn_train=3000, svhn_test=300, svhn_numbers=20, svhn_epochs=3, keypoint_epochs=1, detector_epochs=1)
 
 
-def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, address: str | None = None, verbose: bool = False) -> list[tuple[str, str]]:
-    """Run every stage into `out`; returns (figure, value) rows for the summary."""
+# Published files that make the annotation step meaningful (trained for minutes here, the demo's own
+# models find almost nothing); none can be downloaded here, the user brings them.
+PUBLISHED_EXAMPLE = (
+    "--detector fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --keypoints td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth "
+    "(MMPose HRNet-W32), or --keypoints keypointrcnn_resnet50_fpn_coco-fc266e95.pth alone (torchvision Keypoint R-CNN)"
+)
+
+
+def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, detector: str | None = None, keypoints: str | None = None,
+             address: str | None = None, verbose: bool = False) -> list[tuple[str, str]]:
+    """Run every stage into `out`; returns (figure, value) rows for the summary. `detector` and
+    `keypoints` (published files, local or s3://; see `pose-jobs annotate`) replace the models
+    trained here in the annotation step, and a published keypoint file is also evaluated."""
     from jobs.ingest import ingest
     from jobs.show import show_coco, show_svhn
     from jobs.storage import StorageOptions
@@ -112,8 +123,18 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, address: str | None =
         ("detector", f"val person box AP {boxes_figures['ap']:.3f}, AP50 {boxes_figures['ap50']:.3f} after {detector_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README)")
     )
 
+    from jobs.models import is_keypoint_rcnn
+
+    if keypoints is not None and not is_keypoint_rcnn(keypoints, options):
+        started = stage(f"evaluate {keypoints} on the synthetic val split (ground-truth boxes)")
+        from jobs.evaluate import evaluate_topdown
+
+        published = evaluate_topdown(coco, keypoints, "val", options)
+        summary.append(("published keypoints", f"{published['model']}: val AP {published['ap']:.3f}, AP50 {published['ap50']:.3f} "
+                                               f"on {published['instances']} persons ({time.perf_counter() - started:.0f} s)"))
     started = stage("annotate a bucket of images: detector -> keypoints (Ray Data actor pools)")
-    settings = AnnotateSettings(detector=detector_dir, keypoints=str(out / "runs" / "keypoints"))
+    rcnn = keypoints is not None and is_keypoint_rcnn(keypoints, options)
+    settings = AnnotateSettings(detector=None if rcnn else (detector or detector_dir), keypoints=keypoints or str(out / "runs" / "keypoints"))
     manifest = annotate(str(coco_src / "val2017"), str(out / "annotated"), settings, options, visualize=4, address=address, verbose=verbose)
     seconds = time.perf_counter() - started
     images = manifest["images"]
@@ -124,6 +145,8 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, address: str | None =
             f"({images['listed'] / seconds:.1f} images/s including start-up) -> {out / 'annotated'}",
         )
     )
+    if keypoints is None:
+        summary.append(("published models", f"the annotation used the models trained above for minutes; for pictures that show something pass {PUBLISHED_EXAMPLE}"))
     summary.append(("pictures", f"{len(list(pictures.glob('*.png')))} PNGs in {pictures}, {len(manifest['pictures'])} in {out / 'annotated' / 'pictures'}"))
     summary.append(("runs", f"checkpoints, metrics.jsonl, curves.png, model.pt in {out / 'runs'}"))
     return summary
