@@ -18,7 +18,7 @@ MMPose MSRA/DARK and the releases: heatmap x * input_size / heatmap_size; UDP: h
 Exactness: MMPose decodes in float32 numpy (and OpenCV for DARK's and UDP's blur), so these decoders do the same
 float32 operations in the same order, and reproduce OpenCV's float32 Gaussian blur (fused multiply-adds in its
 order, see `opencv_gaussian_blur`): on random, flat, negative and border-peaked maps the keypoints equal MMPose's
-and the releases' bit for bit (checked against MMPose 1.3.2 with opencv-python-headless 4.10 on an AVX2/FMA CPU).
+and the releases' bit for bit (checked against MMPose 1.3.2 with opencv-python-headless 4.10 and 4.14 on an AVX2/FMA CPU).
 Their quirks are kept on purpose, each where it happens (border rules, the -1 of non-positive maxima, UDP's reads
 across neighbouring maps); a fix would change published accuracy.
 """
@@ -278,7 +278,7 @@ def _udp_dark_step(heatmaps: np.ndarray, xy: np.ndarray, blur_kernel_size: int) 
     logs = np.log(np.clip(opencv_gaussian_blur(heatmaps, blur_kernel_size), np.float32(1e-3), np.float32(50.0)))
     # One flat array per crop of its K edge-padded maps, read by flat index as MMPose reads it: an index below 0
     # wraps to the end (numpy's negative indexing there).
-    flat = np.pad(logs, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge").reshape(n, -1)
+    flat = np.pad(logs, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge").reshape(n, k * (h + 2) * (w + 2))
     row = w + 2
     index = (xy[..., 0] + 1) + (xy[..., 1] + 1) * row + (h + 2) * row * np.arange(k)
 

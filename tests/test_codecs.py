@@ -334,3 +334,13 @@ def test_simcc_flip_reverses_x_bins_and_swaps_joints_without_shift():
 def test_simcc_checks_the_number_of_bins():
     with pytest.raises(ValueError, match="bins"):
         SimCCDecoder(input_size=(288, 384)).decode(simcc({}, {}), None)
+
+
+def test_every_decoder_returns_empty_arrays_for_no_crops():
+    empty = torch.zeros(0, NUM_JOINTS, H, W)
+    heatmap_decoders = [MSRAHeatmapDecoder(), MSRAHeatmapDecoder(unbiased=True), UDPHeatmapDecoder(), SimpleBaselinesDecoder()]
+    results = [d.decode(empty, empty) for d in heatmap_decoders]
+    results.append(SimCCDecoder().decode((torch.zeros(0, NUM_JOINTS, 384), torch.zeros(0, NUM_JOINTS, 512)), None))
+    for keypoints, scores in results:
+        assert keypoints.shape == (0, NUM_JOINTS, 2) and keypoints.dtype == np.float64
+        assert scores.shape == (0, NUM_JOINTS) and scores.dtype == np.float32
