@@ -4,6 +4,7 @@ memory at 1x and 10x the images.
 
     python benchmarks/annotate.py                  # 48 images, 10x = 480
     python benchmarks/annotate.py --images 24 --scale 4
+    python benchmarks/annotate.py --keypoints rtmpose-m,hrnet-w32,resnet50 --images 16
 
 - plain loop: what a user would write without Ray: one process (torch on every core), one image
   at a time: read, decode, detect, cut the persons, keypoints (flip test).
@@ -20,6 +21,13 @@ memory at 1x and 10x the images.
   cost"), and the ratios to the plain loop and the limit are printed for it too. On CPUs the
   job's other plan (two pools, as on GPUs) is timed for comparison. The whole command's wall
   time, Ray's start included, is printed with the memory.
+
+With `--keypoints FAMILIES` it times published keypoint families instead, side by side: for each,
+a file in MMPose's published layout (random weights: speed does not depend on them) and
+`annotate --boxes` with the images' ground-truth person boxes (no detector), as a ratio to that
+model's forward-only limit (the same crops cut beforehand, forward and flip forward, one process
+per core on one torch thread, in the job's precision). Its rate is taken beyond the fixed cost: the
+images of the timed run less a 2-image run, over the difference of their times.
 
 The models are the CPU defaults: Faster R-CNN MobileNetV3-FPN at 512 px (91 COCO classes) and the
 ResNet-18 keypoint model at 96x128. They are untrained (nothing is downloaded), so the person logit
@@ -51,10 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from annotate_device import cut_persons  # noqa: E402  (Ray-free: shared with the device benchmark)
 from ingest import peak_tree_pss  # noqa: E402  (benchmarks/ingest.py: one home for the memory sampler)
 
-from pose.heatmaps import to_image_coordinates  # noqa: E402
 from pose.images import IMAGE_SUFFIXES, decode_image  # noqa: E402
-from pose.keypoint_task import KeypointRecipe, predict  # noqa: E402
-from pose.models.detector import DetectorConfig, build_detector, detect  # noqa: E402
+from pose.keypoint_task import KeypointRecipe  # noqa: E402
+from pose.models.detector import DetectorConfig, build_detector, detect, person_boxes  # noqa: E402
 from pose.models.keypoints import build_keypoint_model  # noqa: E402
 from pose.precision import PRECISIONS, inference_precision  # noqa: E402
 
@@ -80,52 +87,52 @@ def write_models(folder: Path) -> tuple[str, str]:
 
 
 def load_models(detector_dir: str, keypoint_dir: str):
-    from jobs.models import load_detector, load_keypoint_model
+    """(detector, keypoint PoseModel), both on the CPU in eval mode."""
+    from jobs.models import load_detector, load_pose_model
 
-    model, recipe = load_keypoint_model(keypoint_dir)
-    return load_detector(detector_dir), model, recipe
+    return load_detector(detector_dir), load_pose_model(keypoint_dir)
 
 
 def plain_loop(paths: list[Path], detector_dir: str, keypoint_dir: str, max_persons: int) -> float:
     """One process, one image at a time; returns images/s (model loading not timed)."""
-    detector, keypoint_model, recipe = load_models(detector_dir, keypoint_dir)
-    codec = recipe.codec()
+    from pose.topdown import TopDownPredictor
+
+    detector, keypoint_model = load_models(detector_dir, keypoint_dir)
+    predictor = TopDownPredictor(keypoint_model)
     started = time.perf_counter()
     for path in paths:
         image = decode_image(path.read_bytes())
         found = detect(detector, [image])[0]
-        inputs, matrices = cut_persons(image, found, recipe, PERSON_THRESHOLD, max_persons)
-        if len(inputs):
-            points, scores, _ = predict(keypoint_model, inputs, flip_test=True, codec=codec)
-            to_image_coordinates(points, matrices)
+        chosen = person_boxes(found["boxes"], found["scores"], found["labels"], PERSON_THRESHOLD, max_persons)
+        predictor(image, found["boxes"][chosen], found["scores"][chosen])
     return len(paths) / (time.perf_counter() - started)
 
 
 def _model_only_worker(arguments) -> float:
     """One core's share of the model-only limit: seconds for its forward passes, in the job's
     precision."""
+    from pose.topdown import TopDownPredictor
+
     images, inputs, detector_dir, keypoint_dir, detector_batch, keypoint_batch, precision = arguments
     torch.set_num_threads(1)
-    detector, keypoint_model, recipe = load_models(detector_dir, keypoint_dir)
+    detector, keypoint_model = load_models(detector_dir, keypoint_dir)
     arithmetic = inference_precision("cpu", precision)
-    detector, keypoint_model = arithmetic.prepare(detector), arithmetic.prepare(keypoint_model)
-    codec = recipe.codec()
+    detector = arithmetic.prepare(detector)
+    predictor = TopDownPredictor(keypoint_model, precision=arithmetic, batch_size=keypoint_batch)
     tensors = [torch.from_numpy(image).permute(2, 0, 1).contiguous() for image in images]
     started = time.perf_counter()
     with arithmetic.autocast(torch.device("cpu")):
         for start in range(0, len(tensors), detector_batch):
             detect(detector, tensors[start : start + detector_batch])
-    for start in range(0, len(inputs), keypoint_batch):
-        predict(keypoint_model, inputs[start : start + keypoint_batch], flip_test=True, codec=codec,
-                amp_dtype=arithmetic.amp_dtype, channels_last=arithmetic.channels_last)
+    predictor.keypoints(inputs, np.tile(np.eye(2, 3), (len(inputs), 1, 1)))
     return time.perf_counter() - started
 
 
 def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, detector_batch, keypoint_batch, precision="auto") -> float:
     """images/s of the forward passes alone, `processes` processes with one torch thread each."""
-    detector, _, recipe = load_models(detector_dir, keypoint_dir)
+    detector, keypoint_model = load_models(detector_dir, keypoint_dir)
     images = [decode_image(path.read_bytes()) for path in paths]
-    inputs = [cut_persons(image, detect(detector, [image])[0], recipe, PERSON_THRESHOLD, max_persons)[0] for image in images]
+    inputs = [cut_persons(image, detect(detector, [image])[0], keypoint_model.crop, PERSON_THRESHOLD, max_persons)[0] for image in images]
     shares = []
     for p in range(processes):
         mine = list(range(p, len(images), processes))
@@ -136,6 +143,107 @@ def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, 
     return len(images) / max(seconds), sum(len(i) for i in inputs) / len(images)
 
 
+# Published file names, so that pose.checkpoints reads input size and codec as it does for real files.
+PUBLISHED_NAMES = {
+    "resnet50": "td-hm_res50_8xb64-210e_coco-256x192-random.pth",
+    "hrnet-w32": "td-hm_hrnet-w32_8xb64-210e_coco-256x192-random.pth",
+    "hrnet-w48": "td-hm_hrnet-w48_8xb32-210e_coco-256x192-random.pth",
+    "rtmpose-t": "rtmpose-t_simcc-coco_pt-aic-coco_420e-256x192-random.pth",
+    "rtmpose-s": "rtmpose-s_simcc-coco_pt-aic-coco_420e-256x192-random.pth",
+    "rtmpose-m": "rtmpose-m_simcc-coco_pt-aic-coco_420e-256x192-random.pth",
+    "rtmpose-l": "rtmpose-l_simcc-coco_pt-aic-coco_420e-256x192-random.pth",
+}
+
+
+def write_published(folder: Path, family: str) -> str:
+    """A file in MMPose's published container ({"meta", "state_dict"}) for `family`, random weights."""
+    from pose.checkpoints import CheckpointSpec, build_network
+
+    torch.manual_seed(0)
+    spec = CheckpointSpec("mmpose", family, (192, 256), "simcc" if family.startswith("rtmpose") else "msra")
+    path = folder / PUBLISHED_NAMES[family]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": {"dataset_meta": {"num_keypoints": 17}}, "state_dict": build_network(spec).state_dict()}, path)
+    return str(path)
+
+
+def ground_truth_boxes(coco: Path, split: str, out: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """COCO box results of every annotated, non-crowd person (score 1), written to `out`; by image id."""
+    from jobs.annotate import boxes_by_image
+
+    annotations = json.loads((coco / "annotations" / f"person_keypoints_{split}2017.json").read_text())["annotations"]
+    entries = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+               for a in annotations if not a["iscrowd"] and a["num_keypoints"] > 0]
+    out.write_text(json.dumps(entries))
+    return boxes_by_image(entries)
+
+
+def _forward_worker(arguments) -> float:
+    """One core's share of a family's forward-only limit: seconds for its forward passes."""
+    from jobs.models import load_pose_model
+
+    spec, crops, batch, precision = arguments
+    torch.set_num_threads(1)
+    model = load_pose_model(spec)
+    arithmetic = inference_precision("cpu", precision)
+    network = arithmetic.prepare(model.network)
+    started = time.perf_counter()
+    with torch.no_grad(), arithmetic.autocast(torch.device("cpu")):
+        for start in range(0, len(crops), batch):
+            inputs = model.inputs(torch.from_numpy(crops[start : start + batch]))
+            if arithmetic.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            network(inputs)
+            network(inputs.flip(-1))
+    return time.perf_counter() - started
+
+
+def published_families(families: list[str], workdir: Path, images: int, precision: str) -> None:
+    """annotate --boxes with each published family against its forward-only limit (see the module text)."""
+    from jobs.annotate import AnnotateSettings, annotate, plan_resources
+    from jobs.models import load_pose_model
+    from jobs.runtime import init_ray
+    from pose.synth.people import write_coco
+    from pose.topdown import cut_crops
+
+    coco = workdir / "coco-published"
+    if not coco.exists():
+        write_coco(coco, split="val", images=images, seed=0)
+    boxes = ground_truth_boxes(coco, "val", workdir / "boxes.json")
+    paths = sorted(p for p in (coco / "val2017").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    two = workdir / "two-images"
+    two.mkdir(exist_ok=True)
+    for path in paths[:2]:
+        shutil.copy(path, two / path.name)
+    init_ray()
+    import ray
+
+    processes = os.cpu_count()
+    for family in families:
+        spec = write_published(workdir / "published", family)
+        settings = AnnotateSettings(None, spec, boxes=str(workdir / "boxes.json"), precision=precision)
+        resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), 0)
+        times = {}
+        for name, source in (("warm-up", two), ("2 images", two), ("all", coco / "val2017")):
+            shutil.rmtree(workdir / f"out-{family}", ignore_errors=True)
+            started = time.perf_counter()
+            annotate(str(source), str(workdir / f"out-{family}"), settings, progress=False)
+            times[name] = time.perf_counter() - started
+        rate = (len(paths) - 2) / max(times["all"] - times["2 images"], 1e-9)
+        crop = load_pose_model(spec).crop
+        no_boxes = (np.zeros((0, 4)), np.zeros(0))
+        crops = [cut_crops(decode_image(p.read_bytes()), boxes.get(int(p.stem), no_boxes)[0], crop)[0] for p in paths]
+        persons = sum(len(c) for c in crops)
+        shares = [(spec, np.concatenate([crops[i] for i in range(k, len(crops), processes)]), resources.keypoint_batch, precision)
+                  for k in range(processes)]
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            limit = len(paths) / max(pool.map(_forward_worker, shares))
+        print(f"{family:<10} {persons / len(paths):4.1f} persons/image   annotate {len(paths) / times['all']:6.2f} images/s "
+              f"({rate:.2f} beyond the fixed cost)   forward-only limit {limit:6.2f} images/s   ratio {rate / limit:.2f}", flush=True)
+    ray.shutdown()
+    print(f"precision: {inference_precision('cpu', precision).describe()}; {processes} cores; {len(paths)} images; boxes: ground truth", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=48)
@@ -143,7 +251,15 @@ def main() -> None:
     parser.add_argument("--max-persons", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="the job's and the model-only limit's (annotate --precision); the plain loop is float32")
+    parser.add_argument("--keypoints", default=None, help=f"time these published families instead, comma-separated: {', '.join(PUBLISHED_NAMES)}")
     args = parser.parse_args()
+    if args.keypoints:
+        families = args.keypoints.split(",")
+        unknown = [f for f in families if f not in PUBLISHED_NAMES]
+        if unknown:
+            parser.error(f"unknown families {unknown}; choose from {', '.join(PUBLISHED_NAMES)}")
+        published_families(families, args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-published-")), args.images, args.precision)
+        return
 
     from pose.synth.people import write_coco
 

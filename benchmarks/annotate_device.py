@@ -76,11 +76,11 @@ class GpuBusy:
         return float(np.mean(self.samples)) / 100 if self.samples else float("nan")
 
 
-def cut_persons(image: np.ndarray, found: dict, recipe: KeypointRecipe, threshold: float, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
+def cut_persons(image: np.ndarray, found: dict, crop, threshold: float, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
     """The person inputs (P, h, w, 3) of one image's detections and their input -> image matrices
     (P, 2, 3), chosen and cut as the job does (`person_boxes`, `pose.topdown.cut_crops`)."""
     chosen = person_boxes(found["boxes"], found["scores"], found["labels"], threshold, max_persons)
-    inputs, image_from_input, _ = cut_crops(image, found["boxes"][chosen], recipe.crop())
+    inputs, image_from_input, _ = cut_crops(image, found["boxes"][chosen], crop)
     return inputs, image_from_input
 
 
@@ -143,7 +143,7 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
                 found = detect(detector, images, device)
             inputs, matrices = [], []
             for image, result in zip(images, found):
-                pixels, affine = cut_persons(image, result, recipe, threshold, max_persons)
+                pixels, affine = cut_persons(image, result, recipe.crop(), threshold, max_persons)
                 inputs.append(pixels)
                 matrices.append(affine)
             persons, affines = np.concatenate(inputs), np.concatenate(matrices)
@@ -224,7 +224,7 @@ def main() -> None:
     inputs = []
     for image in images[:64]:
         result = detect(detector, [image], device)[0]
-        inputs.append(cut_persons(image, result, recipe, args.person_threshold, args.max_persons)[0])
+        inputs.append(cut_persons(image, result, recipe.crop(), args.person_threshold, args.max_persons)[0])
     persons = np.concatenate(inputs)
     per_image = len(persons) / 64
     if not len(persons):

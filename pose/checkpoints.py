@@ -230,8 +230,10 @@ def decoder(spec: CheckpointSpec):
     if spec.codec == "udp":
         return codecs.UDPHeatmapDecoder(input_size=spec.input_size, heatmap_size=heatmap_size)
     if spec.framework == "mmpose":
+        # MMPose's DARK configs blur with 11 taps, except td-hm_res152_dark at 384x288 (17).
+        blur = 17 if (spec.arch, spec.input_size, spec.codec) == ("resnet152", (288, 384), "dark") else 11
         return codecs.MSRAHeatmapDecoder(input_size=spec.input_size, heatmap_size=heatmap_size, unbiased=spec.codec == "dark",
-                                         shift_flipped=True)
+                                         blur_kernel_size=blur, shift_flipped=True)
     return codecs.SimpleBaselinesDecoder(input_size=spec.input_size, heatmap_size=heatmap_size)
 
 
