@@ -124,6 +124,9 @@ def identify(state: dict[str, torch.Tensor], name: str, overrides: Overrides = O
             len({k.split(".")[1] for k in state if k.startswith("layer3.")})
         if blocks not in RESNET_DEPTHS:
             raise CheckpointError(f"{name}: a ResNet with {blocks} blocks in layer3; pose-jobs runs ResNet-50, -101 and -152")
+        if "caffe" in name.rsplit("/", 1)[-1].lower():
+            raise CheckpointError(f"{name}: a Caffe-style ResNet (stride in the first 1x1 convolution), which pose-jobs does not build; "
+                                  "use the PyTorch-style pose_resnet files or MMPose's")
         codec = _codec_from_name(name)
         found = CheckpointSpec("mmpose" if mmpose else "simple-baselines", RESNET_DEPTHS[blocks], _size_from_name(name), codec,
                                bgr=not mmpose)
