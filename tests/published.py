@@ -38,12 +38,16 @@ GOLDENS = Path(__file__).parent / "data" / "goldens"
 # ConvTranspose2d weights are (in, out, kh, kw); with stride 2 each output pixel sees in * kh * kw / 4 of them.
 _TRANSPOSED = re.compile(r"(^|\.)deconv_layers\.\d+\.weight$|kps_score_lowres\.weight$")
 
-# BatchNorms whose output is added to another path: Bottleneck's bn3, BasicBlock's bn2 (ResNet,
-# HRNet), downsample shortcuts, HRNet's fuse paths and CSPNeXt's block output convs.
+# BatchNorms that end a residual branch (added to an identity path): Bottleneck's bn3, BasicBlock's
+# bn2 (ResNet, HRNet), HRNet's fuse paths and CSPNeXt's block output convs (conv2's pointwise conv). Shortcut projections
+# (downsample) carry the signal and keep a weight near 1.
 _ADDED_NORM = re.compile(
-    r"(\.bn3|\.layer\d\.\d+\.bn2|branches\.\d+\.\d+\.bn2|downsample\.1|fuse_layers\.\d+\.\d+\.(\d+\.)*1"
-    r"|blocks\.\d+\.conv2\.bn)$"
+    r"(\.bn3|\.layer\d\.\d+\.bn2|branches\.\d+\.\d+\.bn2|fuse_layers\.\d+\.\d+\.(\d+\.)*1"
+    r"|blocks\.\d+\.conv2\.pointwise_conv\.bn)$"
 )
+# CSPNeXt's ConvModules (conv, bn, SiLU): SiLU keeps ~0.71 of a He-scaled layer's variance
+# (ReLU's gain is what He scaling assumes), so their BatchNorm weights are ~1.2 to make up for it.
+_SILU_NORM = re.compile(r"^backbone\.(stem|stage\d)\..*\.bn$")
 
 
 def manifest_names() -> list[str]:
@@ -71,21 +75,25 @@ def _values(key: str, shape: tuple[int, ...], norms: set[str], rng: np.random.Ge
     prefix, _, leaf = key.rpartition(".")
     if prefix in norms:  # BatchNorm / FrozenBatchNorm2d: y = (x - mean) / sqrt(var) * weight + bias
         if leaf == "weight":
-            low, high = (0.15, 0.3) if _ADDED_NORM.search(prefix) else (0.8, 1.2)
+            low, high = (0.15, 0.3) if _ADDED_NORM.search(prefix) else (1.15, 1.35) if _SILU_NORM.search(prefix) else (0.8, 1.2)
             return rng.uniform(low, high, shape)
         if leaf == "running_var":
             return rng.uniform(0.8, 1.25, shape)
-        return rng.normal(0.0, 0.1, shape)  # bias, running_mean
+        return rng.normal(0.0, 0.02, shape)  # bias, running_mean: small, or constants outgrow the image's signal
+    if key.endswith("gau.gamma"):  # (2, s) query/key scales: positive, or relu(q.k)^2 can be 0 for every token pair
+        return rng.uniform(0.25, 0.45, shape)
+    if key.endswith("gau.beta"):  # (2, s) query/key offsets
+        return rng.normal(0.0, 0.05, shape)
     if len(shape) >= 2:  # convolution and linear weights, He-scaled by fan-in
         fan_in = int(np.prod(shape[1:]))
         if _TRANSPOSED.search(key):
             fan_in = shape[0] * int(np.prod(shape[2:])) // 4
         return rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+    if key.endswith("attention.fc.bias"):  # CSPNeXt's channel attention: hardsigmoid(1.5 + ...) ~ 0.75, not 0.5 a stage
+        return rng.normal(1.5, 0.3, shape)
     if key.endswith(".g") or key.endswith("res_scale.scale"):  # RTMCC's ScaleNorm gain and GAU's residual scale
         return rng.uniform(0.8, 1.2, shape)
-    if key.endswith(".gamma"):  # GAU's per-head query/key scales
-        return rng.normal(0.0, 1.0, shape)
-    return rng.normal(0.0, 0.05, shape)  # biases, GAU's beta
+    return rng.normal(0.0, 0.05, shape)  # biases
 
 
 def random_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
