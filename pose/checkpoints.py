@@ -72,11 +72,14 @@ class CheckpointSpec:
 
 
 def _numpy_globals() -> list:
-    """What MMPose's `meta` pickles besides tensors: numpy arrays, scalars and dtypes."""
-    import numpy.core.multiarray as multiarray  # noqa: I001 - numpy 2 keeps this alias for pickles
-
+    """What MMPose's `meta` pickles besides tensors: numpy arrays, scalars and dtypes. Published
+    files were written under numpy 1, which named the reconstructors `numpy.core.multiarray.*`;
+    numpy 2 calls them `numpy._core.multiarray.*`: both names are allowed."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    named = [(function, f"numpy.{core}.multiarray.{function.__name__}") for function in (multiarray._reconstruct, multiarray.scalar)
+             for core in ("core", "_core")]
     dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGUSO"]
-    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+    return [*named, np.ndarray, np.dtype, *dtypes]
 
 
 def read_checkpoint(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict]:

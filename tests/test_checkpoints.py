@@ -129,3 +129,14 @@ def test_init_weights_start_the_trainable_network_from_a_published_file(resnet50
         KeypointTask(KeypointRecipe(), init_weights=(NAME, mmpose_file(resnet50_state))).build_model()
     with pytest.raises(ValueError, match="does not match"):
         KeypointTask(replace(SIMPLE_BASELINES_COCO, backbone="resnet101"), init_weights=(NAME, mmpose_file(resnet50_state))).build_model()
+
+
+def test_files_pickled_under_numpy_1_names_read_with_weights_only(tmp_path):
+    """Every published MMPose file was written under numpy 1 (`numpy.core.multiarray._reconstruct`):
+    it reads under the installed numpy too, and nothing else than numpy's arrays is let through."""
+    import published
+
+    path = tmp_path / "td-hm_res50_8xb64-210e_coco-256x192-random.pth"
+    published.write_mmpose_checkpoint(path, "mmpose-res50", 0)
+    state, meta = read_checkpoint(path.read_bytes(), str(path))
+    assert len(state) == 338 and isinstance(meta["dataset_meta"]["sigmas"], np.ndarray)
