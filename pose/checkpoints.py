@@ -198,7 +198,10 @@ def _overridden(found: CheckpointSpec, overrides: Overrides, name: str) -> Check
 
 
 def crop_convention(spec: CheckpointSpec) -> CropConvention:
-    """Box padding 1.25, aspect fixed to the input; UDP's own warp for UDP models."""
+    """Box padding 1.25, aspect fixed to the input; UDP's own warp for UDP models, the releases' own
+    arithmetic for theirs."""
+    if spec.framework != "mmpose":
+        return CropConvention(spec.input_size, padding=1.25, centring="release")
     return CropConvention(spec.input_size, padding=1.25, centring="udp" if spec.codec == "udp" else "mmpose")
 
 

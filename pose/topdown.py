@@ -26,12 +26,17 @@ from pose.precision import Precision
 # Where the box centre lands in the model input, and how input pixels map back to the image:
 # - "pose-jobs": at ((w - 1) / 2, (h - 1) / 2), the box width spanning the w pixels (pose.geometry);
 #   keypoints map back by the inverse warp. Models trained here.
-# - "mmpose": at (w / 2, h / 2), scale w / box width (MMPose's get_warp_matrix, Simple Baselines'
-#   and HRNet's get_affine_transform); keypoints map back as kp / input_size * scale + centre -
-#   scale / 2 (MMPose's TopdownPoseEstimator, the releases' transform_preds).
+# - "mmpose": at (w / 2, h / 2), scale w / box width (MMPose's get_warp_matrix); keypoints map back
+#   as kp / input_size * scale + centre - scale / 2 (MMPose's TopdownPoseEstimator).
 # - "udp": MMPose's unbiased warp (get_udp_warp_matrix): at ((w - 1) / 2, (h - 1) / 2), scale
 #   (w - 1) / box width; keypoints map back as in "mmpose" (UDP's decoder has already scaled them).
-Centring = Literal["pose-jobs", "mmpose", "udp"]
+# - "release": the Simple Baselines and HRNet releases' get_affine_transform, the same map as
+#   "mmpose" computed their way (float32 centre and scale in units of 200 pixels), and back through
+#   the heatmap as their transform_preds does.
+# The warps are computed as each framework computes them, float32 rounding included, so that the
+# crops hold the same pixels.
+Centring = Literal["pose-jobs", "mmpose", "udp", "release"]
+HEATMAP_STRIDE = 4  # the releases' heatmaps, which their back map goes through
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,11 @@ class CropConvention:
         """A COCO box [x, y, w, h] -> centre (2,) and scale (2,) (w, h) in image pixels: the box
         grown to the input's aspect ratio, then padded (MMPose's bbox_xywh2cs and
         _fix_aspect_ratio, Simple Baselines' _xywh2cs)."""
-        return box_to_center_size(box_xywh, self.aspect_ratio, self.padding)
+        center, scale = box_to_center_size(box_xywh, self.aspect_ratio, self.padding)
+        if self.centring == "release":  # _box2cs: float32 centre, float32 scale / 200 padded in float32
+            center = center.astype(np.float32).astype(np.float64)
+            scale = ((scale / self.padding / 200.0).astype(np.float32) * np.float32(self.padding) * np.float32(200.0)).astype(np.float64)
+        return center, scale
 
     def matrices(self, center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(input_from_image, image_from_input), both (2, 3) float64: the warp that cuts the crop,
@@ -62,11 +71,49 @@ class CropConvention:
             return warp, invert_affine(warp)
         back = np.array([[scale[0] / w, 0.0, center[0] - scale[0] / 2], [0.0, scale[1] / h, center[1] - scale[1] / 2]])
         if self.centring == "mmpose":
-            return invert_affine(back), back
+            return _mmpose_warp(center, scale, self.input_size), back
+        if self.centring == "release":
+            heatmap = (w // HEATMAP_STRIDE, h // HEATMAP_STRIDE)
+            image_from_heatmap = _release_warp(center, scale, heatmap, inverse=True)
+            return _release_warp(center, scale, self.input_size), image_from_heatmap @ np.diag([heatmap[0] / w, heatmap[1] / h, 1.0])
         # UDP: MMPose computes this matrix in float32; so do we, to cut the same pixels.
         sx, sy = (w - 1) / scale[0], (h - 1) / scale[1]
         warp = np.array([[sx, 0.0, sx * (scale[0] / 2 - center[0])], [0.0, sy, sy * (scale[1] / 2 - center[1])]])
         return warp.astype(np.float32).astype(np.float64), back
+
+
+def _affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The (2, 3) map taking three float32 points `src` to `dst`, solved in float64 (OpenCV's
+    getAffineTransform)."""
+    a = np.zeros((6, 6))
+    a[0::2, 0:2], a[0::2, 2], a[1::2, 3:5], a[1::2, 5] = src, 1.0, src, 1.0
+    return np.linalg.solve(a, dst.astype(np.float64).reshape(-1)).reshape(2, 3)
+
+
+def _mmpose_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """MMPose's get_warp_matrix without rotation: the box centre and the middle of its left edge,
+    and the point at a right angle from them, as float32 points in both frames."""
+    w, h = output_size
+    src, dst = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32)
+    src[0], src[1] = center, center + np.array([-0.5 * scale[0], 0.0])
+    dst[0], dst[1] = (w * 0.5, h * 0.5), np.array([w * 0.5, h * 0.5]) + np.array([-0.5 * w, 0.0])
+    for points in (src, dst):
+        direction = points[0] - points[1]
+        points[2] = points[1] + np.r_[-direction[1], direction[0]]
+    return _affine_from_points(src, dst)
+
+
+def _release_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], inverse: bool = False) -> np.ndarray:
+    """The releases' get_affine_transform without rotation: the box centre and the middle of its
+    top edge (half the box *width* up), float32 points; `inverse` maps the output back."""
+    w, h = output_size
+    src, dst = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32)
+    src[0], src[1] = center, center + np.array([0.0, np.float32(scale[0]) * -0.5])
+    dst[0], dst[1] = (w * 0.5, h * 0.5), np.array([w * 0.5, h * 0.5]) + np.array([0, w * -0.5], np.float32)
+    for points in (src, dst):
+        direction = points[0] - points[1]
+        points[2] = points[1] + np.array([-direction[1], direction[0]], np.float32)
+    return _affine_from_points(dst, src) if inverse else _affine_from_points(src, dst)
 
 
 class PoseModel(Protocol):
