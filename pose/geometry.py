@@ -91,3 +91,97 @@ def warp_image(image: np.ndarray | Image.Image, matrix: np.ndarray, output_size:
         fillcolor=(fill,) * len(pil.getbands()),
     )
     return np.asarray(warped)
+
+
+
+# OpenCV's fixed-point constants for warpAffine + remap with INTER_LINEAR on 8-bit images.
+_AB_BITS = 10  # source positions are first computed in 1/1024 pixel ...
+_INTER_BITS = 5  # ... then truncated to 1/32 pixel, which selects one of 32 x 32 bilinear weight sets
+_INTER_TAB_SIZE = 1 << _INTER_BITS
+_REMAP_COEF_BITS = 15  # the four bilinear weights are integers summing to 2**15
+
+
+def warp_affine_opencv(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """Warp an (H, W, 3) uint8 image by the forward (2, 3) `matrix` (source -> output, pixel-centre
+    coordinates) into an (out_h, out_w, 3) uint8 image with exactly the pixels of OpenCV 4.x's
+    `cv2.warpAffine(image, matrix, output_size, flags=cv2.INTER_LINEAR)` (constant border 0).
+
+    `output_size` is (out_w, out_h). This is the crop MMPose's `TopdownAffine` and the original
+    Simple Baselines / HRNet code cut; `warp_image` (Pillow) differs from it by up to ~90 grey
+    levels where the crop meets the image border. OpenCV's arithmetic, step by step:
+
+    - the forward matrix is inverted in double precision with the explicit 2x2 formula; a singular
+      matrix gives an all-zero inverse, so every output pixel is the source's (0, 0);
+    - the source x of output pixel (x, y) is round(1024 (i01 y + i02)) + round(1024 i00 x) + 16 in
+      1/1024 pixel (each term rounded half-to-even on its own, in 32-bit integers), then truncated
+      to 1/32 pixel; likewise for y;
+    - the 1/32 fractions (fx, fy) select the integer weights (32 - fx or fx) (32 - fy or fy) 32 of the
+      four neighbours; their weighted sum is rounded with + 2**14 >> 15;
+    - neighbours outside the image count as 0: the crop blends with black across the image border
+      and is 0 where no neighbour is inside.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"warp_affine_opencv wants an (H, W, 3) uint8 image, got shape {image.shape} of {image.dtype}")
+    out_w, out_h = (int(v) for v in output_size)
+    if out_w <= 0 or out_h <= 0:
+        raise ValueError(f"output_size must be positive (w, h), got {output_size}")
+    m = np.asarray(matrix, dtype=np.float64).reshape(6)
+    # The output -> source map, computed as OpenCV does rather than with np.linalg.inv: a last-bit
+    # difference can move a position across a 1/1024 rounding boundary.
+    det = m[0] * m[4] - m[1] * m[3]
+    det = 1.0 / det if det != 0 else 0.0
+    i00, i01, i10, i11 = m[4] * det, -m[1] * det, -m[3] * det, m[0] * det
+    i02 = -i00 * m[2] - i01 * m[5]
+    i12 = -i10 * m[2] - i11 * m[5]
+
+    # OpenCV splits each position into a per-row and a per-column term, rounded separately.
+    # Multiplying by 1024 is exact, so where it happens does not matter. The arithmetic is
+    # int32 as in OpenCV (it wraps the same way for absurd matrices).
+    ab_scale = float(1 << _AB_BITS)
+    xs = np.arange(out_w, dtype=np.float64)
+    ys = np.arange(out_h, dtype=np.float64)
+    half_step = np.int32((1 << _AB_BITS) // _INTER_TAB_SIZE // 2)
+    x_of_row = _saturate_int32((i01 * ys + i02) * ab_scale) + half_step
+    y_of_row = _saturate_int32((i11 * ys + i12) * ab_scale) + half_step
+    src_x = np.add.outer(x_of_row, _saturate_int32(i00 * xs * ab_scale)) >> (_AB_BITS - _INTER_BITS)
+    src_y = np.add.outer(y_of_row, _saturate_int32(i10 * xs * ab_scale)) >> (_AB_BITS - _INTER_BITS)
+    frac_x = src_x & (_INTER_TAB_SIZE - 1)  # (out_h, out_w), in 1/32 pixel
+    frac_y = src_y & (_INTER_TAB_SIZE - 1)
+    col = np.clip(src_x >> _INTER_BITS, -32768, 32767)  # OpenCV keeps the pixel in a saturated int16
+    row = np.clip(src_y >> _INTER_BITS, -32768, 32767)
+
+    # OpenCV's weight for neighbour (row + dy, col + dx) is wy[dy] * wx[dx] * 32 (its table of
+    # float products times 2**15 holds exactly these integers). A neighbour outside the image gets
+    # weight 0. For fx = fy = 0 OpenCV stores 32767 for (0, 0) and gives the missing 1 to (1, 1):
+    # (32767 a + b + 2**14) >> 15 == a for any 8-bit a, b, so the plain products give the same pixels.
+    height, width = image.shape[:2]
+    wx = (
+        (_INTER_TAB_SIZE - frac_x) * ((col >= 0) & (col < width)),
+        frac_x * ((col >= -1) & (col < width - 1)),
+    )
+    wy = (
+        (_INTER_TAB_SIZE - frac_y) * ((row >= 0) & (row < height)),
+        frac_y * ((row >= -1) & (row < height - 1)),
+    )
+    # Indices of the neighbours, clamped into the image (their weight is 0 where clamping changed them).
+    cols = (np.clip(col, 0, width - 1).astype(np.intp), np.clip(col + 1, 0, width - 1).astype(np.intp))
+    rows = (np.clip(row, 0, height - 1).astype(np.intp) * width, np.clip(row + 1, 0, height - 1).astype(np.intp) * width)
+
+    pixels = image.reshape(height * width, 3)
+    total = None
+    for dy in (0, 1):
+        # np.take gathers whole pixels several times faster than fancy indexing.
+        left = np.take(pixels, rows[dy] + cols[0], axis=0)
+        right = np.take(pixels, rows[dy] + cols[1], axis=0)
+        line = left * wx[0][..., None] + right * wx[1][..., None]  # int32, at most 32 * 255
+        line *= wy[dy][..., None]
+        total = line if total is None else total + line
+    total *= 1 << (_REMAP_COEF_BITS - 2 * _INTER_BITS)  # the weights' factor 32: sum of weights 2**15
+    total += 1 << (_REMAP_COEF_BITS - 1)
+    total >>= _REMAP_COEF_BITS
+    return total.astype(np.uint8)  # weights are >= 0 and sum to at most 2**15, so 0 <= total <= 255
+
+
+def _saturate_int32(values: np.ndarray) -> np.ndarray:
+    """OpenCV's `saturate_cast<int>(double)`: round half to even, clamp to the int32 range."""
+    return np.clip(np.rint(values), -(2**31), 2**31 - 1).astype(np.int32)
