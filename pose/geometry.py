@@ -119,6 +119,9 @@ def warp_affine_opencv(image: np.ndarray, matrix: np.ndarray, output_size: tuple
       four neighbours; their weighted sum is rounded with + 2**14 >> 15;
     - neighbours outside the image count as 0: the crop blends with black across the image border
       and is 0 where no neighbour is inside.
+
+    Checked equal, pixel for pixel, to OpenCV 4.10 and 4.14 on thousands of random warps. OpenCV 5.x
+    warps in floating point instead and differs from 4.x by a few grey levels.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"warp_affine_opencv wants an (H, W, 3) uint8 image, got shape {image.shape} of {image.dtype}")
