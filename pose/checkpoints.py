@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -86,10 +87,12 @@ def read_checkpoint(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], di
     """(state_dict, meta) of a checkpoint file's bytes: MMPose's {"meta", "state_dict"}, a
     {"state_dict": ...} wrapper, or a plain state_dict (meta {}). `name` is the file, for messages."""
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols says nothing about the file
             content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated, not torch, or code in the pickle: all "unusable"
-        reason = str(error).splitlines()[0][:160] if "weights_only" in str(error) or "Unsupported" in str(error) else type(error).__name__
+        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        reason = f"it would call {code.group(1)}, which weights-only loading refuses" if code else type(error).__name__
         raise CheckpointError(f"{name}: not a readable torch checkpoint ({reason}); expected a published keypoint model file") from None
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         state, meta = content["state_dict"], content.get("meta") or {}

@@ -128,3 +128,67 @@ def test_keypoint_run_folder_loads_to_the_same_outputs(tmp_path):
         torch.testing.assert_close(loaded(images), model(images))
     with pytest.raises(ModelError, match="not a trained model folder"):
         load_keypoint_model(str(tmp_path / "nothing"))
+
+
+def test_published_keypoint_file_and_boxes_load_from_s3(tmp_path, s3_env):
+    """A published checkpoint (MMPose's container, numpy in meta) and a COCO box-results file are
+    read from s3:// as from a local path: the same network, the same boxes."""
+    import published
+
+    from jobs.annotate import read_box_results
+    from jobs.models import is_keypoint_rcnn, load_pose_model
+
+    name = "rtmpose-tiny_simcc-coco_pt-aic-coco_420e-256x192-e613ba3f_20230127.pth"
+    published.write_mmpose_checkpoint(tmp_path / name, "mmpose-rtmpose-t", 0)
+    bucket = s3_env.make_bucket("published")
+    write_bytes_atomic(f"{bucket}/models/{name}", (tmp_path / name).read_bytes(), s3_env.options)
+    boxes = [{"image_id": 7, "category_id": 1, "bbox": [1.0, 2.0, 30.0, 60.0], "score": 0.4},
+             {"image_id": 7, "category_id": 1, "bbox": [5.0, 5.0, 20.0, 40.0], "score": 0.9}]
+    write_bytes_atomic(f"{bucket}/boxes.json", json.dumps(boxes).encode(), s3_env.options)
+    local, remote = load_pose_model(str(tmp_path / name)), load_pose_model(f"{bucket}/models/{name}", s3_env.options)
+    assert remote.name == local.name == "mmpose rtmpose-t 256x192 simcc" and not is_keypoint_rcnn(f"{bucket}/models/{name}", s3_env.options)
+    for key, value in local.network.state_dict().items():
+        assert torch.equal(value, remote.network.state_dict()[key])
+    found, scores = read_box_results(f"{bucket}/boxes.json", s3_env.options)[7]
+    np.testing.assert_allclose(scores, [0.9, 0.4])  # best first
+    np.testing.assert_allclose(found[0], [5.0, 5.0, 20.0, 40.0])
+
+
+@pytest.mark.parametrize("problem", ["truncated", "code", "wholebody", "override", "run folder override"])
+def test_wrong_published_keypoint_file_is_one_line_exit_2(tmp_path, problem):
+    """`pose-jobs eval-keypoints --model FILE` with a file that cannot be used: one line on stderr,
+    exit 2, before any work."""
+    import pickle
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import published
+
+    name = tmp_path / "td-hm_res50_8xb64-210e_coco-256x192-04af38ce_20220923.pth"
+    extra = []
+    if problem == "truncated":
+        published.write_mmpose_checkpoint(name, "mmpose-res50", 0)
+        name.write_bytes(name.read_bytes()[:100_000])
+        expected = "not a readable torch checkpoint"
+    elif problem == "code":
+        name.write_bytes(pickle.dumps({"state_dict": {"w": eval}}, protocol=2))  # as torch.save pickles
+        expected = "not a readable torch checkpoint (it would call eval, which weights-only loading refuses)"
+    elif problem == "wholebody":
+        state = published.random_state_dict("mmpose-res50", 0)
+        state["head.final_layer.weight"], state["head.final_layer.bias"] = torch.zeros(133, 256, 1, 1), torch.zeros(133)
+        torch.save({"meta": {}, "state_dict": state}, name)
+        expected = "a model of 133 joints"
+    elif problem == "override":
+        published.write_mmpose_checkpoint(name, "mmpose-res50", 0)
+        extra, expected = ["--keypoint-arch", "hrnet-w32"], "holds a resnet50, not a hrnet-w32"
+    else:
+        name = tmp_path / "run"
+        write_run(str(name), {**KeypointTask(KeypointRecipe(deconv_channels=16)).config(), "epochs": 1},
+                  KeypointTask(KeypointRecipe(deconv_channels=16)).build_model(), StorageOptions())
+        extra, expected = ["--codec", "dark"], "knows its own architecture"
+    executable = str(Path(sys.executable).with_name("pose-jobs"))
+    (tmp_path / "boxes.json").write_text("[]")
+    result = subprocess.run([executable, "eval-keypoints", "--data", str(tmp_path / "no-data"), "--model", str(name), "--boxes",
+                             str(tmp_path / "boxes.json"), *extra], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
