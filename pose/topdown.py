@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from pose.geometry import apply_affine, box_to_center_size, crop_affine, invert_affine, warp_image
+from pose.geometry import apply_affine, box_to_center_size, crop_affine, invert_affine, warp_affine_opencv, warp_image
 from pose.joints import NUM_JOINTS
 from pose.metrics import oks_nms
 from pose.precision import Precision
@@ -138,13 +138,17 @@ class PoseModel(Protocol):
 def cut_crops(image: np.ndarray, boxes_xywh: np.ndarray, crop: CropConvention) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model inputs of person boxes (P, 4) of one RGB image (H, W, 3) uint8: crops (P, h, w, 3)
     uint8 (bilinear, zeros outside the image), image_from_input (P, 2, 3) float64 and the areas
-    (P,) of the padded, aspect-fixed boxes (what OKS-NMS uses)."""
+    (P,) of the padded, aspect-fixed boxes (what OKS-NMS uses).
+
+    The frameworks' families are cut as OpenCV's warpAffine cuts them (their code calls it), to the
+    pixel; models trained here as their training warps (Pillow)."""
     w, h = crop.input_size
+    warp_pixels = warp_image if crop.centring == "pose-jobs" else warp_affine_opencv
     crops, backs, areas = [], [], []
     for box in np.asarray(boxes_xywh, np.float64).reshape(-1, 4):
         center, scale = crop.center_scale(box)
         warp, back = crop.matrices(center, scale)
-        crops.append(warp_image(image, warp, crop.input_size))
+        crops.append(warp_pixels(image, warp, crop.input_size))
         backs.append(back)
         areas.append(float(scale[0] * scale[1]))
     return (

@@ -92,16 +92,19 @@ def test_decoding_and_flip_test_equal_the_framework(family):
 
 
 def test_crops_cut_from_the_image_are_the_frameworks(family):
+    """The same pixels as the framework's cv2.warpAffine, border blending included."""
     _, golden, model = family
     crops, _, _ = cut_crops(golden["image"], golden["boxes"], model.crop)
-    difference = np.abs(crops.astype(int) - golden["crops"].astype(int))
-    assert difference.mean() < 1.5
+    np.testing.assert_array_equal(crops, golden["crops"])
 
 
 def test_whole_chain_from_the_image(family):
-    """Image and boxes in, keypoints in image pixels out, as annotate runs it: the joints land where
-    the framework put them."""
+    """Image and boxes in, keypoints in image pixels out, as annotate runs it: every joint lands
+    where the framework put it, with its confidence (the network's float32 rounding aside)."""
     _, golden, model = family
     found = TopDownPredictor(model, flip_test=True)(golden["image"], golden["boxes"], golden["box_scores"])
     distance = np.linalg.norm(found["keypoints"][..., :2] - golden["keypoints"], axis=-1)
-    assert np.median(distance) < 0.5
+    # DARK's and UDP's Newton step on the log of a blurred map turns the network's 1e-5 rounding
+    # into up to a tenth of a pixel now and then; elsewhere the joints agree to the float32 digit.
+    assert distance.max() < 0.25 and (distance < 0.01).mean() > 0.9, distance
+    np.testing.assert_allclose(found["keypoints"][..., 2], golden["keypoint_scores"], atol=1e-3 * max(1.0, np.abs(golden["keypoint_scores"]).max()))
