@@ -447,3 +447,26 @@ def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, m
     for a, e in zip(sorted(annotated, key=key), sorted(evaluated, key=key)):
         assert a["image_id"] == e["image_id"] and abs(a["score"] - e["score"]) < 1e-4
         np.testing.assert_allclose(a["keypoints"], e["keypoints"], atol=0.01)
+
+
+def test_keypoint_rcnn_rows_keep_their_own_persons_and_scores():
+    """With torchvision's Keypoint R-CNN the detector stage gives the keypoints too: each chosen
+    person keeps the model's keypoints and its box score (no rescoring by the joints' logits, no
+    OKS-NMS), best first; other classes and low scores get none."""
+    from jobs.annotate import KeypointDetector
+
+    stage = object.__new__(KeypointDetector)  # the model itself is tested in test_keypoint_rcnn.py
+    stage.crops = PersonCrops(None, 0.3, 4)
+    rng = np.random.default_rng(0)
+    keypoints = np.concatenate([rng.uniform(0, 60, (3, 17, 2)), rng.normal(0, 5, (3, 17, 1))], axis=-1).astype(np.float32)
+    found = {0: {"boxes": np.array([[1, 2, 30, 60], [3, 4, 20, 40], [5, 5, 10, 10]], np.float32), "scores": np.array([0.9, 0.6, 0.2], np.float32),
+                 "labels": np.array([1, 1, 1]), "keypoints": keypoints}}
+    batch = {"image_id": np.array([5]), "source": np.array(["a.png"], dtype=object), "split": np.array([""], dtype=object),
+             "width": np.array([64]), "height": np.array([96]), "pixels": np.array([b""], dtype=object),
+             "det_boxes": np.array([found[0]["boxes"].tobytes()], dtype=object), "det_scores": np.array([found[0]["scores"].tobytes()], dtype=object),
+             "det_labels": np.array([found[0]["labels"].astype(np.int64).tobytes()], dtype=object)}
+    row = {k: v[0] for k, v in stage.persons(batch, found).items()}
+    assert "pixels" not in row
+    persons = annotation_row(row, ("__background__", "person"))["persons"]
+    assert [p["score"] for p in persons] == pytest.approx([0.9, 0.6])  # the third scores under 0.3
+    np.testing.assert_allclose(persons[0]["keypoints"], keypoints[0].reshape(-1), rtol=1e-6)
