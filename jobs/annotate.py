@@ -306,15 +306,20 @@ class Detector:
                  precision: str = "auto"):
         import torch
 
-        from jobs.models import load_detector
         from pose.precision import inference_precision
 
         bound_kernel_cache()
         torch.set_num_threads(threads)
         self.device = _torch_device(use_gpu)
         self.precision = inference_precision(self.device, precision)
-        self.model = self.precision.prepare(load_detector(spec, options, arch).to(self.device))
+        self.model = self.precision.prepare(self.load(spec, options, arch).to(self.device))
         self.crops = crops
+
+    @staticmethod
+    def load(spec: str, options: StorageOptions, arch: str | None):
+        from jobs.models import load_detector
+
+        return load_detector(spec, options, arch)
 
     def detect(self, images: list) -> list[dict]:
         from pose.models.detector import detect
@@ -355,19 +360,11 @@ class KeypointDetector(Detector):
     `person_scores`: the box score, its own person score, no rescoring), with no keypoint stage
     after it."""
 
-    def __init__(self, spec: str, options: StorageOptions, crops: PersonCrops, arch: str | None = None, use_gpu: bool = False, threads: int = 1,
-                 precision: str = "auto"):
-        import torch
-
+    @staticmethod
+    def load(spec: str, options: StorageOptions, arch: str | None):
         from jobs.models import load_keypoint_rcnn_file
-        from pose.precision import inference_precision
 
-        bound_kernel_cache()
-        torch.set_num_threads(threads)
-        self.device = _torch_device(use_gpu)
-        self.precision = inference_precision(self.device, precision)
-        self.model = self.precision.prepare(load_keypoint_rcnn_file(spec, options, arch).to(self.device))
-        self.crops = crops
+        return load_keypoint_rcnn_file(spec, options, arch)
 
     def detect(self, images: list) -> list[dict]:
         from pose.models.keypoint_rcnn import detect_with_keypoints

@@ -250,6 +250,29 @@ def _image_tensor(image, device=None) -> torch.Tensor:
     return image.float()
 
 
+def run_by_size(model: torch.nn.Module, images: list, device=None) -> list[dict]:
+    """A torchvision detection model's raw outputs (eval mode, no gradients) for images of any sizes
+    ((H, W, 3) uint8 RGB arrays or (3, H, W) tensors), in their order.
+
+    One model call per image size: torchvision pads a batch to its largest image, which changes the
+    features (and the boxes) of the smaller ones, so an image's detections would depend on the
+    images it happened to be batched with (and differ between runs of the same bucket)."""
+    if not images:
+        return []
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    model.eval()
+    tensors = [_image_tensor(image, device) for image in images]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_size.setdefault(tuple(tensor.shape[-2:]), []).append(index)
+    outputs: list[dict] = [{}] * len(tensors)
+    with torch.no_grad():
+        for indices in by_size.values():
+            for index, output in zip(indices, model([tensors[i] for i in indices])):
+                outputs[index] = output
+    return outputs
+
+
 def detect(model: FasterRCNN, images: list, device=None) -> list[dict[str, np.ndarray]]:
     """Run `model` (in eval mode, without gradients) on a batch of images.
 
@@ -260,29 +283,13 @@ def detect(model: FasterRCNN, images: list, device=None) -> list[dict[str, np.nd
     Returns per image {"boxes": (M, 4) float32 COCO `[x, y, w, h]` in the image's own pixels,
     "scores": (M,) float32, "labels": (M,) int64}, best first, scores ≥ the config's threshold.
     """
-    if not images:
-        return []
-    device = next(model.parameters()).device if device is None else torch.device(device)
-    model.eval()
-    tensors = [_image_tensor(image, device) for image in images]
-    # One model call per image size: torchvision pads a batch to its largest image, which changes
-    # the features (and the boxes) of the smaller ones, so an image's detections would depend on
-    # the images it happened to be batched with (and differ between runs of the same bucket).
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        by_size.setdefault(tuple(tensor.shape[-2:]), []).append(index)
-    outputs: list[dict] = [{}] * len(tensors)
-    with torch.no_grad():
-        for indices in by_size.values():
-            for index, output in zip(indices, model([tensors[i] for i in indices])):
-                outputs[index] = output
     return [
         {
             "boxes": box_convert(output["boxes"].float(), "xyxy", "xywh").cpu().numpy().astype(np.float32),
             "scores": output["scores"].float().cpu().numpy().astype(np.float32),
             "labels": output["labels"].cpu().numpy().astype(np.int64),
         }
-        for output in outputs
+        for output in run_by_size(model, images, device)
     ]
 
 

@@ -42,7 +42,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d, box_convert
 
 from pose.joints import NUM_JOINTS
-from pose.models.detector import _image_tensor
+from pose.models.detector import run_by_size
 from pose.models.weights import check_fits, read_state_dict, weights_name
 
 # FrozenBatchNorm2d eps per published file, as torchvision 0.29's builder sets it: after loading
@@ -161,21 +161,8 @@ def detect_with_keypoints(model: KeypointRCNN, images: list, device=None) -> lis
     person), "keypoints": (M, 17, 3) float32: x, y in image pixels (integer = pixel centre) and the
     joint's confidence, torchvision's `keypoints_scores` (a heatmap logit, not in [0, 1])}.
     """
-    if not images:
-        return []
-    device = next(model.parameters()).device if device is None else torch.device(device)
-    model.eval()
-    tensors = [_image_tensor(image, device) for image in images]
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        by_size.setdefault(tuple(tensor.shape[-2:]), []).append(index)
-    outputs: list[dict] = [{}] * len(tensors)
-    with torch.no_grad():
-        for indices in by_size.values():
-            for index, output in zip(indices, model([tensors[i] for i in indices])):
-                outputs[index] = output
     results = []
-    for output in outputs:
+    for output in run_by_size(model, images, device):
         # torchvision's third keypoint column is a constant visibility 1; the confidence replaces it.
         keypoints = torch.cat([output["keypoints"][..., :2].float(), output["keypoints_scores"][..., None].float()], dim=-1)
         results.append(
