@@ -140,3 +140,32 @@ def test_files_pickled_under_numpy_1_names_read_with_weights_only(tmp_path):
     published.write_mmpose_checkpoint(path, "mmpose-res50", 0)
     state, meta = read_checkpoint(path.read_bytes(), str(path))
     assert len(state) == 338 and isinstance(meta["dataset_meta"]["sigmas"], np.ndarray)
+
+
+def test_every_published_layout_is_built_key_for_key():
+    """For each published file layout (the manifests read off the frameworks' own code), the file is
+    identified and pose-jobs builds a network whose state_dict has exactly its keys and shapes, in
+    its order, under MMPose's names."""
+    import published
+
+    from pose.checkpoints import build_network, mmpose_keys
+
+    names = {"mmpose-res50": NAME, "mmpose-res101": "td-hm_res101_8xb64-210e_coco-256x192.pth",
+             "mmpose-res152": "td-hm_res152_8xb32-210e_coco-384x288.pth", "mmpose-hrnet-w32": "td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192.pth",
+             "mmpose-hrnet-w48": "td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288.pth"}
+    expected_arch = {"res50": "resnet50", "res101": "resnet101", "res152": "resnet152", "pose_resnet_50": "resnet50", "pose_resnet_101": "resnet101",
+                     "pose_resnet_152": "resnet152", "pose_hrnet_w32": "hrnet-w32", "pose_hrnet_w48": "hrnet-w48"}
+    checked = 0
+    for layout in published.manifest_names():
+        if layout.startswith("torchvision"):
+            continue  # a detector with keypoints: tests/test_keypoint_rcnn.py
+        keys = published.manifest(layout)
+        state = {key: torch.empty(shape, device="meta") for key, shape in keys}
+        name = names.get(layout, f"{layout.removeprefix('release-')}_256x192.pth")
+        spec = identify(state, name)
+        short = layout.split("-", 1)[1].removesuffix("-384x288")
+        assert spec.arch == expected_arch.get(short, short), layout
+        built = [(key, tuple(value.shape)) for key, value in build_network(spec).state_dict().items()]
+        assert [(key, tuple(value.shape)) for key, value in mmpose_keys(state, spec).items()] == built, layout
+        checked += 1
+    assert checked == 16
