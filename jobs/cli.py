@@ -389,8 +389,8 @@ def eval_keypoints(
     (default) or from a detector's boxes (--detector, --boxes); with a train-keypoints run and
     ground-truth boxes also the seed's PCK, on the stored person crops."""
     from jobs.annotate import boxes_by_image
-    from jobs.evaluate import detect_split, evaluate_keypoints, evaluate_topdown
-    from jobs.storage import exists, join, read_bytes
+    from jobs.evaluate import detect_split, evaluate_keypoints
+    from jobs.storage import read_bytes
 
     if detector and boxes:
         raise typer.BadParameter("give --detector or --boxes, not both", param_hint="--boxes")
@@ -410,12 +410,9 @@ def eval_keypoints(
         found, _ = detect_split(load_detector(detector, options, detector_arch), data, split, options)
         person_boxes = found.results
         box_figures = {f"box_{k}": v for k, v in found.result().items() if k in ("ap", "ap50", "ar")}
+    given = boxes_by_image(person_boxes) if person_boxes is not None else None
     overrides = keypoint_overrides(keypoint_arch, input_size, codec)
-    if person_boxes is None and exists(join(model, "model.json"), options):
-        figures = evaluate_keypoints(data, model, split, options, pictures, results)
-    else:
-        given = boxes_by_image(person_boxes) if person_boxes is not None else None
-        figures = {**evaluate_topdown(data, model, split, options, overrides=overrides, boxes=given, results_file=results), **box_figures}
+    figures = {**evaluate_keypoints(data, model, split, options, pictures, results, boxes=given, overrides=overrides), **box_figures}
     if as_json:
         typer.echo(json.dumps(figures))
         return

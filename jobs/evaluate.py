@@ -72,49 +72,43 @@ def keypoint_ground_truth(data: str, split: str, options: StorageOptions) -> dic
 
 def evaluate_keypoints(
     data: str,
-    model_dir: str,
+    model_spec: str,
     split: str,
     options: StorageOptions,
     pictures: Path | None = None,
     results_file: str | None = None,
-    boxes: list[dict] | None = None,
+    boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    overrides=None,
 ) -> dict:
-    """Seed PCK and COCO keypoint AP/AR on one split, with flip test; writes the COCO results JSON
-    when asked and a picture of inputs, true and predicted heatmaps.
+    """COCO keypoint AP/AR of a keypoint model on one split, top-down from its images
+    (`evaluate_topdown`: ground-truth boxes, or `boxes` by image id); for a train-keypoints run
+    with ground-truth boxes also the seed's PCK on the stored person crops and a picture of inputs,
+    true and predicted heatmaps (`crop_pck`)."""
+    figures = evaluate_topdown(data, model_spec, split, options, overrides=overrides, boxes=boxes, results_file=results_file)
+    figures["boxes"] = "ground truth" if boxes is None else "given"
+    if boxes is None and exists(join(model_spec, "model.json"), options):
+        figures.update(crop_pck(data, model_spec, split, options, pictures))
+    return figures
 
-    The persons are the annotated ones (ground-truth boxes, the `person_crops` table) unless
-    `boxes` gives COCO box results (a detector's, see `detect_split`): then the crops are cut around
-    those boxes, each instance is scored by its box score, and PCK is NaN (no joints to compare).
-    """
-    import json
 
-    import torch
-
-    from pose.heatmaps import to_image_coordinates
+def crop_pck(data: str, model_dir: str, split: str, options: StorageOptions, pictures: Path | None = None) -> dict:
+    """The seed's PCK (heatmaps against targets, flip test) of a train-keypoints run on the stored
+    `person_crops` of a split, as training validates, and a picture of the first batch's inputs,
+    true and predicted heatmaps: {"pck", "pictures"}."""
     from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, evaluation_figure, predict
 
     model, recipe = load_keypoint_model(model_dir, options)
     codec = recipe.codec()
-    evaluator = KeypointEvaluator(codec, keypoint_ground_truth(data, split, options))
+    evaluator = KeypointEvaluator(codec, None)
     transform = KeypointBatchTransform(recipe, train=False)
     first = None
-    if boxes is None:
-        crops = read_table(data, "person_crops", (split,), options)
-    else:
-        crops = person_crops_from_boxes(data, split, boxes, options)
-    for batch in batches_of(crops, 64):
+    for batch in batches_of(read_table(data, "person_crops", (split,), options), 64):
         prepared = transform(batch)
         keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=recipe.flip_test, codec=codec)
-        evaluator.update(heatmaps, prepared["target"], prepared["target_weight"], to_image_coordinates(keypoints, prepared["image_from_input"]), scores, prepared)
+        evaluator.update(heatmaps, prepared["target"], prepared["target_weight"], keypoints, scores, prepared)
         if first is None:
             first = (prepared, keypoints, scores, heatmaps)
-    figures = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in evaluator.result().items()}
-    figures["boxes"] = "ground truth" if boxes is None else "given"
-    if boxes is not None:
-        figures["pck"] = float("nan")
-    if results_file:
-        write_bytes_atomic(results_file, json.dumps(evaluator.results_json()).encode(), options)
-        figures["results"] = results_file
+    figures = {"pck": float(evaluator.result()["pck"])}
     if first is not None:
         prepared, keypoints, scores, heatmaps = first
         picture = evaluation_figure(prepared["image"], prepared["target"], heatmaps, prepared["keypoints"], keypoints, visible=prepared["target_weight"], scores=scores)
@@ -186,55 +180,6 @@ def evaluate_detector(
         folder = pictures if pictures is not None or run_folder else Path(".")
         figures["pictures"] = [_save_png(stacked(panels), folder, model_spec, f"detections-{split}.png", options)]
     return figures
-
-
-def person_crops_from_boxes(data: str, split: str, boxes: list[dict], options: StorageOptions):
-    """`person_crops` rows cut, as ingest cuts them, around given person boxes instead of the
-    annotated ones: one row per COCO result {image_id, category_id 1, bbox [x, y, w, h], score}
-    (other categories are skipped), with its `box_score`. Keypoints are unknown (all 0), so the
-    seed's PCK means nothing on these rows; COCO keypoint AP does.
-    """
-    import json
-
-    import pyarrow as pa
-
-    from jobs.ingest import read_image_source
-    from jobs.storage import read_bytes
-    from pose.crops import CropSettings, cut_person_crop
-    from pose.images import decode_image, encode_jpeg
-    from pose.joints import NUM_JOINTS, PERSON_CATEGORY
-
-    settings = json.loads(read_bytes(join(data, "manifest.json"), options)).get("settings", {})
-    crop_settings = CropSettings(**settings.get("crop", {}))
-    by_image: dict[int, list[dict]] = {}
-    for result in boxes:
-        if int(result.get("category_id", PERSON_CATEGORY["id"])) == PERSON_CATEGORY["id"]:
-            by_image.setdefault(int(result["image_id"]), []).append(result)
-    images = read_table(data, "images", (split,), options, columns=["image_id", "source"])
-    rows, no_keypoints = [], np.zeros((NUM_JOINTS, 3))
-    for image_id, source in zip(images["image_id"].to_pylist(), images["source"].to_pylist()):
-        if image_id not in by_image:
-            continue
-        # COCO's annotations are in the stored pixel frame: no EXIF rotation, as in ingest.
-        pixels = decode_image(read_image_source(source, options), exif_transpose=False)
-        for result in by_image[image_id]:
-            box = np.asarray(result["bbox"], np.float64)
-            if box[2] < 1 or box[3] < 1:
-                continue
-            person = cut_person_crop(pixels, box, no_keypoints, crop_settings)
-            rows.append(
-                {
-                    "annotation_id": len(rows),
-                    "image_id": int(image_id),
-                    "crop": encode_jpeg(person.pixels, quality=92),
-                    "bbox": person.bbox.astype(np.float32).tolist(),
-                    "keypoints": person.keypoints.astype(np.float32).reshape(-1).tolist(),
-                    "image_from_crop": person.image_from_crop.reshape(-1).tolist(),
-                    "area": float(box[2] * box[3]),
-                    "box_score": float(result.get("score", 1.0)),
-                }
-            )
-    return pa.Table.from_pylist(rows)
 
 
 def evaluate_topdown(

@@ -412,10 +412,14 @@ def test_user_mistakes_are_one_line(models, tmp_path):
         assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
-def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, models, tmp_path):
+@pytest.mark.parametrize("keypoint_model", ["run folder", "published RTMPose-t"])
+def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, models, tmp_path, keypoint_model):
     """`annotate --boxes FILE` and `eval-keypoints --boxes FILE` run one top-down chain: the same
-    persons, keypoints and scores (in float32); other categories in the file are ignored, and an
-    image without boxes is annotated with no persons."""
+    persons, keypoints and scores (in float32), for a model trained here and for a published file
+    (through the actors as through the evaluation); other categories in the file are ignored, and
+    an image without boxes is annotated with no persons."""
+    import published
+
     from jobs.annotate import boxes_by_image
     from jobs.evaluate import evaluate_topdown, keypoint_ground_truth
     from jobs.ingest import ingest
@@ -432,7 +436,11 @@ def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, m
     entries.append({"image_id": boxed[0], "category_id": DOG, "bbox": [1.0, 1.0, 20.0, 20.0], "score": 0.99})
     (tmp_path / "boxes.json").write_text(json.dumps(entries))
 
-    settings = AnnotateSettings(None, models[1], boxes=str(tmp_path / "boxes.json"), precision="fp32")
+    spec = models[1]
+    if keypoint_model != "run folder":
+        spec = str(tmp_path / "rtmpose-tiny_simcc-coco_pt-aic-coco_420e-256x192-e613ba3f_20230127.pth")
+        published.write_mmpose_checkpoint(spec, "mmpose-rtmpose-t", 0)
+    settings = AnnotateSettings(None, spec, boxes=str(tmp_path / "boxes.json"), precision="fp32")
     manifest = annotate(ingested, str(tmp_path / "out"), settings, progress=False)
     assert manifest["images"]["balanced"] and manifest["images"]["annotated"] == 3
     annotations = read_table(str(tmp_path / "out"), "annotations").to_pylist()
@@ -440,7 +448,7 @@ def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, m
     assert [len(row["persons"]) == 0 for row in sorted(annotations, key=lambda r: r["image_id"])].count(True) >= 1
     annotated = json.loads(Path(tmp_path, "out", "results/keypoints.json").read_text())
 
-    figures = evaluate_topdown(ingested, models[1], "val", StorageOptions(), boxes=boxes_by_image(entries), results_file=str(tmp_path / "eval.json"))
+    figures = evaluate_topdown(ingested, spec, "val", StorageOptions(), boxes=boxes_by_image(entries), results_file=str(tmp_path / "eval.json"))
     evaluated = json.loads(Path(tmp_path, "eval.json").read_text())
     assert figures["instances"] == len(entries) - 1 and len(evaluated) == len(annotated) > 0
     key = lambda r: r["image_id"]  # noqa: E731 - within an image both keep the chain's order
