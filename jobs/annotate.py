@@ -10,7 +10,9 @@ to do through three stages, one row per image all the way:
                                 person box cut to the keypoint model's input by its affine
   KeypointModel    actor pool   batches of persons across images -> 17 joints, flip test
 
-(on CPUs one pool of actors, `DetectorAndKeypoints`, does all three: see `plan_resources`),
+(on CPUs one pool of actors, `DetectorAndKeypoints`, does all three: see `plan_resources`;
+with `--boxes` the rows carry their persons' boxes and `given_boxes` stands for the detector; a
+torchvision Keypoint R-CNN as the keypoint model is `KeypointDetector`, with no keypoint stage),
 and back to the driver, which gathers the rows of each shard and, once a shard is complete,
 writes its Parquet files and then its commit marker:
 
