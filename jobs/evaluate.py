@@ -182,6 +182,20 @@ def evaluate_detector(
     return figures
 
 
+def _ground_truth_boxes(data: str, split: str, options: StorageOptions) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The annotated persons of a split (non-crowd, with labelled keypoints) as boxes by image id,
+    score 1, in the form of `jobs.annotate.boxes_by_image`."""
+    persons = read_table(data, "persons", (split,), options, columns=["image_id", "bbox", "num_keypoints", "iscrowd"]).to_pylist()
+    boxes: dict[int, tuple[list, list]] = {}
+    for person in persons:
+        if person["iscrowd"] or not person["num_keypoints"]:
+            continue
+        found, scores = boxes.setdefault(int(person["image_id"]), ([], []))
+        found.append(person["bbox"])
+        scores.append(1.0)
+    return {i: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64)) for i, (b, s) in boxes.items()}
+
+
 def evaluate_topdown(
     data: str,
     model_spec: str,
@@ -199,45 +213,55 @@ def evaluate_topdown(
 
     The persons are the annotated ones (non-crowd, with labelled keypoints; box score 1) unless
     `boxes` gives boxes and scores by image id (`jobs.annotate.boxes_by_image`): every box, as
-    the COCO protocol evaluates detections. Every image of the split counts, with or without
+    the COCO protocol evaluates detections. A torchvision Keypoint R-CNN file finds its own persons
+    (no `boxes`), scored as torchvision scores them. Every image of the split counts, with or without
     persons found. Writes the COCO keypoint results when asked.
     """
     import json
 
     from jobs.ingest import read_image_source
-    from jobs.models import load_pose_model
+    from jobs.models import ModelError, is_keypoint_rcnn, load_keypoint_rcnn_file, load_pose_model
     from pose.images import decode_image
     from pose.joints import PERSON_CATEGORY
     from pose.metrics import coco_keypoint_ap
+    from pose.models.keypoint_rcnn import PERSON_LABEL, detect_with_keypoints
     from pose.topdown import TopDownPredictor
 
-    predictor = TopDownPredictor(load_pose_model(model_spec, options, overrides), flip_test=flip_test)
     truth = keypoint_ground_truth(data, split, options)
-    if boxes is None:
-        persons = read_table(data, "persons", (split,), options, columns=["image_id", "bbox", "num_keypoints", "iscrowd"]).to_pylist()
-        boxes = {}
-        for person in persons:
-            if person["iscrowd"] or not person["num_keypoints"]:
-                continue
-            found, scores = boxes.setdefault(int(person["image_id"]), ([], []))
-            found.append(person["bbox"])
-            scores.append(1.0)
-        boxes = {i: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64)) for i, (b, s) in boxes.items()}
+    if is_keypoint_rcnn(model_spec, options):
+        if boxes is not None:
+            raise ModelError(f"{model_spec}: a torchvision Keypoint R-CNN finds its own persons; leave out --boxes and --detector")
+        model = load_keypoint_rcnn_file(model_spec, options, getattr(overrides, "arch", None))
+        name = f"torchvision keypointrcnn_resnet50_fpn ({model.variant})"
+
+        def persons(pixels: np.ndarray, _) -> dict:  # its own boxes, keypoints and person scores
+            found = detect_with_keypoints(model, [pixels])[0]
+            people = found["labels"] == PERSON_LABEL
+            return {"keypoints": found["keypoints"][people], "scores": found["scores"][people], "kept": np.arange(int(people.sum()))}
+    else:
+        predictor = TopDownPredictor(load_pose_model(model_spec, options, overrides), flip_test=flip_test)
+        name = predictor.model.name
+        boxes = _ground_truth_boxes(data, split, options) if boxes is None else boxes
+
+        def persons(pixels: np.ndarray, image_id: int) -> dict | None:
+            given, scores = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
+            usable = (given[:, 2] >= 1) & (given[:, 3] >= 1)
+            return predictor(pixels, given[usable], scores[usable]) if usable.any() else None
+
     images = read_table(data, "images", (split,), options, columns=["image_id", "source"]).sort_by("image_id")
     results, instances = [], 0
     for image_id, source in zip(images["image_id"].to_pylist(), images["source"].to_pylist()):
-        given, scores = boxes.get(int(image_id), (np.zeros((0, 4)), np.zeros(0)))
-        given, scores = given[(given[:, 2] >= 1) & (given[:, 3] >= 1)], scores[(given[:, 2] >= 1) & (given[:, 3] >= 1)]
-        if not len(given):
-            continue
+        if boxes is not None and not len(boxes.get(int(image_id), ((), ()))[0]):
+            continue  # no person to look at: the image still counts, with its persons missed
         # COCO's annotations are in the stored pixel frame: no EXIF rotation, as in ingest.
-        found = predictor(decode_image(read_image_source(source, options), exif_transpose=False), given, scores)
-        instances += len(given)
+        found = persons(decode_image(read_image_source(source, options), exif_transpose=False), int(image_id))
+        if found is None:
+            continue
+        instances += len(found["keypoints"])
         for k in found["kept"]:
             keypoints = [round(float(v), 3) for v in found["keypoints"][k].reshape(-1)]
             results.append({"image_id": int(image_id), "category_id": PERSON_CATEGORY["id"], "keypoints": keypoints, "score": float(found["scores"][k])})
-    figures = {**coco_keypoint_ap(truth, results, image_ids=sorted(images["image_id"].to_pylist())), "instances": instances,
-               "model": predictor.model.name}
+    figures = {**coco_keypoint_ap(truth, results, image_ids=sorted(images["image_id"].to_pylist())), "instances": instances, "model": name}
     if results_file:
         write_bytes_atomic(results_file, json.dumps(results).encode(), options)
         figures["results"] = results_file

@@ -109,3 +109,41 @@ def test_keypoints_scored_from_a_detector(coco_on_s3, keypoint_run, tmp_path):
     assert 0 < figures["instances"] <= 3 * 5 and 0 <= figures["ap"] <= 1 and 0 <= figures["box_ap50"] <= 1
     both = run_cli("eval-keypoints", "--data", coco_on_s3, "--model", keypoint_run, "--detector", detector, "--boxes", "x.json")
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_keypoint_rcnn_evaluates_with_its_own_persons(coco_on_s3, s3, tmp_path, monkeypatch):
+    """eval-keypoints with torchvision's Keypoint R-CNN: its own boxes, keypoints and person scores
+    over every image of the split, scored by COCOeval; --boxes is refused in one line."""
+    import numpy as np
+    import published
+
+    import jobs.models
+    from jobs.annotate import boxes_by_image
+    from jobs.evaluate import evaluate_topdown
+    from jobs.models import ModelError
+    from pose.models.keypoint_rcnn import build_keypoint_rcnn, detect_with_keypoints
+
+    path = tmp_path / "keypointrcnn_resnet50_fpn_coco-fc266e95.pth"
+    state = published.write_torchvision_checkpoint(path, seed=0)
+    small = build_keypoint_rcnn("coco_v1", min_size=128, max_size=192, detections_per_image=3)  # torchvision's 800 px is minutes here
+    small.load_state_dict(state)
+    with torch.no_grad():
+        small.roi_heads.box_predictor.cls_score.bias[1] = 6.0  # random weights: make it report persons
+    monkeypatch.setattr(jobs.models, "load_keypoint_rcnn_file", lambda spec, options, arch=None: small)
+
+    results = tmp_path / "results.json"
+    figures = evaluate_topdown(coco_on_s3, str(path), "val", s3.options, results_file=str(results))
+    entries = json.loads(results.read_text())
+    images = read_table(coco_on_s3, "images", ("val",), s3.options, columns=["image_id"])["image_id"].to_pylist()
+    assert figures["instances"] == len(entries) > 0 and figures["model"] == "torchvision keypointrcnn_resnet50_fpn (coco_v1)"
+    assert 0 <= figures["ap"] <= 1 and {e["image_id"] for e in entries} <= set(images)
+    first = read_table(coco_on_s3, "images", ("val",), s3.options).sort_by("image_id").slice(0, 1).to_pylist()[0]
+    from jobs.ingest import read_image_source
+    from pose.images import decode_image
+
+    own = detect_with_keypoints(small, [decode_image(read_image_source(first["source"], s3.options), exif_transpose=False)])[0]
+    mine = [e for e in entries if e["image_id"] == first["image_id"]]
+    np.testing.assert_allclose([e["score"] for e in mine], own["scores"], rtol=1e-6)
+    np.testing.assert_allclose(mine[0]["keypoints"], own["keypoints"][0].reshape(-1), atol=1e-3)
+    with pytest.raises(ModelError, match="finds its own persons"):
+        evaluate_topdown(coco_on_s3, str(path), "val", s3.options, boxes=boxes_by_image([]))
