@@ -2,6 +2,7 @@
 around them run on a GPU, and how busy the GPU is.
 
     python benchmarks/annotate_device.py --images DIR --device cuda --lanes 1,2,4
+    python benchmarks/annotate_device.py --families rtmpose-m,hrnet-w32,resnet50 --device cuda --precision bf16
 
 It imports nothing but `pose` (so it runs where Ray is not installed, e.g. a lent GPU machine) and
 prints, on the same images:
@@ -166,9 +167,35 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
     return done[0] / seconds, busy.mean()
 
 
+def family_rates(families: list[str], device: torch.device, precision: str, batch: int, persons: int) -> None:
+    """persons/s of the Ray-free top-down predictor (`pose.topdown.TopDownPredictor`: inputs,
+    forward, flip forward, decoding, back map) for published families at 256x192, random weights in
+    their published layout, on crops already cut."""
+    from pose.checkpoints import CheckpointSpec, build_network, pose_model
+    from pose.topdown import TopDownPredictor
+
+    crops = np.random.default_rng(0).integers(0, 256, (persons, 256, 192, 3), dtype=np.uint8)
+    backs = np.tile(np.eye(2, 3), (persons, 1, 1))
+    arithmetic = inference_precision(device, precision)
+    for family in families:
+        spec = CheckpointSpec("mmpose", family, (192, 256), "simcc" if family.startswith("rtmpose") else "msra")
+        predictor = TopDownPredictor(pose_model(spec, build_network(spec)), device=device, precision=arithmetic, batch_size=batch)
+        predictor.keypoints(crops[:batch], backs[:batch])  # kernels chosen, memory allocated
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        predictor.keypoints(crops, backs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        print(f"{family:<10} {persons / seconds:8.0f} persons/s  ({arithmetic.describe()}, batch {batch}, flip test, {persons} crops on {device})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, required=True, help="a folder of images (e.g. a synthetic COCO val2017/)")
+    parser.add_argument("--images", type=Path, default=None, help="a folder of images (e.g. a synthetic COCO val2017/); required unless --families")
+    parser.add_argument("--families", default=None, help="only time the top-down predictor of these published families (e.g. rtmpose-m,hrnet-w32,resnet50)")
+    parser.add_argument("--persons", type=int, default=1024, help="crops timed per family with --families")
     parser.add_argument("--count", type=int, default=256, help="images used")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--detector", type=Path, default=None, help="a train-detector run folder (default: an untrained --arch)")
@@ -184,6 +211,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="the models' arithmetic in the detector-alone and pipeline runs, as annotate's --precision")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.families:
+        family_rates(args.families.split(","), device, args.precision, args.keypoint_batch, args.persons)
+        return
+    if args.images is None:
+        parser.error("--images is required (unless --families)")
     torch.backends.cudnn.benchmark = True
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}", flush=True)
 

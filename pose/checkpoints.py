@@ -252,7 +252,6 @@ def decoder(spec: CheckpointSpec):
 def load_published(data: bytes, name: str, overrides: Overrides = Overrides()):
     """A `pose.topdown.PoseModel` (network in eval mode on the CPU) from a published file's bytes."""
     from pose.models.weights import check_fits
-    from pose.topdown import NormalisedPoseModel
 
     state, _ = read_checkpoint(data, name)
     spec = identify(state, name, overrides)
@@ -263,6 +262,13 @@ def load_published(data: bytes, name: str, overrides: Overrides = Overrides()):
     except ValueError as error:
         raise CheckpointError(f"{error}; is it really a {spec.name} file?") from None
     network.load_state_dict(state, strict=False)
+    return pose_model(spec, network)
+
+
+def pose_model(spec: CheckpointSpec, network: torch.nn.Module):
+    """`spec`'s network (with its weights) as its framework runs it: a `pose.topdown.PoseModel`."""
+    from pose.topdown import NormalisedPoseModel
+
     return NormalisedPoseModel(name=spec.name, crop=crop_convention(spec), network=network.eval(), decoder=decoder(spec), bgr=spec.bgr)
 
 
