@@ -227,7 +227,7 @@ def evaluate_topdown(
     from pose.models.keypoint_rcnn import PERSON_LABEL, detect_with_keypoints
     from pose.topdown import TopDownPredictor
 
-    truth = keypoint_ground_truth(data, split, options)
+    # The model first: a wrong --model is one line before any data is read.
     if is_keypoint_rcnn(model_spec, options):
         if boxes is not None:
             raise ModelError(f"{model_spec}: a torchvision Keypoint R-CNN finds its own persons; leave out --boxes and --detector")
@@ -248,6 +248,7 @@ def evaluate_topdown(
             usable = (given[:, 2] >= 1) & (given[:, 3] >= 1)
             return predictor(pixels, given[usable], scores[usable]) if usable.any() else None
 
+    truth = keypoint_ground_truth(data, split, options)
     images = read_table(data, "images", (split,), options, columns=["image_id", "source"]).sort_by("image_id")
     results, instances = [], 0
     for image_id, source in zip(images["image_id"].to_pylist(), images["source"].to_pylist()):

@@ -412,12 +412,11 @@ def test_user_mistakes_are_one_line(models, tmp_path):
         assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
-@pytest.mark.parametrize("keypoint_model", ["run folder", "published RTMPose-t"])
-def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, models, tmp_path, keypoint_model):
+def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, tmp_path):
     """`annotate --boxes FILE` and `eval-keypoints --boxes FILE` run one top-down chain: the same
-    persons, keypoints and scores (in float32), for a model trained here and for a published file
-    (through the actors as through the evaluation); other categories in the file are ignored, and
-    an image without boxes is annotated with no persons."""
+    persons, keypoints and scores (in float32) for a published file, through the actors as through
+    the evaluation (models trained here take the same chain: tests/test_topdown.py); other
+    categories in the file are ignored, and an image without boxes is annotated with no persons."""
     import published
 
     from jobs.annotate import boxes_by_image
@@ -436,10 +435,8 @@ def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, m
     entries.append({"image_id": boxed[0], "category_id": DOG, "bbox": [1.0, 1.0, 20.0, 20.0], "score": 0.99})
     (tmp_path / "boxes.json").write_text(json.dumps(entries))
 
-    spec = models[1]
-    if keypoint_model != "run folder":
-        spec = str(tmp_path / "rtmpose-tiny_simcc-coco_pt-aic-coco_420e-256x192-e613ba3f_20230127.pth")
-        published.write_mmpose_checkpoint(spec, "mmpose-rtmpose-t", 0)
+    spec = str(tmp_path / "rtmpose-tiny_simcc-coco_pt-aic-coco_420e-256x192-e613ba3f_20230127.pth")
+    published.write_mmpose_checkpoint(spec, "mmpose-rtmpose-t", 0)
     settings = AnnotateSettings(None, spec, boxes=str(tmp_path / "boxes.json"), precision="fp32")
     manifest = annotate(ingested, str(tmp_path / "out"), settings, progress=False)
     assert manifest["images"]["balanced"] and manifest["images"]["annotated"] == 3

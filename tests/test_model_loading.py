@@ -159,9 +159,6 @@ def test_wrong_published_keypoint_file_is_one_line_exit_2(tmp_path, problem):
     """`pose-jobs eval-keypoints --model FILE` with a file that cannot be used: one line on stderr,
     exit 2, before any work."""
     import pickle
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import published
 
@@ -187,8 +184,11 @@ def test_wrong_published_keypoint_file_is_one_line_exit_2(tmp_path, problem):
         write_run(str(name), {**KeypointTask(KeypointRecipe(deconv_channels=16)).config(), "epochs": 1},
                   KeypointTask(KeypointRecipe(deconv_channels=16)).build_model(), StorageOptions())
         extra, expected = ["--codec", "dark"], "knows its own architecture"
-    executable = str(Path(sys.executable).with_name("pose-jobs"))
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
     (tmp_path / "boxes.json").write_text("[]")
-    result = subprocess.run([executable, "eval-keypoints", "--data", str(tmp_path / "no-data"), "--model", str(name), "--boxes",
-                             str(tmp_path / "boxes.json"), *extra], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    result = CliRunner().invoke(app, ["eval-keypoints", "--data", str(tmp_path / "no-data"), "--model", str(name), "--boxes",
+                                      str(tmp_path / "boxes.json"), *extra])
+    assert result.exit_code == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
