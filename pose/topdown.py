@@ -12,6 +12,7 @@ Coordinates: `(x, y)` pixels, integer = pixel centre (`pose.geometry`). Matrices
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -61,25 +62,35 @@ class CropConvention:
             scale = ((scale / self.padding / 200.0).astype(np.float32) * np.float32(self.padding) * np.float32(200.0)).astype(np.float64)
         return center, scale
 
-    def matrices(self, center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def matrices(self, center: np.ndarray, scale: np.ndarray, rotation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(input_from_image, image_from_input), both (2, 3) float64: the warp that cuts the crop,
-        and the map that takes decoded keypoints (input pixels) back to the image."""
+        and the map that takes decoded keypoints (input pixels) back to the image.
+
+        `rotation` in degrees turns the box counter-clockwise on screen before it is cut (training
+        augmentation), as each framework's warp applies it: MMPose's rotation is the float32
+        angle its RandomBBoxTransform draws (get_warp_matrix takes sine and cosine in float32),
+        the releases' a float64 angle. With a rotation, image_from_input is the warp's inverse
+        (the frameworks never map rotated crops back); without, each framework's own back map.
+        """
         w, h = self.input_size
         center, scale = np.asarray(center, np.float64), np.asarray(scale, np.float64)
         if self.centring == "pose-jobs":
-            warp = crop_affine(center, scale, self.input_size)
+            warp = crop_affine(center, scale, self.input_size, rotation)
             return warp, invert_affine(warp)
-        back = np.array([[scale[0] / w, 0.0, center[0] - scale[0] / 2], [0.0, scale[1] / h, center[1] - scale[1] / 2]])
         if self.centring == "mmpose":
-            return _mmpose_warp(center, scale, self.input_size), back
+            warp = _mmpose_warp(center, scale, self.input_size, rotation)
+        elif self.centring == "release":
+            warp = _release_warp(center, scale, self.input_size, rotation=rotation)
+        else:
+            warp = _udp_warp(center, scale, self.input_size, rotation)
+        if rotation != 0:
+            return warp, invert_affine(warp)
         if self.centring == "release":
             heatmap = (w // HEATMAP_STRIDE, h // HEATMAP_STRIDE)
             image_from_heatmap = _release_warp(center, scale, heatmap, inverse=True)
-            return _release_warp(center, scale, self.input_size), image_from_heatmap @ np.diag([heatmap[0] / w, heatmap[1] / h, 1.0])
-        # UDP: MMPose computes this matrix in float32; so do we, to cut the same pixels.
-        sx, sy = (w - 1) / scale[0], (h - 1) / scale[1]
-        warp = np.array([[sx, 0.0, sx * (scale[0] / 2 - center[0])], [0.0, sy, sy * (scale[1] / 2 - center[1])]])
-        return warp.astype(np.float32).astype(np.float64), back
+            return warp, image_from_heatmap @ np.diag([heatmap[0] / w, heatmap[1] / h, 1.0])
+        back = np.array([[scale[0] / w, 0.0, center[0] - scale[0] / 2], [0.0, scale[1] / h, center[1] - scale[1] / 2]])
+        return warp, back
 
 
 def _affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -90,12 +101,19 @@ def _affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a, dst.astype(np.float64).reshape(-1)).reshape(2, 3)
 
 
-def _mmpose_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """MMPose's get_warp_matrix without rotation: the box centre and the middle of its left edge,
-    and the point at a right angle from them, as float32 points in both frames."""
+def _mmpose_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], rotation: float = 0.0) -> np.ndarray:
+    """MMPose's get_warp_matrix: the box centre and the middle of its left edge (turned by the
+    rotation), and the point at a right angle from them, as float32 points in both frames.
+
+    The angle is float32 as RandomBBoxTransform draws it, so np.deg2rad, np.sin and np.cos run in
+    float32 as in MMPose; the turned half width is then float64 (float32 sine and cosine times a
+    float64 vector), rounded to float32 when stored in the point."""
     w, h = output_size
+    angle = np.deg2rad(np.float32(rotation))
+    sin, cos = np.float64(np.sin(angle)), np.float64(np.cos(angle))
+    half_width = -0.5 * scale[0]
     src, dst = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32)
-    src[0], src[1] = center, center + np.array([-0.5 * scale[0], 0.0])
+    src[0], src[1] = center, center + np.array([cos * half_width, sin * half_width])
     dst[0], dst[1] = (w * 0.5, h * 0.5), np.array([w * 0.5, h * 0.5]) + np.array([-0.5 * w, 0.0])
     for points in (src, dst):
         direction = points[0] - points[1]
@@ -103,12 +121,34 @@ def _mmpose_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, 
     return _affine_from_points(src, dst)
 
 
-def _release_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], inverse: bool = False) -> np.ndarray:
-    """The releases' get_affine_transform without rotation: the box centre and the middle of its
-    top edge (half the box *width* up), float32 points; `inverse` maps the output back."""
+def _udp_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], rotation: float = 0.0) -> np.ndarray:
+    """MMPose's get_udp_warp_matrix: output pixel (w - 1) / 2 is the box centre, (w - 1) / box
+    width the scale, turned by the rotation; entries in float64 (math.sin/cos of the float32
+    angle in radians), the matrix stored as float32 as MMPose stores it, to cut the same pixels."""
     w, h = output_size
+    angle = float(np.deg2rad(np.float32(rotation)))
+    sin, cos = math.sin(angle), math.cos(angle)
+    sx, sy = (w - 1) / scale[0], (h - 1) / scale[1]
+    # MMPose writes the centre as input_size = 2 * centre; the halves are exact. (+ 0.0 turns the
+    # -0.0 of no rotation into the 0.0 this matrix always had: the same pixels, the same bits.)
+    warp = np.array([
+        [cos * sx, -sin * sx + 0.0, sx * (-center[0] * cos + center[1] * sin + 0.5 * scale[0])],
+        [sin * sy, cos * sy, sy * (-center[0] * sin - center[1] * cos + 0.5 * scale[1])],
+    ])
+    return warp.astype(np.float32).astype(np.float64)
+
+
+def _release_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], inverse: bool = False,
+                  rotation: float = 0.0) -> np.ndarray:
+    """The releases' get_affine_transform: the box centre and the middle of its top edge (half
+    the box *width* up, turned by the rotation as their get_dir turns it, in float64), float32
+    points; `inverse` maps the output back."""
+    w, h = output_size
+    angle = np.pi * rotation / 180
+    sin, cos = np.sin(angle), np.cos(angle)
+    half_width = np.float32(scale[0]) * -0.5
     src, dst = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32)
-    src[0], src[1] = center, center + np.array([0.0, np.float32(scale[0]) * -0.5])
+    src[0], src[1] = center, center + np.array([0 * cos - half_width * sin, 0 * sin + half_width * cos])
     dst[0], dst[1] = (w * 0.5, h * 0.5), np.array([w * 0.5, h * 0.5]) + np.array([0, w * -0.5], np.float32)
     for points in (src, dst):
         direction = points[0] - points[1]
