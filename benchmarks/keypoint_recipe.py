@@ -1,10 +1,10 @@
 """Keypoint recipe trial: a few epochs of a `KeypointRecipe` variant without Ray, PCK after each.
 
-For comparing recipe changes per minute of training on one machine before a full run: the batch
-transform, loss and evaluator are `pose.keypoint_task`'s, in a plain loop over the ingested
-`person_crops` held in memory (one process, torch on `--threads` threads), in the runner's
-precision (`--precision`). PCK is the seed's, with flip test, on the first `--val` validation
-persons.
+For comparing recipe changes per minute of training on one machine before a full run: the
+training engine's epoch and evaluation (`pose.engine`, the step Ray Train workers run) over the
+ingested `person_crops` held in memory, shuffled per epoch, one batch of the recipe's (global) size
+per step (one process, torch on `--threads` threads), in the runner's precision (`--precision`).
+PCK is the seed's, with the recipe's flip test, on the first `--val` validation persons.
 
     python benchmarks/keypoint_recipe.py out/coco --epochs 4                       # the default recipe
     python benchmarks/keypoint_recipe.py out/coco --epochs 4 backbone_stages=3 deconv_layers=2 skips=true
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pose.heatmaps import to_image_coordinates
-from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, KeypointRecipe, KeypointTask, predict
+from pose.engine import evaluate, train_one_epoch
+from pose.keypoint_task import KeypointRecipe, KeypointTask
 from pose.precision import PRECISIONS, training_precision
 
 
@@ -52,6 +53,13 @@ def read_split(data: Path, split: str) -> pa.Table:
 
 def rows(table: pa.Table) -> dict:
     return {k: (v if k == "crop" else np.asarray(v)) for k, v in table.to_pydict().items()}
+
+
+def training_batches(task: KeypointTask, train: pa.Table, order: np.ndarray, epoch: int) -> Iterator[dict]:
+    """The epoch's prepared batches: rows in `order`, `task.batch_size` at a time, the last partial one dropped."""
+    size = task.batch_size
+    for start in range(0, len(order) - size + 1, size):
+        yield task.prepare_batch(rows(train.take(order[start : start + size])), epoch)
 
 
 def main() -> None:
@@ -81,36 +89,18 @@ def main() -> None:
     device = torch.device("cpu")
     arithmetic = training_precision(device, args.precision, task)
     model = arithmetic.prepare(task.build_model())
-    steps = train.num_rows // recipe.batch_size
-    optimizer, scheduler = task.build_optimizer(model, steps)
+    optimizer, scheduler = task.build_optimizer(model, train.num_rows // recipe.batch_size)
     order_rng = np.random.default_rng(args.seed)
     print(f"{', '.join(f'{k}={v}' for k, v in changes.items()) or 'default recipe'}; {arithmetic.describe()}; "
           f"{train.num_rows} training crops, {val.num_rows} validation persons", flush=True)
     started = time.perf_counter()
     for epoch in range(recipe.epochs):
-        model.train()
-        epoch_start, losses = time.perf_counter(), []
-        order = order_rng.permutation(train.num_rows)
-        for step in range(steps):
-            batch = rows(train.take(order[step * recipe.batch_size : (step + 1) * recipe.batch_size]))
-            inputs = task.device_inputs(task.prepare_batch(batch, epoch), device)
-            with arithmetic.autocast(device):
-                loss = task.loss(model, inputs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        rate = steps * recipe.batch_size / (time.perf_counter() - epoch_start)
-        evaluator, transform = KeypointEvaluator(task.codec, None), KeypointBatchTransform(recipe, train=False)
-        for start in range(0, val.num_rows, 64):
-            prepared = transform(rows(val.slice(start, 64)))
-            with arithmetic.autocast(device):
-                keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=True, codec=task.codec)
-            evaluator.update(heatmaps, prepared["target"], prepared["target_weight"],
-                             to_image_coordinates(keypoints, prepared["image_from_input"]), scores, prepared)
-        print(f"epoch {epoch + 1}/{recipe.epochs}  loss {np.mean(losses):.6f}  PCK {evaluator.result()['pck']:.4f}  "
-              f"{rate:.0f} samples/s  {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        batches = training_batches(task, train, order_rng.permutation(train.num_rows), epoch)
+        result = train_one_epoch(model, task, batches, optimizer, scheduler, device=device, precision=arithmetic)
+        val_batches = (rows(val.slice(start, 64)) for start in range(0, val.num_rows, 64))
+        figures = evaluate(model, task, val_batches, device=device, precision=arithmetic)
+        print(f"epoch {epoch + 1}/{recipe.epochs}  loss {result.loss:.6f}  PCK {figures['pck']:.4f}  "
+              f"{result.samples_per_s:.0f} samples/s  {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

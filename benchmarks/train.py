@@ -1,13 +1,17 @@
 """Training benchmark: is the data feed ever the bottleneck?
 
-For each model it prints samples/s of
-  - the step alone, on one batch of tensors already in memory (the ceiling),
+Every figure is the training engine's own loop (`pose.engine.train_one_epoch`, the step Ray Train
+workers run). For each model it prints samples/s of
+  - the step alone, on one prepared batch already in memory (the ceiling),
   - the pose-side loop: Parquet rows -> task.prepare_batch (decode, augment, targets) on
     `--feed-workers` processes ahead of the step (`pose.feed.BatchFeed`, as Ray Train GPU workers
     run it; 0: inline, as CPU workers run it) -> task.device_inputs -> step, in one process, no Ray,
   - the real thing: `pose-jobs train-*` on Ray Train with 1 and 2 workers (second epoch, so
-    start-up is not counted),
+    start-up is not counted; the same global batch on both),
 and the feed ratio = real loop / ceiling (goal >= 0.9).
+
+`--recipe cpu` is the keypoint CPU recipe; `--recipe coco` is Simple Baselines' network and input
+(ResNet-50, three 256-channel deconvolutions, 256x192, batch 128) in pose-jobs' own pipeline.
 
 With `--no-ray --rows FOLDER` it imports nothing but `pose` (so it runs on a machine without Ray
 or the job's storage libraries, e.g. a lent GPU): FOLDER holds Parquet files of the model's table
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import tempfile
@@ -33,16 +38,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import pyarrow as pa
 import torch
 
+from pose.engine import train_one_epoch
 from pose.feed import BatchFeed, batches_of
 from pose.precision import PRECISIONS, training_precision
 
 
-def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool, feed_workers: int = 0, processes: bool = True,
-              precision: str = "auto") -> float:
-    """samples/s of `steps` optimiser steps; inputs prepared once (ceiling) or per batch by
-    `feed_workers` processes (or threads) ahead of the step (feed), as `pose.feed.BatchFeed` runs
-    on a Ray Train GPU worker. The warm-up drains what the feed prepared while it started.
-    `precision` as the runner's (`pose.precision.training_precision`)."""
+def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool, feed_workers: int = 0,
+              processes: bool = True, precision: str = "auto") -> float:
+    """samples/s of `steps` optimiser steps of `pose.engine.train_one_epoch`; inputs prepared once
+    (ceiling) or per batch by `feed_workers` processes (or threads) ahead of the step (feed), as
+    `pose.feed.BatchFeed` runs on a Ray Train worker. A first, untimed call warms up (allocator,
+    cuDNN's autotuning) and drains what the feed prepared while it started. `precision` as the
+    runner's (`pose.precision.training_precision`)."""
     torch.manual_seed(0)
     arithmetic = training_precision(device, precision, task)
     model = arithmetic.prepare(task.build_model().to(device))
@@ -50,33 +57,16 @@ def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, re
         torch.backends.cudnn.benchmark = getattr(task, "fixed_input_size", False)  # as the Ray Train workers set it
     optimizer, scheduler = task.build_optimizer(model, steps + 10)
     generator = torch.Generator().manual_seed(0)
-    autocast = arithmetic.autocast(device)
-    warmup = 3 + (0 if reuse_inputs else 2 * feed_workers)  # allocator, cudnn autotuning; the feed's head start
+    warmup = 3 + (0 if reuse_inputs else 2 * feed_workers)
     with BatchFeed(task.preparer(), 0 if reuse_inputs else feed_workers, processes=processes) as feed:
         if reuse_inputs:
-            prepared = iter([task.prepare_batch(batches[0], 0)] * (warmup + steps))
+            prepared = itertools.repeat(task.prepare_batch(batches[0], 0), warmup + steps)
         else:
             prepared = feed((batches[i % len(batches)] for i in range(warmup + steps)), 0)
-
-        def one_step() -> None:
-            inputs = task.device_inputs(next(prepared), device, generator)
-            with autocast:
-                loss = task.loss(model, inputs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-
-        for _ in range(warmup):
-            one_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(steps):
-            one_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return steps * task.batch_size / (time.perf_counter() - started)
+        for count in (warmup, steps):  # the engine stops after `count` steps, the rest stays in `prepared`
+            result = train_one_epoch(model, task, prepared, optimizer, scheduler, device=device, precision=arithmetic,
+                                     max_steps=count, generator=generator)
+        return result.samples_per_s
 
 
 def prepare_rate(task, batches: list[dict], workers: int, processes: bool = True) -> float:
@@ -91,6 +81,17 @@ def prepare_rate(task, batches: list[dict], workers: int, processes: bool = True
         for _ in results:
             pass
         return count * task.batch_size / (time.perf_counter() - started)
+
+
+def coco_network_recipe():
+    """Simple Baselines' network and input (ResNet-50, three 256-channel deconvolutions, 256x192) at
+    its global batch of 128, with pose-jobs' full augmentation on the stored crops: the GPU step of
+    docs/benchmarks.md. Its optimiser settings do not matter for samples/s."""
+    from pose.augment import AugmentConfig
+    from pose.keypoint_task import KeypointRecipe
+
+    return KeypointRecipe(backbone="resnet50", backbone_stages=4, deconv_layers=3, deconv_channels=256, input_size=(192, 256),
+                          batch_size=128, augment=AugmentConfig(input_size=(192, 256)))
 
 
 def parquet_rows(folder: Path) -> pa.Table:
@@ -135,7 +136,8 @@ def keypoint_rows(workdir: Path, images: int) -> tuple[pa.Table, Path]:
     return pa.Table.from_pylist(rows, schema=schema.PERSON_CROPS), src
 
 
-def ray_rates(task_factory, src: Path, dataset: str, workdir: Path, workers_list: list[int], epochs: int = 2, precision: str = "auto") -> dict[int, float]:
+def ray_rates(task_factory, src: Path, dataset: str, workdir: Path, workers_list: list[int], epochs: int = 2,
+              precision: str = "auto") -> dict[int, float]:
     """samples/s of the last epoch of `pose-jobs train-*` (Ray Train) for each worker count."""
     from jobs.ingest import ingest
     from jobs.runtime import init_ray
@@ -161,22 +163,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ray", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--rows", type=Path, default=None, help="a folder of the model's Parquet rows (person_crops or digits) instead of generating them")
-    parser.add_argument("--recipe", choices=["cpu", "coco"], default="cpu", help="keypoints: the CPU default or Simple Baselines' COCO recipe (ResNet-50, 256x192)")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="a folder of the model's Parquet rows (person_crops or digits) instead of generating them")
+    parser.add_argument("--recipe", choices=["cpu", "coco"], default="cpu",
+                        help="keypoints: the CPU recipe, or Simple Baselines' network and input (ResNet-50, 256x192, batch 128)")
     parser.add_argument("--keypoint-input", default=None, help="WxH model input for the keypoint model, e.g. 192x256")
     parser.add_argument("--backbone", default=None, help="keypoint backbone, e.g. resnet50")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the in-process runs (Ray workers use one per CPU they reserve)")
+    parser.add_argument("--batch-size", type=int, default=None, help="the global batch (the recipe's by default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the in-process runs (Ray workers use one per CPU they reserve)")
     parser.add_argument("--feed-workers", default="0", help="comma-separated feed sizes (0: inline, as CPU workers run it)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as train-*'s --precision (auto: bf16 on GPUs and on CPUs with native bf16)")
-    parser.add_argument("--feed-kind", choices=["process", "thread"], default="process", help="the feed's workers: processes (as GPU workers run it) or threads")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="as train-*'s --precision (auto: bf16 on GPUs and on CPUs with native bf16)")
+    parser.add_argument("--feed-kind", choices=["process", "thread"], default="process",
+                        help="the feed's workers: processes (as GPU workers run it) or threads")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-train-"))
     workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     feed_sizes = [int(v) for v in args.feed_workers.split(",")]
     processes = args.feed_kind == "process"
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {os.cpu_count()} CPU cores), torch {torch.__version__}")
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {device} ({card}, {os.cpu_count()} CPU cores), torch {torch.__version__}")
 
     models = ["svhn", "keypoints"] if args.model == "both" else [args.model]
     for name in models:
@@ -191,7 +199,7 @@ def main() -> None:
             table, src = (parquet_rows(args.rows), None) if args.rows else svhn_rows(workdir, 4096)
             dataset = "svhn"
         else:
-            from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, KeypointTask
+            from pose.keypoint_task import KeypointRecipe, KeypointTask
 
             overrides = {}
             if args.keypoint_input:
@@ -201,7 +209,7 @@ def main() -> None:
                 overrides["backbone"] = args.backbone
             if args.batch_size:
                 overrides["batch_size"] = args.batch_size
-            recipe = dataclasses.replace(SIMPLE_BASELINES_COCO if args.recipe == "coco" else KeypointRecipe(), **overrides)
+            recipe = dataclasses.replace(coco_network_recipe() if args.recipe == "coco" else KeypointRecipe(), **overrides)
 
             def factory():
                 return KeypointTask(recipe)

@@ -14,19 +14,16 @@ from pose.augment import AugmentConfig, jitter_colors, normalize
 from pose.crops import CropSettings
 from pose.heatmaps import flip_heatmaps, to_image_coordinates
 from pose.keypoint_task import (
-    SIMPLE_BASELINES_COCO,
     KeypointBatchTransform,
     KeypointEvaluator,
     KeypointRecipe,
     KeypointTask,
-    evaluate,
     evaluation_figure,
     ground_truth_from_tables,
     keypoint_loss,
     predict,
-    train_epoch,
 )
-from pose.models.keypoints import build_keypoint_model
+from pose.engine import evaluate, train_one_epoch
 from pose.synth.people import write_coco
 
 # Small and fast: a 64x96 input gives 16x24 heatmaps; with the full augmentation (the GPU recipe's).
@@ -66,7 +63,6 @@ def test_recipe_ties_input_heatmaps_and_augmentation_together():
     assert recipe.augment.input_size == (96, 128) and recipe.augment.rotation == 30
     assert recipe.model_config().heatmap_size == (24, 32)
     assert recipe.codec().heatmap_size == (24, 32) and recipe.codec().input_size == (96, 128)
-    assert SIMPLE_BASELINES_COCO.codec().heatmap_size == (48, 64) and SIMPLE_BASELINES_COCO.codec().sigma == 2.0
     assert KeypointRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
 
 
@@ -76,8 +72,6 @@ def test_cpu_recipe_is_a_cut_resnet18_and_old_runs_load_as_whole_resnets():
     assert (config.backbone, config.backbone_stages, config.deconv_layers, config.output_stride) == ("resnet18", 2, 1, 4)
     assert recipe.codec().heatmap_size == (24, 32)
     assert recipe.augment.flip and recipe.augment.scale == 0 and recipe.augment.rotation_prob == 0
-    assert (SIMPLE_BASELINES_COCO.backbone_stages, SIMPLE_BASELINES_COCO.deconv_layers) == (4, 3)
-    assert SIMPLE_BASELINES_COCO.augment.rotation == 45 and SIMPLE_BASELINES_COCO.augment.half_body_prob == 0.3
     saved_before_cut_backbones = {k: v for k, v in recipe.to_dict().items() if k not in ("backbone_stages", "deconv_layers")}
     assert KeypointRecipe.from_dict(saved_before_cut_backbones).model_config().backbone_stages == 4
 
@@ -214,21 +208,21 @@ def test_keypoint_loss_is_half_weighted_mse():
 
 
 class PerfectModel(torch.nn.Module):
-    """Answers the true heatmaps for the inputs it was made with, and their mirror for mirrored inputs."""
+    """Answers the true heatmaps for the inputs of the batches it was made with, and their mirror
+    for mirrored inputs."""
 
-    def __init__(self, batch: dict):
+    def __init__(self, *batches: dict):
         super().__init__()
-        from pose.augment import normalize
-
-        self.inputs = normalize(batch["image"]).contiguous()
-        self.target = torch.as_tensor(batch["target"]).float()
+        self.pairs = [(normalize(b["image"]).contiguous(), torch.as_tensor(b["target"]).float()) for b in batches]
         self.unused = torch.nn.Parameter(torch.zeros(1))  # predict asks the parameters for the device
 
     def forward(self, images):
-        if torch.equal(images, self.inputs):
-            return self.target
-        assert torch.equal(images, self.inputs.flip(-1))
-        return flip_heatmaps(self.target)
+        for inputs, target in self.pairs:
+            if torch.equal(images, inputs):
+                return target
+            if torch.equal(images, inputs.flip(-1)):
+                return flip_heatmaps(target)
+        raise AssertionError("an input the model was not made for")
 
 
 def fully_visible_images(batch: dict) -> list[int]:
@@ -241,33 +235,40 @@ def fully_visible_images(batch: dict) -> list[int]:
 
 
 def test_perfect_heatmaps_score_pck_1_and_ap_1(tables, crops):
+    """The engine's evaluation pass with the task's evaluator: rows in, PCK and COCO AP out."""
     evaluation = KeypointBatchTransform(RECIPE, train=False)(crops)
     keep = fully_visible_images({**crops, "target_weight": evaluation["target_weight"]})
     index = [i for i, image_id in enumerate(crops["image_id"]) if image_id in keep]
     assert len(index) >= 4
-    batch = {name: value[index] for name, value in evaluation.items()}
-    ground_truth = ground_truth_from_tables(tables["images"], tables["persons"])
-    codec = RECIPE.codec()
-
-    # Two batches, one of them as torch tensors (as Ray's iter_torch_batches gives them).
     half = len(index) // 2
-    first = {name: value[:half] for name, value in batch.items()}
-    second = {name: torch.as_tensor(value[half:]) for name, value in batch.items()}
-    evaluator = KeypointEvaluator(codec, ground_truth)
-    for part in (first, second):
-        metrics = evaluate(PerfectModel(part), [part], evaluator, device="cpu", flip_test=True, codec=codec)
+    task = KeypointTask(RECIPE, ground_truth=ground_truth_from_tables(tables["images"], tables["persons"]))
+    evaluator = task.evaluator()
+    task.evaluator = lambda: evaluator  # to read its instances after the pass
+
+    # Two batches of rows, the second with Ray-style numpy columns.
+    first = rows(crops, index[:half])
+    second = {name: np.asarray(value, dtype=object if name == "crop" else None) for name, value in rows(crops, index[half:]).items()}
+    model = PerfectModel(*(KeypointBatchTransform(RECIPE, train=False)(part) for part in (first, second)))
+    metrics = evaluate(model, task, [first, second], device="cpu")
     assert metrics["pck"] == 1.0
     assert metrics["ap"] > 0.95 and metrics["ar"] > 0.95
-    assert metrics["instances"] == len(index)
+    assert evaluator.figures.result()["instances"] == len(index)
 
-    results = evaluator.results_json()
+    results = evaluator.figures.results_json()
     assert len(results) == len(index)
     assert {key for r in results for key in r} == {"image_id", "category_id", "keypoints", "score"}
     assert all(r["category_id"] == 1 and len(r["keypoints"]) == 51 and 0 < r["score"] <= 1 for r in results)
     json.dumps(results)
 
-    keypoints, scores, heatmaps = predict(PerfectModel(first), first["image"], flip_test=False, codec=codec)
-    assert keypoints.shape == (half, 17, 2) and scores.shape == (half, 17) and heatmaps.shape == first["target"].shape
+    prepared = KeypointBatchTransform(RECIPE, train=False)(first)
+    keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=False, codec=RECIPE.codec())
+    assert keypoints.shape == (half, 17, 2) and scores.shape == (half, 17) and heatmaps.shape == prepared["target"].shape
+
+    # The figures also take torch tensors (as Ray's iter_torch_batches gives them).
+    figures = KeypointEvaluator(RECIPE.codec(), None)
+    tensors = {name: torch.as_tensor(prepared[name]) for name in ("target", "target_weight", "image_id", "bbox")}
+    figures.update(tensors["target"], tensors["target"], tensors["target_weight"], np.zeros((half, 17, 2)), scores, tensors)
+    assert figures.result()["pck"] == 1.0
 
 
 def test_evaluator_scores_instances_as_simple_baselines(tables):
@@ -300,15 +301,16 @@ def test_ground_truth_loads_in_pycocotools(tables):
 
 
 def test_a_few_steps_lower_the_loss(crops):
+    """The task through the engine's epoch: the loss falls on a batch seen again."""
     torch.manual_seed(0)
-    batch = KeypointBatchTransform(RECIPE, train=False)(rows(crops, range(8)))
-    model = build_keypoint_model(RECIPE.model_config())
-    optimizer = RECIPE.optimizer(model)
-    scheduler = RECIPE.scheduler(optimizer, steps_per_epoch=6)
-    first = train_epoch(model, [batch] * 3, optimizer, scheduler, device="cpu")
-    second = train_epoch(model, [batch] * 3, optimizer, scheduler, device="cpu")
-    assert first["samples"] == 24 and first["seconds"] > 0
-    assert second["loss"] < first["loss"]
+    task = KeypointTask(RECIPE)
+    batch = KeypointBatchTransform(RECIPE, train=False)(rows(crops, range(8)))  # prepared, without augmentation
+    model = task.build_model()
+    optimizer, scheduler = task.build_optimizer(model, steps_per_epoch=3)
+    first = train_one_epoch(model, task, [batch] * 3, optimizer, scheduler, device="cpu")
+    second = train_one_epoch(model, task, [batch] * 3, optimizer, scheduler, device="cpu")
+    assert first.samples == 24 and first.steps == 3 and first.seconds > 0
+    assert second.loss < first.loss
 
 
 def test_colours_are_jittered_on_the_device(crops):
@@ -338,11 +340,12 @@ def test_feed_processes_prepare_the_same_batches_as_inline(crops):
 
 
 def test_non_finite_loss_stops_training(crops):
+    task = KeypointTask(RECIPE)
     batch = KeypointBatchTransform(RECIPE, train=False)(rows(crops, range(2)))
     batch["target"] = np.full_like(batch["target"], np.nan)
-    model = build_keypoint_model(RECIPE.model_config())
-    with pytest.raises(FloatingPointError, match="loss is nan"):
-        train_epoch(model, [batch], RECIPE.optimizer(model), None, device="cpu")
+    model = task.build_model()
+    with pytest.raises(FloatingPointError, match="keypoints: loss is nan at step 1"):
+        train_one_epoch(model, task, [batch], RECIPE.optimizer(model), None, device="cpu")
 
 
 # --- picture ---------------------------------------------------------------------------------
