@@ -376,3 +376,180 @@ class SimpleBaselinesDecoder:
             diff = np.stack([_at(heatmaps, x + 1, y) - _at(heatmaps, x - 1, y), _at(heatmaps, x, y + 1) - _at(heatmaps, x, y - 1)], -1)
             keypoints += np.where(inside[..., None], np.sign(diff) * np.float32(0.25), np.float32(0))
         return keypoints.astype(np.float64) * (np.asarray(self.input_size) / np.asarray(self.heatmap_size)), scores
+
+
+# --- Training targets: the `encode` half ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MSRAHeatmapEncoder:
+    """The Gaussian heatmap targets of MMPose 1.x `MSRAHeatmap.encode` and of the Simple Baselines and HRNet
+    releases' `JointsDataset.generate_target` (the same code in both; `unbiased=False`), or of DARK
+    (`MSRAHeatmap(unbiased=True)`), computed as they compute them.
+
+    `encode(keypoints, visible)`: keypoints (N, K, 2) (x, y) in model-input pixels of the framework's frame (where
+    the decoder's output lives: heatmap x * input_size / heatmap_size), visible (N, K) 0/1 -> heatmaps
+    (N, K, h, w) float32, weights (N, K) float32. N is a batch of samples, one person each, with a map per
+    sample and joint; MMPose's N (the instances of one image, merged into one map per joint with a maximum) is
+    not what N means here: MMPose asserts N == 1 and this is its encode done for each sample.
+
+    Both variants, per joint, in the heatmap frame x / (input_size / heatmap_size) (the stride rounded to
+    float32 as MMPose's `scale_factor`; the divide in the keypoints' dtype promoted with float32: MMPose's
+    pipeline gives float32 keypoints, the releases' `joints` are float64 and their float64 stride equals MMPose's
+    float32 one for all their sizes, a stride of 4):
+    - Biased (`unbiased=False`): the centre mu = int(x + 0.5), truncated toward zero (Python's `int()` in the
+      releases, `astype(np.int64)` in MMPose), so -1.5 < x < 0.5 all centre at 0. A window of
+      2 * 3 sigma + 1 pixels from ul = int(mu - 3 sigma) to br = int(mu + 3 sigma + 1) holds
+      exp(-(dx^2 + dy^2) / (2 sigma^2)) in float32, peak 1 at mu; its part inside the map is pasted, the rest cut.
+    - Unbiased (DARK): the float centre, exp(-((X - x)^2 + (Y - y)^2) / (2 sigma^2)) over the whole map (not cut at
+      3 sigma: a value is float32 zero only where d^2 / (2 sigma^2) > 103, d > 14.4 sigma). In float32, as
+      MMPose computes it from its float32 keypoints (and under numpy 1 from any keypoints).
+    - Weight: `visible`, set to 0 for a visible joint whose window lies wholly off the map by the releases' test
+      ul_x >= w or ul_y >= h or br_x < 0 or br_y < 0 (for DARK with the float x - 3 sigma and x + 3 sigma + 1).
+      So a joint a little outside the input keeps weight 1 and its cut Gaussian; one quirk kept: br_x = 0
+      (mu_x = -3 sigma - 1) passes the test, so that joint keeps weight 1 with an empty map.
+    Invisible joints (visible < 0.5) get a zero map and keep their weight, 0.
+    """
+
+    input_size: tuple[int, int] = (192, 256)  # (w, h)
+    heatmap_size: tuple[int, int] = (48, 64)  # (w, h)
+    sigma: float = 2.0
+    unbiased: bool = False
+
+    def encode(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """keypoints (N, K, 2) input pixels, visible (N, K) 0/1 -> heatmaps (N, K, h, w) float32, weights (N, K)
+        float32."""
+        stride = (np.asarray(self.input_size) / np.asarray(self.heatmap_size)).astype(np.float32)
+        centres, visible = _heatmap_frame(keypoints, visible, stride)
+        w, h = self.heatmap_size
+        if not self.unbiased:
+            return _windowed_gaussians(centres, visible, w, h, float(self.sigma), sub_pixel=False)
+        return _full_map_gaussians(centres, visible, w, h, float(self.sigma))
+
+
+@dataclass(frozen=True)
+class UDPHeatmapEncoder:
+    """The Gaussian heatmap targets of MMPose 1.x `UDPHeatmap.encode` with heatmap_type 'gaussian'
+    (`generate_udp_gaussian_heatmaps`; HRNet UDP configs), computed as it computes them.
+
+    `encode(keypoints, visible)` as `MSRAHeatmapEncoder.encode` (N samples, one person each), but the heatmap
+    frame is UDP's: x / ((input_size - 1) / (heatmap_size - 1)), the scale rounded to float32 as MMPose's
+    `scale_factor` (191 / 47 for 192 -> 48). mu = int(x + 0.5) (truncated toward zero) places the same window
+    and weight rule as the biased MSRA target, but the window holds the Gaussian of the float centre:
+    exp(-((j - c_x)^2 + (i - c_y)^2) / (2 sigma^2)) for window pixel (j, i), with c = 3 sigma + (x - mu) computed
+    in float64 and the rest in float32. That is MMPose's arithmetic under numpy 1 (for which it was written);
+    numpy 2's promotion rules make MMPose compute the same Gaussian in float64 and round it once to float32:
+    the two differ by a few float32 units in the last place (at most 1.8e-7 on the goldens).
+    """
+
+    input_size: tuple[int, int] = (192, 256)  # (w, h)
+    heatmap_size: tuple[int, int] = (48, 64)  # (w, h)
+    sigma: float = 2.0
+
+    def encode(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """keypoints (N, K, 2) input pixels, visible (N, K) 0/1 -> heatmaps (N, K, h, w) float32, weights (N, K)
+        float32."""
+        scale = ((np.asarray(self.input_size) - 1) / (np.asarray(self.heatmap_size) - 1)).astype(np.float32)
+        centres, visible = _heatmap_frame(keypoints, visible, scale)
+        w, h = self.heatmap_size
+        return _windowed_gaussians(centres, visible, w, h, float(self.sigma), sub_pixel=True)
+
+
+def encoder_for(codec: str, input_size: tuple[int, int], heatmap_size: tuple[int, int],
+                sigma: float) -> MSRAHeatmapEncoder | UDPHeatmapEncoder:
+    """The training-target encoder of a heatmap codec: "msra" -> the biased `MSRAHeatmapEncoder` (Simple
+    Baselines, HRNet, MMPose's MSRAHeatmap), "dark" -> `MSRAHeatmapEncoder(unbiased=True)`, "udp" ->
+    `UDPHeatmapEncoder`. Sizes are (w, h): 256x192 crops are input_size (192, 256), heatmap_size (48, 64)."""
+    if codec == "msra":
+        return MSRAHeatmapEncoder(input_size, heatmap_size, sigma, unbiased=False)
+    if codec == "dark":
+        return MSRAHeatmapEncoder(input_size, heatmap_size, sigma, unbiased=True)
+    if codec == "udp":
+        return UDPHeatmapEncoder(input_size, heatmap_size, sigma)
+    raise ValueError(f"unknown heatmap codec {codec!r}: expected 'msra', 'dark' or 'udp'")
+
+
+def _heatmap_frame(keypoints: np.ndarray, visible: np.ndarray, stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """keypoints (N, K, 2) / stride (2,) float32, in the keypoints' dtype promoted with float32 (as MMPose divides
+    by its float32 `scale_factor`), and visible as float32 (N, K)."""
+    keypoints = np.asarray(keypoints)
+    if keypoints.dtype.kind != "f":
+        keypoints = keypoints.astype(np.float64)
+    visible = np.asarray(visible, np.float32)
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2 or visible.shape != keypoints.shape[:2]:
+        raise ValueError(f"keypoints must be (N, K, 2) and visible (N, K), got {keypoints.shape} and {visible.shape}")
+    return keypoints / stride, visible
+
+
+def _window_bounds(centres: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The integer centre mu = int(x + 0.5) and the window's ul = int(mu - radius), br = int(mu + radius + 1),
+    each (N, K, 2) int64, truncated toward zero as Python's int() and numpy's astype do."""
+    mu = (centres + 0.5).astype(np.int64)
+    return mu, (mu - radius).astype(np.int64), (mu + radius + 1).astype(np.int64)
+
+
+def _weights(visible: np.ndarray, off_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MMPose's rule: joints with visible >= 0.5 are drawn unless off the map, where their weight becomes 0;
+    the others keep their `visible` as weight. -> (drawn (N, K) bool, weights (N, K) float32)."""
+    labelled = visible >= 0.5
+    return labelled & ~off_map, np.where(labelled & off_map, np.float32(0), visible).astype(np.float32)
+
+
+def _windowed_gaussians(centres: np.ndarray, visible: np.ndarray, w: int, h: int, sigma: float,
+                        sub_pixel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The biased MSRA (sub_pixel=False) or UDP (sub_pixel=True) target of heatmap-frame centres (N, K, 2)."""
+    n, k = visible.shape
+    radius = sigma * 3
+    size = 2 * radius + 1
+    mu, ul, br = _window_bounds(centres, radius)
+    drawn, weights = _weights(visible, (ul[..., 0] >= w) | (ul[..., 1] >= h) | (br[..., 0] < 0) | (br[..., 1] < 0))
+    grid = np.arange(0, size, 1, dtype=np.float32)  # window pixel offsets, as the references' np.arange
+    denominator = np.float32(2 * sigma**2)
+    if sub_pixel:
+        # UDP: the window's centre moved by the sub-pixel part; float32 - int64 scalars make float64 in numpy,
+        # then numpy 1 rounds that scalar to float32 against the float32 grid.
+        c = (size // 2 + (centres[drawn].astype(np.float64) - mu[drawn])).astype(np.float32)
+        dx2 = (grid - c[:, 0, None]) ** 2  # (M, S)
+        dy2 = (grid - c[:, 1, None]) ** 2
+        windows = np.exp(-(dx2[:, None, :] + dy2[:, :, None]) / denominator)  # (M, S, S) [row, column]
+    else:
+        d2 = (grid - size // 2) ** 2
+        windows = np.broadcast_to(np.exp(-(d2[None, :] + d2[:, None]) / denominator), (int(drawn.sum()),) + d2.shape * 2)
+    heatmaps = _paste(windows, ul[drawn], br[drawn], np.flatnonzero(drawn), n * k, w, h)
+    return heatmaps.reshape(n, k, h, w), weights
+
+
+def _paste(windows: np.ndarray, ul: np.ndarray, br: np.ndarray, maps: np.ndarray, num_maps: int, w: int,
+           h: int) -> np.ndarray:
+    """Zero maps (num_maps, h, w) float32 with windows (M, S, S) pasted at ul (M, 2) into maps[maps] (M,), each
+    cut to the heatmap and to x < br_x, y < br_y (the references' slices g[g_y1:g_y2, g_x1:g_x2])."""
+    out = np.zeros(num_maps * h * w + 1, np.float32)  # the last element takes every write that is cut
+    s = windows.shape[-1]
+    offsets = np.arange(s)
+    xs = ul[:, 0, None] + offsets  # (M, S) heatmap columns of the window columns
+    ys = ul[:, 1, None] + offsets
+    keep_x = (xs >= 0) & (xs < np.minimum(br[:, 0, None], w))
+    keep_y = (ys >= 0) & (ys < np.minimum(br[:, 1, None], h))
+    index = maps[:, None, None] * (h * w) + ys[:, :, None] * w + xs[:, None, :]
+    index = np.where(keep_y[:, :, None] & keep_x[:, None, :], index, num_maps * h * w)
+    out[index] = windows
+    return out[:-1].reshape(num_maps, h, w)
+
+
+def _full_map_gaussians(centres: np.ndarray, visible: np.ndarray, w: int, h: int,
+                        sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The DARK target of heatmap-frame centres (N, K, 2) (MMPose's `generate_unbiased_gaussian_heatmaps`)."""
+    radius = sigma * 3
+    left_top, right_bottom = centres - radius, centres + radius + 1
+    off_map = (left_top[..., 0] >= w) | (left_top[..., 1] >= h) | (right_bottom[..., 0] < 0) | (right_bottom[..., 1] < 0)
+    drawn, weights = _weights(visible, off_map)
+    mu = centres.astype(np.float32)
+    dx2 = (np.arange(w, dtype=np.float32) - mu[..., 0, None]) ** 2  # (N, K, w)
+    dy2 = (np.arange(h, dtype=np.float32) - mu[..., 1, None]) ** 2  # (N, K, h)
+    # -(dx^2 + dy^2) / (2 sigma^2), then exp, in place: the same float32 operations as MMPose's, without
+    # allocating a batch of maps for each.
+    heatmaps = dx2[..., None, :] + dy2[..., :, None]
+    np.negative(heatmaps, out=heatmaps)
+    np.divide(heatmaps, np.float32(2 * sigma**2), out=heatmaps)
+    np.exp(heatmaps, out=heatmaps)
+    heatmaps[~drawn] = 0
+    return heatmaps, weights

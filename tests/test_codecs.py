@@ -1,10 +1,14 @@
-"""pose.codecs: each framework's decoding formula pinned on small hand-made and random maps.
+"""pose.codecs: each framework's decoding formula pinned on small hand-made and random maps; the training-target
+encoders compared bit for bit with MMPose's and the releases' targets (tests/data/goldens/targets_*.npz, made by
+tools/make_training_goldens.py) and pinned on their edge rules.
 
-(The bit-for-bit comparison against MMPose, OpenCV and the original repositories needs those packages and is a
-scratch script, not a test: see the module docstring.)
+(The bit-for-bit comparison of the decoders against MMPose, OpenCV and the original repositories needs those
+packages and is a scratch script, not a test: see the module docstring.)
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +16,12 @@ import torch
 
 from pose.codecs import (
     MSRAHeatmapDecoder,
+    MSRAHeatmapEncoder,
     SimCCDecoder,
     SimpleBaselinesDecoder,
     UDPHeatmapDecoder,
+    UDPHeatmapEncoder,
+    encoder_for,
     heatmap_maximum,
     opencv_gaussian_blur,
     opencv_gaussian_kernel,
@@ -344,3 +351,175 @@ def test_every_decoder_returns_empty_arrays_for_no_crops():
     for keypoints, scores in results:
         assert keypoints.shape == (0, NUM_JOINTS, 2) and keypoints.dtype == np.float64
         assert scores.shape == (0, NUM_JOINTS) and scores.dtype == np.float32
+
+
+# --- Training targets (encoders) --------------------------------------------------------------------------------
+
+GOLDENS = Path(__file__).parent / "data" / "goldens"
+
+
+def golden_targets(size: str) -> dict[str, np.ndarray]:
+    with np.load(GOLDENS / f"targets_{size}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("size", ["256x192", "384x288"])
+def test_encoders_equal_mmposes_and_the_releases_targets_bit_for_bit(size):
+    g = golden_targets(size)
+    sizes = tuple(g["input_size"]), tuple(g["heatmap_size"])
+    sigma = float(g["sigma"])
+    float32, float64 = g["keypoints"].astype(np.float32), g["keypoints"]  # MMPose's pipeline dtype, the releases'
+    dark_samples = len(g["dark_heatmaps"])  # only the samples of hand-placed cases are stored for DARK
+    cases = {
+        "msra": (MSRAHeatmapEncoder(*sizes, sigma), float32),
+        "dark": (MSRAHeatmapEncoder(*sizes, sigma, unbiased=True), float32),
+        "udp": (UDPHeatmapEncoder(*sizes, sigma), float32),
+        "release": (MSRAHeatmapEncoder(*sizes, sigma), float64),
+    }
+    for name, (encoder, keypoints) in cases.items():
+        heatmaps, weights = encoder.encode(keypoints, g["visible"])
+        assert heatmaps.dtype == np.float32 and weights.dtype == np.float32
+        expected = g[f"{name}_heatmaps"]
+        np.testing.assert_array_equal(heatmaps[:dark_samples] if name == "dark" else heatmaps, expected, err_msg=name)
+        np.testing.assert_array_equal(weights, g[f"{name}_weights"], err_msg=name)
+    # The goldens hold the cases that matter: zero weights, weight-1 joints off the input, invisible joints.
+    off_input = (float64 < 0) | (float64 >= np.asarray(sizes[0]))
+    assert ((g["msra_weights"] == 1) & off_input.any(-1)).sum() >= 10
+    assert (g["msra_weights"] == 0).sum() >= 10 and (g["visible"] == 0).sum() >= 2
+    # UDP under numpy 2: MMPose then computes the Gaussian in float64; a few float32 units apart.
+    heatmaps, _ = cases["udp"][0].encode(float32, g["visible"])
+    numpy2 = g["udp_heatmaps"] + g["udp_heatmaps_numpy2_minus_numpy1"]
+    assert 0 < np.abs(heatmaps - numpy2).max() <= 2e-7
+
+
+@pytest.mark.parametrize("size", ["256x192", "384x288"])
+def test_releases_and_mmpose_targets_differ_only_where_float32_keypoints_round_differently(size):
+    g = golden_targets(size)
+    differ = (g["release_heatmaps"] != g["msra_heatmaps"]).any(axis=(2, 3)) | (g["release_weights"] != g["msra_weights"])
+    assert differ.any()
+    for n, k in zip(*np.nonzero(differ)):
+        # In the heatmap frame x / 4 + 0.5 sits just below an integer in float64 and reaches it in float32.
+        u64 = g["keypoints"][n, k] / 4 + 0.5
+        u32 = g["keypoints"][n, k].astype(np.float32) / np.float32(4) + np.float32(0.5)
+        assert (u64.astype(np.int64) != u32.astype(np.int64)).any()
+
+
+def biased(x: float, y: float, visible: float = 1.0, **kwargs) -> tuple[np.ndarray, float]:
+    """One joint at input pixel (x, y) through the 256x192 biased encoder -> its map (64, 48) and weight."""
+    heatmaps, weights = MSRAHeatmapEncoder(**kwargs).encode(np.array([[[x, y]]]), np.array([[visible]]))
+    return heatmaps[0, 0], float(weights[0, 0])
+
+
+def test_biased_target_peaks_at_one_on_the_rounded_centre_with_a_cut_13_pixel_window():
+    m, weight = biased(4 * 20.4, 4 * 30.6)  # heatmap (20.4, 30.6): centre (20, 31)
+    assert weight == 1 and m[31, 20] == 1 and m.max() == 1
+    assert m[31, 21] == m[31, 19] == m[30, 20] == np.exp(np.float32(-1 / 8))
+    assert m[31, 26] == np.exp(np.float32(-36 / 8)) and m[31, 27] == 0 and m[37, 26] > 0 and m[38, 20] == 0
+    assert (m > 0).sum() == 13 * 13
+
+
+@pytest.mark.parametrize("u, centre", [(-1.2, 0), (-1.5, -1), (0.4999, 0), (0.5, 1), (-0.49, 0), (2.5, 3)])
+def test_biased_centre_is_x_plus_half_truncated_toward_zero(u, centre):
+    m, _ = biased(4 * u, 4 * 30.0)
+    # The row through the centre: 1 at the centre, or exp(-d^2 / 8) at column 0 when the centre is left of it.
+    assert m[30, max(centre, 0)] == np.exp(np.float32(-(max(centre, 0) - centre) ** 2 / 8))
+    assert m[30].argmax() == max(centre, 0)
+
+
+@pytest.mark.parametrize("u, weight, drawn", [
+    (-7.0, 1, True),     # -6.5 truncates to centre -6: the window reaches column 0
+    (-7.5, 1, False),    # centre -7: br = 0 is not < 0: weight 1, nothing drawn (the releases' quirk)
+    (-8.0, 1, False),    # -7.5 truncates to -7
+    (-8.5, 0, False),    # centre -8: br = -1
+    (53.0, 1, True),     # centre 53: ul = 47, the last column
+    (53.49, 1, True),
+    (53.5, 0, False),    # centre 54: ul = 48 >= w
+])
+def test_biased_weight_stays_one_while_any_part_of_the_window_is_on_the_map(u, weight, drawn):
+    m, w = biased(4 * u, 100.0)
+    assert w == weight and (m.max() > 0) == drawn
+
+
+def test_biased_y_rules_use_the_heatmap_height():
+    assert biased(100.0, 4 * 69.49)[1] == 1 and biased(100.0, 4 * 69.5)[1] == 0  # centres 69 (ul 63) and 70 (ul 64)
+    assert biased(100.0, 4 * -8.0)[1] == 1 and biased(100.0, 4 * -8.5)[1] == 0
+
+
+def test_invisible_joints_get_an_empty_map_and_weight_zero():
+    for encoder in (MSRAHeatmapEncoder(), MSRAHeatmapEncoder(unbiased=True), UDPHeatmapEncoder()):
+        heatmaps, weights = encoder.encode(np.array([[[90.0, 120.0], [90.0, 120.0]]]), np.array([[0, 1]]))
+        assert weights.tolist() == [[0, 1]] and heatmaps[0, 0].max() == 0 and heatmaps[0, 1].max() > 0.9
+
+
+@pytest.mark.parametrize("u, weight", [(-7.0, 1), (-7.01, 0), (53.99, 1), (54.0, 0)])
+def test_dark_weight_rule_uses_the_float_centre(u, weight):
+    heatmaps, weights = MSRAHeatmapEncoder(unbiased=True).encode(np.array([[[4 * u, 100.0]]]), np.ones((1, 1)))
+    assert weights[0, 0] == weight
+    assert (heatmaps.max() > 0) == bool(weight)
+
+
+def test_dark_target_is_an_uncut_gaussian_of_the_float_centre():
+    x, y = 20.3, 30.7
+    heatmaps, _ = MSRAHeatmapEncoder(unbiased=True).encode(np.array([[[4 * x, 4 * y]]], np.float32), np.ones((1, 1)))
+    m = heatmaps[0, 0]
+    yy, xx = np.mgrid[0:64, 0:48]
+    # float32 arguments up to ~100: relative errors up to ~100 float32 epsilons in the far tail
+    np.testing.assert_allclose(m, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8), rtol=2e-5, atol=1e-30)
+    # Not cut at 3 sigma: 20 and 23 pixels (10 and 11 sigma) from the centre still > 0; 31 pixels away, float32 0
+    assert m[30, 0] > 0 and m[8, 20] > 0 and m[0, 20] == 0
+
+
+def test_udp_target_is_the_gaussian_of_the_float_centre_in_udps_frame_inside_the_window():
+    x, y = 20.3, 30.7  # heatmap units of UDP's frame: input pixel = x * 191 / 47
+    keypoints = np.array([[[x * 191 / 47, y * 255 / 63]]], np.float32)
+    heatmaps, weights = UDPHeatmapEncoder().encode(keypoints, np.ones((1, 1)))
+    m = heatmaps[0, 0]
+    yy, xx = np.mgrid[0:64, 0:48]
+    window = (np.abs(xx - 20) <= 6) & (np.abs(yy - 31) <= 6)  # the window around the rounded centre (20, 31)
+    np.testing.assert_allclose(m[window], np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8)[window], rtol=1e-5)
+    assert (m[~window] == 0).all() and weights[0, 0] == 1
+
+
+@pytest.mark.parametrize("encoder, decoder, tolerance", [
+    (MSRAHeatmapEncoder(), MSRAHeatmapDecoder(), None),
+    (MSRAHeatmapEncoder(unbiased=True), MSRAHeatmapDecoder(unbiased=True), 0.25),
+    (UDPHeatmapEncoder(), UDPHeatmapDecoder(), 1.0),
+    (MSRAHeatmapEncoder((288, 384), (72, 96), 3), MSRAHeatmapDecoder((288, 384), (72, 96)), None),
+    (UDPHeatmapEncoder((288, 384), (72, 96), 3), UDPHeatmapDecoder((288, 384), (72, 96)), 1.0),
+])
+def test_decoding_the_target_gives_back_the_keypoints(encoder, decoder, tolerance):
+    rng = np.random.default_rng(5)
+    w, h = encoder.input_size
+    keypoints = rng.uniform(16, [w - 16, h - 16], (4, NUM_JOINTS, 2)).astype(np.float32)
+    heatmaps, weights = encoder.encode(keypoints, np.ones((4, NUM_JOINTS)))
+    decoded, scores = decoder.decode(torch.from_numpy(heatmaps), None)
+    assert (weights == 1).all() and (scores > 0.9).all()
+    if tolerance is None:
+        # Biased: the integer centre exactly (equal neighbours: the quarter step does not move), times the stride.
+        np.testing.assert_array_equal(decoded, 4 * (keypoints / np.float32(4) + np.float32(0.5)).astype(np.int64))
+        assert np.abs(decoded - keypoints).max() <= 2
+    else:
+        assert np.abs(decoded - keypoints).max() < tolerance
+
+
+def test_encoding_a_batch_equals_encoding_each_sample():
+    rng = np.random.default_rng(6)
+    keypoints = rng.uniform(-40, 230, (5, NUM_JOINTS, 2)).astype(np.float32)
+    visible = (rng.random((5, NUM_JOINTS)) > 0.2).astype(np.float32)
+    for encoder in (MSRAHeatmapEncoder(), MSRAHeatmapEncoder(unbiased=True), UDPHeatmapEncoder()):
+        heatmaps, weights = encoder.encode(keypoints, visible)
+        for i in range(5):
+            one = encoder.encode(keypoints[i:i + 1], visible[i:i + 1])
+            np.testing.assert_array_equal(heatmaps[i:i + 1], one[0])
+            np.testing.assert_array_equal(weights[i:i + 1], one[1])
+        assert encoder.encode(keypoints[:0], visible[:0])[0].shape == (0, NUM_JOINTS, 64, 48)
+
+
+def test_encoder_for_maps_codec_names_and_refuses_others():
+    assert encoder_for("msra", (192, 256), (48, 64), 2) == MSRAHeatmapEncoder((192, 256), (48, 64), 2, unbiased=False)
+    assert encoder_for("dark", (288, 384), (72, 96), 3) == MSRAHeatmapEncoder((288, 384), (72, 96), 3, unbiased=True)
+    assert encoder_for("udp", (192, 256), (48, 64), 2) == UDPHeatmapEncoder((192, 256), (48, 64), 2)
+    with pytest.raises(ValueError, match="unknown heatmap codec 'simcc'"):
+        encoder_for("simcc", (192, 256), (48, 64), 2)
+    with pytest.raises(ValueError, match=r"\(N, K, 2\)"):
+        MSRAHeatmapEncoder().encode(np.zeros((17, 2)), np.ones(17))

@@ -1,0 +1,239 @@
+"""Golden training targets of the frameworks themselves: the heatmaps and joint weights that MMPose 1.3.2's codecs
+and the Simple Baselines / HRNet releases' `JointsDataset.generate_target` make from given keypoints.
+
+For each size (`SIZES`: 256x192 with 64x48 heatmaps and sigma 2, 384x288 with 96x72 and sigma 3, as in the COCO
+configs and yamls) this makes 8 samples x 17 joints of keypoints (`keypoints_for`: hand-placed cases on the
+rounding, window and weight boundaries in the first four samples, random ones in the rest) and saves what each
+framework computes from them in `tests/data/goldens/targets_<size>.npz` (format: `tools/README.md`). pose-jobs'
+`pose.codecs` encoders are tested against these files; nothing here is imported by `pose/` or `jobs/`.
+
+- MMPose: `MSRAHeatmap(input_size, heatmap_size, sigma).encode`, the same with `unbiased=True` (DARK) and
+  `UDPHeatmap(input_size, heatmap_size, heatmap_type='gaussian', sigma)`.encode, one sample at a time (they
+  assert one instance), on float32 keypoints (the dtype MMPose's pipeline hands them: `parse_pose_metainfo`
+  reads float32 and `cv2.transform` keeps it) and float32 visibilities.
+- The releases: `JointsDataset.generate_target(self, joints, joints_vis)` of Simple Baselines (and HRNet's, which
+  adds only `use_different_joints_weight`, off in its COCO yamls), called on a bare object holding the attributes
+  it reads (`num_joints`, `target_type`, `image_size`, `heatmap_size`, `sigma`, as their `__init__` sets them from
+  the yaml), on float64 joints (what their `__getitem__` passes: `affine_transform` returns float64).
+- numpy: MMPose's UDP Gaussian is computed in float32 under numpy 1 and in float64 (then rounded to float32)
+  under numpy 2, whose promotion rules differ for a float64 scalar against a float32 array. So MMPose runs twice:
+  in this process (numpy 2) and in a child process that puts numpy 1.26 first on its path (`--numpy1`). The file
+  stores numpy 1's targets (the arithmetic MMPose 1.x was written for) and numpy 2's UDP heatmaps apart; the script
+  checks that the other targets are the same under both.
+
+Scratch environment (nothing of it goes into the repo or its venv), from the repo root: the MMPose sources, its
+pure dependencies and the releases' code as in `tools/make_pose_goldens.py`'s docstring, and numpy 1:
+
+    .venv/bin/python -m pip install --target /tmp/np1 numpy==1.26.4
+    PYTHONPATH=/tmp/mmdeps:/tmp/mmref/src .venv/bin/python tools/make_training_goldens.py --numpy1 /tmp/np1
+
+About 30 seconds. Import stubs: `install_import_stubs`, the subset of `make_pose_goldens`'s that MMPose's
+codecs need (they import its registry, which imports modules never called here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASES = Path(os.environ.get("POSE_RELEASES", "/tmp/orig"))
+GOLDENS = REPO / "tests" / "data" / "goldens"
+NUM_SAMPLES, NUM_JOINTS = 8, 17
+DARK_SAMPLES = 4  # DARK's maps are dense: only the samples of hand-placed cases are stored (the weights of all)
+
+# name -> (input_size (w, h), heatmap_size (w, h), sigma): the COCO configs' and yamls' values
+SIZES = {
+    "256x192": ((192, 256), (48, 64), 2),
+    "384x288": ((288, 384), (72, 96), 3),
+}
+
+
+def keypoints_for(input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """keypoints (NUM_SAMPLES, NUM_JOINTS, 2) float64 in input pixels and visible (NUM_SAMPLES, NUM_JOINTS) float32.
+
+    Samples 0-3 hold, along x and y in turn (the other coordinate inside), the cases where the targets' rules
+    switch, in heatmap units u (input pixels = u * stride, stride 4): u + 0.5 on an integer and just below it,
+    -1.5 < u < 0.5 (truncation toward zero centres them all at 0), the last centres whose 3-sigma window still
+    touches the map on each side (mu = -3 sigma - 1 keeps weight 1 with nothing drawn) and the first that do not,
+    DARK's float bounds u - 3 sigma >= size and u + 3 sigma + 1 < 0, UDP's frame ((size - 1) / (heatmap - 1)),
+    far outside, and u = 0.5 - 2^-25 (in float32 u + 0.5 rounds up to 1, in float64 it does not). Samples 4-7 are
+    random, from 10 pixels left of / above the crop to 10 pixels past it, 15% invisible."""
+    w = heatmap_size[0]
+    stride = input_size[0] / w
+    r = 3 * sigma
+    udp = (input_size[0] - 1) / (w - 1)
+    units = [
+        3.5, 3.5 - 2**-20, 10.0, 0.0, 0.5, 0.5 - 2**-20, -0.49, -1.2, -1.5, -1.5 + 2**-20, -1.6,
+        -r - 1.0, -r - 1.5, -r - 1.5 + 2**-18, -r - 2.0, -r - 2.5, -r - 2.5 + 2**-18, -r - 0.9, -r - 1.1, w - 0.5, w,
+        w + r - 1, w + r - 0.5, w + r - 0.5 - 2**-18, w + r, -20.0, w + 30.0, 0.5 - 2**-25,
+    ]
+    specials = [u * stride for u in units] + [u * udp for u in (w - 1, w + r - 0.5, -r - 1.5, -0.5)]
+    keypoints = np.zeros((NUM_SAMPLES, NUM_JOINTS, 2))
+    visible = np.ones((NUM_SAMPLES, NUM_JOINTS), np.float32)
+    keypoints[:4] = rng.uniform(0, input_size, (4, NUM_JOINTS, 2))
+    keypoints[4:] = rng.uniform(-10, np.asarray(input_size) + 10, (4, NUM_JOINTS, 2))
+    visible[4:] = rng.random((4, NUM_JOINTS)) > 0.15
+    flat = keypoints[:4].reshape(-1, 2)
+    for i, value in enumerate(specials):  # x in samples 0-1, y (scaled to the height) in samples 2-3
+        flat[i, 0] = value
+        flat[2 * NUM_JOINTS + i, 1] = value * input_size[1] / input_size[0]
+    # two invisible joints after the specials: one inside, one far outside (neither drawn, weight stays 0)
+    assert len(specials) < 2 * NUM_JOINTS - 1
+    visible[1, 16] = visible[3, 16] = 0
+    flat[3 * NUM_JOINTS + 16] = [-500.0, 900.0]
+    return keypoints, visible
+
+
+def mmpose_targets(keypoints: np.ndarray, visible: np.ndarray, input_size, heatmap_size, sigma) -> dict[str, np.ndarray]:
+    """MMPose's encoders on float32 keypoints, one sample at a time -> heatmaps (N, K, h, w) and weights (N, K)."""
+    from mmpose.codecs import MSRAHeatmap, UDPHeatmap
+
+    codecs = {
+        "msra": MSRAHeatmap(input_size=input_size, heatmap_size=heatmap_size, sigma=sigma),
+        "dark": MSRAHeatmap(input_size=input_size, heatmap_size=heatmap_size, sigma=sigma, unbiased=True),
+        "udp": UDPHeatmap(input_size=input_size, heatmap_size=heatmap_size, heatmap_type="gaussian", sigma=sigma),
+    }
+    out = {}
+    for name, codec in codecs.items():
+        encoded = [codec.encode(keypoints[i:i + 1].astype(np.float32), visible[i:i + 1]) for i in range(len(keypoints))]
+        out[f"{name}_heatmaps"] = np.stack([e["heatmaps"] for e in encoded])
+        out[f"{name}_weights"] = np.concatenate([e["keypoint_weights"] for e in encoded])
+    return out
+
+
+def release_targets(release: str, keypoints: np.ndarray, visible: np.ndarray, input_size, heatmap_size,
+                    sigma) -> dict[str, np.ndarray]:
+    """`JointsDataset.generate_target` of a release ("sb" or "hr" under RELEASES) on float64 joints."""
+    lib = RELEASES / release / "lib"
+    sys.path.insert(0, str(lib))
+    try:
+        spec = importlib.util.spec_from_file_location(f"joints_dataset_{release}", lib / "dataset" / "JointsDataset.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(lib))
+    dataset = types.SimpleNamespace(num_joints=NUM_JOINTS, target_type="gaussian", image_size=np.array(input_size),
+                                    heatmap_size=np.array(heatmap_size), sigma=sigma, use_different_joints_weight=False)
+    heatmaps, weights = [], []
+    for joints_xy, vis in zip(keypoints, visible):
+        joints = np.zeros((NUM_JOINTS, 3))
+        joints[:, :2] = joints_xy
+        joints_vis = np.zeros((NUM_JOINTS, 3))
+        joints_vis[:, 0] = joints_vis[:, 1] = vis
+        target, target_weight = module.JointsDataset.generate_target(dataset, joints, joints_vis)
+        heatmaps.append(target)
+        weights.append(target_weight[:, 0])
+    return {"heatmaps": np.stack(heatmaps), "weights": np.stack(weights)}
+
+
+def run_mmpose_under_numpy1(numpy1: str, inputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
+    """This script's `--child` mode in a process whose path starts with numpy 1 -> {size: MMPose's targets}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "in.npz", **{f"{k}:{i}": v for k, pair in inputs.items() for i, v in enumerate(pair)})
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([numpy1, os.environ.get("PYTHONPATH", "")]))
+        subprocess.run([sys.executable, __file__, "--child", tmp], check=True, env=env)
+        with np.load(Path(tmp) / "out.npz") as f:
+            out = {k: f[k] for k in f.files}
+    return {size: {k.split(":")[1]: v for k, v in out.items() if k.startswith(size + ":")} for size in inputs}
+
+
+def child(tmp: str) -> None:
+    import numpy
+
+    assert numpy.__version__.startswith("1."), f"--child expects numpy 1 first on the path, got {numpy.__version__}"
+    with np.load(Path(tmp) / "in.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    out = {}
+    for size, (input_size, heatmap_size, sigma) in SIZES.items():
+        targets = mmpose_targets(arrays[f"{size}:0"], arrays[f"{size}:1"], input_size, heatmap_size, sigma)
+        out.update({f"{size}:{k}": v for k, v in targets.items()})
+    np.savez(Path(tmp) / "out.npz", **out)
+
+
+def install_import_stubs() -> None:
+    """Empty stand-ins for modules that MMPose's registry imports at module level and the codecs never call (as
+    `make_pose_goldens.install_import_stubs`, which cannot be imported here: its module needs numpy 2)."""
+
+    def module(name: str, **attrs) -> None:
+        stub = types.ModuleType(name)
+        stub.__dict__.update(attrs)
+        sys.modules[name] = stub
+
+    class DistributionNotFound(Exception):
+        pass
+
+    def get_distribution(name):  # mmengine then finds the package on sys.path
+        raise DistributionNotFound(name)
+
+    module("xtcocotools")
+    module("xtcocotools.coco", COCO=None)
+    module("xtcocotools.cocoeval", COCOeval=None)
+    module("xtcocotools.mask")
+    module("mmdet")
+    module("mmdet.utils", ConfigType=object, OptConfigType=object, reduce_mean=None)
+    module("mmcv.ops", MultiScaleDeformableAttention=None)
+    module("pkg_resources", DistributionNotFound=DistributionNotFound, get_distribution=get_distribution)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--numpy1", required=False, help="folder with numpy 1.x (pip install --target)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    install_import_stubs()
+    if args.child:
+        child(args.child)
+        return
+    if not args.numpy1:
+        parser.error("--numpy1 is required (see the docstring)")
+    assert np.__version__.startswith("2."), f"run the parent under numpy 2, got {np.__version__}"
+    inputs = {size: keypoints_for(*SIZES[size], np.random.default_rng(seed)) for seed, size in enumerate(SIZES)}
+    numpy1 = run_mmpose_under_numpy1(args.numpy1, inputs)
+    for size, (input_size, heatmap_size, sigma) in SIZES.items():
+        keypoints, visible = inputs[size]
+        ours = numpy1[size]
+        numpy2 = mmpose_targets(keypoints, visible, input_size, heatmap_size, sigma)
+        sb = release_targets("sb", keypoints, visible, input_size, heatmap_size, sigma)
+        hr = release_targets("hr", keypoints, visible, input_size, heatmap_size, sigma)
+        from mmpose.codecs import MSRAHeatmap
+
+        codec = MSRAHeatmap(input_size=input_size, heatmap_size=heatmap_size, sigma=sigma)
+        encoded = [codec.encode(keypoints[i:i + 1], visible[i:i + 1]) for i in range(len(keypoints))]
+        mmpose_float64 = {"heatmaps": np.stack([e["heatmaps"] for e in encoded]),
+                          "weights": np.concatenate([e["keypoint_weights"] for e in encoded])}
+        report = {
+            "numpy 1 == numpy 2 (msra, dark, weights)": all(
+                np.array_equal(ours[k], numpy2[k]) for k in ours if k != "udp_heatmaps"),
+            "udp heatmaps numpy 2 - numpy 1, max |diff|": float(np.abs(numpy2["udp_heatmaps"] - ours["udp_heatmaps"]).max()),
+            "udp heatmaps differing values": int((numpy2["udp_heatmaps"] != ours["udp_heatmaps"]).sum()),
+            "sb == hr": all(np.array_equal(sb[k], hr[k]) for k in sb),
+            "sb == mmpose msra on float64 keypoints": all(np.array_equal(sb[k], mmpose_float64[k]) for k in sb),
+            "sb != mmpose msra on float32 keypoints (joints)": int(
+                (sb["heatmaps"] != ours["msra_heatmaps"]).any(axis=(2, 3)).sum()),
+        }
+        print(size, json.dumps(report, indent=1))
+        path = GOLDENS / f"targets_{size}.npz"
+        np.savez_compressed(
+            path, keypoints=keypoints, visible=visible, input_size=np.array(input_size), heatmap_size=np.array(heatmap_size),
+            sigma=np.array(sigma), **{k: v[:DARK_SAMPLES] if k == "dark_heatmaps" else v for k, v in ours.items()},
+            udp_heatmaps_numpy2_minus_numpy1=numpy2["udp_heatmaps"] - ours["udp_heatmaps"],
+            release_heatmaps=sb["heatmaps"], release_weights=sb["weights"],
+            source=np.array("MMPose 1.3.2 codecs (numpy 1.26 and 2); Simple Baselines 49f3f44 / HRNet 6f69e46 "
+                            "lib/dataset/JointsDataset.py generate_target"))
+        print(path, path.stat().st_size, "bytes")
+
+
+if __name__ == "__main__":
+    main()
