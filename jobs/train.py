@@ -5,11 +5,15 @@ optimiser, how to turn a batch of Parquet rows into tensors and how to evaluate;
 Ray: workers and their resources, data sharding, checkpoints in object storage, resuming, and the
 files a run leaves in `--out`:
 
-  OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s, Ray node of each rank)
+  OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s, the batch plan, Ray node of each rank)
   OUT/curves.png        the training curves
   OUT/model.pt          the final weights: a plain state_dict, `torch.load(..., weights_only=True)`
-  OUT/model.json        what model it is (task, recipe, epochs, final figures)
+  OUT/model.json        what model it is (task, recipe, epochs, batch plan, final figures)
   OUT/checkpoint_*      Ray Train's checkpoints, one per epoch (model, optimiser, scheduler, epoch)
+
+The training step itself is `pose.engine`'s (`train_one_epoch`, `evaluate`); the task's
+`batch_size` is the global batch, shared by the workers (`pose.engine.batch_plan`), so that 1 or 8
+workers run the same optimiser steps and learning-rate schedule.
 
 Re-running the same command with the same OUT resumes from the last checkpoint (Ray Train V2
 restores a run from its `RunConfig(name, storage_path)`); a finished run is not trained again.
@@ -38,6 +42,7 @@ from jobs.storage import (
     read_bytes,
     write_bytes_atomic,
 )
+from pose.engine import BatchPlan, batch_plan
 from pose.feed import BatchFeed
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -84,7 +89,9 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
         use_gpu = total_gpus >= 1
     if use_gpu:
         if total_gpus < workers:
-            raise TrainError(f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; use fewer workers or --no-gpu")
+            raise TrainError(
+                f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; use fewer workers or --no-gpu"
+            )
         return True, {"GPU": 1, "CPU": cpus_per_worker or gpu_worker_cpus(ray.nodes(), total_cpus, workers)}
     node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [total_cpus]
     if cpus_per_worker is None:
@@ -92,7 +99,8 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
     if not _fits(cpus_per_worker, workers, node_cpus):  # fitting on the nodes implies fitting in the total
         most = cpu_share(workers, node_cpus, spare=0.0)
         raise TrainError(
-            f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes ({', '.join(f'{n:g}' for n in node_cpus)} CPUs): "
+            f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes "
+            f"({', '.join(f'{n:g}' for n in node_cpus)} CPUs): "
             f"Ray would wait forever; use --cpus-per-worker {most:.2g} or fewer workers"
         )
     return False, {"CPU": cpus_per_worker}
@@ -158,7 +166,9 @@ def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:
     return info if info.get("epochs") == epochs else None
 
 
-def run_training(task, settings: TrainSettings, epochs: int, *, address: str | None = None, verbose: bool = False, prepare_rows=None) -> dict:
+def run_training(
+    task, settings: TrainSettings, epochs: int, *, address: str | None = None, verbose: bool = False, prepare_rows=None
+) -> dict:
     """Train `task` for `epochs` epochs on Ray Train; returns the final model.json content.
 
     `prepare_rows`: a function Ray Data dataset -> dataset applied to the training and validation
@@ -195,8 +205,10 @@ def run_training(task, settings: TrainSettings, epochs: int, *, address: str | N
         train = train.map_batches(_rows_by_index, batch_format="pyarrow", fn_kwargs={"every": holdout, "held_out": False})
         val = val.map_batches(_rows_by_index, batch_format="pyarrow", fn_kwargs={"every": holdout, "held_out": True})
     train_rows = train.count()
-    if train_rows < settings.workers * task.batch_size:
-        raise TrainError(f"{settings.data}: {train_rows} training rows cannot fill one batch of {task.batch_size} on each of {settings.workers} workers")
+    try:
+        plan = batch_plan(task.batch_size, settings.workers, train_rows)
+    except ValueError as error:
+        raise TrainError(f"{settings.data}: {error}") from None
     if prepare_rows is not None:
         train, val = prepare_rows(train), prepare_rows(val)
 
@@ -214,7 +226,7 @@ def run_training(task, settings: TrainSettings, epochs: int, *, address: str | N
         "seed": settings.seed,
         "out": settings.out,
         "options": settings.options,
-        "train_rows": train_rows,
+        "plan": plan,
         "use_gpu": use_gpu,
         "torch_threads": max(1, int(resources.get("CPU", 1.0))),
         "feed_workers": feed_workers(use_gpu, resources, task) if settings.feed_workers is None else settings.feed_workers,
@@ -229,7 +241,7 @@ def run_training(task, settings: TrainSettings, epochs: int, *, address: str | N
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     print(
-        f"{task.name}: {train_rows} training rows, {settings.workers} worker(s) on {'GPU' if use_gpu else 'CPU'} "
+        f"{task.name}: {train_rows} training rows, {plan.describe()}, on {'GPU' if use_gpu else 'CPU'} "
         f"({resources}), {epochs} epochs -> {settings.out}",
         file=sys.stderr,
     )
@@ -321,16 +333,20 @@ def format_epoch(label: str, metrics: dict, epochs: int) -> str:
 
 
 def _train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: restore, then epochs of training, evaluation (rank 0) and a
-    checkpoint report. Every worker reports once per epoch: `report` is a barrier."""
+    """Runs on every Ray Train worker: restore, then epochs of training (`pose.engine.train_one_epoch`
+    on this worker's shard, gradients averaged by DDP), evaluation (rank 0) and a checkpoint report.
+    Every worker runs exactly `plan.steps_per_epoch` steps (DDP's all-reduce needs as many from each)
+    and reports once per epoch: `report` is a barrier."""
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
 
+    from pose.engine import evaluate, train_one_epoch
     from pose.precision import training_precision
 
     task, epochs, seed, out, options = config["task"], config["epochs"], config["seed"], config["out"], config["options"]
+    plan: BatchPlan = config["plan"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     # As many torch threads as CPUs reserved: more threads than cores, with the data feed busy on
@@ -345,8 +361,7 @@ def _train_loop(config: dict) -> None:
         dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
     model = task.build_model()
-    steps_per_epoch = config["train_rows"] // (world * task.batch_size)
-    optimizer, scheduler = task.build_optimizer(model, steps_per_epoch)
+    optimizer, scheduler = task.build_optimizer(model, plan.steps_per_epoch)
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -371,50 +386,38 @@ def _train_loop(config: dict) -> None:
     with BatchFeed(task.preparer(), config["feed_workers"], processes=True) as feed:
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
-            model.train()
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-            loss_sum, seen = torch.zeros((), device=device), 0
             batches = train_shard.iter_batches(
-                batch_size=task.batch_size,
+                batch_size=plan.worker_batch,
                 batch_format="numpy",
                 drop_last=True,
-                local_shuffle_buffer_size=task.batch_size * 8,
+                local_shuffle_buffer_size=plan.worker_batch * 8,
                 local_shuffle_seed=seed * 7919 + epoch * 31 + rank,
             )
-            for step, prepared in enumerate(feed(batches, epoch)):
-                if step >= steps_per_epoch:  # equal steps on every worker, whatever the shard sizes
-                    break
-                inputs = task.device_inputs(prepared, device, generator)
-                with precision.autocast(device):
-                    loss = task.loss(model, inputs)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1} step {step}; lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach()
-                seen += 1
-            totals = torch.tensor([loss_sum.item(), float(seen)], device=device)
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+            result = train_one_epoch(model, task, feed(batches, epoch), optimizer, scheduler, device=device, precision=precision,
+                                     max_steps=plan.steps_per_epoch, generator=generator)
+            if result.steps != plan.steps_per_epoch:  # an unequal split of the rows: a bug, not a user mistake
+                raise RuntimeError(f"{task.name}: rank {rank}'s shard gave {result.steps} batches of {plan.worker_batch}, "
+                                   f"not the {plan.steps_per_epoch} steps every worker must run")
+            totals = torch.stack([result.loss_sum, torch.tensor(float(result.samples), device=device)])
             if world > 1:
                 dist.all_reduce(totals)
             train_seconds = time.perf_counter() - started
 
             metrics = {
                 "epoch": epoch + 1,
-                "loss": float(totals[0] / max(totals[1], 1.0)),
+                "loss": float(totals[0]) / (world * result.steps),  # mean over the steps of every worker
                 "lr": float(scheduler.get_last_lr()[0]),
-                "samples_per_s": float(totals[1]) * task.batch_size / max(train_seconds, 1e-9),
+                "samples_per_s": float(totals[1]) / max(train_seconds, 1e-9),
+                "global_batch": plan.global_batch,
+                "worker_batch": plan.worker_batch,
+                "steps": result.steps,
                 "precision": precision.describe(),
                 "nodes": nodes,
             }
             if rank == 0:
-                model.eval()
-                evaluator = task.evaluator()
-                for batch in val_data.iter_batches(batch_size=task.eval_batch_size, batch_format="numpy"):
-                    with precision.autocast(device):  # validation in the training step's precision
-                        evaluator.update(plain_model, batch, device)
-                figures = evaluator.result()
+                val_batches = val_data.iter_batches(batch_size=task.eval_batch_size, batch_format="numpy")
+                figures = evaluate(plain_model, task, val_batches, device=device, precision=precision)
                 metrics.update({f"val_{k}": v for k, v in figures.items() if isinstance(v, (int, float))})
             metrics["epoch_seconds"] = time.perf_counter() - started
             history.append(metrics)
@@ -436,7 +439,7 @@ def _train_loop(config: dict) -> None:
                 ray.train.report(metrics)
 
     if rank == 0:
-        _write_model(task, plain_model, history, epochs, out, options)
+        _write_model(task, plain_model, history, epochs, plan, out, options)
 
 
 def _write_run_files(task, history: list[dict], out: str, options: StorageOptions) -> None:
@@ -452,11 +455,20 @@ def _write_run_files(task, history: list[dict], out: str, options: StorageOption
     write_bytes_atomic(join(out, "curves.png"), buffer.getvalue(), options)
 
 
-def _write_model(task, model, history: list[dict], epochs: int, out: str, options: StorageOptions) -> None:
+def _write_model(task, model, history: list[dict], epochs: int, plan: BatchPlan, out: str, options: StorageOptions) -> None:
+    """model.pt (the weights) and model.json: the task's config, the epochs, the batch plan and the last epoch's figures."""
     import torch
 
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     write_bytes_atomic(join(out, "model.pt"), buffer.getvalue(), options)
-    info = {**task.config(), "epochs": epochs, "final": history[-1] if history else {}}
+    info = {
+        **task.config(),
+        "epochs": epochs,
+        "global_batch": plan.global_batch,
+        "workers": plan.workers,
+        "worker_batch": plan.worker_batch,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "final": history[-1] if history else {},
+    }
     write_bytes_atomic(join(out, "model.json"), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), options)

@@ -24,6 +24,9 @@ from pose.models.digits import DigitModelConfig
 from pose.synth.digits import write_svhn
 
 TINY = DigitRecipe(model=DigitModelConfig(arch="wrn", depth=10, width=1), epochs=3, batch_size=32, lr=0.05)
+# `svhn_data` has 900 training digits, 45 of them (index % 20 == 0) held out for validation: with a
+# global batch of 32, 855 // 32 = 26 optimiser steps per epoch, on 1 worker (32 a step) or 2 (16 each).
+SVHN_STEPS = (900 - 45) // 32
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,9 @@ def test_two_workers_checkpoint_to_s3_and_loss_falls(svhn_data, s3):
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert all(m["samples_per_s"] > 0 and 0 <= m["val_accuracy"] <= 1 for m in lines)
     assert info["epochs"] == 3 and info["task"] == "svhn"
+    # The recipe's batch is the global one: 2 workers take half each, for the steps 1 worker runs.
+    assert all((m["global_batch"], m["worker_batch"], m["steps"]) == (32, 16, SVHN_STEPS) for m in lines)
+    assert (info["global_batch"], info["workers"], info["worker_batch"], info["steps_per_epoch"]) == (32, 2, 16, SVHN_STEPS)
     checkpoints = [u for u in list_files(out, s3.options) if "/checkpoint_" in u and u.endswith("checkpoint.pt")]
     assert checkpoints, "checkpoints are written to the S3 run folder"
     assert exists(join(out, "curves.png"), s3.options)
@@ -126,6 +132,9 @@ def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out must land here, not in a Ray worker's own directory
     run_training(DigitTask(DigitRecipe(model=TINY.model, epochs=1, batch_size=32)), TrainSettings(data=svhn_data, out="run", workers=1), 1)
     assert (out / "model.pt").exists()
+    # One worker: the same global batch and optimiser steps as the two-worker run above.
+    metrics = json.loads((out / "metrics.jsonl").read_text())
+    assert (metrics["global_batch"], metrics["worker_batch"], metrics["steps"]) == (32, 32, SVHN_STEPS)
     executable = str(Path(sys.executable).with_name("pose-jobs"))
     result = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(out), "--json"], capture_output=True, text=True, timeout=120)
     figures = json.loads(result.stdout)
@@ -156,6 +165,7 @@ def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     fed = json.loads((tmp_path / "fed" / "model.json").read_text())["final"]
     assert fed["epoch"] == 1 and fed["loss"] > 0 and 0 <= fed["val_pck"] <= 1
+    assert (fed["global_batch"], fed["worker_batch"]) == (8, 8) and fed["steps"] > 0
     result = subprocess.run(
         [executable, "train-keypoints", *common, "--out", str(tmp_path / "run"), "--workers", "2", *tiny],
         capture_output=True, text=True, timeout=600,
@@ -163,6 +173,8 @@ def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= metrics["val_pck"] <= 1 and "val_ap" in metrics
+    # 2 workers: half the global batch each, for the steps that 1 worker ran.
+    assert (metrics["global_batch"], metrics["worker_batch"], metrics["steps"]) == (8, 4, fed["steps"])
 
     results_file = tmp_path / "results.json"
     result = subprocess.run(
