@@ -9,8 +9,9 @@ framework computes from them in `tests/data/goldens/targets_<size>.npz` (format:
 
 - MMPose: `MSRAHeatmap(input_size, heatmap_size, sigma).encode`, the same with `unbiased=True` (DARK) and
   `UDPHeatmap(input_size, heatmap_size, heatmap_type='gaussian', sigma)`.encode, one sample at a time (they
-  assert one instance), on float32 keypoints (the dtype MMPose's pipeline hands them: `parse_pose_metainfo`
-  reads float32 and `cv2.transform` keeps it) and float32 visibilities.
+  assert one instance), on float32 keypoints and visibilities (the dtypes MMPose's pipeline hands them:
+  `BaseCocoStyleDataset.parse_data_info` reads the annotation as float32, visible = min(1, v), and
+  `TopdownAffine` writes the warped points into a float32 copy).
 - The releases: `JointsDataset.generate_target(self, joints, joints_vis)` of Simple Baselines (and HRNet's, which
   adds only `use_different_joints_weight`, off in its COCO yamls), called on a bare object holding the attributes
   it reads (`num_joints`, `target_type`, `image_size`, `heatmap_size`, `sigma`, as their `__init__` sets them from
