@@ -95,10 +95,40 @@ class CropConvention:
 
 def _affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The (2, 3) map taking three float32 points `src` to `dst`, solved in float64 (OpenCV's
-    getAffineTransform)."""
+    getAffineTransform up to the last bits: the unrotated warps keep this solver so that their
+    matrices stay what they were; `_opencv_affine_from_points` is OpenCV's to the bit)."""
     a = np.zeros((6, 6))
     a[0::2, 0:2], a[0::2, 2], a[1::2, 3:5], a[1::2, 5] = src, 1.0, src, 1.0
     return np.linalg.solve(a, dst.astype(np.float64).reshape(-1)).reshape(2, 3)
+
+
+def _opencv_affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The (2, 3) map taking three float32 points `src` to `dst` exactly as OpenCV's
+    getAffineTransform solves it: its 6x6 system, Gaussian elimination with partial pivoting in
+    float64, operation by operation (cv::hal::LUImpl), so the matrix matches to the last bit
+    (np.linalg.solve differs there for about 7 rotated boxes in 10; checked on 20,000 against cv2)."""
+    a = [[0.0] * 6 for _ in range(6)]
+    b = [float(v) for v in np.asarray(dst, np.float32).reshape(-1)]
+    for i, (x, y) in enumerate(np.asarray(src, np.float32).astype(np.float64)):
+        a[2 * i][0:3], a[2 * i + 1][3:6] = [x, y, 1.0], [x, y, 1.0]
+    for i in range(6):
+        pivot = i
+        for j in range(i + 1, 6):
+            if abs(a[j][i]) > abs(a[pivot][i]):
+                pivot = j
+        a[i], a[pivot], b[i], b[pivot] = a[pivot], a[i], b[pivot], b[i]
+        d = -1.0 / a[i][i]
+        for j in range(i + 1, 6):
+            alpha = a[j][i] * d
+            for k in range(i + 1, 6):
+                a[j][k] += alpha * a[i][k]
+            b[j] += alpha * b[i]
+    for i in range(5, -1, -1):
+        s = b[i]
+        for k in range(i + 1, 6):
+            s -= a[i][k] * b[k]
+        b[i] = s / a[i][i]
+    return np.array(b).reshape(2, 3)
 
 
 def _mmpose_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], rotation: float = 0.0) -> np.ndarray:
@@ -118,7 +148,7 @@ def _mmpose_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, 
     for points in (src, dst):
         direction = points[0] - points[1]
         points[2] = points[1] + np.r_[-direction[1], direction[0]]
-    return _affine_from_points(src, dst)
+    return _opencv_affine_from_points(src, dst) if rotation != 0 else _affine_from_points(src, dst)
 
 
 def _udp_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], rotation: float = 0.0) -> np.ndarray:
@@ -153,7 +183,8 @@ def _release_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int,
     for points in (src, dst):
         direction = points[0] - points[1]
         points[2] = points[1] + np.array([-direction[1], direction[0]], np.float32)
-    return _affine_from_points(dst, src) if inverse else _affine_from_points(src, dst)
+    solve = _opencv_affine_from_points if rotation != 0 else _affine_from_points
+    return solve(dst, src) if inverse else solve(src, dst)
 
 
 class PoseModel(Protocol):
