@@ -12,15 +12,18 @@ Coordinates follow `pose.geometry`: (x, y) pixels, top-left origin, integer = pi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pose.geometry import apply_affine, box_to_center_size, compose_affine, crop_affine, reduction_affine, warp_image
+from pose.geometry import (apply_affine, box_to_center_size, compose_affine, crop_affine, reduction_affine, warp_affine_opencv,
+                           warp_image)
 from pose.images import load_reduced
 from pose.joints import LOWER_BODY, UPPER_BODY, flip_index
+from pose.topdown import CropConvention
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -176,3 +179,287 @@ def normalize(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
     return (images.permute(0, 3, 1, 2).float() - mean) / std
+
+
+# --- The references' own training augmentation ------------------------------------------------------
+#
+# Simple Baselines and HRNet (`lib/dataset/JointsDataset.py __getitem__`, `half_body_transform`) and
+# MMPose 1.x's td-hm train_pipeline (RandomFlip, RandomHalfBody, RandomBBoxTransform, TopdownAffine),
+# sampled with their distributions, in their order, with the float32 roundings that move the crop.
+# Centre and scale are image pixels throughout; the releases keep their scale in units of 200 pixels
+# as float32, which is why their pixel scale is float32(float32(s) * 200), the value their
+# get_affine_transform computes. Their arithmetic follows NumPy 1.x (value-based casting: a float32
+# array times a float64 scalar stays float32; float32 scalar times a Python float is float64), the
+# NumPy of their time. The random streams differ from theirs (one numpy Generator here; `random`,
+# `np.random` and scipy there): the distributions are the same, the draws are not.
+
+
+@dataclass(frozen=True)
+class ReleaseAugment:
+    """The releases' DATASET options (yaml), read by JointsDataset.__getitem__."""
+
+    scale_factor: float = 0.35  # SCALE_FACTOR: s x clip(N(1, sf), 1 - sf, 1 + sf)
+    rotation_factor: float = 45.0  # ROT_FACTOR: clip(N(0, rf), -2 rf, 2 rf) degrees when random() <= 0.6
+    flip: bool = True  # FLIP: when random() <= 0.5
+    half_body_prob: float = 0.3  # PROB_HALF_BODY
+    half_body_joints: int = 8  # NUM_JOINTS_HALF_BODY: half body only with MORE labelled joints than this
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Simple Baselines, experiments/coco/resnet{50,101,152}/{256x192,384x288}_d256x3_adam_lr1e-3.yaml: its
+# JointsDataset has no half body at all.
+SIMPLE_BASELINES_AUGMENT = ReleaseAugment(scale_factor=0.3, rotation_factor=40.0, flip=True, half_body_prob=0.0)
+# HRNet, experiments/coco/hrnet/w{32,48}_{256x192,384x288}_adam_lr1e-3.yaml.
+HRNET_AUGMENT = ReleaseAugment(scale_factor=0.35, rotation_factor=45.0, flip=True, half_body_prob=0.3, half_body_joints=8)
+
+
+@dataclass(frozen=True)
+class MMPoseAugment:
+    """MMPose 1.x's td-hm train_pipeline: RandomFlip, RandomHalfBody, RandomBBoxTransform with their
+    defaults (mmpose/datasets/transforms/common_transforms.py, 1.3.2)."""
+
+    flip_prob: float = 0.5  # RandomFlip(direction='horizontal')
+    half_body_min_total: int = 9  # RandomHalfBody: at least this many visible joints ...
+    half_body_min_upper: int = 2  # ... an upper half needs this many, a lower half this many
+    half_body_min_lower: int = 3
+    half_body_prob: float = 0.3
+    half_body_upper_prob: float = 0.7  # upper_prioritized_prob
+    half_body_padding: float = 1.5
+    shift_factor: float = 0.16  # RandomBBoxTransform: centre + truncnorm(-1, 1) x 0.16 x box size ...
+    shift_prob: float = 0.3  # ... with this probability
+    scale_range: tuple[float, float] = (0.5, 1.5)  # box size x (mid + truncnorm x half width)
+    scale_prob: float = 1.0
+    rotate_factor: float = 80.0  # truncnorm x 80 degrees ...
+    rotate_prob: float = 0.6  # ... with this probability
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One draw of a reference augmentation: what `reference_sample` cuts.
+
+    center (2,) and scale (2,) (w, h) in image pixels, float64 holding the reference's float32
+    values; with `flip` they are in the mirrored image (x -> W - 1 - x), as the references compute
+    them. scale is what the warp receives (MMPose: aspect-fixed; releases: float32(s) x 200).
+    rotation_deg turns the box counter-clockwise on screen."""
+
+    center: np.ndarray
+    scale: np.ndarray
+    rotation_deg: float = 0.0
+    flip: bool = False
+
+
+def release_center_scale(box_xywh: np.ndarray, image_size: tuple[int, int], aspect_ratio: float,
+                         padding: float = 1.25) -> tuple[np.ndarray, np.ndarray] | None:
+    """A COCO box [x, y, w, h] as the releases' COCODataset stores it for training: clipped to the
+    image ("clean_bbox": x2 = min(W - 1, x1 + max(0, w - 1))), then `_box2cs` (float32 centre,
+    aspect grown, float32 scale / 200 times 1.25). Returns (center, scale) in pixels, float64
+    holding float32 values (scale = float32(s) x 200 in float32), or None for a box they drop.
+    `image_size` is (W, H)."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    width, height = image_size
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2, y2 = min(width - 1.0, x1 + max(0.0, w - 1)), min(height - 1.0, y1 + max(0.0, h - 1))
+    if not (w * h > 0 and x2 >= x1 and y2 >= y1):  # their check is COCO's 'area' > 0; w h stands in for it
+        return None
+    w, h = x2 - x1, y2 - y1
+    center = np.array([x1 + w * 0.5, y1 + h * 0.5], np.float32)
+    if w > aspect_ratio * h:
+        h = w * 1.0 / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    scale = np.array([w / 200.0, h / 200.0], np.float32) * np.float32(padding)
+    return center.astype(np.float64), (scale * np.float32(200.0)).astype(np.float64)
+
+
+def mmpose_center_scale(box_xywh: np.ndarray, image_size: tuple[int, int], padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+    """A COCO box as MMPose's BaseCocoStyleDataset and GetBBoxCenterScale give it to the training
+    pipeline: corners clipped to [0, W - 1] x [0, H - 1], float32, centre and size x padding. NOT
+    grown to the input's aspect ratio (TopdownAffine does that after the random transforms, which
+    shift by this size). Returns float64 (center, scale) holding float32 values."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    width, height = image_size
+    x1, y1 = np.clip(x, 0, width - 1), np.clip(y, 0, height - 1)
+    x2, y2 = np.clip(x + w, 0, width - 1), np.clip(y + h, 0, height - 1)
+    box = np.array([x1, y1, x2, y2], np.float32)
+    center = (box[2:] + box[:2]) * np.float32(0.5)
+    scale = (box[2:] - box[:2]) * np.float32(padding)
+    return center.astype(np.float64), scale.astype(np.float64)
+
+
+def _release_units(scale: np.ndarray) -> np.ndarray:
+    """Pixels -> the releases' float32 scale s with float32(s) x 200 == scale (their unit of 200 px)."""
+    scale = np.asarray(scale, np.float64)
+    units = (scale / 200.0).astype(np.float32)
+    if np.array_equal(units * np.float32(200.0), scale):
+        return units
+    for i in range(2):  # scale / 200 rounds to s but for the rare last bit: try the neighbours
+        for candidate in (np.nextafter(units[i], np.float32(np.inf)), np.nextafter(units[i], np.float32(0))):
+            if float(candidate * np.float32(200.0)) == scale[i]:
+                units[i] = candidate
+    return units
+
+
+def _release_half_body(rng: np.random.Generator, keypoints: np.ndarray, labelled: np.ndarray,
+                       aspect_ratio: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """HRNet's half_body_transform: (centre float32, scale float32 in units of 200 px) or None.
+
+    The upper body is chosen when randn() < 0.5 (probability 0.69) and it has more than 2 labelled
+    joints, else the lower body if it has more than 2, else the upper; fewer than 2 gives None."""
+    upper = [j for j in UPPER_BODY if labelled[j]]
+    lower = [j for j in LOWER_BODY if labelled[j]]
+    if rng.standard_normal() < 0.5 and len(upper) > 2:
+        chosen = upper
+    else:
+        chosen = lower if len(lower) > 2 else upper
+    if len(chosen) < 2:
+        return None
+    points = keypoints[chosen, :2].astype(np.float32)
+    center = points.mean(axis=0)
+    size = points.max(axis=0) - points.min(axis=0)
+    w, h = float(size[0]), float(size[1])  # float32 scalar x Python float is float64 under NumPy 1.x
+    if w > aspect_ratio * h:
+        h = w * 1.0 / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return center, np.array([w * 1.0 / 200, h * 1.0 / 200], np.float32) * np.float32(1.5)
+
+
+def sample_release(rng: np.random.Generator, keypoints: np.ndarray, center: np.ndarray, scale: np.ndarray, image_width: int,
+                   config: ReleaseAugment, aspect_ratio: float) -> AugmentParams:
+    """One draw of the releases' training augmentation (JointsDataset.__getitem__, is_train).
+
+    keypoints (17, 3) image pixels with v; center (2,) and scale (2,) (w, h) pixels as
+    `release_center_scale` gives them (padded, aspect grown); aspect_ratio = input w / h. In their
+    order: half body (more than `half_body_joints` labelled and rand() < prob), scale
+    s x clip(N(1, sf), 1 - sf, 1 + sf) in float32, rotation clip(N(0, rf), +-2 rf) when
+    random() <= 0.6 else 0, flip when random() <= 0.5 with the centre mirrored in float32
+    (c = W - c - 1)."""
+    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 3)
+    labelled = np.minimum(keypoints[:, 2], 1) > 0
+    c = np.asarray(center, np.float64).astype(np.float32)
+    s = _release_units(scale)
+    if labelled.sum() > config.half_body_joints and rng.random() < config.half_body_prob:
+        half = _release_half_body(rng, keypoints, labelled, aspect_ratio)
+        if half is not None:
+            c, s = half
+    sf, rf = config.scale_factor, config.rotation_factor
+    # float32 array x float64 scalar: NumPy 1.x casts the factor to float32 and multiplies in float32.
+    s = s * np.float32(min(max(rng.standard_normal() * sf + 1, 1 - sf), 1 + sf))
+    rotation = min(max(rng.standard_normal() * rf, -rf * 2), rf * 2) if rng.random() <= 0.6 else 0.0
+    flip = bool(config.flip and rng.random() <= 0.5)
+    if flip:
+        c = np.array([image_width - float(c[0]) - 1, c[1]], np.float32)
+    return AugmentParams(c.astype(np.float64), (s * np.float32(200.0)).astype(np.float64), rotation, flip)
+
+
+def truncated_normal(rng: np.random.Generator, size: int) -> np.ndarray:
+    """`size` draws of the standard normal truncated to [-1, 1] (scipy's truncnorm(-1, 1), which
+    MMPose's RandomBBoxTransform uses), by rejection: (size,) float64."""
+    out = np.empty(0)
+    while out.size < size:
+        draws = rng.standard_normal(2 * size + 8)
+        out = np.concatenate([out, draws[np.abs(draws) <= 1.0]])
+    return out[:size]
+
+
+def sample_mmpose(rng: np.random.Generator, keypoints: np.ndarray, center: np.ndarray, scale: np.ndarray, image_width: int,
+                  config: MMPoseAugment, aspect_ratio: float) -> AugmentParams:
+    """One draw of MMPose's td-hm train_pipeline, in its order and in float32 as it computes.
+
+    keypoints (17, 3) image pixels with v; center (2,) and scale (2,) pixels as
+    `mmpose_center_scale` gives them (padded, NOT aspect-fixed). RandomFlip (the centre and the
+    joints mirrored, x -> W - 1 - x, joints swapped), RandomHalfBody (on the flipped joints: box of
+    the chosen half's extent x 1.5, its joints' mean as centre), RandomBBoxTransform (centre +
+    truncnorm x shift_factor x box size, size x truncnorm scale, rotation truncnorm x
+    rotate_factor, each with its probability), then TopdownAffine's aspect fix of the scale."""
+    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 3)
+    points = keypoints[:, :2].astype(np.float32)
+    visible = np.minimum(1, keypoints[:, 2]).astype(np.float32)
+    c = np.asarray(center, np.float64).astype(np.float32)
+    s = np.asarray(scale, np.float64).astype(np.float32)
+
+    flip = bool(rng.random() < config.flip_prob)
+    if flip:
+        c[0] = np.float32(image_width) - c[0] - np.float32(1)  # flip_bbox(format='center') in float32
+        points, visible = points[flip_index()], visible[flip_index()]
+        points[:, 0] = np.float32(image_width - 1) - points[:, 0]
+
+    if visible.sum() >= config.half_body_min_total and rng.random() <= config.half_body_prob:
+        upper = [j for j in UPPER_BODY if visible[j] > 0]
+        lower = [j for j in LOWER_BODY if visible[j] > 0]
+        prefer_upper = rng.random() < config.half_body_upper_prob
+        if len(upper) < config.half_body_min_upper and len(lower) < config.half_body_min_lower:
+            chosen = None
+        elif len(lower) < config.half_body_min_lower:
+            chosen = upper
+        elif len(upper) < config.half_body_min_upper:
+            chosen = lower
+        else:
+            chosen = upper if prefer_upper else lower
+        if chosen is not None:
+            selected = points[chosen]
+            c = selected.mean(axis=0)
+            s = (selected.max(axis=0) - selected.min(axis=0)) * np.float32(config.half_body_padding)
+
+    v = truncated_normal(rng, 4).astype(np.float32)
+    offset = v[:2] * np.float32(config.shift_factor) if rng.random() < config.shift_prob else np.zeros(2, np.float32)
+    low, high = config.scale_range
+    factor = v[2] * np.float32((high - low) * 0.5) + np.float32((high + low) * 0.5) if rng.random() < config.scale_prob else np.float32(1)
+    rotation = v[3] * np.float32(config.rotate_factor) if rng.random() < config.rotate_prob else np.float32(0)
+    c = c + offset * s
+    s = s * factor
+
+    ratio = np.float32(aspect_ratio)  # TopdownAffine._fix_aspect_ratio, float32 arrays x Python float
+    s = np.array([s[0], s[0] / ratio], np.float32) if s[0] > s[1] * ratio else np.array([s[1] * ratio, s[1]], np.float32)
+    return AugmentParams(c.astype(np.float64), s.astype(np.float64), float(rotation), flip)
+
+
+def reference_sample(image: np.ndarray, keypoints: np.ndarray, params: AugmentParams, crop: CropConvention) -> dict[str, np.ndarray]:
+    """The model input of one augmented view, cut as the reference cuts it.
+
+    image (H, W, 3) uint8, the original image; keypoints (17, 3) (x, y, v) in its pixels; params
+    from `sample_release` / `sample_mmpose` (or fixed, for evaluation: flip False, rotation 0);
+    crop the framework's `CropConvention` ("release", "mmpose", "udp"). With `flip` the image is
+    mirrored and the joints flipped (x -> W - 1 - x) and swapped (`flip_index`), then the crop is
+    cut from it through `crop.matrices(center, scale, rotation)[0]` with OpenCV's bilinear
+    warpAffine (`warp_affine_opencv`, bit-exact, zeros outside).
+
+    Returns a dict:
+      image: (h, w, 3) uint8;
+      keypoints: (17, 2) float32 in input pixels of the framework's convention (float64 through
+        the float64 matrix for "release", float32 for MMPose's cv2.transform); 0 where unlabelled;
+      visible: (17,) float32, 1 where the joint is labelled (v > 0), after the swap: whether it
+        lands on the input is the target encoder's business;
+      input_from_image: (2, 3) float64, ORIGINAL (unflipped) image -> input, the mirror included.
+    """
+    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 3)
+    width = image.shape[1]
+    float32_points = crop.centring in ("mmpose", "udp")  # MMPose keeps keypoints in float32
+    points = keypoints[:, :2].astype(np.float32) if float32_points else keypoints[:, :2].copy()
+    labelled = keypoints[:, 2] > 0
+    source, mirror = image, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    if params.flip:
+        source = np.ascontiguousarray(image[:, ::-1])  # the warp gathers 4x slower from a reversed view
+        points, labelled = points[flip_index()], labelled[flip_index()]
+        # As each writes it: MMPose's flip_keypoints (w - 1) - x in float32, the releases' W - x - 1.
+        points[:, 0] = (width - 1) - points[:, 0] if float32_points else width - points[:, 0] - 1
+        mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0]])
+    warp = crop.matrices(params.center, params.scale, params.rotation_deg)[0]
+    pixels = warp_affine_opencv(source, warp, crop.input_size)
+    if float32_points:
+        m = warp.astype(np.float32)
+        moved = points @ m[:, :2].T + m[:, 2]
+    else:
+        moved = apply_affine(points, warp)
+    moved = np.where(labelled[:, None], moved, 0.0).astype(np.float32)
+    return {
+        "image": pixels,
+        "keypoints": moved,
+        "visible": labelled.astype(np.float32),
+        "input_from_image": compose_affine(warp, mirror),
+    }
