@@ -34,7 +34,7 @@ import torch
 from pose.feed import prefetch
 from pose.heatmaps import to_image_coordinates
 from pose.images import IMAGE_SUFFIXES, decode_image
-from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, predict
+from pose.keypoint_task import KeypointRecipe, predict
 from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, detect, person_boxes
 from pose.topdown import cut_crops
 from pose.models.keypoints import build_keypoint_model
@@ -239,7 +239,9 @@ def main() -> None:
         info, state = run_folder(args.keypoints)
         recipe = KeypointRecipe.from_dict(info["recipe"])
     else:
-        recipe = SIMPLE_BASELINES_COCO if args.recipe == "coco" else KeypointRecipe()
+        # "coco": Simple Baselines' network and input in pose-jobs' pipeline (the published families: --families)
+        coco = KeypointRecipe(backbone="resnet50", backbone_stages=4, deconv_layers=3, deconv_channels=256, input_size=(192, 256))
+        recipe = coco if args.recipe == "coco" else KeypointRecipe()
     keypoint_model = build_keypoint_model(recipe.model_config())
     if args.keypoints:
         keypoint_model.load_state_dict(state)

@@ -52,10 +52,12 @@ def user_errors(command):
         from jobs.train import TrainError
         from pose.formats.coco import CocoFormatError
         from pose.formats.svhn import SvhnFormatError
+        from pose.recipes import RecipeError
 
         try:
             return command(*args, **kwargs)
-        except (AnnotateError, IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError) as error:
+        except (AnnotateError, IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError,
+                RecipeError) as error:
             typer.echo(f"pose-jobs: error: {error}", err=True)
             raise typer.Exit(2) from None
 
@@ -78,9 +80,12 @@ class SvhnFormat(str, Enum):
     full = "full"
 
 
-class KeypointRecipeName(str, Enum):
+class KeypointRecipeName(str, Enum):  # pose.recipes.RECIPES
     cpu = "cpu"  # pose.keypoint_task.KeypointRecipe(): from scratch on a few CPU cores
-    simple_baselines = "simple-baselines"  # SIMPLE_BASELINES_COCO: ResNet-50 256x192, for GPUs and real COCO
+    simple_baselines = "simple-baselines"  # the Simple Baselines release's COCO configs
+    mmpose_td_hm = "mmpose-td-hm"  # MMPose 1.x td-hm configs (ResNet, HRNet; msra, dark, udp)
+    hrnet_w32 = "hrnet-w32"  # the HRNet release's COCO configs
+    hrnet_w48 = "hrnet-w48"
 
 
 class Precision(str, Enum):  # pose.precision.PRECISIONS
@@ -304,20 +309,38 @@ def eval_svhn(
 @app.command("train-keypoints")
 @user_errors
 def train_keypoints(
-    data: Annotated[str, typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`).")],
-    out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`); required to train.", show_default=False)] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model; required to train.", show_default=False)] = None,
     workers: WorkersOption = 1,
-    recipe_name: Annotated[KeypointRecipeName, typer.Option("--recipe", help="cpu: the CPU default (ResNet-18 cut after layer2, one deconvolution); simple-baselines: ResNet-50 256x192, the GPU/COCO recipe.")] = KeypointRecipeName.cpu,
+    recipe_name: Annotated[
+        KeypointRecipeName,
+        typer.Option("--recipe", help="cpu: from scratch on a few CPU cores (ResNet-18 cut after layer2, 128x96). The reference recipes, each equal to "
+                     "its source (docs/recipes.md; give ImageNet weights with --backbone-weights): simple-baselines (ResNet-50/101/152), "
+                     "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48."),
+    ] = KeypointRecipeName.cpu,
+    show_recipe: Annotated[bool, typer.Option("--show-recipe", help="Print every resolved setting of the recipe as JSON and exit.")] = False,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size per worker (default: the recipe's).", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="resnet18 | resnet34 | resnet50 (default: the recipe's).", show_default=False)] = None,
-    input_size: Annotated[Optional[str], typer.Option("--input-size", help="Model input WxH, multiples of the backbone's stride (32 for the whole ResNet), e.g. 192x256 (default: the recipe's).", show_default=False)] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Global batch, split over the workers; the learning rate scales linearly with it (default: the recipe's).", show_default=False),
+    ] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's, scaled with --batch-size).", show_default=False)] = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(help="cpu: resnet18 | resnet34 | resnet50; simple-baselines: resnet50 | resnet101 | resnet152; mmpose-td-hm: those or "
+                     "hrnet-w32 | hrnet-w48 (default: the recipe's).", show_default=False),
+    ] = None,
+    input_size: Annotated[
+        Optional[str],
+        typer.Option("--input-size", help="cpu: model input WxH, multiples of the backbone's stride, e.g. 96x128; the reference recipes: 256x192 "
+                     "or 384x288 (default: the recipe's).", show_default=False),
+    ] = None,
+    codec: Annotated[Optional[str], typer.Option("--codec", help="mmpose-td-hm's heatmap codec: msra (default) | dark | udp.", show_default=False)] = None,
     backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="ImageNet weights for the backbone: a torchvision resnet state_dict file or s3:// URL.", show_default=False)] = None,
     init_weights: Annotated[
         Optional[str],
-        typer.Option("--init-weights", help="Start from a published Simple Baselines file (MMPose td-hm_res50/101/152 or pose_resnet_*.pth.tar; local or s3://): "
-                     "the whole network; use --recipe simple-baselines and its --backbone.", show_default=False),
+        typer.Option("--init-weights", help="Start the whole network from a published keypoint file of the recipe's network (MMPose td-hm, "
+                     "pose_resnet_*.pth.tar, pose_hrnet_*.pth; local or s3://).", show_default=False),
     ] = None,
     seed: SeedOption = 0,
     gpu: GpuOption = None,
@@ -329,20 +352,22 @@ def train_keypoints(
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Train the top-down heatmap keypoint model (ResNet + deconvolution head) with Ray Train."""
-    from dataclasses import replace
-
+    """Train the top-down heatmap keypoint model with Ray Train, on a named recipe."""
     from jobs.evaluate import keypoint_ground_truth
     from jobs.train import run_training
-    from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, KeypointTask
+    from pose.keypoint_task import KeypointTask
+    from pose.recipes import describe, keypoint_recipe
 
-    recipe = SIMPLE_BASELINES_COCO if recipe_name == KeypointRecipeName.simple_baselines else KeypointRecipe()
-    changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "backbone": backbone}.items() if v is not None}
-    if input_size:
-        width, height = (int(v) for v in input_size.lower().split("x"))
-        changes["input_size"] = (width, height)
-        changes["sigma"] = recipe.sigma * width / recipe.input_size[0]  # sigma scales with the heatmap
-    recipe = replace(recipe, **changes)
+    recipe = keypoint_recipe(recipe_name.value, backbone=backbone, input_size=input_size, codec=codec, epochs=epochs, batch_size=batch_size, lr=lr)
+    if show_recipe:
+        typer.echo(json.dumps(describe(recipe, workers), indent=2))
+        return
+    for value, name in ((data, "--data"), (out, "--out")):
+        if not value:
+            raise typer.BadParameter("required to train (only --show-recipe runs without it)", param_hint=name)
+    if recipe.framework == "pose-jobs" and recipe.backbone == "resnet50":
+        typer.echo("pose-jobs: warning: --recipe cpu with a ResNet-50 is the CPU recipe (cut after layer2, one deconvolution, pose-jobs' "
+                   "targets); for Simple Baselines use --recipe simple-baselines", err=True)
     options = storage_options(endpoint_url, anon)
     from jobs.storage import read_bytes
 
@@ -355,7 +380,13 @@ def train_keypoints(
             task.build_model()  # a wrong file is one clear line now, not a worker traceback later
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--init-weights" if initial else "--backbone-weights") from None
-    info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose)
+    prepare = None
+    if recipe.framework != "pose-jobs":  # the reference recipes warp the original images, as their references do
+        from jobs.detector_data import image_sources, rows_with_images
+
+        sources = image_sources(data, ("train", "val"), options)
+        prepare = functools.partial(rows_with_images, sources=sources, options=options)
+    info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
     final = info["final"]
     typer.echo(f"trained keypoints for {info['epochs']} epochs: PCK {final.get('val_pck', float('nan')):.4f}  AP {final.get('val_ap', float('nan')):.4f} -> {out}")
 

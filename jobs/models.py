@@ -59,11 +59,10 @@ def load_digit_model(model_dir: str, options: StorageOptions = StorageOptions())
 def load_keypoint_model(model_dir: str, options: StorageOptions = StorageOptions()):
     """(model in eval mode, KeypointRecipe) of a `train-keypoints` run folder."""
     from pose.keypoint_task import KeypointRecipe
-    from pose.models.keypoints import build_keypoint_model
 
     info, state = _run_of_task(model_dir, "keypoints", options)
     recipe = KeypointRecipe.from_dict(info["recipe"])
-    model = build_keypoint_model(recipe.model_config())
+    model = recipe.build_network()
     model.load_state_dict(state)
     return model.eval(), recipe
 
@@ -81,7 +80,12 @@ def load_pose_model(spec: str, options: StorageOptions = StorageOptions(), overr
         if overrides != Overrides():
             raise ModelError(f"{spec}: a train-keypoints run folder knows its own architecture, input size and codec; leave out "
                              "--keypoint-arch, --input-size and --codec")
-        return TrainedPoseModel(*load_keypoint_model(spec, options))
+        network, recipe = load_keypoint_model(spec, options)
+        if recipe.framework == "pose-jobs":
+            return TrainedPoseModel(network, recipe)
+        from pose.checkpoints import pose_model  # a reference recipe's run is run as its framework runs its files
+
+        return pose_model(recipe.spec(), network)
     if not exists(spec, options):
         raise ModelError(f"{spec}: no such keypoint model (expected a train-keypoints run folder or a published checkpoint file)")
     try:

@@ -29,9 +29,9 @@ from PIL import Image
 
 from pose.augment import AugmentConfig, jitter_colors, normalize, topdown_sample
 from pose.draw import crop_panel, heatmap_overlay, side_by_side, stacked
-from pose.geometry import apply_affine, compose_affine, invert_affine
+from pose.geometry import apply_affine, box_to_center_size, compose_affine, invert_affine
 from pose.heatmaps import HeatmapCodec, flip_test as average_flip_test, to_image_coordinates
-from pose.images import open_image
+from pose.images import decode_image, open_image
 from pose.joints import NUM_JOINTS, PERSON_CATEGORY
 from pose.metrics import PckAccumulator, coco_keypoint_ap, oks_nms
 from pose.models.keypoints import KeypointModelConfig
@@ -45,22 +45,32 @@ from pose.topdown import instance_score
 CPU_AUGMENT = AugmentConfig(scale=0.0, rotation=0.0, rotation_prob=0.0, half_body_prob=0.0)
 
 
+Framework = Literal["pose-jobs", "simple-baselines", "hrnet", "mmpose"]
+
+
 @dataclass(frozen=True)
 class KeypointRecipe:
-    """How to train the top-down keypoint model: input, heatmaps, optimiser, schedule, augmentation.
+    """How to train a top-down keypoint model: network, input, targets, optimiser, schedule, augmentation.
 
-    The defaults are the CPU recipe, for training from scratch in about 20 minutes on 2 CPU cores
-    with native bf16 (`pose.precision`; twice that in float32): a ResNet-18 cut after `layer2`
-    (stride 8) with one 64-channel deconvolution to stride-4 heatmaps, 128x96 input, batch 16,
-    AdamW 2e-3 with a cosine over 12 epochs (about 120,000 samples). It is far from converged
-    (training and validation figures are equal), so its augmentation keeps the flip (with the
-    joint swap) and colour jitter but not the scale, rotation and half-body jitter, which only
-    slow fitting there (`CPU_AUGMENT`). See `SIMPLE_BASELINES_COCO` for the published GPU recipe.
-    `sigma` is in heatmap pixels (Simple Baselines' 2 at 64x48 heatmaps). `augment.input_size` is
-    always the recipe's `input_size`.
+    `framework` says whose pipeline the recipe reproduces:
+    - "pose-jobs" (the defaults, `--recipe cpu`): for training from scratch in about 20 minutes on 2 CPU cores
+      with native bf16 (`pose.precision`): a ResNet-18 cut after `layer2` (stride 8) with one 64-channel
+      deconvolution to stride-4 heatmaps, 128x96 input, AdamW 2e-3 with a cosine over 12 epochs. It reads the
+      stored person crops (`person_crops`), encodes pose-jobs' unbiased targets (`pose.heatmaps`) and keeps the
+      flip and colour jitter but not the scale, rotation and half-body jitter, which only slow fitting at that
+      budget (`CPU_AUGMENT`).
+    - "simple-baselines", "hrnet", "mmpose": the reference's own pipeline, point by point (`pose.recipes` names
+      them and docs/recipes.md lists every setting with its source): the network under MMPose's state_dict names
+      (`pose.checkpoints.build_network`), crops warped from the original image with the framework's crop
+      convention and augmentation (`pose.augment` `ReleaseAugment` / `MMPoseAugment`), the framework's targets
+      (`pose.codecs` encoders) and, at inference, its decoder and flip test: a trained run is run exactly as a
+      published file of the same family (`spec()`).
+
+    `batch_size` is the global batch: N workers take batch_size / N each. `sigma` is in heatmap pixels.
+    `warmup_steps` linear warm-up steps, from `warmup_start_factor` x lr for MMPose's LinearLR.
     """
 
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  # pose-jobs: resnet18 | resnet34 | resnet50; frameworks: pose.checkpoints.ARCHITECTURES
     backbone_stages: int = 2  # ResNet stages kept: 2 cuts after layer2 (stride 8), 4 is the whole net
     deconv_layers: int = 1  # 4x4 stride-2 deconvolutions up to the heatmaps' stride 4
     input_size: tuple[int, int] = (96, 128)  # (w, h)
@@ -68,53 +78,104 @@ class KeypointRecipe:
     skips: bool = False  # add the backbone stages to the deconvolutions of the same stride (KeypointModelConfig)
     sigma: float = 2.0
     epochs: int = 12
-    batch_size: int = 16
+    batch_size: int = 16  # global: split over the workers
     lr: float = 2e-3
     schedule: Literal["cosine", "multistep"] = "cosine"
     lr_steps: tuple[int, ...] = ()  # epochs at which "multistep" divides the rate by 10
     warmup_steps: int = 100  # linear warm-up, in optimiser steps
-    weight_decay: float = 1e-4  # AdamW's decoupled decay
+    warmup_start_factor: float | None = None  # MMPose's LinearLR starts at this fraction of lr; None: (step + 1) / warmup_steps
+    base_batch_size: int | None = None  # the batch `lr` is meant for when the batch changes (None: batch_size)
+    optimizer_type: Literal["adamw", "adam"] = "adamw"
+    weight_decay: float = 1e-4  # AdamW's decoupled decay (Adam: none)
     flip_test: bool = True
-    augment: AugmentConfig = CPU_AUGMENT
+    augment: object = CPU_AUGMENT  # AugmentConfig (pose-jobs) | ReleaseAugment | MMPoseAugment
+    name: str = "cpu"
+    framework: Framework = "pose-jobs"
+    heatmap_codec: Literal["pose-jobs", "msra", "dark", "udp"] = "pose-jobs"
+    bgr: bool = False  # the network sees BGR pixels (the Simple Baselines release reads images with OpenCV)
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         object.__setattr__(self, "lr_steps", tuple(int(v) for v in self.lr_steps))
-        stride = self.model_config().backbone_stride
+        stride = self.model_config().backbone_stride if self.framework == "pose-jobs" else 32
         if any(v % stride for v in self.input_size):
             raise ValueError(f"input_size {self.input_size}: width and height must be multiples of {stride} (the backbone's stride)")
-        if self.augment.input_size != self.input_size:
+        if isinstance(self.augment, AugmentConfig) and self.augment.input_size != self.input_size:
             object.__setattr__(self, "augment", replace(self.augment, input_size=self.input_size))
 
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """(w, h) of the heatmaps (stride 4)."""
+        return self.input_size[0] // 4, self.input_size[1] // 4
+
     def model_config(self) -> KeypointModelConfig:
-        return KeypointModelConfig(backbone=self.backbone, input_size=self.input_size, deconv_channels=self.deconv_channels,
-                                   deconv_layers=self.deconv_layers, backbone_stages=self.backbone_stages,
-                                   skips=self.skips)
+        """The pose-jobs network (`framework` "pose-jobs" only; the others use `spec()`)."""
+        return KeypointModelConfig(backbone=self.backbone if self.framework == "pose-jobs" else "resnet50",
+                                   input_size=self.input_size, deconv_channels=self.deconv_channels,
+                                   deconv_layers=self.deconv_layers, backbone_stages=self.backbone_stages, skips=self.skips)
+
+    def spec(self):
+        """The `pose.checkpoints.CheckpointSpec` a model of this recipe is run as (a framework recipe only)."""
+        from pose.checkpoints import CheckpointSpec
+
+        if self.framework == "pose-jobs":
+            raise ValueError("the pose-jobs recipes have no published counterpart")
+        return CheckpointSpec(self.framework, self.backbone, self.input_size, self.heatmap_codec, self.bgr)
+
+    def build_network(self) -> torch.nn.Module:
+        """A new network, initialised as the reference initialises it before ImageNet weights are loaded."""
+        if self.framework == "pose-jobs":
+            from pose.models.keypoints import build_keypoint_model
+
+            return build_keypoint_model(self.model_config())
+        from pose.checkpoints import build_network
+
+        return _reference_init(build_network(self.spec()))
 
     def crop(self):
         """How a person box is cut to this recipe's input (`pose.topdown.CropConvention`)."""
         from pose.topdown import CropConvention
 
-        return CropConvention(self.input_size, self.augment.padding, "pose-jobs")
+        if self.framework == "pose-jobs":
+            return CropConvention(self.input_size, self.augment.padding, "pose-jobs")
+        from pose.checkpoints import crop_convention
+
+        return crop_convention(self.spec())
 
     def codec(self) -> HeatmapCodec:
+        """pose-jobs' heatmap codec (the "pose-jobs" framework)."""
         return HeatmapCodec(input_size=self.input_size, heatmap_size=self.model_config().heatmap_size, sigma=self.sigma)
 
+    def target_encoder(self):
+        """The reference's heatmap targets (`pose.codecs` encoders; framework recipes)."""
+        from pose.codecs import encoder_for
+
+        return encoder_for(self.heatmap_codec, self.input_size, self.heatmap_size, self.sigma)
+
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """AdamW over all parameters (Simple Baselines: Adam, no decay)."""
+        """AdamW (pose-jobs) or Adam without weight decay (Simple Baselines, HRNet, MMPose) over all parameters."""
+        if self.optimizer_type == "adam":
+            return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-        """The learning-rate schedule, stepped once per optimiser step (as `train_epoch` does):
-        a linear warm-up over `warmup_steps`, then a cosine to 0 over the remaining steps of
-        `epochs`, or a division by 10 at each epoch of `lr_steps`. Its state_dict is the step count,
-        so a resumed run continues the same curve."""
+        """The learning-rate schedule, stepped once per optimiser step: a linear warm-up over `warmup_steps` (from
+        `warmup_start_factor` x lr as MMPose's LinearLR by iteration, else (step + 1) / warmup_steps), then a cosine to 0 over the remaining steps of
+        `epochs`, or a division by 10 at each epoch of `lr_steps` (MultiStepLR by epoch). Its state_dict is the
+        step count, so a resumed run continues the same curve."""
         total = max(1, self.epochs * steps_per_epoch)
-        warmup = min(self.warmup_steps, total // 2)
+        # pose-jobs' ramp is kept within the first half of a short run; LinearLR always runs its iterations
+        warmup = min(self.warmup_steps, total // 2) if self.warmup_start_factor is None else self.warmup_steps
         milestones = [epoch * steps_per_epoch for epoch in self.lr_steps]
+        start = self.warmup_start_factor
 
         def factor(step: int) -> float:
-            ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+            if not warmup:
+                ramp = 1.0
+            elif start is None:
+                ramp = min(1.0, (step + 1) / warmup)
+            else:  # mmengine's LinearLR(start_factor, begin=0, end=warmup): start at step 0, 1 from step warmup - 1 on
+                ramp = start + (1.0 - start) * min(1.0, step / max(1, warmup - 1))
             if self.schedule == "multistep":
                 return ramp * 0.1 ** sum(step >= m for m in milestones)
             progress = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
@@ -122,11 +183,18 @@ class KeypointRecipe:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
+    def with_batch_size(self, batch_size: int) -> "KeypointRecipe":
+        """The recipe at another global batch, the learning rate scaled linearly from `base_batch_size` (MMPose's
+        `auto_scale_lr` rule; the releases have none, and scale from the batch they trained with)."""
+        if batch_size == self.batch_size:
+            return self
+        return replace(self, batch_size=batch_size, lr=self.lr * batch_size / (self.base_batch_size or self.batch_size))
+
     def to_dict(self) -> dict:
-        """Plain JSON-ready values, for logs and checkpoints."""
+        """Plain JSON-ready values, for logs, checkpoints and `--show-recipe`."""
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["input_size"], values["lr_steps"] = list(self.input_size), list(self.lr_steps)
-        values["augment"] = {**vars(self.augment), "input_size": list(self.input_size)}
+        values["augment"] = _augment_to_dict(self.augment)
         return values
 
     @classmethod
@@ -135,29 +203,41 @@ class KeypointRecipe:
         # Runs saved before the backbone could be cut had the whole ResNet and three deconvolutions.
         values.setdefault("backbone_stages", 4)
         values.setdefault("deconv_layers", 3)
-        augment = dict(values.pop("augment", {}))
-        augment["input_size"] = tuple(augment.get("input_size", values.get("input_size", (96, 128))))
-        return cls(**values, augment=AugmentConfig(**augment))
+        values["augment"] = _augment_from_dict(dict(values.get("augment", {})), values.get("input_size", (96, 128)))
+        return cls(**values)
 
 
-# Simple Baselines' ResNet-50 256x192 COCO recipe (70.4 AP on val2017 with ImageNet weights and
-# detected boxes): Adam 1e-3, 140 epochs, /10 at 90 and 120, batch 32 per GPU x 4 GPUs.
-SIMPLE_BASELINES_COCO = KeypointRecipe(
-    backbone="resnet50",
-    backbone_stages=4,
-    deconv_layers=3,
-    input_size=(192, 256),
-    deconv_channels=256,
-    sigma=2.0,
-    epochs=140,
-    batch_size=128,
-    lr=1e-3,
-    schedule="multistep",
-    lr_steps=(90, 120),
-    warmup_steps=0,
-    weight_decay=0.0,
-    augment=AugmentConfig(input_size=(192, 256)),
-)
+def _augment_to_dict(augment) -> dict:
+    if isinstance(augment, AugmentConfig):
+        return {"kind": "pose-jobs", **vars(augment), "input_size": list(augment.input_size)}
+    from pose.augment import MMPoseAugment
+
+    return {"kind": "mmpose" if isinstance(augment, MMPoseAugment) else "release", **augment.to_dict()}
+
+
+def _augment_from_dict(values: dict, input_size) -> object:
+    kind = values.pop("kind", "pose-jobs")
+    if kind == "pose-jobs":
+        values["input_size"] = tuple(values.get("input_size", input_size))
+        return AugmentConfig(**values)
+    from pose.augment import MMPoseAugment, ReleaseAugment
+
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return MMPoseAugment(**values) if kind == "mmpose" else ReleaseAugment(**values)
+
+
+def _reference_init(network: torch.nn.Module) -> torch.nn.Module:
+    """Simple Baselines', HRNet's and MMPose's initialisation of a keypoint network before ImageNet weights:
+    convolutions and deconvolutions normal(0, 0.001) with zero biases, BatchNorm (1, 0)."""
+    for module in network.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.normal_(module.weight, std=0.001)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    return network
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,14 +471,18 @@ class KeypointEvaluator:
     - PCK: the seed's heatmap accuracy (`pose.metrics.PckAccumulator`), summed over all batches.
     - COCO keypoint AP/AR by pycocotools, with the instances scored as Simple Baselines does:
       box score (1.0 for ground-truth boxes) x the mean confidence of the joints above
-      `joint_threshold`; OKS-NMS (`nms_threshold`) within each image before COCOeval. Only the
-      images that were seen are evaluated, so a partial pass gives a fair (if noisy) number.
+      `joint_threshold`; OKS-NMS (`nms_threshold`) within each image before COCOeval, on the areas of
+      the padded, aspect-fixed boxes the model saw (as Simple Baselines and MMPose suppress). Every
+      image of `ground_truth` counts, seen or not, as COCO counts a split; `seen_images_only` scores
+      only the images that were seen (a partial pass, e.g. a benchmark's few batches).
     """
 
-    def __init__(self, codec: HeatmapCodec, ground_truth: dict | None, *, joint_threshold: float = 0.2, nms_threshold: float = 0.9):
+    def __init__(self, codec: HeatmapCodec, ground_truth: dict | None, *, joint_threshold: float = 0.2, nms_threshold: float = 0.9,
+                 padding: float = 1.25, seen_images_only: bool = False):
         self.codec = codec
         self.ground_truth = ground_truth
         self.joint_threshold, self.nms_threshold = joint_threshold, nms_threshold
+        self.padding, self.seen_images_only = padding, seen_images_only
         self.pck = PckAccumulator()
         self.instances: list[dict] = []
 
@@ -413,13 +497,14 @@ class KeypointEvaluator:
         image_ids = _numpy(batch_meta["image_id"]).astype(np.int64)
         boxes = _numpy(batch_meta["bbox"]).astype(np.float64).reshape(-1, 4)
         box_scores = _numpy(batch_meta["box_score"]) if "box_score" in batch_meta else np.ones(len(image_ids))
+        aspect_ratio = self.codec.input_size[0] / self.codec.input_size[1]
         for i in range(len(image_ids)):
             self.instances.append(
                 {
                     "image_id": int(image_ids[i]),
                     "keypoints": np.concatenate([keypoints_image[i], scores[i][:, None]], axis=1),
                     "score": instance_score(float(box_scores[i]), scores[i], self.joint_threshold),
-                    "area": float(boxes[i, 2] * boxes[i, 3]),
+                    "area": float(np.prod(box_to_center_size(boxes[i], aspect_ratio, self.padding)[1])),
                 }
             )
 
@@ -452,7 +537,7 @@ class KeypointEvaluator:
         if self.ground_truth is None:
             ap = dict.fromkeys(("ap", "ap50", "ap75", "ap_m", "ap_l", "ar", "ar50", "ar75", "ar_m", "ar_l"), float("nan"))
         else:
-            image_ids = sorted({instance["image_id"] for instance in self.instances})
+            image_ids = sorted({instance["image_id"] for instance in self.instances}) if self.seen_images_only else None
             ap = coco_keypoint_ap(self.ground_truth, self.results_json(), image_ids=image_ids)
         return {"pck": pck, **ap, "instances": len(self.instances)}
 
@@ -544,10 +629,69 @@ def evaluation_figure(
 
 def prepare_training_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoch: int = 0) -> dict:
     """The CPU half of a training batch, safe on several threads or processes (the runner prepares
-    batches ahead with it): crops decoded, augmented and warped to the input, heatmap targets, and
-    the colour-jitter factors that `KeypointTask.device_inputs` applies."""
+    batches ahead with it): pixels decoded, augmented and warped to the input, heatmap targets, and
+    (the CPU recipe) the colour-jitter factors that `KeypointTask.device_inputs` applies.
+
+    The CPU recipe warps the stored person crop (`KeypointBatchTransform`); the reference recipes warp
+    the original image, as their references do (`prepare_reference_batch`)."""
+    if recipe.framework != "pose-jobs":
+        return prepare_reference_batch(recipe, seed, batch, epoch)
     prepared = KeypointBatchTransform(recipe, train=True, seed=seed, epoch=epoch)(batch)
     return {key: prepared[key] for key in ("image", "color", "target", "target_weight")}
+
+
+def person_in_image(row_bbox, row_keypoints, row_image_from_crop) -> tuple[np.ndarray, np.ndarray]:
+    """A `person_crops` row's box [x, y, w, h] and keypoints (17, 3) back in the original image's
+    coordinates (the crop is an axis-aligned scale and shift of the image, so the box maps to a box)."""
+    image_from_crop = np.asarray(row_image_from_crop, np.float64).reshape(2, 3)
+    keypoints = np.asarray(row_keypoints, np.float64).reshape(NUM_JOINTS, 3).copy()
+    labelled = keypoints[:, 2] > 0
+    keypoints[labelled, :2] = apply_affine(keypoints[labelled, :2], image_from_crop)
+    keypoints[~labelled, :2] = 0.0
+    return _box_through(np.asarray(row_bbox, np.float64), image_from_crop), keypoints
+
+
+def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoch: int = 0) -> dict:
+    """A training batch of a reference recipe from `person_crops` rows that carry their original image's
+    encoded bytes (`image`, added by the training job): each person's box is cut to the image and padded as
+    the reference does (`pose.augment.release_center_scale` / `mmpose_center_scale`), augmentation parameters
+    are drawn as it draws them (`pose.augment.sample_release` /
+    `sample_mmpose`), the image is warped once to the input (`pose.augment.reference_sample`: the framework's
+    matrix, OpenCV's bilinear warp) and the joints encoded by the reference's targets (`recipe.target_encoder()`).
+
+    Randomness: row r of epoch e draws from `np.random.default_rng([seed, e, annotation_id_r])`, as the CPU
+    recipe does. Returns image (N, h, w, 3) uint8 RGB, target (N, K, h', w') float16, target_weight (N, K)."""
+    from pose.augment import MMPoseAugment, mmpose_center_scale, reference_sample, release_center_scale, sample_mmpose, sample_release
+
+    crop, encoder = recipe.crop(), recipe.target_encoder()
+    mmpose = isinstance(recipe.augment, MMPoseAugment)
+    sample_params = sample_mmpose if mmpose else sample_release
+    annotation_ids = np.asarray(batch["annotation_id"], np.int64)
+    epochs = np.broadcast_to(np.asarray(batch.get("epoch", epoch), np.int64), (len(annotation_ids),))
+    images, joints, visible = [], [], []
+    for i, annotation_id in enumerate(annotation_ids):
+        image = decode_image(bytes(batch["image"][i]))  # as ingest decoded it to cut the crop
+        box, keypoints = person_in_image(batch["bbox"][i], batch["keypoints"][i], batch["image_from_crop"][i])
+        size = (image.shape[1], image.shape[0])
+        # each reference's own box cleaning and centre/scale (MMPose fixes the aspect after its random transform)
+        box_cs = mmpose_center_scale(box, size) if mmpose else release_center_scale(box, size, crop.aspect_ratio)
+        if box_cs is None:  # a box the release drops: an empty sample with zero weights keeps the batch's size
+            images.append(np.zeros((recipe.input_size[1], recipe.input_size[0], 3), np.uint8))
+            joints.append(np.zeros((NUM_JOINTS, 2), np.float32))
+            visible.append(np.zeros(NUM_JOINTS, np.float32))
+            continue
+        rng = np.random.default_rng([seed, int(epochs[i]), int(annotation_id)])
+        params = sample_params(rng, keypoints, *box_cs, image.shape[1], recipe.augment, crop.aspect_ratio)
+        sample = reference_sample(image, keypoints, params, crop)
+        images.append(sample["image"])
+        joints.append(sample["keypoints"])
+        visible.append(sample["visible"])
+    w, h = recipe.input_size
+    if not images:
+        return {"image": np.zeros((0, h, w, 3), np.uint8), "target": np.zeros((0, NUM_JOINTS, *recipe.heatmap_size[::-1]), np.float16),
+                "target_weight": np.zeros((0, NUM_JOINTS), np.float32)}
+    target, target_weight = encoder.encode(np.stack(joints), np.stack(visible))
+    return {"image": np.stack(images), "target": target.astype(np.float16), "target_weight": target_weight.astype(np.float32)}
 
 
 class KeypointTask:
@@ -577,22 +721,38 @@ class KeypointTask:
         self.codec = recipe.codec()
 
     def config(self) -> dict:
+        if self.recipe.framework != "pose-jobs":
+            spec = self.recipe.spec()
+            model = {"framework": spec.framework, "arch": spec.arch, "input_size": list(spec.input_size), "codec": spec.codec, "bgr": spec.bgr}
+            return {"task": self.name, "recipe": self.recipe.to_dict(), "model": model}
         return {"task": self.name, "recipe": self.recipe.to_dict(), "model": self.recipe.model_config().to_dict()}
 
     def build_model(self) -> torch.nn.Module:
         import io
 
-        from pose.models.keypoints import build_keypoint_model, load_backbone_weights
+        from pose.models.weights import check_fits
 
-        model = build_keypoint_model(self.recipe.model_config())
+        model = self.recipe.build_network()
         if self.backbone_weights is not None:
-            load_backbone_weights(model, io.BytesIO(self.backbone_weights))
-        if self.init_weights is not None:
-            from pose.checkpoints import keypoint_net_weights
-            from pose.models.weights import check_fits
+            if self.recipe.backbone.startswith("hrnet"):
+                from pose.models.hrnet import load_imagenet_hrnet
 
+                load_imagenet_hrnet(model, io.BytesIO(self.backbone_weights))
+            else:
+                from pose.models.keypoints import load_backbone_weights
+
+                load_backbone_weights(model, io.BytesIO(self.backbone_weights))
+        if self.init_weights is not None:
             name, data = self.init_weights
-            state = keypoint_net_weights(data, name)
+            if self.recipe.framework == "pose-jobs":
+                from pose.checkpoints import keypoint_net_weights
+
+                state = keypoint_net_weights(data, name)
+            else:
+                from pose.checkpoints import identify, mmpose_keys, read_checkpoint
+
+                state, _ = read_checkpoint(data, name)
+                state = mmpose_keys(state, identify(state, name))
             check_fits(state, model.state_dict(), f"{name} for the recipe's {self.recipe.backbone} network",
                        optional=lambda key: key.endswith("num_batches_tracked"))
             model.load_state_dict(state, strict=False)
@@ -614,6 +774,14 @@ class KeypointTask:
     def device_inputs(self, prepared: dict, device: torch.device, generator: torch.Generator | None = None) -> dict:
         """A prepared batch on `device`: the uint8 images travel, then are colour-jittered there
         (`pose.augment.jitter_colors`) and normalised."""
+        if self.recipe.framework != "pose-jobs":  # the reference's normalisation and channel order
+            pixels = torch.as_tensor(prepared["image"]).to(device, non_blocking=True)
+            images = self.pose_model(None).inputs(pixels)
+            return {
+                "image": images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images,
+                "target": torch.as_tensor(prepared["target"]).to(device, non_blocking=True),
+                "target_weight": torch.as_tensor(prepared["target_weight"]).to(device, non_blocking=True),
+            }
         return {
             "image": _training_input(prepared, device, channels_last=device.type == "cuda"),
             "target": torch.as_tensor(prepared["target"]).to(device, non_blocking=True),
@@ -623,7 +791,17 @@ class KeypointTask:
     def loss(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
         return keypoint_loss(model(inputs["image"]), inputs["target"], inputs["target_weight"])
 
-    def evaluator(self) -> "KeypointTaskEvaluator":
+    def pose_model(self, network: torch.nn.Module | None):
+        """`network` run as this recipe's models are run at inference (`pose.topdown.PoseModel`)."""
+        if self.recipe.framework == "pose-jobs":
+            return TrainedPoseModel(network, self.recipe)
+        from pose.checkpoints import pose_model
+
+        return pose_model(self.recipe.spec(), network if network is not None else torch.nn.Identity())
+
+    def evaluator(self):
+        if self.recipe.framework != "pose-jobs":
+            return ImageKeypointEvaluator(self)
         return KeypointTaskEvaluator(self)
 
 
@@ -644,6 +822,47 @@ class KeypointTaskEvaluator:
     def result(self) -> dict:
         figures = self.figures.result()
         return {k: float(v) for k, v in figures.items() if isinstance(v, (int, float, np.floating)) and k in ("pck", "ap", "ap50", "ap75", "ar")}
+
+
+class ImageKeypointEvaluator:
+    """A reference recipe's validation: each `person_crops` row of the split (with its image's bytes, `image`)
+    is cut from the original image at its ground-truth box and run through the one top-down chain
+    (`pose.topdown`: the recipe's crop, decoder and flip test), then rescored and OKS-suppressed per image
+    on the padded box areas, and scored by COCOeval over every image of the split (ground truth: the task's)."""
+
+    def __init__(self, task: KeypointTask):
+        self.task = task
+        self.by_image: dict[int, list[tuple[np.ndarray, float]]] = {}
+
+    def update(self, model: torch.nn.Module, batch: dict, device: torch.device) -> None:
+        from pose.topdown import TopDownPredictor, cut_crops
+
+        predictor = TopDownPredictor(self.task.pose_model(model), device=device, flip_test=self.task.recipe.flip_test)
+        for i, image_id in enumerate(np.asarray(batch["image_id"], np.int64)):
+            image = decode_image(bytes(batch["image"][i]))  # as ingest decoded it to cut the crop
+            box, _ = person_in_image(batch["bbox"][i], batch["keypoints"][i], batch["image_from_crop"][i])
+            crops, backs, areas = cut_crops(image, box[None], predictor.crop)
+            self.by_image.setdefault(int(image_id), []).append((predictor.keypoints(crops, backs)[0], float(areas[0])))
+
+    def results_json(self) -> list[dict]:
+        """The kept persons in COCO's results format (box score 1: ground-truth boxes)."""
+        from pose.topdown import rescore_and_suppress
+
+        results = []
+        for image_id in sorted(self.by_image):
+            keypoints = np.stack([k for k, _ in self.by_image[image_id]])
+            areas = np.array([a for _, a in self.by_image[image_id]])
+            kept, scores = rescore_and_suppress(keypoints, np.ones(len(keypoints)), areas)
+            results += [{"image_id": image_id, "category_id": PERSON_CATEGORY["id"],
+                         "keypoints": [round(float(v), 3) for v in keypoints[k].reshape(-1)], "score": float(scores[k])} for k in kept]
+        return results
+
+    def result(self) -> dict:
+        """{"ap", "ap50", "ap75", "ar"} over every image of the split (NaN without ground truth)."""
+        if self.task.ground_truth is None:
+            return dict.fromkeys(("ap", "ap50", "ap75", "ar"), float("nan"))
+        figures = coco_keypoint_ap(self.task.ground_truth, self.results_json())
+        return {k: float(figures[k]) for k in ("ap", "ap50", "ap75", "ar")}
 
 
 class TrainedPoseModel:

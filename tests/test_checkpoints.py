@@ -116,19 +116,18 @@ def test_load_published_runs_the_simple_baseline_with_its_framework_settings(res
 def test_init_weights_start_the_trainable_network_from_a_published_file(resnet50_state):
     """train-keypoints --init-weights: MMPose's SimpleBaseline file fills the recipe's whole
     network; a recipe of another network is one clear line."""
-    from dataclasses import replace
+    from pose.keypoint_task import KeypointRecipe, KeypointTask
+    from pose.recipes import keypoint_recipe
 
-    from pose.keypoint_task import SIMPLE_BASELINES_COCO, KeypointRecipe, KeypointTask
-
-    task = KeypointTask(SIMPLE_BASELINES_COCO, init_weights=(NAME, mmpose_file(resnet50_state)))
+    task = KeypointTask(keypoint_recipe("mmpose-td-hm"), init_weights=(NAME, mmpose_file(resnet50_state)))
     model = task.build_model()
-    assert torch.equal(model.final.weight, resnet50_state["head.final_layer.weight"])
-    assert torch.equal(model.deconv[3].weight, resnet50_state["head.deconv_layers.3.weight"])
+    assert torch.equal(model.head.final_layer.weight, resnet50_state["head.final_layer.weight"])
+    assert torch.equal(model.head.deconv_layers[3].weight, resnet50_state["head.deconv_layers.3.weight"])
     assert torch.equal(model.backbone.layer3[5].conv2.weight, resnet50_state["backbone.layer3.5.conv2.weight"])
     with pytest.raises(ValueError, match="resnet18 network: does not match"):
         KeypointTask(KeypointRecipe(), init_weights=(NAME, mmpose_file(resnet50_state))).build_model()
     with pytest.raises(ValueError, match="does not match"):
-        KeypointTask(replace(SIMPLE_BASELINES_COCO, backbone="resnet101"), init_weights=(NAME, mmpose_file(resnet50_state))).build_model()
+        KeypointTask(keypoint_recipe("simple-baselines", backbone="resnet101"), init_weights=(NAME, mmpose_file(resnet50_state))).build_model()
 
 
 def test_files_pickled_under_numpy_1_names_read_with_weights_only(tmp_path):

@@ -213,3 +213,26 @@ def hrnet_keys_from_release(state: dict[str, torch.Tensor]) -> dict[str, torch.T
         expected = HRNetPose(width, num_joints).state_dict()
     check_fits(renamed, expected, f"HRNet-W{width} release state_dict", optional=lambda key: key.endswith("num_batches_tracked"))
     return {key: renamed[key] if key in renamed else torch.zeros((), dtype=torch.long) for key in expected}
+
+
+# Modules of the ImageNet HRNet classifier that the pose network does not have.
+_CLASSIFIER_ONLY = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
+
+
+def load_imagenet_hrnet(model: HRNetPose, path_or_fileobj) -> list[str]:
+    """Load an ImageNet HRNet classifier state_dict (`hrnet_w32-36af842e.pth`, `hrnet_w48-8ef0771d.pth`: the files
+    the HRNet release and MMPose start their pose training from) into `model.backbone`.
+
+    Its stem, stages and transitions carry the backbone's own names (`conv1.weight`, `stage4.2.fuse_layers...`);
+    the classifier's heads (`incre_modules`, `downsamp_modules`, `final_layer`, `classifier`) are dropped, as
+    MMPose's non-strict load drops them. Any other difference raises ValueError. Returns the loaded keys."""
+    from pose.models.weights import check_fits, read_state_dict, weights_name
+
+    where = f"HRNet ImageNet weights {weights_name(path_or_fileobj)} (hrnet-w{model.width})"
+    state = read_state_dict(path_or_fileobj, where, "an ImageNet HRNet state_dict", "hrnet_w32-36af842e.pth")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    state = {key: value for key, value in state.items() if not key.startswith(_CLASSIFIER_ONLY)}
+    check_fits(state, model.backbone.state_dict(), where, optional=lambda key: key.endswith("num_batches_tracked"))
+    model.backbone.load_state_dict(state, strict=False)
+    return sorted(state)

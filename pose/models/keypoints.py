@@ -145,7 +145,7 @@ def build_keypoint_model(config: KeypointModelConfig = KeypointModelConfig()) ->
     return model
 
 
-def load_backbone_weights(model: KeypointNet, path_or_fileobj) -> list[str]:
+def load_backbone_weights(model: "KeypointNet | SimpleBaselineNet", path_or_fileobj) -> list[str]:
     """Load an ImageNet torchvision ResNet state_dict file (e.g. `resnet50-0676ba61.pth`) into
     `model.backbone`, ignoring the classifier (`fc.*`). Returns the loaded key names.
 
@@ -153,7 +153,8 @@ def load_backbone_weights(model: KeypointNet, path_or_fileobj) -> list[str]:
     weights for a resnet18 model), raises ValueError naming the file and the first mismatches.
     BatchNorm's `num_batches_tracked` counters may be absent, as in older torchvision files.
     """
-    where = f"backbone weights {weights_name(path_or_fileobj)} ({model.config.backbone})"
+    arch = model.config.backbone if hasattr(model, "config") else type(model).__name__
+    where = f"backbone weights {weights_name(path_or_fileobj)} ({arch})"
     state = read_state_dict(path_or_fileobj, where, "a torchvision ResNet state_dict", "torchvision's resnet18-f37072fd.pth")
     kept = tuple(f"{name}." for name in model.backbone._modules)  # a cut backbone ignores the later stages too
     state = {key: value for key, value in state.items() if key.startswith(kept)}
