@@ -98,6 +98,8 @@ def crop_pck(data: str, model_dir: str, split: str, options: StorageOptions, pic
     from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, evaluation_figure, predict
 
     model, recipe = load_keypoint_model(model_dir, options)
+    if recipe.framework != "pose-jobs":  # a reference recipe's run is scored as its published family: AP only
+        return {}
     codec = recipe.codec()
     evaluator = KeypointEvaluator(codec, None)
     transform = KeypointBatchTransform(recipe, train=False)

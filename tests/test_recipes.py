@@ -341,3 +341,26 @@ def test_rows_get_their_original_image_bytes(tmp_path):
     out = add_image_bytes(batch, {7: str(tmp_path / "a.jpg"), 8: str(tmp_path / "b.jpg")}, StorageOptions())
     assert out["image"].to_pylist() == [b"first image", b"second image", b"first image"]
     assert out["annotation_id"].to_pylist() == [1, 2, 3]
+
+
+def test_train_keypoints_with_a_reference_recipe_on_ray(ray_cluster, tmp_path):
+    """`train-keypoints --recipe simple-baselines` on Ray: the rows reach the workers with their images' bytes, one
+    epoch trains and validates on the original images, and `eval-keypoints` runs the run folder as a published
+    Simple Baselines file."""
+    from jobs.ingest import ingest
+    from pose.synth.people import write_coco
+
+    write_coco(tmp_path / "src", split="train", images=3, seed=31)
+    write_coco(tmp_path / "src", split="val", images=2, seed=32)
+    ingest("coco", str(tmp_path / "src"), str(tmp_path / "coco"), progress=False)
+    common = ["--data", str(tmp_path / "coco")]
+    result = CliRunner().invoke(app, ["train-keypoints", *common, "--out", str(tmp_path / "run"), "--recipe", "simple-baselines",
+                                      "--epochs", "1", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert info["recipe"]["framework"] == "simple-baselines" and info["model"]["arch"] == "resnet50"
+    assert info["final"]["steps"] >= 1 and np.isfinite(info["final"]["loss"]) and 0.0 <= info["final"]["val_ap"] <= 1.0
+    result = CliRunner().invoke(app, ["eval-keypoints", *common, "--model", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert 0.0 <= figures["ap"] <= 1.0 and "pck" not in figures
