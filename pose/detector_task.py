@@ -47,13 +47,13 @@ class DetectorRecipe:
 
     The defaults are the CPU recipe from scratch (see the README for what it reaches). Fine-tuning
     from a COCO weight file keeps the file's frozen BatchNorm: `DetectorRecipe.fine_tune(arch)`.
-    `batch_size` is images per worker and step; the learning rate warms up linearly for
+    `batch_size` is the global batch (images per step over all workers: 2 workers take 2 each); the learning rate warms up linearly for
     `warmup_steps`, then follows a cosine to 0 at the end of `epochs`.
     """
 
     model: DetectorConfig = SCRATCH_DETECTOR
     epochs: int = 2
-    batch_size: int = 2
+    batch_size: int = 4  # global
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only

@@ -29,7 +29,7 @@ class DigitRecipe:
 
     model: DigitModelConfig = field(default_factory=DigitModelConfig)
     epochs: int = 8
-    batch_size: int = 128
+    batch_size: int = 256  # global: 2 workers take 128 each
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
