@@ -179,3 +179,154 @@ def test_normalize_gives_imagenet_normalised_channels_last_nchw():
     torch.testing.assert_close(normalize(torch.from_numpy(images)), out)
     with pytest.raises(ValueError, match="N, H, W, 3"):
         normalize(images[0])
+
+
+# --- The references' augmentation against their own code (tools/make_augment_goldens.py) -------------
+
+from pathlib import Path  # noqa: E402
+
+from pose.augment import (HRNET_AUGMENT, SIMPLE_BASELINES_AUGMENT, AugmentParams, MMPoseAugment, ReleaseAugment,  # noqa: E402
+                          mmpose_center_scale, reference_sample, release_center_scale, sample_mmpose, sample_release,
+                          truncated_normal)
+from pose.topdown import CropConvention  # noqa: E402
+
+GOLDENS = Path(__file__).parent / "data" / "goldens"
+DRAWS = 5_000  # ours, against the reference's 20,000
+HALF_BODY_DRAWS = 3_000
+
+
+def _golden(name: str) -> dict:
+    with np.load(GOLDENS / f"{name}.npz") as data:
+        return dict(data)
+
+
+def test_configs_are_the_references():
+    # SB experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml, HRNet experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml,
+    # as the golden script read them with the releases' own config loaders.
+    for config, name in ((SIMPLE_BASELINES_AUGMENT, "simple_baselines"), (HRNET_AUGMENT, "hrnet")):
+        read = _golden(f"augment_stats_{name}")["config"]
+        assert (config.scale_factor, config.rotation_factor, float(config.flip), config.half_body_prob) == tuple(read[:4])
+        if read[3] > 0:
+            assert config.half_body_joints == read[4]
+    assert MMPoseAugment().to_dict()["scale_range"] == [0.5, 1.5]
+    assert ReleaseAugment().to_dict() == dataclasses.asdict(HRNET_AUGMENT)
+
+
+def test_box_rules_are_the_references():
+    boxes = _golden("augment_boxes")
+    size = boxes["image"].shape[1::-1]
+    for i, box in enumerate(boxes["boxes"]):
+        for name in ("simple_baselines", "hrnet"):
+            center, scale = release_center_scale(box, size, 192 / 256)
+            np.testing.assert_array_equal(center, boxes[f"{name}_centers"][i])
+            np.testing.assert_array_equal(scale, boxes[f"{name}_scales"][i].astype(np.float32) * np.float32(200))
+        center, scale = mmpose_center_scale(box, size)
+        np.testing.assert_array_equal(center, boxes["mmpose_centers"][i])
+        np.testing.assert_array_equal(scale, boxes["mmpose_scales"][i])
+
+
+@pytest.mark.parametrize("family", ["release", "mmpose", "udp"])
+def test_reference_sample_cuts_the_references_pixels(family):
+    boxes, golden = _golden("augment_boxes"), _golden(f"augment_crops_{family}")
+    crop = CropConvention(tuple(int(v) for v in golden["input_size"]), centring=family)
+    assert golden["flips"].any() and (golden["rotations"] != 0).any()  # the file covers them (half bodies: MMPose's files)
+    for k in range(len(golden["crops"])):
+        params = AugmentParams(golden["centers"][k], golden["scales"][k], float(golden["rotations"][k]), bool(golden["flips"][k]))
+        person = boxes["keypoints"][golden["person"][k]]
+        sample = reference_sample(boxes["image"], person, params, crop)
+        np.testing.assert_array_equal(sample["image"], golden["crops"][k], err_msg=f"draw {k}")
+        np.testing.assert_array_equal(sample["visible"], golden["visible"][k])
+        labelled = golden["visible"][k] > 0
+        np.testing.assert_allclose(sample["keypoints"][labelled], golden["keypoints"][k][labelled], atol=1e-4)
+        # input_from_image maps the ORIGINAL image's joints (swapped when flipped) to the input.
+        original = apply_affine(person[:, :2], sample["input_from_image"])
+        if params.flip:
+            original = original[flip_index()]
+        np.testing.assert_allclose(original[labelled], sample["keypoints"][labelled], atol=1e-3)
+
+
+def _ours(family: str, person: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    boxes = _golden("augment_boxes")
+    box, keypoints = boxes["boxes"][person], boxes["keypoints"][person]
+    width, height = boxes["image"].shape[1], boxes["image"].shape[0]
+    if family == "mmpose":
+        center, scale = mmpose_center_scale(box, (width, height))
+        draws = [sample_mmpose(rng, keypoints, center, scale, width, MMPoseAugment(), 192 / 256) for _ in range(DRAWS)]
+    else:
+        config = HRNET_AUGMENT if family == "hrnet" else SIMPLE_BASELINES_AUGMENT
+        center, scale = release_center_scale(box, (width, height), 192 / 256)
+        draws = [sample_release(rng, keypoints, center, scale, width, config, 192 / 256) for _ in range(DRAWS)]
+    values = np.array([[*d.center, *d.scale, d.rotation_deg] for d in draws])
+    return {"values": values, "flip": np.array([d.flip for d in draws])}
+
+
+@pytest.mark.parametrize("family", ["simple_baselines", "hrnet", "mmpose"])
+def test_sampling_has_the_references_distributions(family):
+    """Centre, scale and rotation: our empirical CDF at the reference's 99 quantile points within a
+    two-sample Kolmogorov-Smirnov bound at the 0.1 % level; flip and rotation rates within 4 sigma."""
+    golden = _golden(f"augment_stats_{family}")
+    n, m = DRAWS, int(golden["person0_draws"])
+    ks_bound = 1.95 * np.sqrt((n + m) / (n * m))
+    rng = np.random.default_rng(0)
+    for person in range(3):
+        ours = _ours(family, person, rng)
+        points, cdf = golden[f"person{person}_points"], golden[f"person{person}_cdf"]
+        for i, name in enumerate(["center x", "center y", "scale w", "scale h", "rotation"]):
+            ours_cdf = (ours["values"][:, i][None, :] <= points[i][:, None]).mean(axis=1)
+            gap = np.abs(ours_cdf - cdf[i]).max()
+            assert gap < ks_bound, f"{family} person {person} {name}: CDF gap {gap:.4f} > {ks_bound:.4f}"
+        for ours_rate, key in ((ours["flip"].mean(), "flip_rate"), ((ours["values"][:, 4] != 0).mean(), "rotation_rate")):
+            p = float(golden[f"person{person}_{key}"])
+            assert abs(ours_rate - p) < 4 * np.sqrt(p * (1 - p) * (1 / n + 1 / m)) + 1e-12, (family, person, key, ours_rate, p)
+
+
+def test_half_body_rates_are_the_references():
+    """Half body: how often, and how often the upper half (HRNet: randn() < 0.5, 69 %; MMPose: 0.7),
+    recognised in our draws by the centre landing on the mean of a half's labelled joints."""
+    boxes = _golden("augment_boxes")
+    keypoints, width = boxes["keypoints"][0], boxes["image"].shape[1]
+    labelled = keypoints[:, 2] > 0
+    rng = np.random.default_rng(1)
+    for family in ("hrnet", "mmpose"):
+        golden = _golden(f"augment_stats_{family}")
+        half = upper = 0
+        no_shift = dataclasses.replace(MMPoseAugment(), shift_prob=0.0)
+        for _ in range(HALF_BODY_DRAWS):
+            if family == "hrnet":
+                center, scale = release_center_scale(boxes["boxes"][0], (width, 240), 0.75)
+                draw = sample_release(rng, keypoints, center, scale, width, HRNET_AUGMENT, 0.75)
+            else:
+                center, scale = mmpose_center_scale(boxes["boxes"][0], (width, 240))
+                draw = sample_mmpose(rng, keypoints, center, scale, width, no_shift, 0.75)
+            points = keypoints[:, :2].copy()
+            if draw.flip:
+                points[:, 0] = width - 1 - points[:, 0]
+            means = [points[list(ids)][labelled[list(ids)]].mean(axis=0) for ids in (range(11), range(11, 17))]
+            hit = [np.abs(draw.center - mean).max() < 1e-3 for mean in means]
+            half += any(hit)
+            upper += hit[0]
+        n, m = HALF_BODY_DRAWS, int(golden["person0_draws"])
+        p = float(golden["person0_half_rate"])
+        assert abs(half / n - p) < 4 * np.sqrt(p * (1 - p) * (1 / n + 1 / m)), (family, half / n, p)
+        share = float(golden["person0_upper_share"])
+        assert abs(upper / half - share) < 4 * np.sqrt(share * (1 - share) * (1 / half + 1 / (p * m))), (family, upper / half, share)
+    # Person 1 has only its upper body labelled: always the upper half, in both references.
+    for family in ("hrnet", "mmpose"):
+        assert float(_golden(f"augment_stats_{family}")["person1_upper_share"]) == 1.0
+
+
+def test_truncated_normal_is_the_standard_normal_cut_at_one():
+    draws = truncated_normal(np.random.default_rng(0), 200_000)
+    assert np.abs(draws).max() <= 1.0
+    # Var of N(0, 1) truncated to [-1, 1]: 1 - 2 phi(1) / (2 Phi(1) - 1) = 0.29113.
+    assert abs(draws.mean()) < 0.004 and abs(draws.var() - 0.29113) < 0.003
+
+
+def test_release_flip_mirrors_the_centre_in_float32():
+    keypoints = np.zeros((17, 3))
+    center, scale = release_center_scale(np.array([10.3, 20.0, 50.0, 90.0]), (641, 480), 0.75)
+    flips = [d for d in (sample_release(np.random.default_rng(s), keypoints, center, scale, 641, SIMPLE_BASELINES_AUGMENT, 0.75)
+                         for s in range(20)) if d.flip]
+    assert flips
+    for d in flips:
+        assert d.center[0] == float(np.float32(641 - np.float32(center[0]) - 1.0)) and d.center[1] == center[1]
