@@ -1,6 +1,8 @@
 """The top-down keypoint task between a `person_crops` batch and the figures: the training recipe,
-the batch transform, the loss, prediction with flip test, the evaluator (seed PCK and COCO AP),
-one training epoch, one evaluation pass and the evaluation picture.
+the batch transforms (the CPU recipe's from the stored crops, the reference recipes' from the
+original images), the loss, prediction with flip test, the evaluators (the seed's PCK and COCO AP)
+and the evaluation picture. `pose.engine` trains and evaluates any task; `pose.recipes` names the
+reference recipes.
 
 Everything here is plain numpy/torch/pyarrow: `jobs/train.py` wires it to Ray Data and Ray Train,
 and a test or a notebook calls it directly on a list of batches.
@@ -17,8 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -55,7 +55,7 @@ class KeypointRecipe:
     `framework` says whose pipeline the recipe reproduces:
     - "pose-jobs" (the defaults, `--recipe cpu`): for training from scratch in about 20 minutes on 2 CPU cores
       with native bf16 (`pose.precision`): a ResNet-18 cut after `layer2` (stride 8) with one 64-channel
-      deconvolution to stride-4 heatmaps, 128x96 input, AdamW 2e-3 with a cosine over 12 epochs. It reads the
+      deconvolution to stride-4 heatmaps, 128x96 input, a global batch of 32, AdamW 2e-3 with a cosine over 12 epochs. It reads the
       stored person crops (`person_crops`), encodes pose-jobs' unbiased targets (`pose.heatmaps`) and keeps the
       flip and colour jitter but not the scale, rotation and half-body jitter, which only slow fitting at that
       budget (`CPU_AUGMENT`).
@@ -78,7 +78,7 @@ class KeypointRecipe:
     skips: bool = False  # add the backbone stages to the deconvolutions of the same stride (KeypointModelConfig)
     sigma: float = 2.0
     epochs: int = 12
-    batch_size: int = 16  # global: split over the workers
+    batch_size: int = 32  # global: split over the workers (2 workers take 16 each)
     lr: float = 2e-3
     schedule: Literal["cosine", "multistep"] = "cosine"
     lr_steps: tuple[int, ...] = ()  # epochs at which "multistep" divides the rate by 10
@@ -386,77 +386,6 @@ def predict(
     heatmaps = heatmaps.cpu()
     keypoints, scores = codec.decode(heatmaps)
     return keypoints, scores, heatmaps
-
-
-def train_epoch(
-    model: torch.nn.Module,
-    batches: Iterable[dict],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    *,
-    device: torch.device | str,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> dict:
-    """One pass over `batches` (KeypointBatchTransform outputs, colour-jittered here by their
-    `color` factors): forward, `keypoint_loss`,
-    backward, optimiser step, then `scheduler.step()` (per step, see `KeypointRecipe.scheduler`).
-
-    `amp_dtype` (torch.bfloat16 or torch.float16, the latter with a gradient scaler) runs the
-    forward pass under autocast. `channels_last` feeds NHWC inputs; convert the model once with
-    `model.to(memory_format=torch.channels_last)`. A non-finite loss raises FloatingPointError.
-    Returns {"loss": mean over samples, "samples", "seconds", "samples_per_second"}.
-    """
-    device = torch.device(device)
-    model.train()
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    total_loss, samples, started = 0.0, 0, time.perf_counter()
-    for step, batch in enumerate(batches):
-        inputs = _training_input(batch, device, channels_last)
-        target = torch.as_tensor(batch["target"]).to(device, non_blocking=True)
-        target_weight = torch.as_tensor(batch["target_weight"]).to(device, non_blocking=True)
-        with Precision(amp_dtype).autocast(device):
-            loss = keypoint_loss(model(inputs), target, target_weight)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at step {step} of this epoch; stopping training (lower the learning rate?)")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if scheduler is not None:
-            scheduler.step()
-        total_loss += value * len(inputs)
-        samples += len(inputs)
-    seconds = time.perf_counter() - started
-    return {
-        "loss": total_loss / max(samples, 1),
-        "samples": samples,
-        "seconds": seconds,
-        "samples_per_second": samples / max(seconds, 1e-9),
-    }
-
-
-def evaluate(
-    model: torch.nn.Module,
-    batches: Iterable[dict],
-    evaluator: "KeypointEvaluator",
-    *,
-    device: torch.device | str,
-    flip_test: bool,
-    codec: HeatmapCodec,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> dict:
-    """Predict every batch (KeypointBatchTransform outputs, `train=False`) and feed `evaluator`;
-    returns `evaluator.result()` plus "seconds". The model is moved to `device` by the caller."""
-    started = time.perf_counter()
-    for batch in batches:
-        keypoints, scores, heatmaps = predict(model, batch["image"], flip_test=flip_test, codec=codec,
-                                              amp_dtype=amp_dtype, channels_last=channels_last)
-        keypoints_image = to_image_coordinates(keypoints, _numpy(batch["image_from_input"]))
-        evaluator.update(heatmaps, batch["target"], batch["target_weight"], keypoints_image, scores, batch)
-    return {**evaluator.result(), "seconds": time.perf_counter() - started}
 
 
 def _numpy(values) -> np.ndarray:

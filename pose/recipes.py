@@ -108,9 +108,14 @@ def expected_ap(recipe: KeypointRecipe) -> float | None:
 def describe(recipe: KeypointRecipe, workers: int = 1) -> dict:
     """Every resolved setting of `recipe` (`--show-recipe`), with the batch each of `workers` takes and the AP
     its reference reports."""
+    from pose.engine import batch_plan
+
     values = recipe.to_dict()
-    values["worker_batch"] = recipe.batch_size / workers if recipe.batch_size % workers else recipe.batch_size // workers
-    values["workers"] = workers
+    try:
+        plan = batch_plan(recipe.batch_size, workers, rows=recipe.batch_size)
+    except ValueError as error:  # refused as training refuses it
+        raise RecipeError(str(error)) from None
+    values["worker_batch"], values["workers"] = plan.worker_batch, workers
     values["heatmap_size"] = list(recipe.heatmap_size)
     values["expected_coco_ap"] = expected_ap(recipe)
     if recipe.framework != "pose-jobs":

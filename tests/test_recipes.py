@@ -127,6 +127,7 @@ def test_recipe_mistakes_are_one_line():
         (["--recipe", "simple-baselines", "--codec", "dark"], "mmpose-td-hm"),
         (["--recipe", "mmpose-td-hm", "--backbone", "resnet50", "--codec", "udp"], "no td-hm resnet50 config with the udp codec"),
         (["--recipe", "hrnet-w32", "--input-size", "512x384"], "256x192 and 384x288"),
+        (["--recipe", "simple-baselines", "--workers", "3"], "does not divide among 3 workers"),
     ):
         result = runner.invoke(app, ["train-keypoints", *args, "--show-recipe"])
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output
@@ -136,7 +137,7 @@ def test_recipe_mistakes_are_one_line():
 
 def test_cpu_recipe_is_unchanged_and_warns_with_a_resnet50(tmp_path):
     shown = show()
-    assert (shown["name"], shown["framework"], shown["backbone"], shown["input_size"], shown["batch_size"]) == ("cpu", "pose-jobs", "resnet18", [96, 128], 16)
+    assert (shown["name"], shown["framework"], shown["backbone"], shown["input_size"], shown["batch_size"]) == ("cpu", "pose-jobs", "resnet18", [96, 128], 32)
     result = CliRunner().invoke(app, ["train-keypoints", "--backbone", "resnet50", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")])
     assert "is the CPU recipe" in result.output and "--recipe simple-baselines" in result.output
 
@@ -242,7 +243,6 @@ def test_person_rows_map_back_to_the_image():
 
 
 def test_reference_networks_load_imagenet_weights_and_published_files():
-    from pose.models.hrnet import load_imagenet_hrnet
 
     recipe = keypoint_recipe("mmpose-td-hm", backbone="hrnet-w32")
     network = recipe.build_network()
