@@ -647,7 +647,7 @@ class KeypointTask:
         self.backbone_weights, self.init_weights = backbone_weights, init_weights
         self.batch_size = recipe.batch_size
         self.eval_batch_size = 64
-        self.codec = recipe.codec()
+        self.codec = recipe.codec() if recipe.framework == "pose-jobs" else None  # the reference recipes: `pose_model`
 
     def config(self) -> dict:
         if self.recipe.framework != "pose-jobs":

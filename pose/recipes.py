@@ -119,6 +119,9 @@ def describe(recipe: KeypointRecipe, workers: int = 1) -> dict:
     values["heatmap_size"] = list(recipe.heatmap_size)
     values["expected_coco_ap"] = expected_ap(recipe)
     if recipe.framework != "pose-jobs":
+        for name in ("backbone_stages", "deconv_layers", "deconv_channels", "skips"):  # the CPU recipe's network only
+            values.pop(name)
+        values["network"] = recipe.spec().name
         values["crop_centring"] = recipe.crop().centring
     return values
 
