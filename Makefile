@@ -26,8 +26,12 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/pose-jobs demo
 
+# Two pytest-xdist workers, whole files each (module fixtures are built once), the slowest files
+# first (tests/conftest.py orders them): much of the suite waits on Ray and process start-up, not
+# on the CPU. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install-dev
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV) .cache demo-out

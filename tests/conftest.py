@@ -1,10 +1,56 @@
-"""Shared fixtures: a real S3 server (SeaweedFS on 127.0.0.1) for the whole test session."""
+"""Shared fixtures: a real S3 server (SeaweedFS on 127.0.0.1) and a local Ray for the whole test session.
+
+`make test` runs the suite on two pytest-xdist workers, a file at a time (`--dist loadfile`): each
+worker is its own test session, with its own S3 server, its own Ray and its own Ray temp directory,
+all on free ports and stopped by process id, so the two never meet (nor another engineer's Ray).
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import pytest
 
 from s3server import S3TestServer, find_weed
+
+# The modules that take longest, longest first: xdist hands out whole files in collection order
+# (`--no-loadscope-reorder`), so starting with these lets both workers finish at about the same
+# time. Measured on 2 cores; a module missing from the list just runs after them.
+SLOWEST_MODULES = (
+    "test_train.py",
+    "test_ingest.py",
+    "test_annotate.py",
+    "test_cluster.py",
+    "test_detector_jobs.py",
+    "test_goldens.py",
+    "test_model_loading.py",
+    "test_detector.py",
+    "test_keypoint_task.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order is kept
+
+
+def pytest_configure(config):
+    """A Ray temp directory of this test process's own, for `ray.init` here and for every `pose-jobs`
+    subprocess (they inherit RAY_TMPDIR): a local Ray started without an address never joins another
+    one through /tmp/ray's "latest cluster" file, and its sockets and logs go with the session.
+    A short path under /tmp: Ray's unix socket paths must stay under ~100 characters. (An xdist
+    worker inherits its controller's RAY_TMPDIR and replaces it with its own.)"""
+    config.ray_tmpdir = tempfile.mkdtemp(prefix="pj-ray-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = config.ray_tmpdir
+
+
+def pytest_unconfigure(config):
+    ray_tmpdir = getattr(config, "ray_tmpdir", None)
+    if ray_tmpdir:
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+        os.environ.pop("RAY_TMPDIR", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,8 +90,6 @@ def s3_env(s3, monkeypatch) -> S3TestServer:
 def ray_cluster(s3):
     """One local 2-CPU Ray for the session, started after the S3 variables are set so that its
     workers see them (workers take their environment from the process that starts Ray)."""
-    import os
-
     os.environ.update(s3.env())
     import ray
 
