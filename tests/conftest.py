@@ -20,14 +20,15 @@ from s3server import S3TestServer, find_weed
 # time. Measured on 2 cores; a module missing from the list just runs after them.
 SLOWEST_MODULES = (
     "test_train.py",
-    "test_ingest.py",
-    "test_annotate.py",
     "test_cluster.py",
+    "test_annotate.py",
+    "test_ingest.py",
     "test_detector_jobs.py",
+    "test_recipes.py",
     "test_goldens.py",
-    "test_model_loading.py",
     "test_detector.py",
-    "test_keypoint_task.py",
+    "test_model_loading.py",
+    "test_keypoint_rcnn.py",
 )
 
 
