@@ -5,13 +5,79 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pose.geometry import crop_affine, warp_affine_opencv, warp_image
+from pose.geometry import (_AB_BITS, _INTER_BITS, _INTER_TAB_SIZE, _REMAP_COEF_BITS, _saturate_int32, crop_affine, warp_affine_opencv,
+                           warp_image)
 
-GOLDENS = sorted((Path(__file__).parent / "data" / "goldens").glob("*.npz"))
+# The goldens with warps: crops cut by the frameworks' own code (other golden files hold other outputs).
+GOLDENS = [path for path in sorted((Path(__file__).parent / "data" / "goldens").glob("*.npz")) if "warps" in np.load(path).files]
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def reference_warp(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """OpenCV 4.x's warpAffine (INTER_LINEAR, border 0) as `warp_affine_opencv` first wrote it, step by
+    step: int32 positions, per-neighbour masks for the image border, per-channel sums. Checked against
+    OpenCV itself like the new one (the goldens); kept as the oracle for the fast version (and as the
+    baseline of benchmarks/warp.py). `image` must be C-contiguous (H, W, 3) uint8.
+    """
+    out_w, out_h = (int(v) for v in output_size)
+    m = np.asarray(matrix, dtype=np.float64).reshape(6)
+    # The output -> source map, computed as OpenCV does rather than with np.linalg.inv: a last-bit
+    # difference can move a position across a 1/1024 rounding boundary.
+    det = m[0] * m[4] - m[1] * m[3]
+    det = 1.0 / det if det != 0 else 0.0
+    i00, i01, i10, i11 = m[4] * det, -m[1] * det, -m[3] * det, m[0] * det
+    i02 = -i00 * m[2] - i01 * m[5]
+    i12 = -i10 * m[2] - i11 * m[5]
+
+    # OpenCV splits each position into a per-row and a per-column term, rounded separately.
+    # Multiplying by 1024 is exact, so where it happens does not matter. The arithmetic is
+    # int32 as in OpenCV (it wraps the same way for absurd matrices).
+    ab_scale = float(1 << _AB_BITS)
+    xs = np.arange(out_w, dtype=np.float64)
+    ys = np.arange(out_h, dtype=np.float64)
+    half_step = np.int32((1 << _AB_BITS) // _INTER_TAB_SIZE // 2)
+    x_of_row = _saturate_int32((i01 * ys + i02) * ab_scale) + half_step
+    y_of_row = _saturate_int32((i11 * ys + i12) * ab_scale) + half_step
+    src_x = np.add.outer(x_of_row, _saturate_int32(i00 * xs * ab_scale)) >> (_AB_BITS - _INTER_BITS)
+    src_y = np.add.outer(y_of_row, _saturate_int32(i10 * xs * ab_scale)) >> (_AB_BITS - _INTER_BITS)
+    frac_x = src_x & (_INTER_TAB_SIZE - 1)  # (out_h, out_w), in 1/32 pixel
+    frac_y = src_y & (_INTER_TAB_SIZE - 1)
+    col = np.clip(src_x >> _INTER_BITS, -32768, 32767)  # OpenCV keeps the pixel in a saturated int16
+    row = np.clip(src_y >> _INTER_BITS, -32768, 32767)
+
+    # OpenCV's weight for neighbour (row + dy, col + dx) is wy[dy] * wx[dx] * 32 (its table of
+    # float products times 2**15 holds exactly these integers). A neighbour outside the image gets
+    # weight 0. For fx = fy = 0 OpenCV stores 32767 for (0, 0) and gives the missing 1 to (1, 1):
+    # (32767 a + b + 2**14) >> 15 == a for any 8-bit a, b, so the plain products give the same pixels.
+    height, width = image.shape[:2]
+    wx = (
+        (_INTER_TAB_SIZE - frac_x) * ((col >= 0) & (col < width)),
+        frac_x * ((col >= -1) & (col < width - 1)),
+    )
+    wy = (
+        (_INTER_TAB_SIZE - frac_y) * ((row >= 0) & (row < height)),
+        frac_y * ((row >= -1) & (row < height - 1)),
+    )
+    # Indices of the neighbours, clamped into the image (their weight is 0 where clamping changed them).
+    cols = (np.clip(col, 0, width - 1).astype(np.intp), np.clip(col + 1, 0, width - 1).astype(np.intp))
+    rows = (np.clip(row, 0, height - 1).astype(np.intp) * width, np.clip(row + 1, 0, height - 1).astype(np.intp) * width)
+
+    pixels = image.reshape(height * width, 3)
+    total = None
+    for dy in (0, 1):
+        # np.take gathers whole pixels several times faster than fancy indexing.
+        left = np.take(pixels, rows[dy] + cols[0], axis=0)
+        right = np.take(pixels, rows[dy] + cols[1], axis=0)
+        line = left * wx[0][..., None] + right * wx[1][..., None]  # int32, at most 32 * 255
+        line *= wy[dy][..., None]
+        total = line if total is None else total + line
+    total *= 1 << (_REMAP_COEF_BITS - 2 * _INTER_BITS)  # the weights' factor 32: sum of weights 2**15
+    total += 1 << (_REMAP_COEF_BITS - 1)
+    total >>= _REMAP_COEF_BITS
+    return total.astype(np.uint8)  # weights are >= 0 and sum to at most 2**15, so 0 <= total <= 255
 
 
 def test_there_are_goldens():
@@ -102,3 +168,69 @@ def test_rejects_wrong_inputs():
         warp_affine_opencv(np.zeros((4, 4, 3), np.float32), np.eye(2, 3), (4, 4))
     with pytest.raises(ValueError, match="output_size"):
         warp_affine_opencv(np.zeros((4, 4, 3), np.uint8), np.eye(2, 3), (0, 4))
+
+
+def _random_matrix(rng: np.random.Generator, kind: int, height: int, width: int) -> np.ndarray:
+    """A forward (2, 3) matrix of one of the families the fast warp must get exactly right."""
+    if kind == 0:  # rotation and scale about a random centre, anything from 1/20 to 20x: training crops
+        angle, scale = rng.uniform(-np.pi, np.pi), np.exp(rng.uniform(-3, 3))
+        c, s = scale * np.cos(angle), scale * np.sin(angle)
+        centre = rng.uniform(-0.5, 1.5, 2) * (width, height)
+        about_centre = np.array([[1, 0, -centre[0]], [0, 1, -centre[1]], [0, 0, 1]])
+        return np.array([[c, -s, 20.0], [s, c, 20.0]]) @ about_centre
+    if kind == 1:  # axis-aligned, flips included: evaluation crops and mirrors
+        sx, sy = rng.choice([-1, 1], 2) * np.exp(rng.uniform(-2, 2, 2))
+        return np.array([[sx, 0.0, rng.uniform(-80, 80)], [0.0, sy, rng.uniform(-80, 80)]])
+    if kind == 2:  # sub-pixel shifts on the 1/32 grid and next to it
+        return np.eye(2, 3) + np.hstack([np.zeros((2, 2)), rng.integers(-96, 96, (2, 1)) / 32 + rng.choice([0, 1e-9, -1e-9])])
+    if kind == 3:  # any matrix, from tiny to huge entries
+        return rng.normal(size=(2, 3)) * 10.0 ** rng.integers(-6, 7)
+    if kind == 4:  # far outside the image, up to where OpenCV's int32 positions wrap around
+        return np.array([[1.0, rng.uniform(-0.3, 0.3), 10.0 ** rng.uniform(2, 8) * rng.choice([-1, 1])],
+                         [rng.uniform(-0.3, 0.3), 1.0, 10.0 ** rng.uniform(0, 8) * rng.choice([-1, 1])]])
+    if kind == 5:  # singular and nearly singular: OpenCV's zero inverse, or huge positions
+        a, b = rng.normal(size=2)
+        return np.array([[a, b, rng.normal()], [2 * a, 2 * b + rng.choice([0.0, 1e-12]), rng.normal()]])
+    return np.array([[rng.choice([1e-7, 1e-3, 1e3, 1e7]), rng.normal(), 5.0], [rng.normal(), rng.choice([1e-7, 1e-3, 1e3, 1e7]), 3.0]])
+
+
+def test_matches_the_reference_on_thousands_of_random_warps():
+    rng = np.random.default_rng(2024)
+    for trial in range(3000):
+        height, width = (1, 1) if trial % 50 == 0 else rng.integers(1, 48, 2)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        size = (1, 1) if trial % 40 == 1 else tuple(int(v) for v in rng.integers(1, 40, 2))
+        matrix = _random_matrix(rng, trial % 7, height, width)
+        expected = reference_warp(image, matrix, size)
+        np.testing.assert_array_equal(warp_affine_opencv(image, matrix, size), expected, err_msg=f"{matrix.tolist()}")
+
+
+def test_views_are_read_in_place_with_the_same_pixels():
+    # reference_sample warps the mirror image[:, ::-1] without copying it; any other view works too.
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    for view in (image[:, ::-1], image[::-1], image[3:50:2, 70:5:-3], image.transpose(1, 0, 2)):
+        for kind in range(7):
+            matrix = _random_matrix(rng, kind, *view.shape[:2])
+            expected = reference_warp(np.ascontiguousarray(view), matrix, (45, 37))
+            np.testing.assert_array_equal(warp_affine_opencv(view, matrix, (45, 37)), expected)
+
+
+def test_crop_shaped_warps_of_a_photo_sized_image():
+    # The size the training feed cuts: 640x480 -> 192x256, rotated, zoomed, at and past the border.
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for center, scale, rotation in [((320, 240), 200, 0), ((30, 450), 350, 35), ((600, 20), 90, -120), ((320, 240), 1500, 170)]:
+        matrix = crop_affine(np.array(center, float), np.array([scale * 0.75, scale]), (192, 256), rotation_deg=rotation)
+        for source in (image, image[:, ::-1]):
+            expected = reference_warp(np.ascontiguousarray(source), matrix, (192, 256))
+            np.testing.assert_array_equal(warp_affine_opencv(source, matrix, (192, 256)), expected)
+
+
+def test_pixels_beyond_opencvs_int16_coordinates():
+    # OpenCV saturates pixel coordinates to int16: past column 32767 of a wider image it reads
+    # columns 32767/32768 over and over. Rare, but exact too.
+    image = np.random.default_rng(3).integers(0, 256, (2, 33000, 3), dtype=np.uint8)
+    for tx in (-32700.0, -32760.3, -32900.0, 5.0):
+        matrix = np.array([[1.0, 0, tx], [0, 1.0, 0]])
+        np.testing.assert_array_equal(warp_affine_opencv(image, matrix, (300, 2)), reference_warp(image, matrix, (300, 2)))
