@@ -130,9 +130,11 @@ def warp_affine_opencv(image: np.ndarray, matrix: np.ndarray, output_size: tuple
     warps in floating point instead and differs from 4.x by a few grey levels.
 
     The image may be any view, e.g. the mirror `image[:, ::-1]`, which is read in place (copying it
-    first costs more than the warp). About 1-1.5 ms for a 192x256 crop on one CPU core
-    (benchmarks/warp.py): the pixels the crop reaches are packed into a zero-bordered int64 table,
-    one channel per bit field, so four gathers and ~15 whole-array integer operations do the work.
+    first costs about as much as the warp). The pixels the crop reaches are packed into an int64
+    table with zeros around the image, one channel per bit field, so four gathers and ~15 in-place
+    whole-array integer operations do the work: a 192x256 crop of a 640x480 image takes 1.3 ms
+    (2.3 ms rotated) of CPU time, 2.5-4x less than per-channel arithmetic with border masks
+    (benchmarks/warp.py, which keeps that version as its baseline).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"warp_affine_opencv wants an (H, W, 3) uint8 image, got shape {image.shape} of {image.dtype}")
