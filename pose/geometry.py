@@ -254,7 +254,11 @@ def _tap_positions(row_term: np.ndarray, col_term: np.ndarray, size: int) -> tup
             position = (rows + cols[0])[:, None]
         else:
             position = np.add.outer(rows, cols)
-    fraction = np.right_shift(position, _AB_BITS - _INTER_BITS, out=np.empty(position.shape, np.uint8), casting="unsafe")
+    # A full-size fraction array is kept in uint8: fresh int64 memory would cost more than the
+    # mixed-type multiplies it saves; a row or column is cheap in int64.
+    small = 1 in position.shape
+    fraction = np.empty(position.shape, np.int64 if small else np.uint8)
+    np.right_shift(position, _AB_BITS - _INTER_BITS, out=fraction, casting="unsafe")
     fraction &= _INTER_TAB_SIZE - 1
     position >>= _AB_BITS
     if first < start or last > end:
