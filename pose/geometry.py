@@ -101,8 +101,8 @@ _INTER_TAB_SIZE = 1 << _INTER_BITS
 _REMAP_COEF_BITS = 15  # the four bilinear weights are integers summing to 2**15
 
 # `warp_affine_opencv` packs a pixel into one int64: red in bits 0-17, green 24-41, blue 42-59. A
-# weighted sum of four 8-bit taps with the weights below (at most 2**10 in all) plus the rounding
-# term stays under 2**18 per channel, so one int64 multiply-add blends all three channels at once.
+# sum of four 8-bit neighbours times bilinear weights that add up to 2**10, plus the rounding term,
+# stays under 2**18 per channel, so one int64 multiply-add blends all three channels at once.
 _GREEN_BIT, _BLUE_BIT = 24, 42  # green on a byte boundary, so packing and unpacking it is a byte copy
 _ONE_PER_CHANNEL = 1 + (1 << _GREEN_BIT) + (1 << _BLUE_BIT)
 
@@ -227,7 +227,7 @@ def _tap_positions(row_term: np.ndarray, col_term: np.ndarray, size: int) -> tup
     included; size is the image's extent along the axis. Returns
       pixel: int64 (out_h, out_w), or (out_h, 1) / (1, out_w) where one term is constant, the first
         neighbour's pixel minus `first`; the second neighbour is pixel + 1;
-      fraction: uint8 of the same shape, the 1/32-pixel fraction (fx or fy);
+      fraction: the 1/32-pixel fraction (fx or fy), same shape, uint8 (int64 for a row or column);
       first, count: the span of pixels read, first .. first + count - 1 (a table of that extent
         with zeros outside the image holds every neighbour).
     Pixels further outside the image than the two zero pixels before and after it are moved onto
