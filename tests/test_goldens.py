@@ -33,8 +33,18 @@ FILE_NAMES = {
 }
 
 
+# The training goldens next to them, each read by its own test (test_codecs, test_augment, test_recipes).
+TRAINING_GOLDENS = {
+    "targets_256x192.npz", "targets_384x288.npz", "augment_boxes.npz", "augment_crops_release.npz",
+    "augment_crops_mmpose.npz", "augment_crops_udp.npz", "augment_stats_simple_baselines.npz",
+    "augment_stats_hrnet.npz", "augment_stats_mmpose.npz", "recipes.json",
+}
+
+
 def test_every_golden_file_is_covered():
     assert sorted(FILE_NAMES) == published.golden_names()
+    folder = {path.name for path in published.GOLDENS.iterdir()}
+    assert folder == {f"{name}.npz" for name in FILE_NAMES} | TRAINING_GOLDENS
 
 
 @pytest.fixture(scope="module", params=sorted(FILE_NAMES))
