@@ -31,7 +31,7 @@ demo: install
 # on the CPU. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: install-dev
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
 
 clean:
 	rm -rf $(VENV) .cache demo-out
