@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.ingest import manifest_created, read_commit_markers, read_image_source, read_table
-from jobs.runtime import Progress, init_ray
+from jobs.runtime import Progress, alive_node_cpus, cpu_share, init_ray
 from jobs.storage import (
     StorageError,
     StorageOptions,
@@ -571,7 +571,7 @@ class Resources:
         return self.keypoint_actors == 0
 
 
-def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Resources:
+def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float, node_cpus: list[float] | None = None) -> Resources:
     """Pools and batches for a cluster of `cpus` CPUs and `gpus` GPUs, unless set in `settings`.
 
     On GPUs each GPU holds one detector and one keypoint actor (half a GPU each), the keypoint
@@ -580,9 +580,10 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
     keypoint model costs a tenth of the detector there, and a pool of its own would hold a thread
     that competes with the detectors for the cores (annotate at 0.72 of the model-only limit with
     2 detector + 1 keypoint actors on 2 cores, 0.81 with 2 actors running both). That pool's actors
-    also read and decode their images. Actors reserve just under the cluster's CPUs between them so
-    that reading tasks (two pools) and Ray Data's own small tasks always find room (Ray would
-    otherwise wait forever for a CPU)."""
+    also read and decode their images. Actors reserve just under the cluster's CPUs between them,
+    leaving a reading task's CPUs free on some node wherever Ray places them (`node_cpus`, the CPUs
+    of each node; default one node of `cpus`), so that reading tasks and Ray Data's own small tasks
+    always find room (Ray would otherwise wait forever for a CPU)."""
     use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
     if use_gpu and gpus <= 0:
         raise AnnotateError("--gpu asked for, but the Ray cluster has no GPUs (leave it out to run on CPUs)")
@@ -593,8 +594,9 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float) -> Reso
         return Resources(True, detector_actors, keypoint_actors, settings.detector_batch or 8, settings.keypoint_batch or 128, min(1.0, cpus / 4), actor_gpus, 0.25, max(2, int(cpus) // 2))
     keypoint_actors = settings.keypoint_actors or 0  # 0: the detector actors run both models
     detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors)
-    actor_cpus = max(0.05, (cpus - 0.5) / (detector_actors + keypoint_actors))
-    return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, 0.25, 2)
+    task_cpus = 0.25
+    actor_cpus = max(0.05, cpu_share(detector_actors + keypoint_actors, node_cpus or [cpus], spare=0.5, keep=task_cpus))
+    return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, task_cpus, 2)
 
 
 def run_annotate(
@@ -655,7 +657,7 @@ def run_annotate(
         init_ray(address, verbose=verbose)
         import ray
 
-        resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0))
+        resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0), alive_node_cpus())
         meter = Progress("annotate", len(pending), "images") if progress else None
         for marker in _stream(pending, dest, options, settings, resources, crop, category_names, not plan.ingested, verbose):
             committed[marker["unit"]] = marker

@@ -21,6 +21,8 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
 
     if ray.is_initialized():
         return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        listen_on_loopback()
     level = logging.INFO if verbose else logging.ERROR
     ray.init(
         address=address,
@@ -37,6 +39,22 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
     context.print_on_execution_start = verbose
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
+
+
+def listen_on_loopback() -> None:
+    """Make the Ray this process starts a single-machine Ray whose every server listens on 127.0.0.1.
+
+    `ray.init()` takes the machine's network address as the node's address (it turns a given
+    127.0.0.1 into that address), and the node's servers (GCS, raylet, object manager, every
+    worker's and the agents') then listen on all interfaces: anyone who reaches the host could join
+    the cluster or run code. Ray's switch for single-machine clusters (the default on macOS and
+    Windows) makes the node's address loopback, and with it every listener. The switch is read when
+    Ray is imported, so it is also set on the imported module; the variable passes it to the
+    processes Ray starts. Never for a Ray that joins a cluster: other nodes must reach it."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 # The raylet warns each time the workers it started reach a multiple of its CPU count. Fractional
@@ -60,6 +78,59 @@ def _drop_startup_concurrency_warnings() -> None:
 
     print_to_stdstream.drops_startup_warnings = True
     ray_worker.print_to_stdstream = print_to_stdstream
+
+
+def alive_node_cpus() -> list[float]:
+    """The CPUs of each alive node of the connected Ray cluster."""
+    import ray
+
+    return [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [ray.cluster_resources().get("CPU", 0.0)]
+
+
+def cpu_share(workers: int, node_cpus: list[float], spare: float | None = None, keep: float = 1.0) -> float:
+    """The most CPUs each of `workers` reservations (train workers, inference actors) can take on
+    nodes of `node_cpus` CPUs while `spare` CPUs of the cluster stay unreserved (default: one, or
+    half of them on a 1-CPU cluster) and, wherever Ray places them, some node keeps `keep` CPUs
+    free for the data tasks that feed them (Ray Data's reading tasks take one CPU each).
+
+    The spare CPUs alone are not enough: on two nodes of 2 CPUs, two workers of 1.5 CPUs leave half
+    a CPU on each node and a one-CPU task nowhere to run, and Ray waits forever. 2 CPUs, 1 worker:
+    1; 2 CPUs, 4 workers: 0.25; 16 CPUs, 2 workers: 7.5; 2 + 2 CPUs, 2 workers: 1; 4 x 16 CPUs,
+    4 workers: 15; nodes of 2 and 16 CPUs, 4 workers: 4. Where no share leaves `keep` free (a
+    1-CPU cluster), the share that only fits."""
+    total = sum(node_cpus)
+    if spare is None:
+        spare = min(1.0, total / 2)
+    share = (total - spare) / workers
+    # The share shrinks to the next size that packs one more worker onto some node, or that leaves
+    # `keep` CPUs beside k workers on some node.
+    sizes = {n / k for n in node_cpus for k in range(1, workers + 1)} | {(n - keep) / k for n in node_cpus for k in range(1, workers + 1)}
+    candidates = sorted({share, *sizes}, reverse=True)
+    fitting = [c for c in candidates if 0 < c <= share and fits(c, workers, node_cpus)]
+    for candidate in fitting:
+        if keeps_free(candidate, workers, node_cpus, keep):
+            return candidate
+    return fitting[0] if fitting else share
+
+
+def fits(cpus: float, workers: int, node_cpus: list[float]) -> bool:
+    """Whether `workers` reservations of `cpus` CPUs each fit on the nodes."""
+    return sum(int(n / cpus + 1e-9) for n in node_cpus) >= workers if cpus > 0 else True
+
+
+def keeps_free(cpus: float, workers: int, node_cpus: list[float], keep: float) -> bool:
+    """Whether every placement of `workers` reservations of `cpus` CPUs on the nodes leaves some
+    node with `keep` CPUs unreserved.
+
+    A placement leaves none when each node holds at least `least` reservations (the fewest that
+    take it below `keep`) and at most `most` (as many as fit): such a placement exists exactly when
+    the `least` of every node can be held (`least <= most`) and add up to at most `workers`."""
+    if cpus <= 0:
+        return True
+    least = [int((n - keep + 1e-9) / cpus) + 1 if n >= keep else 0 for n in node_cpus]
+    most = [int(n / cpus + 1e-9) for n in node_cpus]
+    starved = all(lo <= hi for lo, hi in zip(least, most)) and sum(least) <= workers <= sum(most)
+    return not starved
 
 
 class Progress:

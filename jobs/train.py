@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jobs.ingest import table_files
-from jobs.runtime import init_ray
+from jobs.runtime import alive_node_cpus, cpu_share, fits, init_ray, keeps_free
 from jobs.storage import (
     StorageOptions,
     absolute,
@@ -93,15 +93,21 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
                 f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; use fewer workers or --no-gpu"
             )
         return True, {"GPU": 1, "CPU": cpus_per_worker or gpu_worker_cpus(ray.nodes(), total_cpus, workers)}
-    node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [total_cpus]
+    node_cpus = alive_node_cpus()
     if cpus_per_worker is None:
         cpus_per_worker = cpu_share(workers, node_cpus)
-    if not _fits(cpus_per_worker, workers, node_cpus):  # fitting on the nodes implies fitting in the total
+    if not fits(cpus_per_worker, workers, node_cpus):  # fitting on the nodes implies fitting in the total
         most = cpu_share(workers, node_cpus, spare=0.0)
         raise TrainError(
             f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes "
             f"({', '.join(f'{n:g}' for n in node_cpus)} CPUs): "
             f"Ray would wait forever; use --cpus-per-worker {most:.2g} or fewer workers"
+        )
+    if not keeps_free(cpus_per_worker, workers, node_cpus, keep=1.0) and keeps_free(cpu_share(workers, node_cpus), workers, node_cpus, keep=1.0):
+        raise TrainError(
+            f"--workers {workers} x {cpus_per_worker:g} CPUs can leave no node of the cluster "
+            f"({', '.join(f'{n:g}' for n in node_cpus)} CPUs) a whole CPU for reading the data: "
+            f"Ray would wait forever; use --cpus-per-worker {cpu_share(workers, node_cpus):.3g} or fewer workers"
         )
     return False, {"CPU": cpus_per_worker}
 
@@ -132,29 +138,6 @@ def feed_workers(use_gpu: bool, resources: dict, task=None) -> int:
     if not use_gpu or (task is not None and not getattr(task, "feed_ahead", False)):
         return 0
     return max(1, int(resources.get("CPU", 1.0)) - 1)
-
-
-def cpu_share(workers: int, node_cpus: list[float], spare: float | None = None) -> float:
-    """The most CPUs each of `workers` CPU workers can reserve on nodes of `node_cpus` CPUs while
-    `spare` CPUs of the cluster stay unreserved (default: one, or half of them on a 1-CPU cluster).
-
-    2 CPUs, 1 worker: 1; 2 CPUs, 4 workers: 0.25; 16 CPUs, 2 workers: 7.5; nodes of 2 and 16 CPUs,
-    4 workers: 4 (4.25 each would leave one worker without a node)."""
-    total = sum(node_cpus)
-    if spare is None:
-        spare = min(1.0, total / 2)
-    share = (total - spare) / workers
-    # The share shrinks to the next size that packs one more worker onto some node.
-    candidates = sorted({share, *(n / k for n in node_cpus for k in range(1, workers + 1))}, reverse=True)
-    for candidate in candidates:
-        if 0 < candidate <= share and _fits(candidate, workers, node_cpus):
-            return candidate
-    return share
-
-
-def _fits(cpus: float, workers: int, node_cpus: list[float]) -> bool:
-    """Whether `workers` reservations of `cpus` CPUs each fit on the nodes."""
-    return sum(int(n / cpus + 1e-9) for n in node_cpus) >= workers if cpus > 0 else True
 
 
 def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:

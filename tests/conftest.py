@@ -8,8 +8,10 @@ all on free ports and stopped by process id, so the two never meet (nor another 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +47,14 @@ def pytest_configure(config):
     worker inherits its controller's RAY_TMPDIR and replaces it with its own.)"""
     config.ray_tmpdir = tempfile.mkdtemp(prefix="pj-ray-", dir="/tmp")
     os.environ["RAY_TMPDIR"] = config.ray_tmpdir
+    # A local Ray turns token authentication on and, finding no token, writes one to the user's
+    # ~/.ray/auth_token: the tests' Rays (in process and in `pose-jobs` subprocesses) use a token
+    # file of this test process instead.
+    token_path = Path(config.ray_tmpdir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    # matplotlib's font cache and config would go to ~/.cache and ~/.config.
+    os.environ["MPLCONFIGDIR"] = str(Path(config.ray_tmpdir) / "matplotlib")
 
 
 def pytest_unconfigure(config):
@@ -52,6 +62,8 @@ def pytest_unconfigure(config):
     if ray_tmpdir:
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
         os.environ.pop("RAY_TMPDIR", None)
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        os.environ.pop("MPLCONFIGDIR", None)
 
 
 @pytest.fixture(scope="session", autouse=True)

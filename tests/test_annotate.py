@@ -44,6 +44,7 @@ from jobs.annotate import (
     read_images,
     write_shard,
 )
+from jobs.runtime import keeps_free
 from jobs.storage import StorageOptions, filesystem, join, open_input, read_bytes
 from pose import schema
 from pose.keypoint_task import KeypointRecipe
@@ -168,6 +169,12 @@ def test_resources_fit_the_cluster():
     split = plan_resources(AnnotateSettings("d", "k", keypoint_actors=1), cpus=4, gpus=0)
     assert not split.combined and split.detector_actors == 3 and split.keypoint_actors == 1
     assert (split.detector_actors + split.keypoint_actors) * split.actor_cpus + split.read_tasks * split.task_cpus <= 4
+    # Equal nodes: every node keeps a reading task's quarter CPU, however the actors are placed.
+    for nodes in ([2.0, 2.0], [16.0] * 4, [3.0, 3.0]):
+        spread = plan_resources(settings, cpus=sum(nodes), gpus=0, node_cpus=nodes)
+        assert keeps_free(spread.actor_cpus, spread.detector_actors, nodes, spread.task_cpus)
+    # The cluster's CPUs less half a CPU, shared evenly, left 1/8 CPU on each of four 16-CPU nodes.
+    assert not keeps_free(63.5 / 64, 64, [16.0] * 4, 0.25)
     gpu = plan_resources(settings, cpus=8, gpus=2)
     assert gpu.use_gpu and gpu.detector_actors == 2 and (gpu.detector_actors + gpu.keypoint_actors) * gpu.actor_gpus <= 2
     with pytest.raises(AnnotateError, match="no GPUs"):

@@ -18,6 +18,7 @@ import torch
 from jobs.ingest import ingest
 from jobs.storage import exists, join, list_files, read_bytes
 from jobs.models import load_model_info
+from jobs.runtime import keeps_free
 from jobs.train import TrainError, TrainSettings, cpu_share, feed_workers, gpu_worker_cpus, run_training, worker_resources
 from pose.digit_task import DigitRecipe, DigitTask
 from pose.models.digits import DigitModelConfig
@@ -115,6 +116,33 @@ def test_cpu_share_fills_big_nodes_and_fits_every_worker():
         share = cpu_share(workers, nodes)
         placed = sum(int(n / share + 1e-9) for n in nodes)
         assert placed >= workers and share * workers <= sum(nodes) - min(1.0, sum(nodes) / 2) + 1e-9
+
+
+def _placements(workers: int, capacities: list[int]):
+    """Every way to put `workers` reservations on nodes holding at most `capacities` each."""
+    if not capacities:
+        if workers == 0:
+            yield ()
+        return
+    for here in range(min(workers, capacities[0]) + 1):
+        for rest in _placements(workers - here, capacities[1:]):
+            yield (here, *rest)
+
+
+def test_cpu_share_leaves_a_whole_cpu_on_some_node_wherever_ray_places_the_workers():
+    # Two equal nodes of 2 CPUs: 1.5 CPUs each left half a CPU per node and Ray Data's one-CPU
+    # reading tasks nowhere to run (the job hung); four 16-CPU nodes the same at 15.75.
+    assert cpu_share(2, [2.0, 2.0]) == 1.0 and cpu_share(4, [16.0] * 4) == 15.0
+    for workers in range(1, 6):
+        for nodes in ([2.0], [2.0, 2.0], [3.0, 3.0], [2.0, 4.0], [4.0, 4.0, 4.0], [16.0, 16.0], [2.0, 16.0], [1.0, 3.0, 8.0]):
+            share = cpu_share(workers, nodes)
+            capacities = [int(n / share + 1e-9) for n in nodes]
+            placements = list(_placements(workers, capacities))
+            assert placements, (workers, nodes, share)
+            for placement in placements:  # brute force, against keeps_free's counting argument
+                assert any(n - k * share >= 1.0 - 1e-9 for n, k in zip(nodes, placement)), (workers, nodes, share, placement)
+            assert keeps_free(share, workers, nodes, 1.0)
+    assert not keeps_free(1.5, 2, [2.0, 2.0], 1.0) and not keeps_free(15.75, 4, [16.0] * 4, 1.0)
 
 
 def test_gpu_workers_reserve_their_nodes_cpus_for_feed_processes():
