@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
+import os
 import sys
 import time
 from enum import Enum
@@ -14,6 +16,12 @@ from typing import Annotated, Optional
 import typer
 
 import jobs.runtime  # noqa: F401  (sets RAY_USAGE_STATS_ENABLED before anything imports Ray)
+
+# Ray Data wraps an exception raised in a task in its own UserCodeException, and the original
+# (a StorageError, say) does not survive the trip to the driver; raised as it is, it arrives as
+# Ray's RayTaskError holding it as `.cause`, which `user_errors` unwraps. Read when Ray Data is
+# first imported; `_raise_task_errors_as_they_are` covers a Ray Data imported before this module.
+os.environ.setdefault("RAY_DATA_RAISE_ORIGINAL_MAP_EXCEPTION", "1")
 
 app = typer.Typer(
     rich_markup_mode=None,  # plain help: rich panels truncate option names at 80 columns
@@ -38,10 +46,15 @@ AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray clu
 NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="With a dashboard --address: print the job id and return (pose-jobs jobs ... follows it).")]
 ShardOption = Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Items per shard (default: 128 COCO images, 16384 SVHN digits, 512 SVHN numbers).", show_default=False)]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
+StorageRetryOption = Annotated[
+    Optional[float],
+    typer.Option("--storage-retry-seconds", min=0, help="How long each S3 request retries connection errors, timeouts, 5xx and SlowDown, backing off exponentially, before the job gives up (default: 120); a re-run resumes.", show_default=False),
+]
 
 
 def user_errors(command):
-    """Turn the user mistakes every job can make into one line on stderr and exit code 2."""
+    """Turn the user mistakes every job can make into one line on stderr and exit code 2, also
+    when raised inside a Ray task; storage that stays unavailable is one line and exit code 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -54,20 +67,80 @@ def user_errors(command):
         from pose.formats.svhn import SvhnFormatError
         from pose.recipes import RecipeError
 
+        one_line_errors = (AnnotateError, IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError,
+                           RecipeError)
+        _raise_task_errors_as_they_are()
+        if not kwargs.get("verbose"):
+            _quiet_ray_data_reports_of(one_line_errors)
         try:
             return command(*args, **kwargs)
-        except (AnnotateError, IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError,
-                RecipeError) as error:
-            typer.echo(f"pose-jobs: error: {error}", err=True)
-            raise typer.Exit(2) from None
+        except Exception as raised:
+            error = _one_line_error(raised, one_line_errors)
+            if error is None:
+                raise
+            # Our messages are one line; Ray Data appends its retry advice to a task's exception.
+            typer.echo(f"pose-jobs: error: {str(error).splitlines()[0]}", err=True)
+            raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
     return wrapper
 
 
-def storage_options(endpoint_url: str | None, anon: bool):
-    from jobs.storage import StorageOptions
+def _one_line_error(error: BaseException, kinds: tuple[type, ...]) -> BaseException | None:
+    """The exception of one of `kinds` that `error` is or wraps, else None (a bug: its traceback shows).
 
-    return StorageOptions(endpoint_url=endpoint_url, anon=anon)
+    Ray re-raises a task's exception as a RayTaskError (an instance of the task's exception
+    class too, whose text is the worker's whole traceback) holding the original as `.cause`;
+    other wrappers chain it with `raise ... from`. Implicit context is not followed: an
+    exception raised while handling another is a new problem, not that one."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException) and cause is not error:
+            error = cause
+            continue
+        if isinstance(error, kinds):
+            return error
+        error = error.__cause__
+    return None
+
+
+# The Ray Data loggers that report a failed task's exception (traceback included) before it is
+# raised in the driver.
+RAY_DATA_FAILURE_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
+
+class _DropReportsOf(logging.Filter):
+    """Drops a log record made while handling (or carrying) an exception that `user_errors` prints
+    as one line: Ray Data logs a failed task's exception with its traceback, and then raises it."""
+
+    def __init__(self, kinds: tuple[type, ...]):
+        super().__init__()
+        self.kinds = kinds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return error is None or _one_line_error(error, self.kinds) is None
+
+
+def _quiet_ray_data_reports_of(kinds: tuple[type, ...]) -> None:
+    for name in RAY_DATA_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropReportsOf) for f in logger.filters):
+            logger.addFilter(_DropReportsOf(kinds))
+
+
+def _raise_task_errors_as_they_are() -> None:
+    """Make Ray Data raise a task's own exception (see RAY_DATA_RAISE_ORIGINAL_MAP_EXCEPTION above),
+    for a Ray Data that was imported before this module set the variable."""
+    if "ray.data" in sys.modules:
+        sys.modules["ray.data"].DataContext.get_current().raise_original_map_exception = True
+
+
+def storage_options(endpoint_url: str | None, anon: bool, retry_seconds: float | None = None):
+    from jobs.storage import DEFAULT_RETRY_SECONDS, StorageOptions
+
+    return StorageOptions(endpoint_url=endpoint_url, anon=anon, retry_seconds=DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds)
 
 
 class Split(str, Enum):
@@ -86,6 +159,7 @@ class KeypointRecipeName(str, Enum):  # pose.recipes.RECIPES
     mmpose_td_hm = "mmpose-td-hm"  # MMPose 1.x td-hm configs (ResNet, HRNet; msra, dark, udp)
     hrnet_w32 = "hrnet-w32"  # the HRNet release's COCO configs
     hrnet_w48 = "hrnet-w48"
+    rtmpose_m = "rtmpose-m"  # MMPose 1.x rtmpose-m_8xb256-420e_coco-256x192.py (--show-recipe only, see train_keypoints)
 
 
 class Precision(str, Enum):  # pose.precision.PRECISIONS
@@ -151,6 +225,7 @@ def ingest_coco(
     shard_size: ShardOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -158,7 +233,7 @@ def ingest_coco(
     from jobs.ingest import ingest
 
     splits = tuple(s.value for s in split) if split else None
-    manifest = ingest("coco", src, dest, storage_options(endpoint_url, anon), splits=splits, shard_size=shard_size, address=address, verbose=verbose)
+    manifest = ingest("coco", src, dest, storage_options(endpoint_url, anon, storage_retry_seconds), splits=splits, shard_size=shard_size, address=address, verbose=verbose)
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
 
@@ -171,13 +246,14 @@ def ingest_svhn(
     shard_size: ShardOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """SVHN (format 2 and/or format 1) -> digits, numbers and errors tables + manifest.json."""
     from jobs.ingest import ingest
 
-    manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon), shard_size=shard_size, address=address, verbose=verbose)
+    manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon, storage_retry_seconds), shard_size=shard_size, address=address, verbose=verbose)
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
 
@@ -239,12 +315,12 @@ DetectorArchOption = Annotated[
 ]
 
 
-def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers=None, precision=Precision.auto):
+def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers=None, precision=Precision.auto, retry_seconds=None):
     from jobs.train import TrainSettings
 
     return TrainSettings(
         data=data, out=out, workers=workers, seed=seed, use_gpu=gpu, cpus_per_worker=cpus_per_worker, feed_workers=feed_workers,
-        precision=precision.value, options=storage_options(endpoint_url, anon)
+        precision=precision.value, options=storage_options(endpoint_url, anon, retry_seconds)
     )
 
 
@@ -266,6 +342,7 @@ def train_svhn(
     precision: PrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -275,7 +352,7 @@ def train_svhn(
     from pose.models.digits import DigitModelConfig
 
     recipe = DigitRecipe(model=DigitModelConfig(arch=arch, depth=depth, width=width), epochs=epochs, batch_size=batch_size, lr=lr)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, precision=precision)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, precision=precision, retry_seconds=storage_retry_seconds)
     info = run_training(DigitTask(recipe), settings, epochs, address=address, verbose=verbose)
     typer.echo(f"trained {info['task']} for {info['epochs']} epochs: validation accuracy {info['final'].get('val_accuracy', float('nan')):.4f} -> {out}")
 
@@ -316,7 +393,8 @@ def train_keypoints(
         KeypointRecipeName,
         typer.Option("--recipe", help="cpu: from scratch on a few CPU cores (ResNet-18 cut after layer2, 128x96). The reference recipes, each equal to "
                      "its source (docs/recipes.md; give ImageNet weights with --backbone-weights): simple-baselines (ResNet-50/101/152), "
-                     "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48."),
+                     "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48; rtmpose-m (MMPose's RTMPose-m config: "
+                     "--show-recipe only for now)."),
     ] = KeypointRecipeName.cpu,
     show_recipe: Annotated[bool, typer.Option("--show-recipe", help="Print every resolved setting of the recipe as JSON and exit.")] = False,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
@@ -349,6 +427,7 @@ def train_keypoints(
     precision: PrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -362,18 +441,23 @@ def train_keypoints(
     if show_recipe:
         typer.echo(json.dumps(describe(recipe, workers), indent=2))
         return
+    if recipe.rtmpose is not None:
+        # pose.keypoint_task trains it through pose.engine, but the training job does not yet validate and save the
+        # EMA weights, nor apply the colour, blur and dropout stages of its pipeline: a run would not be the reference.
+        raise typer.BadParameter("rtmpose-m is not trainable with pose-jobs yet: only --show-recipe (docs/recipes.md says what is missing)",
+                                 param_hint="--recipe")
     for value, name in ((data, "--data"), (out, "--out")):
         if not value:
             raise typer.BadParameter("required to train (only --show-recipe runs without it)", param_hint=name)
     if recipe.framework == "pose-jobs" and recipe.backbone == "resnet50":
         typer.echo("pose-jobs: warning: --recipe cpu with a ResNet-50 is the CPU recipe (cut after layer2, one deconvolution, pose-jobs' "
                    "targets); for Simple Baselines use --recipe simple-baselines", err=True)
-    options = storage_options(endpoint_url, anon)
+    options = storage_options(endpoint_url, anon, storage_retry_seconds)
     from jobs.storage import read_bytes
 
     weights = read_bytes(backbone_weights, options) if backbone_weights else None
     initial = (init_weights, read_bytes(init_weights, options)) if init_weights else None
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision, storage_retry_seconds)
     task = KeypointTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, backbone_weights=weights, init_weights=initial)
     if weights is not None or initial is not None:
         try:
@@ -478,6 +562,7 @@ def train_detector(
     precision: PrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -499,7 +584,7 @@ def train_detector(
     if min_size:
         changes["model"] = replace(recipe.model, min_size=min_size, max_size=round(min_size * recipe.model.max_size / recipe.model.min_size))
     recipe = replace(recipe, **changes)
-    options = storage_options(endpoint_url, anon)
+    options = storage_options(endpoint_url, anon, storage_retry_seconds)
     weights = read_bytes(init_weights, options) if init_weights else None
     task = DetectorTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, init_weights=weights)
     if weights is not None:
@@ -508,7 +593,7 @@ def train_detector(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--init-weights") from None
     boxes = person_boxes_by_image(data, (*task.train_splits, task.val_split), options)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision)
+    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision, storage_retry_seconds)
     prepare = functools.partial(detector_rows, boxes=boxes, options=options)
     info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
     final = info["final"]
@@ -579,6 +664,7 @@ def annotate(
     ] = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
+    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -606,7 +692,7 @@ def annotate(
         use_gpu=gpu,
         precision=precision.value,
     )
-    manifest = run(src, dest, settings, storage_options(endpoint_url, anon), visualize=visualize, address=address, verbose=verbose)
+    manifest = run(src, dest, settings, storage_options(endpoint_url, anon, storage_retry_seconds), visualize=visualize, address=address, verbose=verbose)
     images = manifest["images"]
     state = "all accounted for" if images["balanced"] else "NOT BALANCED"
     typer.echo(f"annotated {src} -> {dest}")

@@ -10,6 +10,8 @@
   `experiments/coco/hrnet/w{32,48}_{256x192,384x288}_adam_lr1e-3.yaml`, 4 GPUs).
 - "mmpose-td-hm": MMPose 1.x's `td-hm_{res50,res101,res152,hrnet-w32,hrnet-w48}[_dark|_udp]-8xbNN-210e_coco-*.py`
   configs (8 GPUs), the codec picked by `codec`.
+- "rtmpose-m": MMPose 1.x's `configs/body_2d_keypoint/rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py`
+  (8 GPUs x 256): RTMPose-m with SimCC targets, KL loss, AdamW, EMA and two augmentation stages.
 
 docs/recipes.md lists every setting with the reference's value, its file and the test that pins it. The values
 here are the references' own; nothing is tuned.
@@ -21,7 +23,7 @@ from dataclasses import replace
 
 from pose.keypoint_task import KeypointRecipe
 
-RECIPES = ("cpu", "simple-baselines", "mmpose-td-hm", "hrnet-w32", "hrnet-w48")
+RECIPES = ("cpu", "simple-baselines", "mmpose-td-hm", "hrnet-w32", "hrnet-w48", "rtmpose-m")
 SIZES = {"256x192": (192, 256), "384x288": (288, 384)}  # (w, h) by the references' HxW names
 SIGMA = {(192, 256): 2.0, (288, 384): 3.0}  # every reference: sigma 2 at 64x48 heatmaps, 3 at 96x72
 
@@ -66,6 +68,8 @@ EXPECTED_AP = {
     ("mmpose", "hrnet-w48", "256x192", "msra"): 75.6, ("mmpose", "hrnet-w48", "384x288", "msra"): 76.7,
     ("mmpose", "hrnet-w48", "256x192", "dark"): 76.4, ("mmpose", "hrnet-w48", "384x288", "dark"): 77.2,
     ("mmpose", "hrnet-w48", "256x192", "udp"): 76.8, ("mmpose", "hrnet-w48", "384x288", "udp"): 77.3,
+    # MMPose 1.3.2's configs/body_2d_keypoint/rtmpose/coco/rtmpose_coco.yml (rtmpose-m_8xb256-420e_coco-256x192)
+    ("mmpose", "rtmpose-m", "256x192", "simcc"): 74.6,
 }
 
 
@@ -91,6 +95,8 @@ def keypoint_recipe(name: str, *, backbone: str | None = None, input_size: str |
         recipe = _hrnet_release(name, _size(input_size, name), codec)
     elif name == "mmpose-td-hm":
         recipe = _mmpose(backbone or "resnet50", _size(input_size, name), codec or "msra")
+    elif name == "rtmpose-m":
+        recipe = _rtmpose_m(backbone, input_size, codec)
     else:
         raise RecipeError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     if batch_size is not None:
@@ -118,6 +124,11 @@ def describe(recipe: KeypointRecipe, workers: int = 1) -> dict:
     values["worker_batch"], values["workers"] = plan.worker_batch, workers
     values["heatmap_size"] = list(recipe.heatmap_size)
     values["expected_coco_ap"] = expected_ap(recipe)
+    if recipe.rtmpose is not None:  # SimCC vectors instead of heatmaps
+        for name in ("sigma", "heatmap_size"):
+            values.pop(name)
+        ratio = recipe.rtmpose.simcc_split_ratio
+        values["simcc_bins"] = [round(recipe.input_size[0] * ratio), round(recipe.input_size[1] * ratio)]
     if recipe.framework != "pose-jobs":
         for name in ("backbone_stages", "deconv_layers", "deconv_channels", "skips"):  # the CPU recipe's network only
             values.pop(name)
@@ -197,4 +208,23 @@ def _mmpose(arch: str, size: tuple[int, int], codec: str) -> KeypointRecipe:
         schedule="multistep", lr_steps=(170, 200), warmup_steps=500, warmup_start_factor=0.001,
         backbone_stages=4, deconv_layers=3 if arch.startswith("resnet") else 0, deconv_channels=256 if arch.startswith("resnet") else 0,
         flip_test=True, augment=MMPoseAugment(),
+    )
+
+
+def _rtmpose_m(backbone: str | None, input_size: str | None, codec: str | None) -> KeypointRecipe:
+    from pose.augment import MMPoseAugment
+    from pose.keypoint_task import RTMPoseSettings
+
+    if backbone not in (None, "rtmpose-m"):
+        raise RecipeError(f"--recipe rtmpose-m trains RTMPose-m; --backbone {backbone} belongs to another recipe")
+    if _size(input_size, "rtmpose-m") != (192, 256):
+        raise RecipeError(f"--recipe rtmpose-m is MMPose's COCO config at 256x192 (HxW), not {input_size}")
+    _no_codec(codec, "rtmpose-m", "simcc")
+    return KeypointRecipe(
+        name="rtmpose-m", framework="mmpose", backbone="rtmpose-m", input_size=(192, 256), sigma=0.0, heatmap_codec="simcc",
+        epochs=420, batch_size=8 * 256, base_batch_size=1024, lr=4e-3, optimizer_type="adamw", weight_decay=0.05,
+        schedule="cosine", warmup_steps=1000, warmup_start_factor=1e-5,
+        backbone_stages=0, deconv_layers=0, deconv_channels=0, flip_test=True,
+        augment=MMPoseAugment(scale_range=(0.6, 1.4), rotate_factor=80.0),  # stage 1: RandomBBoxTransform(scale_factor=[0.6, 1.4], rotate_factor=80)
+        rtmpose=RTMPoseSettings(stage2_augment=MMPoseAugment(shift_factor=0.0, scale_range=(0.75, 1.25), rotate_factor=60.0)),
     )

@@ -9,6 +9,12 @@
   heatmap size, `unbiased`), `test_cfg` (flip test, shift), the train pipeline's transforms; the transforms'
   argument defaults (`RandomFlip`, `RandomHalfBody`, `RandomBBoxTransform`) are read from MMPose's source by
   `ast`, as the configs leave them at their defaults.
+- MMPose 1.3.2's `rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py` the same way (optimiser with its
+  `paramwise_cfg`, both `param_scheduler` entries, `auto_scale_lr`, the SimCC codec, the head's loss, the EMA and
+  pipeline-switch hooks, both train pipelines with their arguments, the backbone's `init_cfg`), and MMPose's own
+  RTMPose-m built from that config (`MODELS.build`, SyncBN as BN) given to mmengine's `build_optim_wrapper`: the
+  names of the parameters it puts in weight-decay-free groups. Also MMPose's `ExpMomentumEMA` stepped on a small
+  module (the averaged values after each update) and mmengine's schedulers stepped as for the td-hm curve.
 - The Simple Baselines and HRNet releases' yaml files (`experiments/coco/...`) with `yaml.safe_load`, and their
   `get_optimizer` (Adam built with the learning rate only: no weight decay). The global batch is the yaml's
   per-GPU batch x 4 GPUs: HRNet's yamls list GPUS (0,1,2,3); Simple Baselines' yamls say GPUS '0', but the paper
@@ -18,6 +24,9 @@ Scratch environment as in `tools/make_pose_goldens.py` (MMPose unpacked under /t
 /tmp/mmdeps, the releases cloned to /tmp/orig/sb and /tmp/orig/hr); from the repo root:
 
     PYTHONPATH=/tmp/mmdeps:/tmp/mmref/src .venv/bin/python tools/make_recipe_goldens.py
+
+Building MMPose's RTMPose model imports its registry: the import stubs of `tools/make_pose_goldens.py`
+(`install_import_stubs`) are installed first.
 """
 
 from __future__ import annotations
@@ -32,12 +41,13 @@ MMPOSE = Path("/tmp/mmref/src/mmpose")
 CONFIGS = MMPOSE / ".mim/configs/body_2d_keypoint/topdown_heatmap/coco"
 RELEASES = {"simple-baselines": Path("/tmp/orig/sb"), "hrnet": Path("/tmp/orig/hr")}
 OUT = Path(__file__).resolve().parents[1] / "tests/data/goldens/recipes.json"
+RTMPOSE_M = MMPOSE / ".mim/configs/body_2d_keypoint/rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py"
 MMPOSE_ARCH = {"resnet50": "res50", "resnet101": "res101", "resnet152": "res152", "hrnet-w32": "hrnet-w32", "hrnet-w48": "hrnet-w48"}
 
 
-def transform_defaults(name: str) -> dict:
-    """The keyword defaults of MMPose's transform class `name`'s __init__, read from its source."""
-    tree = ast.parse((MMPOSE / "datasets/transforms/common_transforms.py").read_text())
+def transform_defaults(name: str, source: str = "datasets/transforms/common_transforms.py") -> dict:
+    """The keyword defaults of the __init__ of MMPose's class `name` in `source`, read from its source."""
+    tree = ast.parse((MMPOSE / source).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == name:
             init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
@@ -144,6 +154,128 @@ def mmpose_learning_rates(config: str, epoch_length: int) -> list[float]:
     return rates
 
 
+def _plain(value):
+    """mmengine ConfigDicts, tuples and lists as plain JSON values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def rtmpose_values() -> dict:
+    """The rtmpose-m config's training settings as mmengine reads them."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(RTMPOSE_M))
+    warmup, cosine = (_plain(s) for s in cfg.param_scheduler)
+    ema, switch = (_plain(h) for h in cfg.custom_hooks)
+    head = cfg.model.head
+    return {
+        "config": RTMPOSE_M.name,
+        "optimizer": _plain(cfg.optim_wrapper.optimizer),
+        "paramwise_cfg": _plain(cfg.optim_wrapper.paramwise_cfg),
+        "warmup": warmup,
+        "cosine": cosine,
+        "epochs": cfg.train_cfg.max_epochs,
+        "val_interval": cfg.train_cfg.val_interval,
+        "batch_size": 8 * cfg.train_dataloader.batch_size,
+        "base_batch_size": cfg.auto_scale_lr.base_batch_size,
+        "codec": _plain(cfg.codec),
+        "loss": _plain(head.loss),
+        "head": {"in_channels": head.in_channels, "out_channels": head.out_channels, "input_size": list(head.input_size),
+                 "in_featuremap_size": list(head.in_featuremap_size), "simcc_split_ratio": head.simcc_split_ratio,
+                 "final_layer_kernel_size": head.final_layer_kernel_size, "gau_cfg": _plain(head.gau_cfg)},
+        "backbone": {k: _plain(v) for k, v in cfg.model.backbone.items() if k != "init_cfg"},
+        "init_cfg": _plain(cfg.model.backbone.init_cfg),
+        "flip_test": cfg.model.test_cfg.flip_test,
+        "ema_hook": ema,
+        "switch_hook": {"type": switch["type"], "switch_epoch": switch["switch_epoch"]},
+        "pipeline_stage1": _plain(cfg.train_pipeline),
+        "pipeline_stage2": _plain(cfg.train_pipeline_stage2),
+        "flip": transform_defaults("RandomFlip"),
+        "half_body": transform_defaults("RandomHalfBody"),
+        "bbox_transform": transform_defaults("RandomBBoxTransform"),
+        "loss_defaults": transform_defaults("KLDiscretLoss", "models/losses/classification_loss.py"),
+        "ema_defaults": transform_defaults("ExpMomentumEMA", "engine/hooks/ema_hook.py"),
+        "decay_free_parameters": rtmpose_decay_free(cfg),
+    }
+
+
+def rtmpose_decay_free(cfg) -> list[str]:
+    """The parameters of MMPose's RTMPose-m that mmengine's optimiser constructor gives weight decay 0."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_pose_goldens import _sync_bn_to_bn, install_import_stubs
+
+    install_import_stubs()
+    from mmengine.optim import build_optim_wrapper
+    from mmpose.registry import MODELS
+    from mmpose.utils import register_all_modules
+
+    register_all_modules()
+    model_cfg = cfg.model.copy()
+    _sync_bn_to_bn(model_cfg)
+    model = MODELS.build(model_cfg)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = wrapper.optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    return sorted(names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"])
+
+
+def rtmpose_learning_rates(epoch_length: int) -> list[float]:
+    """Every iteration's learning rate of the rtmpose-m config's `param_scheduler` (LinearLR by iteration, then
+    CosineAnnealingLR by epoch converted to iterations, as mmengine's runner builds it)."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR
+
+    cfg = Config.fromfile(str(RTMPOSE_M))
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
+    schedulers = []
+    for item in cfg.param_scheduler:
+        item = dict(item)
+        kind = {"LinearLR": LinearLR, "CosineAnnealingLR": CosineAnnealingLR}[item.pop("type")]
+        item.pop("convert_to_iter_based", None)
+        if item.pop("by_epoch"):
+            schedulers.append(kind.build_iter_from_epoch(optimizer, epoch_length=epoch_length, **item))
+        else:
+            schedulers.append(kind(optimizer, by_epoch=False, **item))
+    rates = []
+    for _ in range(cfg.train_cfg.max_epochs * epoch_length):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
+    return rates
+
+
+def rtmpose_ema(steps: int = 5) -> dict:
+    """MMPose's `ExpMomentumEMA` (the rtmpose-m config's momentum, update_buffers=True) over a Linear + BatchNorm1d
+    whose parameters and buffers are set to known values before each update: the averaged state after each."""
+    import torch
+    from mmengine.config import Config
+    from mmpose.engine.hooks.ema_hook import ExpMomentumEMA
+
+    hook = Config.fromfile(str(RTMPOSE_M)).custom_hooks[0]
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = ExpMomentumEMA(model, momentum=hook.momentum, update_buffers=hook.update_buffers)
+    states, history = [], []
+    for step in range(steps):
+        with torch.no_grad():
+            for i, (name, value) in enumerate(model.state_dict().items()):
+                if value.is_floating_point():
+                    value.copy_(torch.linspace(-1.0, 1.0, value.numel()).reshape(value.shape) * (step + 1) + i)
+                else:
+                    value.fill_(10 * (step + 1))
+        states.append({k: v.tolist() for k, v in model.state_dict().items()})
+        ema.update_parameters(model)
+        history.append({k: v.tolist() for k, v in ema.module.state_dict().items()})
+    return {"momentum": hook.momentum, "sources": states, "averaged": history}
+
+
 def main() -> None:
     goldens = {"mmpose-learning-rates": {"config": "td-hm_res50_8xb64-210e_coco-256x192.py", "epoch_length": 4,
                                          "rates": mmpose_learning_rates("td-hm_res50_8xb64-210e_coco-256x192.py", 4)}}
@@ -157,8 +289,11 @@ def main() -> None:
                 values = mmpose_values(arch, size, codec)
                 if values is not None:
                     goldens[f"mmpose-td-hm/{arch}/{size}/{codec}"] = values
+    goldens["rtmpose-m/rtmpose-m/256x192/simcc"] = rtmpose_values()
+    goldens["rtmpose-learning-rates"] = {"config": RTMPOSE_M.name, "epoch_length": 5, "rates": rtmpose_learning_rates(5)}
+    goldens["rtmpose-ema"] = rtmpose_ema()
     OUT.write_text(json.dumps(goldens, indent=1, sort_keys=True) + "\n")
-    print(f"{len(goldens) - 1} recipes and a learning-rate curve -> {OUT}")
+    print(f"{len(goldens) - 3} recipes, two learning-rate curves and an EMA run -> {OUT}")
 
 
 if __name__ == "__main__":
