@@ -7,19 +7,33 @@ standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance
 Only the non-secret settings travel, in `StorageOptions`.
 
 A mistake the user can fix (missing bucket, wrong credentials, unreachable endpoint, missing
-folder) surfaces as a `StorageError` whose message is one line naming the URL and the fix; all
-translation from botocore / s3fs / OSError exceptions happens in `_user_errors`.
+folder, full disk, read-only file system) surfaces as a `StorageError` whose message is one line
+naming the URL and the fix; all translation from botocore / s3fs / OSError exceptions happens in
+`_user_errors`. Storage that keeps failing on its side (5xx past the retry window) is a
+`StorageUnavailable`, also one line.
+
+Transient S3 failures (connection refused or reset, timeouts, 5xx, SlowDown) are retried with
+exponential backoff for up to `StorageOptions.retry_seconds` per request, in one place: every S3
+request of every process (reads, writes, listings, deletes, and pyarrow's reads through
+`pyarrow_filesystem`) goes through `_PatientS3FileSystem._call_s3`. The setting travels to Ray
+workers inside `StorageOptions`, so a short outage or a server restart does not end a job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import os
+import random
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 import botocore.exceptions
+import botocore.parsers
 import fsspec
 import pyarrow as pa
 import pyarrow.fs
@@ -33,10 +47,25 @@ S3_PREFIX = "s3://"
 DEFAULT_BLOCK_SIZE = 8 * 2**20
 # Name of the probe object check_writable puts (and deletes) under an S3 prefix.
 WRITE_PROBE_NAME = ".pose-jobs-write-check"
+# How long one S3 request keeps retrying transient failures: long enough to ride out a server
+# restart or a short outage, short enough that a dead endpoint ends the job within minutes.
+DEFAULT_RETRY_SECONDS = 120.0
+# Backoff between retries: doubling from the first, never longer than the last (plus jitter).
+RETRY_FIRST_WAIT_S = 0.5
+RETRY_LONGEST_WAIT_S = 10.0
 
 
 class StorageError(Exception):
     """A storage problem the user can fix. The message is one line: the URL, what is wrong, the fix."""
+
+    exit_code = 2  # the command line's exit status for it
+
+
+class StorageUnavailable(StorageError):
+    """Storage kept failing on its side (5xx, SlowDown) for the whole retry window: one line, but
+    not the user's mistake; a re-run resumes."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,7 @@ class StorageOptions:
     endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL if set, else AWS S3 itself
     anon: bool = False  # unsigned requests, for public buckets (COCO's, for one)
     region: str | None = None  # None: AWS_REGION, else botocore's AWS_DEFAULT_REGION / profile
+    retry_seconds: float = DEFAULT_RETRY_SECONDS  # per request: how long transient S3 failures are retried
 
     def resolved_endpoint_url(self) -> str | None:
         return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -82,12 +112,85 @@ def join(url: str, *parts: str) -> str:
 _s3_filesystems: dict[tuple, s3fs.S3FileSystem] = {}
 
 
+class _PatientS3FileSystem(s3fs.S3FileSystem):
+    """s3fs whose every S3 request retries transient failures for up to `retry_seconds`.
+
+    s3fs and botocore already retry a few times within about two seconds; that rides out a
+    dropped connection or one SlowDown, not a server restart. `_call_s3` is the one method every
+    s3fs request goes through (listings page by page, reads by range, PUTs, multipart parts,
+    deletes), so waiting here covers all of them. A retried request is a whole S3 call, so it
+    is safe: GET/HEAD/LIST read, PUT replaces the whole object, DELETE of a deleted key succeeds.
+    `retry_seconds` is a constructor argument, so it survives pickling into Ray workers.
+    """
+
+    def __init__(self, *args, retry_seconds: float = DEFAULT_RETRY_SECONDS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retry_seconds = retry_seconds
+
+    async def _call_s3(self, method, *akwarglist, **kwargs):
+        deadline = time.monotonic() + self.retry_seconds
+        wait = RETRY_FIRST_WAIT_S
+        while True:
+            try:
+                return await super()._call_s3(method, *akwarglist, **kwargs)
+            except Exception as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not is_transient(exc):
+                    raise
+                await asyncio.sleep(min(wait * random.uniform(0.5, 1.0), remaining))
+                wait = min(2 * wait, RETRY_LONGEST_WAIT_S)
+
+
+# S3 error codes that mean "not now": worth retrying whatever the HTTP status says.
+_RETRYABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
+                    "RequestLimitExceeded", "TooManyRequestsException", "503", "500", "502", "504"}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether an S3 failure may go away by itself: no connection (refused, reset, closed, timed
+    out) or the service answering 5xx / SlowDown. Follows the exception's causes, because s3fs
+    re-raises botocore's errors as OSError with the original as cause."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in _RETRYABLE_CODES
+        if isinstance(exc, (FileNotFoundError, PermissionError, FileExistsError, botocore.exceptions.NoCredentialsError)):
+            return False
+        if isinstance(
+            exc,
+            (
+                botocore.exceptions.ConnectionError,  # refused, endpoint unreachable, connect timeout
+                botocore.exceptions.HTTPClientError,  # closed mid-response, read timeout
+                botocore.parsers.ResponseParserError,  # a cut-off response body
+                ConnectionError,  # the builtin: refused, reset, aborted, broken pipe
+                TimeoutError,
+                socket.timeout,
+                asyncio.TimeoutError,
+                fsspec.exceptions.FSTimeoutError,
+            ),
+        ) or _is_aiohttp_error(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _is_aiohttp_error(exc: BaseException) -> bool:
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiobotocore depends on it
+        return False
+    return isinstance(exc, aiohttp.ClientError)
+
+
 def _s3_filesystem(options: StorageOptions) -> s3fs.S3FileSystem:
     aws_environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
     key = (options, os.getpid(), aws_environment)
     if key not in _s3_filesystems:
         region = options.resolved_region()
-        _s3_filesystems[key] = s3fs.S3FileSystem(
+        _s3_filesystems[key] = _PatientS3FileSystem(
+            retry_seconds=options.retry_seconds,
             anon=options.anon,
             endpoint_url=options.resolved_endpoint_url(),
             client_kwargs={"region_name": region} if region else {},
@@ -275,6 +378,9 @@ def check_writable(url: str, options: StorageOptions = StorageOptions()) -> None
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
             raise NotADirectoryError(existing)
+        # os.access says "no" on a read-only mount too; tell the two apart for the message.
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), existing)
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(existing)
 
@@ -334,7 +440,7 @@ def _problem_and_fix(exc: Exception, url: str, options: StorageOptions) -> str |
             return "a part of this path is a file, not a directory"
         if isinstance(exc, IsADirectoryError):
             return "is a directory, not a file"
-        return None
+        return _disk_problem(exc)
 
     code = _s3_error_code(exc)
     if code == "NoSuchBucket":
@@ -348,11 +454,25 @@ def _problem_and_fix(exc: Exception, url: str, options: StorageOptions) -> str |
         return f"no AWS credentials found ({_CREDENTIALS_FIX})"
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
         return f"AWS profile '{exc.kwargs.get('profile')}' not found (check AWS_PROFILE and ~/.aws/config)"
-    if isinstance(exc, botocore.exceptions.ConnectionError):
+    if is_transient(exc):
         endpoint = options.resolved_endpoint_url() or "the AWS S3 endpoint"
-        return f"cannot reach endpoint {endpoint} (check --endpoint-url / AWS_ENDPOINT_URL)"
+        if code is None:  # no answer at all
+            return (f"cannot reach endpoint {endpoint} after retrying for {options.retry_seconds:g} s (check --endpoint-url / "
+                    "AWS_ENDPOINT_URL, or wait longer with --storage-retry-seconds; a re-run resumes)")
+        return f"{endpoint} kept answering {code} for {options.retry_seconds:g} s (wait longer with --storage-retry-seconds; a re-run resumes)"
     if isinstance(exc, FileNotFoundError):
         return "no such object or prefix"
+    return _disk_problem(exc)
+
+
+def _disk_problem(exc: Exception) -> str | None:
+    """The local-disk errors a user can fix (a full disk, a read-only mount), else None.
+
+    S3 writes spool through local temporary files too, so these apply to s3:// URLs as well."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device (free some space, or write elsewhere; a re-run resumes)"
+    if getattr(exc, "errno", None) == errno.EROFS:
+        return "read-only file system (choose a writable destination)"
     return None
 
 
@@ -369,4 +489,5 @@ def _user_errors(url: str, options: StorageOptions) -> Iterator[None]:
         problem_and_fix = _problem_and_fix(exc, url, options)
         if problem_and_fix is None:
             raise
-        raise StorageError(f"{url}: {problem_and_fix}") from exc
+        unavailable = is_s3(url) and is_transient(exc) and _s3_error_code(exc) is not None
+        raise (StorageUnavailable if unavailable else StorageError)(f"{url}: {problem_and_fix}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import time
 import uuid
 
 import pyarrow as pa
@@ -168,10 +169,41 @@ def test_unreachable_endpoint(s3_env, monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's default retries with backoff take ~10 s
     endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
     url = "s3://any-bucket/x"
+    started = time.monotonic()
     with pytest.raises(StorageError) as excinfo:
-        storage.check_readable(url, StorageOptions(endpoint_url=endpoint))
+        storage.check_readable(url, StorageOptions(endpoint_url=endpoint, retry_seconds=1.5))
+    assert time.monotonic() - started >= 1.5, "retried for the whole window"
     message = assert_one_line_naming(excinfo.value, url, s3_env.secret_key)
-    assert message == f"{url}: cannot reach endpoint {endpoint} (check --endpoint-url / AWS_ENDPOINT_URL)"
+    assert message.startswith(f"{url}: cannot reach endpoint {endpoint} after retrying for 1.5 s (check --endpoint-url / AWS_ENDPOINT_URL")
+    assert excinfo.value.exit_code == 2
+
+
+def test_transient_failures_are_told_apart():
+    import botocore.exceptions
+
+    def client_error(status: int, code: str) -> Exception:
+        return botocore.exceptions.ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    translated = OSError(5, "SlowDown")
+    translated.__cause__ = client_error(503, "SlowDown")
+    for transient in (client_error(503, "SlowDown"), client_error(500, "InternalError"), translated, ConnectionResetError(), TimeoutError(),
+                      botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), botocore.exceptions.ConnectionClosedError(endpoint_url="http://x")):
+        assert storage.is_transient(transient), transient
+    for lasting in (client_error(403, "AccessDenied"), client_error(404, "NoSuchBucket"), FileNotFoundError(), PermissionError(), ValueError()):
+        assert not storage.is_transient(lasting), lasting
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")])
+def test_full_or_read_only_disk_is_one_line(tmp_path, monkeypatch, code, words):
+    url = str(tmp_path / "dest" / "images" / "shard.parquet")
+
+    def fail(table, where, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(storage.pq, "write_table", fail)
+    with pytest.raises(StorageError) as excinfo:
+        storage.write_parquet_atomic(pa.table({"x": [1]}), url)
+    assert words in assert_one_line_naming(excinfo.value, url) and excinfo.value.exit_code == 2
 
 
 def test_missing_local_folder(tmp_path):
@@ -209,7 +241,7 @@ def test_failed_local_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(storage.pq, "write_table", write_half_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match="no space left on device"):
         storage.write_parquet_atomic(pa.table({"x": [1]}), url)
     assert os.listdir(tmp_path) == ["shard.parquet"]
     assert storage.read_bytes(url) == b"previous complete file"
