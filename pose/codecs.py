@@ -1,7 +1,8 @@
 """The heatmap codecs of the published checkpoints' frameworks, computed as they compute them: the keypoint
 decoders, flip test included, and the training-target encoders.
 
-Encoders (the `encode` half, for training; `encoder_for(codec, ...)` picks one): `MSRAHeatmapEncoder`
+Encoders (the `encode` half, for training; `encoder_for(codec, ...)` picks a heatmap one; RTMPose's SimCC labels:
+`SimCCLabelEncoder`): `MSRAHeatmapEncoder`
 (MMPose 1.x `MSRAHeatmap.encode` = the Simple Baselines / HRNet releases' `JointsDataset.generate_target`;
 `unbiased=True`: DARK) and `UDPHeatmapEncoder` (MMPose 1.x `UDPHeatmap`, Gaussian). `encode(keypoints (N, K, 2)
 in model-input pixels, visible (N, K))` -> heatmaps (N, K, h, w) float32, weights (N, K) float32, equal bit for bit
@@ -462,6 +463,56 @@ class UDPHeatmapEncoder:
         centres, visible = _heatmap_frame(keypoints, visible, scale)
         w, h = self.heatmap_size
         return _windowed_gaussians(centres, visible, w, h, float(self.sigma), sub_pixel=True)
+
+
+@dataclass(frozen=True)
+class SimCCLabelEncoder:
+    """The training labels of MMPose 1.x `SimCCLabel.encode` with Gaussian smoothing (`smoothing_type='gaussian'`,
+    `normalize=False`, as RTMPose's configs set it), computed as it computes them.
+
+    `encode(keypoints, visible)`: keypoints (N, K, 2) (x, y) in model-input pixels, visible (N, K) 0/1 ->
+    ((x_labels (N, K, Wx), y_labels (N, K, Wy)) float32, weights (N, K) float32), Wx = round(w x split_ratio).
+    Per joint: the bin centre mu = round(x x split_ratio) (half to even, numpy's `around`, on the float32 product
+    of the float32 keypoint), then along each axis exp(-(b - mu)^2 / (2 sigma^2)) over every bin b (peak 1, no
+    3-sigma cut; sigma in bins, (x, y)). In float32 throughout (b - mu, its square, the divide by
+    float32(2 sigma^2), numpy's float32 exp): MMPose's arithmetic under numpy 1, for which it was written; under
+    numpy 2 the int64 mu promotes b - mu to float64 and the label is rounded to float32 once, a few units in
+    the last place apart.
+    Weight: `visible`, set to 0 for a visible joint whose 3-sigma window lies wholly outside the bins on either
+    axis (mu - 3 sigma >= W or mu + 3 sigma + 1 < 0, per axis, in float64), and then no labels are written. So
+    a joint a little outside the input keeps weight 1 and labels that peak off the vector. Invisible joints
+    (visible < 0.5) get zero labels and keep their weight.
+    """
+
+    input_size: tuple[int, int] = (192, 256)  # (w, h)
+    sigma: tuple[float, float] = (4.9, 5.66)  # (x, y), in bins
+    split_ratio: float = 2.0
+
+    @property
+    def bins(self) -> tuple[int, int]:
+        """(Wx, Wy): (384, 512) at 192x256 and split ratio 2."""
+        return tuple(int(np.around(v * self.split_ratio)) for v in self.input_size)
+
+    def encode(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """keypoints (N, K, 2) input pixels, visible (N, K) 0/1 -> ((x_labels (N, K, Wx), y_labels (N, K, Wy))
+        float32, weights (N, K) float32)."""
+        keypoints = np.asarray(keypoints, np.float32)
+        weights = np.array(visible, np.float32)
+        mu = np.around(keypoints * np.float32(self.split_ratio)).astype(np.int64)  # (N, K, 2)
+        sigma = np.asarray(self.sigma, np.float64)
+        radius = sigma * 3
+        size = np.asarray(self.bins)
+        labelled = weights >= 0.5
+        off = ((mu - radius >= size) | (mu + radius + 1 < 0)).any(-1)
+        weights[labelled & off] = 0
+        drawn = labelled & ~off
+        labels = []
+        for axis in (0, 1):
+            bins = np.arange(size[axis], dtype=np.float32)
+            d = bins - mu[..., axis, None].astype(np.float32)  # exact: |mu| is far below 2^24
+            values = np.exp(-(d * d) / np.float32(2 * sigma[axis] ** 2))
+            labels.append(np.where(drawn[..., None], values, np.float32(0)).astype(np.float32))
+        return (labels[0], labels[1]), weights
 
 
 def encoder_for(codec: str, input_size: tuple[int, int], heatmap_size: tuple[int, int],

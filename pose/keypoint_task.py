@@ -49,6 +49,57 @@ Framework = Literal["pose-jobs", "simple-baselines", "hrnet", "mmpose"]
 
 
 @dataclass(frozen=True)
+class RTMPoseSettings:
+    """What MMPose's RTMPose configs set beyond a td-hm recipe (`rtmpose-m_8xb256-420e_coco-256x192.py`, 1.3.2).
+
+    - Targets: `SimCCLabel(input_size, sigma=simcc_sigma (x, y) in bins, simcc_split_ratio, normalize=False)`
+      (`pose.codecs.SimCCLabelEncoder`).
+    - Loss: `KLDiscretLoss(beta=kl_beta, label_softmax=True, label_beta (its default 10), use_target_weight=True)`
+      (`kl_discrete_loss`).
+    - Weight decay: `paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True)`: no decay on
+      the parameters of BatchNorm layers nor on any parameter named `bias` (`rtmpose_param_groups`).
+    - Schedule after the LinearLR warm-up: the rate stays at lr until `cosine_begin_epoch`, then
+      `CosineAnnealingLR(eta_min, T_max = epochs - cosine_begin_epoch)` by iteration to the last epoch.
+    - EMA: `EMAHook(ExpMomentumEMA, momentum=ema_momentum, gamma=ema_gamma (its default), update_buffers=True)`,
+      the averaged weights validated and saved (`pose.ema.ExpMomentumEMA`).
+    - Two training pipelines: `augment` of the recipe for the first `epochs - stage2_epochs` epochs, then
+      `stage2_augment` (`PipelineSwitchHook(switch_epoch=epochs - stage2_epochs)`).
+    - `backbone_checkpoint`: the file the config's backbone `init_cfg` loads (prefix `backbone.`): a CSPNeXt
+      trained on AIC + COCO with UDP heatmaps, given by the user (`--backbone-weights`), never downloaded.
+    """
+
+    simcc_sigma: tuple[float, float] = (4.9, 5.66)
+    simcc_split_ratio: float = 2.0
+    kl_beta: float = 10.0
+    label_softmax: bool = True
+    label_beta: float = 10.0
+    norm_decay_mult: float = 0.0
+    bias_decay_mult: float = 0.0
+    cosine_begin_epoch: int = 210
+    eta_min: float = 2e-4  # absolute, as the config writes it (base_lr x 0.05); not scaled with the batch
+    ema_momentum: float = 0.0002
+    ema_gamma: int = 2000
+    stage2_epochs: int = 30
+    stage2_augment: object = None  # pose.augment.MMPoseAugment
+    backbone_checkpoint: str = "cspnext-m_udp-aic-coco_210e-256x192-f2f7d6f6_20230130.pth"
+
+    def __post_init__(self):
+        object.__setattr__(self, "simcc_sigma", tuple(float(v) for v in self.simcc_sigma))
+
+    def to_dict(self) -> dict:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["simcc_sigma"] = list(self.simcc_sigma)
+        values["stage2_augment"] = _augment_to_dict(self.stage2_augment)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RTMPoseSettings":
+        values = dict(values)
+        values["stage2_augment"] = _augment_from_dict(dict(values["stage2_augment"]), None)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class KeypointRecipe:
     """How to train a top-down keypoint model: network, input, targets, optimiser, schedule, augmentation.
 
@@ -68,6 +119,8 @@ class KeypointRecipe:
 
     `batch_size` is the global batch: N workers take batch_size / N each. `sigma` is in heatmap pixels.
     `warmup_steps` linear warm-up steps, from `warmup_start_factor` x lr for MMPose's LinearLR.
+    `rtmpose` holds the settings of MMPose's RTMPose configs (SimCC targets, KL loss, EMA, two pipelines); None
+    for the heatmap recipes.
     """
 
     backbone: str = "resnet18"  # pose-jobs: resnet18 | resnet34 | resnet50; frameworks: pose.checkpoints.ARCHITECTURES
@@ -91,8 +144,9 @@ class KeypointRecipe:
     augment: object = CPU_AUGMENT  # AugmentConfig (pose-jobs) | ReleaseAugment | MMPoseAugment
     name: str = "cpu"
     framework: Framework = "pose-jobs"
-    heatmap_codec: Literal["pose-jobs", "msra", "dark", "udp"] = "pose-jobs"
+    heatmap_codec: Literal["pose-jobs", "msra", "dark", "udp", "simcc"] = "pose-jobs"
     bgr: bool = False  # the network sees BGR pixels (the Simple Baselines release reads images with OpenCV)
+    rtmpose: RTMPoseSettings | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -130,6 +184,10 @@ class KeypointRecipe:
             return build_keypoint_model(self.model_config())
         from pose.checkpoints import build_network
 
+        if self.rtmpose is not None:
+            from pose.models.rtmpose import init_head
+
+            return init_head(build_network(self.spec()))
         return _reference_init(build_network(self.spec()))
 
     def crop(self):
@@ -147,13 +205,18 @@ class KeypointRecipe:
         return HeatmapCodec(input_size=self.input_size, heatmap_size=self.model_config().heatmap_size, sigma=self.sigma)
 
     def target_encoder(self):
-        """The reference's heatmap targets (`pose.codecs` encoders; framework recipes)."""
-        from pose.codecs import encoder_for
+        """The reference's targets (`pose.codecs` encoders; framework recipes): heatmaps, or RTMPose's SimCC labels."""
+        from pose.codecs import SimCCLabelEncoder, encoder_for
 
+        if self.rtmpose is not None:
+            return SimCCLabelEncoder(self.input_size, self.rtmpose.simcc_sigma, self.rtmpose.simcc_split_ratio)
         return encoder_for(self.heatmap_codec, self.input_size, self.heatmap_size, self.sigma)
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """AdamW (pose-jobs) or Adam without weight decay (Simple Baselines, HRNet, MMPose) over all parameters."""
+        """AdamW (pose-jobs) or Adam without weight decay (Simple Baselines, HRNet, MMPose td-hm) over all parameters;
+        RTMPose: AdamW with its parameter groups (`rtmpose_param_groups`)."""
+        if self.rtmpose is not None:
+            return torch.optim.AdamW(rtmpose_param_groups(model, self.weight_decay, self.rtmpose), lr=self.lr, weight_decay=self.weight_decay)
         if self.optimizer_type == "adam":
             return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -161,8 +224,10 @@ class KeypointRecipe:
     def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
         """The learning-rate schedule, stepped once per optimiser step: a linear warm-up over `warmup_steps` (from
         `warmup_start_factor` x lr as MMPose's LinearLR by iteration, else (step + 1) / warmup_steps), then a cosine to 0 over the remaining steps of
-        `epochs`, or a division by 10 at each epoch of `lr_steps` (MultiStepLR by epoch). Its state_dict is the
-        step count, so a resumed run continues the same curve."""
+        `epochs`, or a division by 10 at each epoch of `lr_steps` (MultiStepLR by epoch). RTMPose (`rtmpose`): lr
+        until `cosine_begin_epoch`, then a cosine from lr to the absolute `eta_min` at the end of `epochs`, by
+        iteration (mmengine's CosineAnnealingLR converted to iterations). Its state_dict is the step count, so a
+        resumed run continues the same curve."""
         total = max(1, self.epochs * steps_per_epoch)
         # pose-jobs' ramp is kept within the first half of a short run; LinearLR always runs its iterations
         warmup = min(self.warmup_steps, total // 2) if self.warmup_start_factor is None else self.warmup_steps
@@ -178,6 +243,11 @@ class KeypointRecipe:
                 ramp = start + (1.0 - start) * min(1.0, step / max(1, warmup - 1))
             if self.schedule == "multistep":
                 return ramp * 0.1 ** sum(step >= m for m in milestones)
+            if self.rtmpose is not None:
+                begin = self.rtmpose.cosine_begin_epoch * steps_per_epoch
+                floor = self.rtmpose.eta_min / self.lr
+                progress = min(1.0, max(0.0, (step - begin) / max(1, total - begin)))
+                return ramp * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
             progress = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
             return ramp * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -195,6 +265,7 @@ class KeypointRecipe:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["input_size"], values["lr_steps"] = list(self.input_size), list(self.lr_steps)
         values["augment"] = _augment_to_dict(self.augment)
+        values["rtmpose"] = self.rtmpose.to_dict() if self.rtmpose is not None else None
         return values
 
     @classmethod
@@ -204,7 +275,34 @@ class KeypointRecipe:
         values.setdefault("backbone_stages", 4)
         values.setdefault("deconv_layers", 3)
         values["augment"] = _augment_from_dict(dict(values.get("augment", {})), values.get("input_size", (96, 128)))
+        if values.get("rtmpose") is not None:
+            values["rtmpose"] = RTMPoseSettings.from_dict(values["rtmpose"])
         return cls(**values)
+
+
+def rtmpose_param_groups(model: torch.nn.Module, weight_decay: float, settings: RTMPoseSettings) -> list[dict]:
+    """The parameter groups mmengine's DefaultOptimWrapperConstructor makes for RTMPose's `paramwise_cfg`: the
+    parameters of BatchNorm, GroupNorm, LayerNorm and InstanceNorm layers decay by `norm_decay_mult` x
+    `weight_decay`, any other parameter named `bias` by `bias_decay_mult` x; the rest by `weight_decay` (RTMPose's
+    ScaleNorm `g`, Scale and GAU `gamma`/`beta` included: they are not in norm layers by type). A parameter
+    shared by two modules is listed once (`bypass_duplicate`). Up to three groups, each in `modules()` order."""
+    norms = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    decay, norm_params, biases, seen = [], [], [], set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            if isinstance(module, norms):
+                norm_params.append(param)
+            elif name == "bias":
+                biases.append(param)
+            else:
+                decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": norm_params, "weight_decay": weight_decay * settings.norm_decay_mult},
+              {"params": biases, "weight_decay": weight_decay * settings.bias_decay_mult}]
+    return [group for group in groups if group["params"]]
 
 
 def _augment_to_dict(augment) -> dict:
@@ -334,6 +432,26 @@ def keypoint_loss(predicted: torch.Tensor, target: torch.Tensor, target_weight: 
     over (N, K, h, w). predicted, target: (N, K, h, w); target_weight: (N, K). Computed in float32."""
     weight = target_weight.float()[..., None, None]
     return 0.5 * ((predicted.float() - target.float()) * weight).pow(2).mean()
+
+
+def kl_discrete_loss(predicted: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor], target_weight: torch.Tensor,
+                     beta: float = 10.0, label_softmax: bool = True, label_beta: float = 10.0) -> torch.Tensor:
+    """MMPose's `KLDiscretLoss` (`use_target_weight=True`, no mask) per sample: for each axis, the mean over the
+    bins of KL(labels || softmax(beta x logits)) per joint, the labels softmax(label_beta x labels) when
+    `label_softmax`; weighted by `target_weight`, summed over both axes and the joints, divided by K.
+
+    predicted: (simcc_x (N, K, Wx), simcc_y (N, K, Wy)) logits; target: the SimCC labels of the same shapes;
+    target_weight (N, K). Returns (N,) float32: MMPose's loss is the sum of these over the batch."""
+    n, k, _ = predicted[0].shape
+    weight = target_weight.float().reshape(-1)
+    loss = torch.zeros(n * k, device=weight.device)
+    for logits, labels in zip(predicted, target):
+        log_p = torch.log_softmax(logits.float().reshape(n * k, -1) * beta, dim=1)
+        labels = labels.float().reshape(n * k, -1)
+        if label_softmax:
+            labels = torch.softmax(labels * label_beta, dim=1)
+        loss = loss + torch.nn.functional.kl_div(log_p, labels, reduction="none").mean(dim=1) * weight
+    return loss.reshape(n, k).sum(dim=1) / k
 
 
 def _model_input(images: np.ndarray | torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:

@@ -323,3 +323,34 @@ def _what_it_looks_like(state: dict, split_ratio: float) -> str:
     if size is None:
         return ""
     return f"; it looks like RTMPose-{size} {round(cls_y.shape[0] / split_ratio)}x{round(cls_x.shape[0] / split_ratio)}"
+
+
+def load_backbone_checkpoint(model: RTMPose, data: bytes, name: str) -> list[str]:
+    """Load the backbone of an MMPose checkpoint file's bytes into `model.backbone`, as the RTMPose configs' backbone
+    `init_cfg=dict(type='Pretrained', prefix='backbone.', checkpoint=...)` does: the keys under `backbone.` with the
+    prefix removed (the file's head, e.g. the heatmap head of `cspnext-m_udp-aic-coco_210e-256x192-*.pth`, is
+    ignored). Returns the loaded names; raises ValueError naming `name` when the backbone's keys or shapes differ."""
+    from pose.checkpoints import CheckpointError, read_checkpoint
+
+    try:
+        state, _ = read_checkpoint(data, name)
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    backbone = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
+    cfg = model.config
+    where = f"backbone weights {name} (the CSPNeXt of RTMPose-{cfg.size}: an MMPose file with `backbone.*` keys)"
+    check_fits(backbone, model.backbone.state_dict(), where, optional=lambda key: key.endswith("num_batches_tracked"))
+    model.backbone.load_state_dict(backbone, strict=False)
+    return sorted(backbone)
+
+
+def init_head(model: RTMPose) -> RTMPose:
+    """RTMCCHead's own initialisation (`default_init_cfg`), which MMPose applies when training starts: its
+    convolution N(0, 0.001) and every Linear in it (the GAU's included) N(0, 0.01), biases 0. The backbone is left
+    as built: the configs load it from a checkpoint."""
+    for module in model.head.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, std=0.001 if isinstance(module, nn.Conv2d) else 0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
