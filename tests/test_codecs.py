@@ -523,3 +523,40 @@ def test_encoder_for_maps_codec_names_and_refuses_others():
         encoder_for("simcc", (192, 256), (48, 64), 2)
     with pytest.raises(ValueError, match=r"\(N, K, 2\)"):
         MSRAHeatmapEncoder().encode(np.zeros((17, 2)), np.ones(17))
+
+
+# --------------------------------------------------------------------------------------------
+# SimCC labels (RTMPose)
+
+
+def test_simcc_labels_equal_mmposes_bit_for_bit():
+    from pose.codecs import SimCCLabelEncoder
+
+    with np.load(GOLDENS / "targets_simcc_256x192.npz") as f:
+        g = {k: f[k] for k in f.files}
+    encoder = SimCCLabelEncoder(tuple(g["input_size"]), tuple(g["sigma"]), float(g["split_ratio"]))
+    (x_labels, y_labels), weights = encoder.encode(g["keypoints"], g["visible"])
+    assert x_labels.dtype == y_labels.dtype == weights.dtype == np.float32 and x_labels.shape[-1] == 384 and y_labels.shape[-1] == 512
+    np.testing.assert_array_equal(x_labels, g["x_labels"])
+    np.testing.assert_array_equal(y_labels, g["y_labels"])
+    np.testing.assert_array_equal(weights, g["weights"])
+    # the golden holds the edge cases: visible joints dropped on either side of each axis, kept ones off the input
+    dropped = (weights == 0) & (g["visible"] > 0)
+    assert dropped[:2].sum() >= 2 and dropped[2:4].sum() >= 2
+    off_input = ((g["keypoints"] < 0) | (g["keypoints"] >= g["input_size"])).any(-1)
+    assert ((weights == 1) & off_input).sum() >= 4 and (g["visible"] == 0).sum() >= 2
+    # under numpy 2 MMPose computes in float64 and rounds once: a float32 unit apart at most
+    numpy2 = g["x_labels"] + g["x_labels_numpy2_minus_numpy1"]
+    assert 0 < np.abs(x_labels - numpy2).max() <= 1.2e-7
+
+
+def test_simcc_labels_peak_at_the_rounded_bin_and_round_halves_to_even():
+    from pose.codecs import SimCCLabelEncoder
+
+    keypoints = np.array([[[10.25, 20.75], [10.75, 0.0], [-2.0, 100.0]]])  # bins 20.5 -> 20, 41.5 -> 42; 21.5 -> 22
+    (x_labels, y_labels), weights = SimCCLabelEncoder().encode(keypoints, np.ones((1, 3)))
+    assert x_labels[0, 0].argmax() == 20 and y_labels[0, 0].argmax() == 42 and x_labels[0, 1].argmax() == 22
+    assert x_labels[0, 0].max() == 1.0 and x_labels[0, 2].argmax() == 0 and x_labels[0, 2, 0] < 1  # off the input: weight 1, cut peak
+    assert weights.tolist() == [[1.0, 1.0, 1.0]]
+    far = SimCCLabelEncoder().encode(np.array([[[-8.0, 10.0], [10.0, 265.0]]]), np.ones((1, 2)))  # -16 + 14.7 + 1 < 0; 530 - 16.98 >= 512
+    assert far[1].tolist() == [[0.0, 0.0]] and not far[0][0].any() and not far[0][1].any()

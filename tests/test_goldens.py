@@ -33,11 +33,12 @@ FILE_NAMES = {
 }
 
 
-# The training goldens next to them, each read by its own test (test_codecs, test_augment, test_recipes).
+# The training goldens next to them, each read by its own test (test_codecs, test_augment, test_recipes, test_ema,
+# test_keypoint_task).
 TRAINING_GOLDENS = {
     "targets_256x192.npz", "targets_384x288.npz", "augment_boxes.npz", "augment_crops_release.npz",
     "augment_crops_mmpose.npz", "augment_crops_udp.npz", "augment_stats_simple_baselines.npz",
-    "augment_stats_hrnet.npz", "augment_stats_mmpose.npz", "recipes.json",
+    "augment_stats_hrnet.npz", "augment_stats_mmpose.npz", "recipes.json", "targets_simcc_256x192.npz",
 }
 
 

@@ -362,3 +362,25 @@ def test_evaluation_figure_shows_rows_of_four_panels(crops):
                                visible=batch["target_weight"], scores=batch["target_weight"], count=2, panel_height=128)
     assert isinstance(figure, Image.Image)
     assert figure.height > 2 * 128 and figure.width > 4 * 96
+
+
+def test_kl_discrete_loss_equals_mmposes():
+    """RTMPose's KLDiscretLoss(beta=10, label_softmax=True, use_target_weight=True) and the class defaults (beta 1, raw
+    labels) on MMPose's own values (tests/data/goldens/targets_simcc_256x192.npz): MMPose's loss is the batch's sum."""
+    from pathlib import Path
+
+    from pose.keypoint_task import kl_discrete_loss
+
+    with np.load(Path(__file__).parent / "data" / "goldens" / "targets_simcc_256x192.npz") as f:
+        g = {k: torch.from_numpy(f[k]) for k in f.files if k.startswith("kl_")}
+    predicted, target = (g["kl_logits_x"], g["kl_logits_y"]), (g["kl_labels_x"], g["kl_labels_y"])
+    per_sample = kl_discrete_loss(predicted, target, g["kl_weights"])
+    assert per_sample.shape == (4,) and per_sample.sum().item() == pytest.approx(g["kl_loss"].item(), rel=1e-6)
+    plain = kl_discrete_loss(predicted, target, g["kl_weights"], beta=1.0, label_softmax=False)
+    assert plain.sum().item() == pytest.approx(g["kl_loss_defaults"].item(), rel=1e-6)
+    # a joint of weight 0 adds nothing, whatever its logits
+    weights = g["kl_weights"].clone()
+    weights[0] = 0
+    changed = (g["kl_logits_x"].clone(), g["kl_logits_y"])
+    changed[0][0] += 5.0
+    assert kl_discrete_loss(changed, target, weights)[0].item() == 0.0

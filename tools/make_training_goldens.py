@@ -138,6 +138,71 @@ def release_targets(release: str, keypoints: np.ndarray, visible: np.ndarray, in
     return {"heatmaps": np.stack(heatmaps), "weights": np.stack(weights)}
 
 
+SIMCC = {"input_size": (192, 256), "sigma": (4.9, 5.66), "simcc_split_ratio": 2.0}  # rtmpose-m_8xb256-420e_coco-256x192.py
+SIMCC_SAMPLES = 6
+
+
+def simcc_keypoints_for(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """keypoints (SIMCC_SAMPLES, NUM_JOINTS, 2) float64 input pixels and visible (SIMCC_SAMPLES, NUM_JOINTS) float32
+    for the SimCC labels. Samples 0-1 hold x cases, 2-3 the same as y cases (bins = 2 x pixels, 384 x 512 bins,
+    3 sigma = 14.7 / 16.98 bins): halves that `around` rounds to even (x.25, x.75 pixels), the last bin centres whose
+    window still reaches the vector on each side and the first that do not, far outside. Samples 4-5 random,
+    from 20 pixels before the input to 20 past it, 15% invisible."""
+    w, h = SIMCC["input_size"]
+    keypoints = np.zeros((SIMCC_SAMPLES, NUM_JOINTS, 2))
+    visible = np.ones((SIMCC_SAMPLES, NUM_JOINTS), np.float32)
+    keypoints[:4] = rng.uniform(0, (w, h), (4, NUM_JOINTS, 2))
+    keypoints[4:] = rng.uniform(-20, (w + 20, h + 20), (2, NUM_JOINTS, 2))
+    visible[4:] = rng.random((2, NUM_JOINTS)) > 0.15
+    for axis, size, sigma in ((0, w, SIMCC["sigma"][0]), (1, h, SIMCC["sigma"][1])):
+        bins = 2 * size
+        last_in, first_out = np.floor(bins + 3 * sigma - 1e-9), -np.floor(3 * sigma + 1) - 1  # mu - 3s < bins; mu + 3s + 1 >= 0
+        cases = [10.25, 10.75, 11.25, 0.25, -0.25, size - 0.25, size, last_in / 2, (last_in + 1) / 2, (first_out + 1) / 2,
+                 first_out / 2, -100.0, size + 100.0, 0.0, size - 0.5, 3.0 + 2**-20, 3.0 - 2**-20, 5.25 + 2**-18]
+        flat = keypoints[2 * axis:2 * axis + 2].reshape(-1, 2)
+        flat[:len(cases), axis] = cases
+    visible[1, 16] = visible[3, 16] = 0  # an invisible joint inside: no labels, weight stays 0
+    return keypoints, visible
+
+
+def mmpose_simcc_labels(keypoints: np.ndarray, visible: np.ndarray) -> dict[str, np.ndarray]:
+    """MMPose's `SimCCLabel(input_size, sigma, simcc_split_ratio, normalize=False, use_dark=False).encode`, one
+    sample at a time on float32 keypoints, as RTMPose's `GenerateTarget` calls it."""
+    from mmpose.codecs import SimCCLabel
+
+    codec = SimCCLabel(input_size=SIMCC["input_size"], sigma=SIMCC["sigma"], simcc_split_ratio=SIMCC["simcc_split_ratio"],
+                       normalize=False, use_dark=False)
+    encoded = [codec.encode(keypoints[i:i + 1].astype(np.float32), visible[i:i + 1]) for i in range(len(keypoints))]
+    return {"x_labels": np.concatenate([e["keypoint_x_labels"] for e in encoded]),
+            "y_labels": np.concatenate([e["keypoint_y_labels"] for e in encoded]),
+            "weights": np.concatenate([e["keypoint_weights"] for e in encoded])}
+
+
+def mmpose_kl_loss(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """MMPose's `KLDiscretLoss(use_target_weight=True, beta=10., label_softmax=True)` (RTMPose's head loss) on random
+    logits, SimCC labels of random joints and 0/1 weights: 4 samples x 17 joints with 96 x 128 bins (the loss does
+    not depend on the bin count; small vectors keep the file small). Also `beta=1, label_softmax=False`, the
+    class defaults, so that the test sees both switches."""
+    import torch
+    from mmpose.codecs import SimCCLabel
+    from mmpose.models.losses import KLDiscretLoss
+
+    codec = SimCCLabel(input_size=(48, 64), sigma=(4.9, 5.66), simcc_split_ratio=2.0, normalize=False)
+    joints = rng.uniform(-5, (53, 69), (4, NUM_JOINTS, 2)).astype(np.float32)
+    encoded = [codec.encode(joints[i:i + 1], np.ones((1, NUM_JOINTS), np.float32)) for i in range(4)]
+    labels_x = np.concatenate([e["keypoint_x_labels"] for e in encoded])
+    labels_y = np.concatenate([e["keypoint_y_labels"] for e in encoded])
+    weights = (rng.random((4, NUM_JOINTS)) > 0.2).astype(np.float32)
+    logits_x = (rng.standard_normal((4, NUM_JOINTS, 96)) * 2).astype(np.float32)
+    logits_y = (rng.standard_normal((4, NUM_JOINTS, 128)) * 2).astype(np.float32)
+    t = torch.from_numpy
+    rtmpose = KLDiscretLoss(use_target_weight=True, beta=10.0, label_softmax=True)
+    plain = KLDiscretLoss()
+    return {"logits_x": logits_x, "logits_y": logits_y, "labels_x": labels_x, "labels_y": labels_y, "weights": weights,
+            "loss": np.float32(rtmpose((t(logits_x), t(logits_y)), (t(labels_x), t(labels_y)), t(weights)).item()),
+            "loss_defaults": np.float32(plain((t(logits_x), t(logits_y)), (t(labels_x), t(labels_y)), t(weights)).item())}
+
+
 def run_mmpose_under_numpy1(numpy1: str, inputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
     """This script's `--child` mode in a process whose path starts with numpy 1 -> {size: MMPose's targets}."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,6 +224,8 @@ def child(tmp: str) -> None:
     for size, (input_size, heatmap_size, sigma) in SIZES.items():
         targets = mmpose_targets(arrays[f"{size}:0"], arrays[f"{size}:1"], input_size, heatmap_size, sigma)
         out.update({f"{size}:{k}": v for k, v in targets.items()})
+    simcc = mmpose_simcc_labels(arrays["simcc:0"], arrays["simcc:1"])
+    out.update({f"simcc:{k}": v for k, v in simcc.items()})
     np.savez(Path(tmp) / "out.npz", **out)
 
 
@@ -201,7 +268,9 @@ def main() -> None:
         parser.error("--numpy1 is required (see the docstring)")
     assert np.__version__.startswith("2."), f"run the parent under numpy 2, got {np.__version__}"
     inputs = {size: keypoints_for(*SIZES[size], np.random.default_rng(seed)) for seed, size in enumerate(SIZES)}
+    inputs["simcc"] = simcc_keypoints_for(np.random.default_rng(7))
     numpy1 = run_mmpose_under_numpy1(args.numpy1, inputs)
+    write_simcc(inputs["simcc"], numpy1["simcc"])
     for size, (input_size, heatmap_size, sigma) in SIZES.items():
         keypoints, visible = inputs[size]
         ours = numpy1[size]
@@ -234,6 +303,28 @@ def main() -> None:
             source=np.array("MMPose 1.3.2 codecs (numpy 1.26 and 2); Simple Baselines 49f3f44 / HRNet 6f69e46 "
                             "lib/dataset/JointsDataset.py generate_target"))
         print(path, path.stat().st_size, "bytes")
+
+
+
+def write_simcc(inputs: tuple[np.ndarray, np.ndarray], numpy1: dict[str, np.ndarray]) -> None:
+    """targets_simcc_256x192.npz: MMPose's SimCC labels under numpy 1, numpy 2's differences, the KL loss."""
+    keypoints, visible = inputs
+    numpy2 = mmpose_simcc_labels(keypoints, visible)
+    report = {
+        "weights numpy 1 == numpy 2": bool(np.array_equal(numpy1["weights"], numpy2["weights"])),
+        "labels numpy 2 - numpy 1, max |diff|": max(float(np.abs(numpy2[k] - numpy1[k]).max()) for k in ("x_labels", "y_labels")),
+        "joints with weight 0 (visible)": int(((numpy1["weights"] == 0) & (visible > 0)).sum()),
+    }
+    print("simcc", json.dumps(report, indent=1))
+    loss = mmpose_kl_loss(np.random.default_rng(8))
+    path = GOLDENS / "targets_simcc_256x192.npz"
+    np.savez_compressed(
+        path, keypoints=keypoints, visible=visible, input_size=np.array(SIMCC["input_size"]), sigma=np.array(SIMCC["sigma"]),
+        split_ratio=np.array(SIMCC["simcc_split_ratio"]), **numpy1,
+        x_labels_numpy2_minus_numpy1=numpy2["x_labels"] - numpy1["x_labels"], y_labels_numpy2_minus_numpy1=numpy2["y_labels"] - numpy1["y_labels"],
+        **{f"kl_{k}": v for k, v in loss.items()},
+        source=np.array("MMPose 1.3.2 SimCCLabel.encode (numpy 1.26 and 2), KLDiscretLoss (torch)"))
+    print(path, path.stat().st_size, "bytes")
 
 
 if __name__ == "__main__":
