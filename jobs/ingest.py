@@ -167,6 +167,8 @@ def plan_svhn(
             try:
                 with open_input(mat, options) as handle:
                     total = svhn.cropped_digit_count(handle)
+                if total == 0:
+                    raise svhn.SvhnFormatError(f"{mat}: holds no digits (X and y are empty)")
                 counts["digits"] += total
                 for number, start in enumerate(range(0, total, cropped_shard_digits)):
                     payload = {"source": mat, "start": start, "stop": min(start + cropped_shard_digits, total)}
@@ -181,6 +183,8 @@ def plan_svhn(
             try:
                 with open_input(struct_path, options) as handle:
                     numbers = svhn.read_digit_struct(handle)
+                if not numbers:
+                    raise svhn.SvhnFormatError(f"{struct_path}: holds no numbers (digitStruct is empty)")
                 counts["numbers"] += len(numbers)
                 entries = [
                     {"index": index, "name": n.name, "source": join(src, split, n.name), "boxes": [asdict(b) for b in n.boxes]}
@@ -605,4 +609,24 @@ def ingest(
         )
     else:
         raise IngestError(f"unknown dataset '{dataset}': expected coco or svhn")
-    return run_ingest(plan, dest, options, crop, address=address, verbose=verbose, progress=progress)
+    manifest = run_ingest(plan, dest, options, crop, address=address, verbose=verbose, progress=progress)
+    check_outcome(manifest, src, dest)
+    return manifest
+
+
+class UnbalancedError(IngestError):
+    """The output does not account for every input: a bug, not the user's to fix."""
+
+    exit_code = 1
+
+
+def check_outcome(manifest: dict, src: str, dest: str) -> None:
+    """Refuse to call a run a success when its manifest does not balance (inputs lost or counted
+    twice) or when SRC yielded no items at all (every file in `errors`)."""
+    unbalanced = [f"{split} (inputs {entry['inputs']}, in the output {entry['accounted']})" for split, entry in manifest["accounting"].items() if not entry["balanced"]]
+    if unbalanced:
+        raise UnbalancedError(f"{dest}/manifest.json does not balance for {'; '.join(unbalanced)}")
+    items = ("images",) if manifest["dataset"] == "coco" else ("digits", "numbers")
+    if not any(manifest["tables"].get(name, {}).get("rows", 0) for name in items):
+        errors = manifest["tables"].get("errors", {}).get("rows", 0)
+        raise IngestError(f"{src}: yielded no {' or '.join(items)}; {errors} error row(s) in {dest}/errors say why")

@@ -69,3 +69,17 @@ def test_person_problem():
 def test_annotations_grouped_by_image_in_id_order():
     groups = coco.annotations_by_image([{"id": 3, "image_id": 1}, {"id": 1, "image_id": 1}, {"id": 2, "image_id": 5}])
     assert [a["id"] for a in groups[1]] == [1, 3] and [a["id"] for a in groups[5]] == [2]
+
+
+def test_repeated_image_or_annotation_ids_are_refused_naming_the_file_and_ids():
+    category = {**PERSON_CATEGORY}
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in (1, 2, 2, 3, 3, 3)]
+    document = {"images": images, "annotations": [], "categories": [category]}
+    with pytest.raises(coco.CocoFormatError, match=r"person_keypoints_x\.json: 'images' repeats id 2, 3 \(COCO ids are unique"):
+        coco.load_keypoints_json(io.BytesIO(json.dumps(document).encode()), "person_keypoints_x.json")
+    annotations = [{"id": 7, "image_id": 1}, {"id": 8, "image_id": 2}, {"id": 7, "image_id": 2}]
+    document = {"images": images[:2], "annotations": annotations, "categories": [category]}
+    with pytest.raises(coco.CocoFormatError, match=r"'annotations' repeats id 7 "):
+        coco.load_keypoints_json(io.BytesIO(json.dumps(document).encode()), "a.json")
+    document["annotations"] = annotations[:2]
+    assert coco.load_keypoints_json(io.BytesIO(json.dumps(document).encode()), "a.json")["annotations"] == annotations[:2]

@@ -313,3 +313,55 @@ def test_show_pictures_from_source_and_from_parquet(ray_cluster, coco_source, tm
     write_svhn(svhn_src, format="full", seed=3, train=8, test=4)
     written = show_svhn(str(svhn_src), tmp_path / "c", digits=10, numbers=3)
     assert {p.name for p in written} == {"svhn-numbers-train.png", "svhn-numbers-test.png"}
+
+
+def test_repeated_coco_ids_are_one_line_and_write_nothing(coco_source, tmp_path):
+    """Two `images` entries with one id used to give two `images` rows, an annotation twice and a
+    crop from the wrong image, with exit 0: now the file is refused before anything is written."""
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    root, _ = coco_source
+    source = tmp_path / "src"
+    shutil.copytree(root, source)
+    annotation_file = source / "annotations" / "person_keypoints_val2017.json"
+    document = json.loads(annotation_file.read_text())
+    first, second = sorted(document["images"], key=lambda i: i["id"])[:2]
+    second["id"] = first["id"]
+    annotation_file.write_text(json.dumps(document))
+    result = CliRunner().invoke(app, ["ingest", "coco", str(source), str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "person_keypoints_val2017.json: 'images' repeats id" in result.stderr and str(first["id"]) in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_svhn_files_without_digits_are_errors_and_the_run_fails(ray_cluster, tmp_path):
+    """A `.mat` with no digits is an error row naming the file; a source that yields no digit at all
+    exits 2 saying so (it exited 0 with "all accounted for")."""
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+    from pose.formats.svhn import write_cropped_mat
+
+    source = tmp_path / "src"
+    source.mkdir()
+    write_cropped_mat(source / "train_32x32.mat", np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.uint8))
+    result = CliRunner().invoke(app, ["ingest", "svhn", str(source), str(tmp_path / "out")])
+    last = result.stderr.strip().splitlines()[-1]  # after the progress line
+    assert result.exit_code == 2 and last.startswith("pose-jobs: error: ") and "Traceback" not in result.stderr, result.stderr
+    assert f"{source}: yielded no digits or numbers; 1 error row(s) in {tmp_path / 'out'}/errors" in last
+    errors = read_table(str(tmp_path / "out"), "errors").to_pylist()
+    assert len(errors) == 1 and "train_32x32.mat: holds no digits" in errors[0]["reason"]
+
+
+def test_a_manifest_that_does_not_balance_fails_the_run():
+    from jobs.ingest import UnbalancedError, check_outcome
+
+    manifest = {"dataset": "coco", "tables": {"images": {"rows": 3}},
+                "accounting": {"val": {"inputs": {"images": 2}, "accounted": {"images": 3}, "balanced": False}}}  # fmt: skip
+    with pytest.raises(UnbalancedError, match=r"out/manifest.json does not balance for val \(inputs \{'images': 2\}") as raised:
+        check_outcome(manifest, "src", "out")
+    assert raised.value.exit_code == 1
+    manifest["accounting"]["val"].update(accounted={"images": 2}, balanced=True)
+    check_outcome(manifest, "src", "out")

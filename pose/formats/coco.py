@@ -57,10 +57,26 @@ def load_keypoints_json(fileobj: BinaryIO, name: str) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(document.get(key), list):
             raise CocoFormatError(f"{name}: missing the '{key}' list of a COCO annotation file")
+    for key in ("images", "annotations"):
+        repeated = _repeated_ids(document[key])
+        if repeated:
+            shown = ", ".join(str(i) for i in repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+            raise CocoFormatError(f"{name}: '{key}' repeats id {shown} (COCO ids are unique; each id must appear once)")
     person = [c for c in document["categories"] if c.get("name") == "person"]
     if not person or len(person[0].get("keypoints", [])) != NUM_JOINTS:
         raise CocoFormatError(f"{name}: no 'person' category with {NUM_JOINTS} keypoints (is this a person_keypoints file?)")
     return document
+
+
+def _repeated_ids(entries: list) -> list:
+    """The ids that more than one entry carries, sorted (entries without an id are left to the rows' checks)."""
+    seen, repeated = set(), set()
+    for entry in entries:
+        key = entry.get("id") if isinstance(entry, dict) else None
+        if key is None:
+            continue
+        (repeated if key in seen else seen).add(key)
+    return sorted(repeated, key=str)
 
 
 def person_problem(annotation: dict, width: int, height: int, tolerance: float = 1.0) -> str | None:
