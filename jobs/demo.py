@@ -89,7 +89,7 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, detector: str | None 
     from pose.digit_task import DigitRecipe, DigitTask
     from pose.keypoint_task import KeypointRecipe, KeypointTask
 
-    digit_recipe = DigitRecipe(epochs=sizes.svhn_epochs)
+    digit_recipe = DigitRecipe(epochs=sizes.svhn_epochs, min_steps=0)  # a brief run: exactly these epochs
     run_training(DigitTask(digit_recipe), TrainSettings(data=str(out / "svhn"), out=str(out / "runs" / "svhn"), workers=2), digit_recipe.epochs, address=address, verbose=verbose)
     digits = evaluate_svhn(str(out / "svhn"), str(out / "runs" / "svhn"), "test", StorageOptions(), pictures)
     summary.append(("svhn", f"test accuracy {digits['accuracy']:.4f} on {digits['samples']} digits after {digit_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s)"))

@@ -8,7 +8,7 @@ files a run leaves in `--out`:
   OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s, the batch plan, Ray node of each rank)
   OUT/curves.png        the training curves
   OUT/model.pt          the final weights: a plain state_dict, `torch.load(..., weights_only=True)`
-  OUT/model.json        what model it is (task, recipe, epochs, batch plan, final figures)
+  OUT/model.json        what model it is (task, recipe, epochs and optimiser steps, batch plan, final figures)
   OUT/checkpoint_*      Ray Train's checkpoints, one per epoch (model, optimiser, scheduler, epoch)
 
 The training step itself is `pose.engine`'s (`train_one_epoch`, `evaluate`); the task's
@@ -141,18 +141,22 @@ def feed_workers(use_gpu: bool, resources: dict, task=None) -> int:
 
 
 def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:
-    """The model.json of a run that already finished `epochs` epochs, else None."""
+    """The model.json of a run that already finished what `epochs` asked for, else None."""
     path = join(out, "model.json")
     if not exists(path, options):
         return None
     info = json.loads(read_bytes(path, options))
-    return info if info.get("epochs") == epochs else None
+    return info if info.get("requested_epochs", info.get("epochs")) == epochs else None
 
 
 def run_training(
     task, settings: TrainSettings, epochs: int, *, address: str | None = None, verbose: bool = False, prepare_rows=None
 ) -> dict:
     """Train `task` for `epochs` epochs on Ray Train; returns the final model.json content.
+
+    A task with `epochs_for(steps_per_epoch)` states its own length once the batch plan is known
+    (the digit recipe stretches the epochs of a small set to a minimum number of optimiser steps);
+    model.json then records both the epochs trained and the `epochs` asked for.
 
     `prepare_rows`: a function Ray Data dataset -> dataset applied to the training and validation
     rows of `task.table` before they reach the workers (one output row per input row), for a task
@@ -194,6 +198,9 @@ def run_training(
         raise TrainError(f"{settings.data}: {error}") from None
     if prepare_rows is not None:
         train, val = prepare_rows(train), prepare_rows(val)
+    requested_epochs = epochs
+    if hasattr(task, "epochs_for"):
+        epochs = task.epochs_for(plan.steps_per_epoch)
 
     storage_path, name = _run_location(settings.out)
     run_config = RunConfig(
@@ -206,6 +213,7 @@ def run_training(
     loop_config = {
         "task": task,
         "epochs": epochs,
+        "requested_epochs": requested_epochs,
         "seed": settings.seed,
         "out": settings.out,
         "options": settings.options,
@@ -225,7 +233,8 @@ def run_training(
     )
     print(
         f"{task.name}: {train_rows} training rows, {plan.describe()}, on {'GPU' if use_gpu else 'CPU'} "
-        f"({resources}), {epochs} epochs -> {settings.out}",
+        f"({resources}), {epochs} epochs = {epochs * plan.steps_per_epoch} optimiser steps"
+        f"{f' ({requested_epochs} asked, stretched to the recipe minimum steps)' if epochs != requested_epochs else ''} -> {settings.out}",
         file=sys.stderr,
     )
     with _EpochPrinter(task.name, settings.out, epochs, settings.options):
@@ -422,7 +431,7 @@ def _train_loop(config: dict) -> None:
                 ray.train.report(metrics)
 
     if rank == 0:
-        _write_model(task, plain_model, history, epochs, plan, out, options)
+        _write_model(task, plain_model, history, epochs, config["requested_epochs"], plan, out, options)
 
 
 def _write_run_files(task, history: list[dict], out: str, options: StorageOptions) -> None:
@@ -438,8 +447,11 @@ def _write_run_files(task, history: list[dict], out: str, options: StorageOption
     write_bytes_atomic(join(out, "curves.png"), buffer.getvalue(), options)
 
 
-def _write_model(task, model, history: list[dict], epochs: int, plan: BatchPlan, out: str, options: StorageOptions) -> None:
-    """model.pt (the weights) and model.json: the task's config, the epochs, the batch plan and the last epoch's figures."""
+def _write_model(
+    task, model, history: list[dict], epochs: int, requested_epochs: int, plan: BatchPlan, out: str, options: StorageOptions
+) -> None:
+    """model.pt (the weights) and model.json: the task's config, the epochs trained (and asked for),
+    the optimiser steps, the batch plan and the last epoch's figures."""
     import torch
 
     buffer = io.BytesIO()
@@ -448,6 +460,8 @@ def _write_model(task, model, history: list[dict], epochs: int, plan: BatchPlan,
     info = {
         **task.config(),
         "epochs": epochs,
+        "requested_epochs": requested_epochs,
+        "total_steps": epochs * plan.steps_per_epoch,
         "global_batch": plan.global_batch,
         "workers": plan.workers,
         "worker_batch": plan.worker_batch,

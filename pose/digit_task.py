@@ -23,21 +23,65 @@ SVHN_STD = (0.1980, 0.2010, 0.1970)
 
 
 @dataclass(frozen=True)
+class DigitSchedule:
+    """A recipe's length and learning rate resolved for one training set (`DigitRecipe.schedule`)."""
+
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int  # epochs * steps_per_epoch
+    warmup_steps: int
+    peak_lr: float
+
+    def describe(self) -> str:
+        return f"{self.epochs} epochs x {self.steps_per_epoch} steps = {self.total_steps} steps, warm-up {self.warmup_steps}, peak lr {self.peak_lr:.3g}"
+
+
+@dataclass(frozen=True)
 class DigitRecipe:
     """The default recipe: WRN-10-2, SGD with Nesterov momentum, one-cycle cosine schedule, random
-    translations and colour jitter (no flips: a mirrored 2 is not a 2)."""
+    translations and colour jitter (no flips: a mirrored 2 is not a 2).
+
+    Its length is stated so that it holds for 2,000 digits and for SVHN's 73,257 (604,388 with
+    `extra`): at least `epochs` epochs AND at least `min_steps` optimiser steps, so a small set's
+    epochs are stretched (`schedule`). A network learns from its optimiser steps, not from its
+    epochs: 8 epochs of 2,000 digits are about 60 steps, far too few to leave chance level, while
+    8 epochs of SVHN are thousands. The warm-up is a number of steps for the same reason, and the
+    peak learning rate follows the global batch linearly (`lr` is the rate at a batch of 256, as in
+    Goyal et al., "Accurate, Large Minibatch SGD", 2017), so `--batch-size` alone changes nothing
+    else that needs retuning.
+    """
 
     model: DigitModelConfig = field(default_factory=DigitModelConfig)
-    epochs: int = 8
-    batch_size: int = 256  # global: 2 workers take 128 each
-    lr: float = 0.1
+    epochs: int = 8  # at least this many epochs...
+    min_steps: int = 2000  # ...and at least this many optimiser steps (0: exactly `epochs`)
+    batch_size: int = 128  # global: 2 workers take 64 each
+    lr: float = 0.1  # peak learning rate at a global batch of 256; scaled linearly with batch_size
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_fraction: float = 0.1
+    warmup_steps: int = 100  # at most a quarter of the run
     label_smoothing: float = 0.05
     translate: int = 3  # pixels of random shift
     color_jitter: float = 0.3
     validation_every: int = 20  # rows of `train` with index % validation_every == 0 are held out
+
+    def schedule(self, steps_per_epoch: int) -> DigitSchedule:
+        """The run's length and peak learning rate for `steps_per_epoch` optimiser steps per epoch
+        (`pose.engine.batch_plan`: training rows // global batch, whatever the worker count).
+
+        1,900 rows at a global batch of 128: 14 steps per epoch, 143 epochs (2,002 steps).
+        SVHN's 69,594 (train less the held-out rows): 543 steps per epoch, 8 epochs (4,344 steps).
+        """
+        if steps_per_epoch < 1:
+            raise ValueError(f"an epoch needs at least one optimiser step, got {steps_per_epoch}")
+        epochs = max(self.epochs, -(-self.min_steps // steps_per_epoch))
+        total = epochs * steps_per_epoch
+        return DigitSchedule(
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total,
+            warmup_steps=max(1, min(self.warmup_steps, total // 4)),
+            peak_lr=self.lr * self.batch_size / 256,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +90,8 @@ class DigitRecipe:
     def from_dict(cls, values: dict) -> "DigitRecipe":
         values = dict(values)
         values["model"] = DigitModelConfig.from_dict(values.get("model", {}))
+        # Runs saved before the length was stated in steps carry a warm-up fraction instead.
+        values.pop("warmup_fraction", None)
         return cls(**values)
 
 
@@ -112,22 +158,26 @@ class DigitTask:
     def build_model(self) -> nn.Module:
         return build_digit_model(self.recipe.model)
 
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """The epochs this recipe trains for with `steps_per_epoch` steps per epoch (the runner's
+        loop length; `DigitRecipe.schedule`)."""
+        return self.recipe.schedule(steps_per_epoch).epochs
+
     def build_optimizer(self, model: nn.Module, steps_per_epoch: int):
         recipe = self.recipe
+        schedule = recipe.schedule(steps_per_epoch)
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
         optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=recipe.lr,
+            lr=schedule.peak_lr,
             momentum=recipe.momentum,
             nesterov=True,
         )
+        total = schedule.total_steps + 1  # +1: the schedule never runs past its end
+        # OneCycleLR peaks at step pct_start * total - 1: the step after the warm-up's last.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=recipe.lr,
-            total_steps=max(1, steps_per_epoch * recipe.epochs) + 1,  # +1: the schedule never runs past its end
-            pct_start=recipe.warmup_fraction,
-            anneal_strategy="cos",
+            optimizer, max_lr=schedule.peak_lr, total_steps=total, pct_start=(schedule.warmup_steps + 1) / total, anneal_strategy="cos"
         )
         return optimizer, scheduler
 

@@ -24,7 +24,8 @@ from pose.digit_task import DigitRecipe, DigitTask
 from pose.models.digits import DigitModelConfig
 from pose.synth.digits import write_svhn
 
-TINY = DigitRecipe(model=DigitModelConfig(arch="wrn", depth=10, width=1), epochs=3, batch_size=32, lr=0.05)
+# Exactly 3 epochs (min_steps=0: no stretching), peak learning rate 0.4 * 32 / 256 = 0.05.
+TINY = DigitRecipe(model=DigitModelConfig(arch="wrn", depth=10, width=1), epochs=3, min_steps=0, batch_size=32, lr=0.4)
 # `svhn_data` has 900 training digits, 45 of them (index % 20 == 0) held out for validation: with a
 # global batch of 32, 855 // 32 = 26 optimiser steps per epoch, on 1 worker (32 a step) or 2 (16 each).
 SVHN_STEPS = (900 - 45) // 32
@@ -72,7 +73,7 @@ def test_killed_run_resumes_and_each_epoch_appears_once(svhn_data, tmp_path):
     out = tmp_path / "run"
     command = [
         str(Path(sys.executable).with_name("pose-jobs")), "train-svhn", "--data", svhn_data, "--out", str(out),
-        "--workers", "2", "--epochs", "3", "--batch-size", "32", "--width", "1",
+        "--workers", "2", "--epochs", "3", "--min-steps", "0", "--batch-size", "32", "--width", "1",
     ]
     log = tmp_path / "first-run.log"
     with log.open("w") as stderr:
@@ -161,7 +162,7 @@ def test_gpu_workers_reserve_their_nodes_cpus_for_feed_processes():
 def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)  # a relative --out must land here, not in a Ray worker's own directory
-    run_training(DigitTask(DigitRecipe(model=TINY.model, epochs=1, batch_size=32)), TrainSettings(data=svhn_data, out="run", workers=1), 1)
+    run_training(DigitTask(DigitRecipe(model=TINY.model, epochs=1, min_steps=0, batch_size=32)), TrainSettings(data=svhn_data, out="run", workers=1), 1)
     assert (out / "model.pt").exists()
     # One worker: the same global batch and optimiser steps as the two-worker run above.
     metrics = json.loads((out / "metrics.jsonl").read_text())
