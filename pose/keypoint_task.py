@@ -707,7 +707,11 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
     matrix, OpenCV's bilinear warp) and the joints encoded by the reference's targets (`recipe.target_encoder()`).
 
     Randomness: row r of epoch e draws from `np.random.default_rng([seed, e, annotation_id_r])`, as the CPU
-    recipe does. Returns image (N, h, w, 3) uint8 RGB, target (N, K, h', w') float16, target_weight (N, K)."""
+    recipe does. Returns image (N, h, w, 3) uint8 RGB, target (N, K, h', w') float16, target_weight (N, K).
+
+    RTMPose (`recipe.rtmpose`): the geometric steps of the pipeline of `epoch` (`rtmpose_augment`: stage 2 for the
+    last `stage2_epochs`), and SimCC labels as target_x (N, K, Wx) and target_y (N, K, Wy) float32 instead of
+    target (float16 would round the labels that the KL loss softmaxes at beta 10)."""
     from pose.augment import MMPoseAugment, mmpose_center_scale, reference_sample, release_center_scale, sample_mmpose, sample_release
 
     crop, encoder = recipe.crop(), recipe.target_encoder()
@@ -728,17 +732,32 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
             visible.append(np.zeros(NUM_JOINTS, np.float32))
             continue
         rng = np.random.default_rng([seed, int(epochs[i]), int(annotation_id)])
-        params = sample_params(rng, keypoints, *box_cs, image.shape[1], recipe.augment, crop.aspect_ratio)
+        augment = rtmpose_augment(recipe, int(epochs[i])) if recipe.rtmpose is not None else recipe.augment
+        params = sample_params(rng, keypoints, *box_cs, image.shape[1], augment, crop.aspect_ratio)
         sample = reference_sample(image, keypoints, params, crop)
         images.append(sample["image"])
         joints.append(sample["keypoints"])
         visible.append(sample["visible"])
     w, h = recipe.input_size
+    if recipe.rtmpose is not None:
+        (target_x, target_y), target_weight = encoder.encode(np.stack(joints) if joints else np.zeros((0, NUM_JOINTS, 2)),
+                                                             np.stack(visible) if visible else np.zeros((0, NUM_JOINTS)))
+        return {"image": np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8), "target_x": target_x, "target_y": target_y,
+                "target_weight": target_weight}
     if not images:
         return {"image": np.zeros((0, h, w, 3), np.uint8), "target": np.zeros((0, NUM_JOINTS, *recipe.heatmap_size[::-1]), np.float16),
                 "target_weight": np.zeros((0, NUM_JOINTS), np.float32)}
     target, target_weight = encoder.encode(np.stack(joints), np.stack(visible))
     return {"image": np.stack(images), "target": target.astype(np.float16), "target_weight": target_weight.astype(np.float32)}
+
+
+def rtmpose_augment(recipe: KeypointRecipe, epoch: int):
+    """The geometric augmentation of RTMPose's pipeline in 0-based `epoch`: `recipe.augment` (stage 1), then
+    `rtmpose.stage2_augment` from epoch `epochs - stage2_epochs` on, where mmdet's PipelineSwitchHook switches
+    (its `before_train_epoch` sees the 0-based epoch about to run; 390 of 420)."""
+    if epoch >= recipe.epochs - recipe.rtmpose.stage2_epochs:
+        return recipe.rtmpose.stage2_augment
+    return recipe.augment
 
 
 class KeypointTask:
@@ -766,6 +785,7 @@ class KeypointTask:
         self.batch_size = recipe.batch_size
         self.eval_batch_size = 64
         self.codec = recipe.codec() if recipe.framework == "pose-jobs" else None  # the reference recipes: `pose_model`
+        self.ema = None  # RTMPose: set by build_optimizer
 
     def config(self) -> dict:
         if self.recipe.framework != "pose-jobs":
@@ -781,7 +801,11 @@ class KeypointTask:
 
         model = self.recipe.build_network()
         if self.backbone_weights is not None:
-            if self.recipe.backbone.startswith("hrnet"):
+            if self.recipe.rtmpose is not None:
+                from pose.models.rtmpose import load_backbone_checkpoint
+
+                load_backbone_checkpoint(model, self.backbone_weights, self.recipe.rtmpose.backbone_checkpoint)
+            elif self.recipe.backbone.startswith("hrnet"):
                 from pose.models.hrnet import load_imagenet_hrnet
 
                 load_imagenet_hrnet(model, io.BytesIO(self.backbone_weights))
@@ -806,8 +830,23 @@ class KeypointTask:
         return model
 
     def build_optimizer(self, model: torch.nn.Module, steps_per_epoch: int):
+        """The recipe's optimiser and schedule over `model`. RTMPose: also the task's `ema` of `model`
+        (`pose.ema.ExpMomentumEMA`), updated after every optimiser step as mmengine's EMAHook does after each
+        iteration; validation reads it (`averaged`)."""
         optimizer = self.recipe.optimizer(model)
+        if self.recipe.rtmpose is not None:
+            from pose.ema import ExpMomentumEMA
+
+            settings = self.recipe.rtmpose
+            self.ema = ema = ExpMomentumEMA(model, momentum=settings.ema_momentum, gamma=settings.ema_gamma)
+            optimizer.register_step_post_hook(lambda *_: ema.update(model))
         return optimizer, self.recipe.scheduler(optimizer, steps_per_epoch)
+
+    def averaged(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The network to validate and to save: the EMA of `model` when the recipe keeps one (RTMPose: MMPose's
+        EMAHook swaps the averaged weights in before validation and saves them as the checkpoint's state_dict),
+        else `model`."""
+        return self.ema.module if self.ema is not None else model
 
     def prepare_batch(self, batch: dict, epoch: int = 0) -> dict:
         """The CPU half of a training batch (`prepare_training_batch`)."""
@@ -824,10 +863,10 @@ class KeypointTask:
         if self.recipe.framework != "pose-jobs":  # the reference's normalisation and channel order
             pixels = torch.as_tensor(prepared["image"]).to(device, non_blocking=True)
             images = self.pose_model(None).inputs(pixels)
+            targets = ("target_x", "target_y") if self.recipe.rtmpose is not None else ("target",)
             return {
                 "image": images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images,
-                "target": torch.as_tensor(prepared["target"]).to(device, non_blocking=True),
-                "target_weight": torch.as_tensor(prepared["target_weight"]).to(device, non_blocking=True),
+                **{key: torch.as_tensor(prepared[key]).to(device, non_blocking=True) for key in (*targets, "target_weight")},
             }
         return {
             "image": _training_input(prepared, device, channels_last=device.type == "cuda"),
@@ -836,6 +875,13 @@ class KeypointTask:
         }
 
     def loss(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+        """The heatmap MSE (`keypoint_loss`), or RTMPose's KL loss (`kl_discrete_loss`) as the mean over the batch of
+        MMPose's per-sample loss: MMPose sums it over each GPU's 256 samples, a constant factor that AdamW cancels
+        but for its epsilon (1e-8, against gradients 256 times larger there)."""
+        settings = self.recipe.rtmpose
+        if settings is not None:
+            return kl_discrete_loss(model(inputs["image"]), (inputs["target_x"], inputs["target_y"]), inputs["target_weight"],
+                                    settings.kl_beta, settings.label_softmax, settings.label_beta).mean()
         return keypoint_loss(model(inputs["image"]), inputs["target"], inputs["target_weight"])
 
     def pose_model(self, network: torch.nn.Module | None):
@@ -884,7 +930,7 @@ class ImageKeypointEvaluator:
     def update(self, model: torch.nn.Module, batch: dict, device: torch.device) -> None:
         from pose.topdown import TopDownPredictor, cut_crops
 
-        predictor = TopDownPredictor(self.task.pose_model(model), device=device, flip_test=self.task.recipe.flip_test)
+        predictor = TopDownPredictor(self.task.pose_model(self.task.averaged(model)), device=device, flip_test=self.task.recipe.flip_test)
         for i, image_id in enumerate(np.asarray(batch["image_id"], np.int64)):
             image = decode_image(bytes(batch["image"][i]))  # as ingest decoded it to cut the crop
             box, _ = person_in_image(batch["bbox"][i], batch["keypoints"][i], batch["image_from_crop"][i])

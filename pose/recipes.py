@@ -102,6 +102,8 @@ def keypoint_recipe(name: str, *, backbone: str | None = None, input_size: str |
     if batch_size is not None:
         recipe = recipe.with_batch_size(batch_size)
     changes = {key: value for key, value in {"epochs": epochs, "lr": lr}.items() if value is not None}
+    if recipe.rtmpose is not None and epochs is not None:  # the config's cosine runs over the second half of max_epochs
+        changes["rtmpose"] = replace(recipe.rtmpose, cosine_begin_epoch=epochs // 2)
     return replace(recipe, **changes)
 
 

@@ -456,3 +456,45 @@ def test_train_keypoints_with_a_reference_recipe_on_ray(ray_cluster, tmp_path):
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
     assert 0.0 <= figures["ap"] <= 1.0 and "pck" not in figures
+
+
+def test_rtmpose_m_trains_through_the_engine_with_its_ema():
+    """RTMPose-m from the recipe through pose.engine without Ray: the backbone from an MMPose file's `backbone.*`
+    keys, SimCC labels of the stage's augmentation, the KL loss, AdamW's groups, and the EMA updated after every
+    optimiser step (mmengine's ExpMomentumEMA) and validated in place of the trained weights."""
+    from pose.engine import evaluate, train_one_epoch
+    from pose.keypoint_task import rtmpose_augment
+
+    rows, truth = _reference_rows(2)
+    recipe = replace(keypoint_recipe("rtmpose-m"), batch_size=2)
+    assert rtmpose_augment(recipe, 389) is recipe.augment and rtmpose_augment(recipe, 390) is recipe.rtmpose.stage2_augment
+    # the pretrained CSPNeXt file: a whole MMPose checkpoint (its own heatmap head is ignored)
+    backbone = {f"backbone.{k}": torch.randn(v.shape) if v.is_floating_point() else v for k, v in recipe.build_network().backbone.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"meta": {}, "state_dict": {**backbone, "head.final_layer.weight": torch.zeros(17, 768, 1, 1)}}, buffer)
+    task = KeypointTask(recipe, ground_truth=truth, seed=3, backbone_weights=buffer.getvalue())
+
+    prepared = task.prepare_batch(rows, epoch=0)
+    assert prepared["image"].shape == (2, 256, 192, 3) and "target" not in prepared
+    assert prepared["target_x"].shape == (2, 17, 384) and prepared["target_y"].shape == (2, 17, 512) and prepared["target_x"].dtype == np.float32
+    weighted = prepared["target_weight"] > 0
+    assert weighted.any() and (prepared["target_x"].max(-1)[weighted] > 0).all() and (prepared["target_x"].max(-1)[~weighted] == 0).all()
+    late = task.prepare_batch(rows, epoch=recipe.epochs - 1)  # stage 2: another augmentation, the same shapes
+    assert late["target_x"].shape == prepared["target_x"].shape and not np.array_equal(late["image"], prepared["image"])
+
+    model = task.build_model()
+    assert torch.equal(model.backbone.stem[0].conv.weight, backbone["backbone.stem.0.conv.weight"])
+    assert float(model.head.cls_x.weight.detach().std()) == pytest.approx(0.01, rel=0.1)  # RTMCCHead's init, not PyTorch's
+    optimizer, scheduler = task.build_optimizer(model, steps_per_epoch=2)
+    assert task.averaged(model) is task.ema.module and task.ema.steps == 0
+    # after the first step the average is the model's copy; the second moves it by MMPose's momentum at update 1
+    result = train_one_epoch(model, task, [prepared], optimizer, scheduler, device="cpu")
+    first = model.head.cls_x.weight.detach().clone()
+    assert result.steps == 1 and np.isfinite(result.loss) and task.ema.steps == 1 and torch.equal(task.ema.module.head.cls_x.weight, first)
+    train_one_epoch(model, task, [late], optimizer, scheduler, device="cpu")
+    momentum = (1 - 0.0002) * np.exp(-2 / 2000) + 0.0002
+    expected = first * (1 - momentum) + model.head.cls_x.weight.detach() * momentum
+    assert task.ema.steps == 2 and not torch.equal(first, model.head.cls_x.weight)
+    assert torch.allclose(task.ema.module.head.cls_x.weight, expected, rtol=1e-5, atol=1e-9)
+    figures = evaluate(model, task, [rows], device="cpu")
+    assert set(figures) == {"ap", "ap50", "ap75", "ar"} and 0.0 <= figures["ap"] <= 1.0
