@@ -26,6 +26,7 @@ import contextlib
 import errno
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -385,17 +386,50 @@ def check_writable(url: str, options: StorageOptions = StorageOptions()) -> None
             raise PermissionError(existing)
 
 
-def remove_stale_temporaries(url: str) -> int:
-    """Delete the temporary files that killed writers left under the local folder `url` (S3
-    writes leave none); returns how many. Only for a folder no other job is writing into."""
+# A local temporary file is `.{name}.{uuid}-{pid}@{host}.tmp`: the writer's process and machine, so
+# that a run removes the temporaries of writers that died (a killed run's) and never those of a run
+# still writing into the same folder. Temporaries of another machine (a shared file system) cannot be
+# checked and are removed once older than STALE_TEMPORARY_S.
+STALE_TEMPORARY_S = 6 * 3600
+_TEMPORARY_NAME = re.compile(r"^\..+\.(?P<uuid>[0-9a-f]{32})(?:-(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+))?\.tmp$")
+
+
+def _this_host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(url: str, now: float | None = None) -> int:
+    """Delete the temporary files that dead writers (a killed run's) left under the local folder
+    `url` (S3 writes leave none); returns how many. Temporaries of live writers, such as another
+    run writing into the same folder now, are left alone."""
     if is_s3(url) or not os.path.isdir(url):
         return 0
-    removed = 0
+    now = time.time() if now is None else now
+    host, removed = _this_host(), 0
     for folder, _, names in os.walk(url):
         for name in names:
-            if name.startswith(".") and name.endswith(".tmp") and len(name.rsplit(".", 2)[-2]) == 32:
+            match = _TEMPORARY_NAME.match(name)
+            if match is None:
+                continue
+            path, stale = os.path.join(folder, name), False
+            if match["pid"] is not None and match["host"] == host:
+                stale = not _process_alive(int(match["pid"]))
+            else:  # another machine's, or written before temporaries named their writer
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(folder, name))
+                    stale = now - os.path.getmtime(path) > STALE_TEMPORARY_S
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
                     removed += 1
     return removed
 
@@ -406,7 +440,7 @@ def _local_temporary_file(path: str) -> Iterator[str]:
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     # A fresh name rather than tempfile.mkstemp, whose 0600 mode would stick to the final file.
-    temporary_path = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    temporary_path = os.path.join(folder, f".{name}.{uuid.uuid4().hex}-{os.getpid()}@{_this_host()}.tmp")
     try:
         yield temporary_path
         os.replace(temporary_path, path)

@@ -211,6 +211,30 @@ def test_coco_run_killed_midway_then_rerun_gives_the_same_result(ray_cluster, tm
     assert not [p for p in killed.rglob("*") if p.name.startswith(".") and p.is_file()], "the re-run removes the killed run's temporaries"
 
 
+def test_two_staggered_runs_on_one_dest_both_finish_with_one_clean_result(ray_cluster, tmp_path):
+    """A second run on a DEST that a first run is writing into: it used to delete the first run's
+    live temporaries as a killed run's, and the first died in os.replace. Both finish now, and the
+    result is one clean run's."""
+    src = tmp_path / "src"
+    write_coco(src, split="train", images=24, seed=12)
+    shared, clean = tmp_path / "shared", tmp_path / "clean"
+    command = [str(Path(sys.executable).with_name("pose-jobs")), "ingest", "coco", str(src), str(shared), "--shard-size", "2"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None and not any((shared / "_commits").glob("*.json")):
+        time.sleep(0.05)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    first_out, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    ingest("coco", str(src), str(clean), shard_size=2, progress=False)
+    for table, key in (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id")):
+        assert read_table(str(shared), table).sort_by(key).equals(read_table(str(clean), table).sort_by(key)), table
+    assert json.loads((shared / "manifest.json").read_text())["accounting"] == json.loads((clean / "manifest.json").read_text())["accounting"]
+    assert not [p for p in shared.rglob("*") if p.name.startswith(".") and p.is_file()]
+
+
 # ----------------------------------------------------------------------------------------------
 # SVHN
 

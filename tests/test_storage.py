@@ -231,6 +231,36 @@ def test_atomic_local_write_leaves_no_temporary_files(tmp_path):
     assert os.stat(url).st_mode & 0o777 == 0o666 & ~umask  # as if written directly
 
 
+def test_only_dead_writers_temporaries_are_removed(tmp_path):
+    """A run cleaning up a killed run's temporaries must not delete those of a run writing into the
+    same folder now (it died with a traceback from os.replace)."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host, uuid = storage._this_host(), "0123456789abcdef0123456789abcdef"
+    names = {
+        "live": f".a.parquet.{uuid}-{os.getpid()}@{host}.tmp",  # this process: alive
+        "dead": f".b.parquet.{uuid}-{dead.pid}@{host}.tmp",
+        "elsewhere": f".c.parquet.{uuid}-{dead.pid}@another-machine.tmp",  # unknown: kept while young
+        "old-elsewhere": f".d.parquet.{uuid}-1@another-machine.tmp",
+        "unnamed": f".e.parquet.{uuid}.tmp",  # written before temporaries named their writer
+        "not-ours": ".f.parquet.tmp",
+    }
+    (tmp_path / "sub").mkdir()
+    for key, name in names.items():
+        (tmp_path / "sub" / name).write_bytes(b"x")
+    now = os.path.getmtime(tmp_path / "sub" / names["live"])
+    for key in ("old-elsewhere", "unnamed"):
+        os.utime(tmp_path / "sub" / names[key], (now - storage.STALE_TEMPORARY_S - 10,) * 2)
+    assert storage.remove_stale_temporaries(str(tmp_path), now=now) == 3
+    assert sorted(os.listdir(tmp_path / "sub")) == sorted(names[k] for k in ("live", "elsewhere", "not-ours"))
+    with storage._local_temporary_file(str(tmp_path / "g.bin")) as temporary:  # the writer's own name
+        assert storage._TEMPORARY_NAME.match(os.path.basename(temporary))["pid"] == str(os.getpid())
+        open(temporary, "wb").close()
+        assert storage.remove_stale_temporaries(str(tmp_path), now=now) == 0
+
+
 def test_failed_local_write_leaves_no_partial_file(tmp_path, monkeypatch):
     url = str(tmp_path / "shard.parquet")
     storage.write_bytes_atomic(url, b"previous complete file")
