@@ -450,8 +450,8 @@ def train_keypoints(
         typer.echo(json.dumps(describe(recipe, workers), indent=2))
         return
     if recipe.rtmpose is not None:
-        # pose.keypoint_task trains it through pose.engine, but the training job does not yet validate and save the
-        # EMA weights, nor apply the colour, blur and dropout stages of its pipeline: a run would not be the reference.
+        # pose.keypoint_task trains it through pose.engine (EMA included), but the training job (jobs/train.py) does not
+        # yet validate and save the EMA weights nor keep them in its checkpoints: a run would not be the reference.
         raise typer.BadParameter("rtmpose-m is not trainable with pose-jobs yet: only --show-recipe (docs/recipes.md says what is missing)",
                                  param_hint="--recipe")
     for value, name in ((data, "--data"), (out, "--out")):

@@ -463,3 +463,145 @@ def reference_sample(image: np.ndarray, keypoints: np.ndarray, params: AugmentPa
         "visible": labelled.astype(np.float32),
         "input_from_image": compose_affine(warp, mirror),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# RTMPose's pixel augmentation: after the warp, on the model-input crop
+
+
+@dataclass(frozen=True)
+class RTMPosePixelAugment:
+    """The pixel steps of MMPose's RTMPose train pipelines after `TopdownAffine`: mmdet's `YOLOXHSVRandomAug` (its
+    defaults), then `Albumentation` with albumentations' `Blur(p=0.1)`, `MedianBlur(p=0.1)` (both `blur_limit` 7:
+    odd kernels 3-7) and `CoarseDropout(max_holes=1, min_holes=1, height and width 0.2-0.4 of the crop, fill 0,
+    p=dropout_prob)`; stage 1 has `dropout_prob` 1, stage 2 0.5. Keypoints are untouched, also under a hole."""
+
+    hue_delta: int = 5  # YOLOXHSVRandomAug: each of H (OpenCV's 0-180), S, V gains uniform in +-delta ...
+    saturation_delta: int = 30
+    value_delta: int = 30  # ... kept with probability 1/2 each, truncated to integers
+    blur_prob: float = 0.1
+    blur_kernels: tuple[int, ...] = (3, 5, 7)
+    median_prob: float = 0.1
+    median_kernels: tuple[int, ...] = (3, 5, 7)
+    dropout_prob: float = 1.0
+    dropout_size: tuple[float, float] = (0.2, 0.4)  # hole height (width) = int(crop height (width) x uniform(low, high))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class PixelOps:
+    """One draw of `RTMPosePixelAugment`: the HSV gains (3,) int (hue, saturation, value), the box-blur and median
+    kernel sizes (0: not applied) and the hole (x, y, w, h) in crop pixels (None: no hole)."""
+
+    hsv_gains: tuple[int, int, int]
+    blur: int = 0
+    median: int = 0
+    hole: tuple[int, int, int, int] | None = None
+
+
+def sample_pixel_ops(rng: np.random.Generator, augment: RTMPosePixelAugment, size: tuple[int, int]) -> PixelOps:
+    """Draws `augment`'s steps for a crop of `size` (w, h) as the references draw them: gains uniform(-1, 1) x delta
+    times a coin each, truncated toward zero (`astype(int16)`); each albumentations step applied when
+    uniform < p, a kernel uniform among the odd sizes; the hole's size int(side x uniform(low, high)) and its
+    top-left corner uniform over the positions that keep it inside (both ends included, `random.randint`)."""
+    deltas = np.array([augment.hue_delta, augment.saturation_delta, augment.value_delta], np.float64)
+    gains = (rng.uniform(-1, 1, 3) * deltas * rng.integers(0, 2, 3)).astype(np.int16)
+    blur = int(rng.choice(augment.blur_kernels)) if rng.random() < augment.blur_prob else 0
+    median = int(rng.choice(augment.median_kernels)) if rng.random() < augment.median_prob else 0
+    hole = None
+    if rng.random() < augment.dropout_prob:
+        w, h = size
+        hole_h = int(h * rng.uniform(*augment.dropout_size))
+        hole_w = int(w * rng.uniform(*augment.dropout_size))
+        y, x = int(rng.integers(0, h - hole_h + 1)), int(rng.integers(0, w - hole_w + 1))
+        hole = (x, y, hole_w, hole_h)
+    return PixelOps(tuple(int(g) for g in gains), blur, median, hole)
+
+
+def apply_pixel_ops(image: np.ndarray, ops: PixelOps) -> np.ndarray:
+    """`image` (h, w, 3) uint8 RGB after `ops`, in the references' order: HSV shift, box blur, median blur, hole."""
+    out = shift_hsv(image, ops.hsv_gains)
+    if ops.blur:
+        out = box_blur(out, ops.blur)
+    if ops.median:
+        out = median_blur(out, ops.median)
+    if ops.hole is not None:
+        x, y, w, h = ops.hole
+        out[y:y + h, x:x + w] = 0
+    return out
+
+
+# OpenCV's 8-bit HSV tables (color_hsv.simd.hpp): fixed point with 12 fractional bits, rounded as cvRound does.
+_HSV_SHIFT = 12
+_SDIV = np.array([0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)], np.int64)
+_HDIV = np.array([0] + [round((180 << _HSV_SHIFT) / (6.0 * i)) for i in range(1, 256)], np.int64)
+
+
+def rgb_to_hsv_opencv(image: np.ndarray) -> np.ndarray:
+    """OpenCV's `cvtColor(COLOR_RGB2HSV)` of (..., 3) uint8: H in 0-179 (degrees / 2), S and V 0-255, in its integer
+    arithmetic (the tables above, ties to +inf by the added half). -> (..., 3) int64."""
+    rgb = image.astype(np.int64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(-1)
+    diff = v - rgb.min(-1)
+    s = (diff * _SDIV[v] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * _HDIV[diff] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+    h = np.where(h < 0, h + 180, h)
+    return np.stack([h, s, v], -1)
+
+
+def hsv_to_rgb_opencv(hsv: np.ndarray) -> np.ndarray:
+    """OpenCV's `cvtColor(COLOR_HSV2RGB)` of (..., 3) 8-bit HSV (H 0-179): h x float32(6/180), s and v x
+    float32(1/255), the sector and its fraction f, then v, v (1 - s), v (1 - s f) and v (1 - s (1 - f)) in float32
+    with 1 - s x as one fused multiply-add (OpenCV's SIMD path on AVX2/FMA CPUs), x 255 rounded half to even.
+    The fused step is a float64 product and sum rounded once to float32 (exact product of two float32s).
+    -> (..., 3) uint8."""
+    h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180.0)
+    s = hsv[..., 1].astype(np.float32) * np.float32(1.0 / 255.0)
+    v = hsv[..., 2].astype(np.float32) * np.float32(1.0 / 255.0)
+    h = np.where(h >= 6, h - np.float32(6), h)
+    sector = np.floor(h).astype(np.int64)
+    f = (h - sector).astype(np.float32)
+    one = np.float32(1)
+
+    def one_minus_s_times(x: np.ndarray) -> np.ndarray:
+        return (1.0 - s.astype(np.float64) * x.astype(np.float64)).astype(np.float32)
+
+    tab = np.stack([v, v * (one - s), v * one_minus_s_times(f), v * one_minus_s_times(one - f)], -1)
+    order = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])  # (r, g, b) per sector
+    rgb = np.take_along_axis(tab, order[np.clip(sector, 0, 5)], -1)
+    rgb = np.where((s == 0)[..., None], v[..., None], rgb)
+    return np.clip(np.rint(rgb * np.float32(255)), 0, 255).astype(np.uint8)
+
+
+def shift_hsv(image: np.ndarray, gains: tuple[int, int, int]) -> np.ndarray:
+    """mmdet's YOLOXHSVRandomAug with drawn `gains`: to OpenCV's 8-bit HSV, hue + gain modulo 180, saturation and
+    value + gain clipped to 0-255, back to RGB. (h, w, 3) uint8 -> a new array. Zero gains too go through the 8-bit
+    HSV round trip, which moves some colours by a few levels, as the reference does."""
+    hsv = rgb_to_hsv_opencv(image)
+    hsv[..., 0] = (hsv[..., 0] + gains[0]) % 180
+    hsv[..., 1:] = np.clip(hsv[..., 1:] + np.asarray(gains[1:]), 0, 255)
+    return hsv_to_rgb_opencv(hsv)
+
+
+def box_blur(image: np.ndarray, kernel: int) -> np.ndarray:
+    """OpenCV's `blur(image, (k, k))` of (h, w, c) uint8: the mean of the k x k window, the border mirrored without
+    repeating the edge (BORDER_REFLECT_101), the integer sum x 1/k^2 rounded half to even."""
+    r = kernel // 2
+    padded = np.pad(image.astype(np.int64), ((r, r), (r, r), (0, 0)), mode="reflect")
+    sums = np.cumsum(np.cumsum(np.pad(padded, ((1, 0), (1, 0), (0, 0))), 0), 1)
+    h, w = image.shape[:2]
+    window = sums[kernel:kernel + h, kernel:kernel + w] - sums[:h, kernel:kernel + w] - sums[kernel:kernel + h, :w] + sums[:h, :w]
+    return np.clip(np.rint(window * (1.0 / (kernel * kernel))), 0, 255).astype(np.uint8)
+
+
+def median_blur(image: np.ndarray, kernel: int) -> np.ndarray:
+    """OpenCV's `medianBlur(image, k)` of (h, w, c) uint8: the median of the k x k window, the edge pixels repeated
+    past the border (BORDER_REPLICATE)."""
+    r = kernel // 2
+    padded = np.pad(image, ((r, r), (r, r), (0, 0)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(0, 1))  # (h, w, c, k, k)
+    return np.median(windows.reshape(*windows.shape[:3], -1), axis=-1).astype(np.uint8)

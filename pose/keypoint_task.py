@@ -62,8 +62,9 @@ class RTMPoseSettings:
       `CosineAnnealingLR(eta_min, T_max = epochs - cosine_begin_epoch)` by iteration to the last epoch.
     - EMA: `EMAHook(ExpMomentumEMA, momentum=ema_momentum, gamma=ema_gamma (its default), update_buffers=True)`,
       the averaged weights validated and saved (`pose.ema.ExpMomentumEMA`).
-    - Two training pipelines: `augment` of the recipe for the first `epochs - stage2_epochs` epochs, then
-      `stage2_augment` (`PipelineSwitchHook(switch_epoch=epochs - stage2_epochs)`).
+    - Two training pipelines: `augment` of the recipe and `pixel_augment` for the first `epochs - stage2_epochs`
+      epochs, then `stage2_augment` and `stage2_pixel_augment` (`PipelineSwitchHook(switch_epoch=epochs -
+      stage2_epochs)`); the pixel steps (`pose.augment.RTMPosePixelAugment`) run on the warped crop.
     - `backbone_checkpoint`: the file the config's backbone `init_cfg` loads (prefix `backbone.`): a CSPNeXt
       trained on AIC + COCO with UDP heatmaps, given by the user (`--backbone-weights`), never downloaded.
     """
@@ -81,6 +82,8 @@ class RTMPoseSettings:
     ema_gamma: int = 2000
     stage2_epochs: int = 30
     stage2_augment: object = None  # pose.augment.MMPoseAugment
+    pixel_augment: object = None  # pose.augment.RTMPosePixelAugment
+    stage2_pixel_augment: object = None
     backbone_checkpoint: str = "cspnext-m_udp-aic-coco_210e-256x192-f2f7d6f6_20230130.pth"
 
     def __post_init__(self):
@@ -90,12 +93,18 @@ class RTMPoseSettings:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["simcc_sigma"] = list(self.simcc_sigma)
         values["stage2_augment"] = _augment_to_dict(self.stage2_augment)
+        for name in ("pixel_augment", "stage2_pixel_augment"):
+            values[name] = getattr(self, name).to_dict()
         return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "RTMPoseSettings":
         values = dict(values)
+        from pose.augment import RTMPosePixelAugment
+
         values["stage2_augment"] = _augment_from_dict(dict(values["stage2_augment"]), None)
+        for name in ("pixel_augment", "stage2_pixel_augment"):
+            values[name] = RTMPosePixelAugment(**{k: tuple(v) if isinstance(v, list) else v for k, v in values[name].items()})
         return cls(**values)
 
 
@@ -709,10 +718,12 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
     Randomness: row r of epoch e draws from `np.random.default_rng([seed, e, annotation_id_r])`, as the CPU
     recipe does. Returns image (N, h, w, 3) uint8 RGB, target (N, K, h', w') float16, target_weight (N, K).
 
-    RTMPose (`recipe.rtmpose`): the geometric steps of the pipeline of `epoch` (`rtmpose_augment`: stage 2 for the
-    last `stage2_epochs`), and SimCC labels as target_x (N, K, Wx) and target_y (N, K, Wy) float32 instead of
+    RTMPose (`recipe.rtmpose`): the steps of the pipeline of `epoch` (`rtmpose_augment`: stage 2 for the last
+    `stage2_epochs`), the pixel steps drawn after the geometric ones from the same generator and applied to the
+    crop (`pose.augment.sample_pixel_ops`, `apply_pixel_ops`), and SimCC labels as target_x (N, K, Wx) and target_y (N, K, Wy) float32 instead of
     target (float16 would round the labels that the KL loss softmaxes at beta 10)."""
-    from pose.augment import MMPoseAugment, mmpose_center_scale, reference_sample, release_center_scale, sample_mmpose, sample_release
+    from pose.augment import (MMPoseAugment, apply_pixel_ops, mmpose_center_scale, reference_sample, release_center_scale, sample_mmpose,
+                              sample_pixel_ops, sample_release)
 
     crop, encoder = recipe.crop(), recipe.target_encoder()
     mmpose = isinstance(recipe.augment, MMPoseAugment)
@@ -732,9 +743,11 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
             visible.append(np.zeros(NUM_JOINTS, np.float32))
             continue
         rng = np.random.default_rng([seed, int(epochs[i]), int(annotation_id)])
-        augment = rtmpose_augment(recipe, int(epochs[i])) if recipe.rtmpose is not None else recipe.augment
+        augment, pixels = rtmpose_augment(recipe, int(epochs[i])) if recipe.rtmpose is not None else (recipe.augment, None)
         params = sample_params(rng, keypoints, *box_cs, image.shape[1], augment, crop.aspect_ratio)
         sample = reference_sample(image, keypoints, params, crop)
+        if pixels is not None:
+            sample["image"] = apply_pixel_ops(sample["image"], sample_pixel_ops(rng, pixels, recipe.input_size))
         images.append(sample["image"])
         joints.append(sample["keypoints"])
         visible.append(sample["visible"])
@@ -751,13 +764,14 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
     return {"image": np.stack(images), "target": target.astype(np.float16), "target_weight": target_weight.astype(np.float32)}
 
 
-def rtmpose_augment(recipe: KeypointRecipe, epoch: int):
-    """The geometric augmentation of RTMPose's pipeline in 0-based `epoch`: `recipe.augment` (stage 1), then
-    `rtmpose.stage2_augment` from epoch `epochs - stage2_epochs` on, where mmdet's PipelineSwitchHook switches
-    (its `before_train_epoch` sees the 0-based epoch about to run; 390 of 420)."""
-    if epoch >= recipe.epochs - recipe.rtmpose.stage2_epochs:
-        return recipe.rtmpose.stage2_augment
-    return recipe.augment
+def rtmpose_augment(recipe: KeypointRecipe, epoch: int) -> tuple:
+    """(geometric, pixel) augmentation of RTMPose's pipeline in 0-based `epoch`: (`recipe.augment`,
+    `rtmpose.pixel_augment`) in stage 1, the stage-2 pair from epoch `epochs - stage2_epochs` on, where mmdet's
+    PipelineSwitchHook switches (its `before_train_epoch` sees the 0-based epoch about to run; 390 of 420)."""
+    settings = recipe.rtmpose
+    if epoch >= recipe.epochs - settings.stage2_epochs:
+        return settings.stage2_augment, settings.stage2_pixel_augment
+    return recipe.augment, settings.pixel_augment
 
 
 class KeypointTask:

@@ -214,7 +214,7 @@ def _mmpose(arch: str, size: tuple[int, int], codec: str) -> KeypointRecipe:
 
 
 def _rtmpose_m(backbone: str | None, input_size: str | None, codec: str | None) -> KeypointRecipe:
-    from pose.augment import MMPoseAugment
+    from pose.augment import MMPoseAugment, RTMPosePixelAugment
     from pose.keypoint_task import RTMPoseSettings
 
     if backbone not in (None, "rtmpose-m"):
@@ -228,5 +228,6 @@ def _rtmpose_m(backbone: str | None, input_size: str | None, codec: str | None) 
         schedule="cosine", warmup_steps=1000, warmup_start_factor=1e-5,
         backbone_stages=0, deconv_layers=0, deconv_channels=0, flip_test=True,
         augment=MMPoseAugment(scale_range=(0.6, 1.4), rotate_factor=80.0),  # stage 1: RandomBBoxTransform(scale_factor=[0.6, 1.4], rotate_factor=80)
-        rtmpose=RTMPoseSettings(stage2_augment=MMPoseAugment(shift_factor=0.0, scale_range=(0.75, 1.25), rotate_factor=60.0)),
+        rtmpose=RTMPoseSettings(stage2_augment=MMPoseAugment(shift_factor=0.0, scale_range=(0.75, 1.25), rotate_factor=60.0),
+                                pixel_augment=RTMPosePixelAugment(dropout_prob=1.0), stage2_pixel_augment=RTMPosePixelAugment(dropout_prob=0.5)),
     )

@@ -330,3 +330,74 @@ def test_release_flip_mirrors_the_centre_in_float32():
     assert flips
     for d in flips:
         assert d.center[0] == float(np.float32(641 - np.float32(center[0]) - 1.0)) and d.center[1] == center[1]
+
+
+# --------------------------------------------------------------------------------------------
+# RTMPose's pixel steps (tests/data/goldens/augment_rtmpose.npz: mmdet's YOLOXHSVRandomAug, albumentations 1.3.1's
+# Blur, MedianBlur and CoarseDropout, OpenCV 4.14; tools/make_augment_goldens.py --rtmpose-pixels)
+
+
+@pytest.fixture(scope="module")
+def rtmpose_golden():
+    with np.load(GOLDENS / "augment_rtmpose.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_rtmpose_pixel_steps_are_the_references_pixels(rtmpose_golden):
+    from pose.augment import box_blur, hsv_to_rgb_opencv, median_blur, rgb_to_hsv_opencv, shift_hsv
+
+    g = rtmpose_golden
+    images = g["images"]
+    assert np.array_equal(np.stack([rgb_to_hsv_opencv(i) for i in images]), g["hsv_of_images"])
+    hsv_grid = np.stack(np.meshgrid(np.arange(180), np.r_[np.arange(0, 256, 5), 255], [0, 1, 2, 37, 100, 128, 199, 254, 255], indexing="ij"), -1)
+    assert np.array_equal(hsv_to_rgb_opencv(hsv_grid.reshape(-1, 3)), g["rgb_of_hsv_grid"])  # 85,860 colours
+    assert np.array_equal(np.stack([shift_hsv(i, (0, 0, 0)) for i in images]), g["hsv_round_trip"])
+    shifted = np.stack([shift_hsv(images[i % len(images)], tuple(gains)) for i, gains in enumerate(g["hsv_gains"])])
+    assert np.array_equal(shifted, g["hsv_images"]) and (g["hsv_gains"] != 0).any(0).all()
+    for k in (3, 5, 7):
+        assert np.array_equal(np.stack([box_blur(i, k) for i in images]), g[f"blur_{k}"]), k
+        assert np.array_equal(np.stack([median_blur(i, k) for i in images]), g[f"median_{k}"]), k
+
+
+def test_rtmpose_pixel_sampling_has_the_references_distributions(rtmpose_golden):
+    """20,000 draws of ours against 20,000 of the references' own samplers: every gain value's, kernel's rate within
+    4 sigma; hole sizes and corners within a two-sample KS bound; the steps' rates equal to the config's p."""
+    from pose.augment import RTMPosePixelAugment, sample_pixel_ops
+
+    g = rtmpose_golden
+    rng = np.random.default_rng(0)
+    draws = [sample_pixel_ops(rng, RTMPosePixelAugment(dropout_prob=1.0), (192, 256)) for _ in range(len(g["gains_draws"]))]
+    n = len(draws)
+
+    def rates_agree(ours: np.ndarray, theirs: np.ndarray) -> None:
+        for value in np.union1d(ours, theirs):
+            p, q = (ours == value).mean(), (theirs == value).mean()
+            assert abs(p - q) <= 4 * np.sqrt(max(p * (1 - p), q * (1 - q), 1 / n) * 2 / n), (value, p, q)
+
+    gains = np.array([d.hsv_gains for d in draws])
+    for channel in range(3):
+        rates_agree(gains[:, channel], g["gains_draws"][:, channel].astype(np.int64))
+    blurs, medians = np.array([d.blur for d in draws]), np.array([d.median for d in draws])
+    rates_agree(blurs[blurs > 0], g["blur_kernels"].astype(np.int64))
+    rates_agree(medians[medians > 0], g["median_kernels"].astype(np.int64))
+    for rate, p in (((blurs > 0).mean(), 0.1), ((medians > 0).mean(), 0.1)):
+        assert abs(rate - p) <= 4 * np.sqrt(p * (1 - p) / n)
+    holes = np.array([d.hole for d in draws])
+    theirs = g["holes"].astype(np.int64)
+    bound = 1.95 * np.sqrt(2 / n)  # two-sample KS at about 0.1 %
+    for column in range(4):  # x, y, w, h
+        values = np.union1d(holes[:, column], theirs[:, column])
+        ours_cdf = np.searchsorted(np.sort(holes[:, column]), values, side="right") / n
+        their_cdf = np.searchsorted(np.sort(theirs[:, column]), values, side="right") / len(theirs)
+        assert np.abs(ours_cdf - their_cdf).max() < bound, column
+    assert ((holes[:, 0] + holes[:, 2] <= 192) & (holes[:, 1] + holes[:, 3] <= 256)).all()
+    half = [sample_pixel_ops(rng, RTMPosePixelAugment(dropout_prob=0.5), (192, 256)).hole is not None for _ in range(4000)]
+    assert abs(np.mean(half) - 0.5) <= 4 * np.sqrt(0.25 / 4000)
+
+
+def test_pixel_ops_leave_the_keypoints_and_fill_the_hole_with_black():
+    from pose.augment import PixelOps, apply_pixel_ops
+
+    image = np.full((8, 6, 3), 200, np.uint8)
+    out = apply_pixel_ops(image, PixelOps((0, 0, 0), hole=(1, 2, 3, 4)))
+    assert (out[2:6, 1:4] == 0).all() and (out[:2] == 200).all() and (image == 200).all()

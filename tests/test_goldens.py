@@ -39,6 +39,7 @@ TRAINING_GOLDENS = {
     "targets_256x192.npz", "targets_384x288.npz", "augment_boxes.npz", "augment_crops_release.npz",
     "augment_crops_mmpose.npz", "augment_crops_udp.npz", "augment_stats_simple_baselines.npz",
     "augment_stats_hrnet.npz", "augment_stats_mmpose.npz", "recipes.json", "targets_simcc_256x192.npz",
+    "augment_rtmpose.npz",
 }
 
 

@@ -142,6 +142,22 @@ def test_rtmpose_m_shows_the_reference_config():
         assert (augment["shift_factor"], augment["shift_prob"], augment["scale_range"], augment["scale_prob"], augment["rotate_factor"],
                 augment["rotate_prob"]) == (box["shift_factor"], box["shift_prob"], box["scale_factor"], box["scale_prob"], box["rotate_factor"],
                                             box["rotate_prob"])
+    # the pixel steps after TopdownAffine: YOLOXHSVRandomAug, then albumentations' Blur, MedianBlur, CoarseDropout
+    for pixels, pipeline in ((settings["pixel_augment"], reference["pipeline_stage1"]), (settings["stage2_pixel_augment"], reference["pipeline_stage2"])):
+        types = [step["type"] for step in pipeline]
+        assert types[types.index("TopdownAffine") + 1:] == ["mmdet.YOLOXHSVRandomAug", "Albumentation", "GenerateTarget", "PackPoseInputs"]
+        hsv = {**reference["yolox_hsv_defaults"], **{k: v for k, v in pipeline[types.index("mmdet.YOLOXHSVRandomAug")].items() if k != "type"}}
+        assert (pixels["hue_delta"], pixels["saturation_delta"], pixels["value_delta"]) == (hsv["hue_delta"], hsv["saturation_delta"], hsv["value_delta"])
+        blur, median, dropout = pipeline[types.index("Albumentation")]["transforms"]
+        blur, median = {**reference["blur_defaults"], **blur}, {**reference["median_blur_defaults"], **median}
+        dropout = {**reference["coarse_dropout_defaults"], **dropout}
+        assert (blur["type"], median["type"], dropout["type"]) == ("Blur", "MedianBlur", "CoarseDropout")
+        odd = list(range(3, blur["blur_limit"] + 1, 2))  # albumentations' to_tuple(7, 3): odd kernels 3..7
+        assert (pixels["blur_prob"], pixels["blur_kernels"], pixels["median_prob"], pixels["median_kernels"]) == (blur["p"], odd, median["p"], odd)
+        assert (dropout["min_holes"], dropout["max_holes"], dropout["fill_value"]) == (1, 1, 0)
+        assert pixels["dropout_size"] == [dropout["min_height"], dropout["max_height"]] == [dropout["min_width"], dropout["max_width"]]
+        assert pixels["dropout_prob"] == dropout["p"]
+    assert (settings["pixel_augment"]["dropout_prob"], settings["stage2_pixel_augment"]["dropout_prob"]) == (1.0, 0.5)
 
 
 def test_rtmpose_schedule_equals_mmengines_warm_up_and_cosine():
@@ -467,7 +483,8 @@ def test_rtmpose_m_trains_through_the_engine_with_its_ema():
 
     rows, truth = _reference_rows(2)
     recipe = replace(keypoint_recipe("rtmpose-m"), batch_size=2)
-    assert rtmpose_augment(recipe, 389) is recipe.augment and rtmpose_augment(recipe, 390) is recipe.rtmpose.stage2_augment
+    assert rtmpose_augment(recipe, 389) == (recipe.augment, recipe.rtmpose.pixel_augment)
+    assert rtmpose_augment(recipe, 390) == (recipe.rtmpose.stage2_augment, recipe.rtmpose.stage2_pixel_augment)
     # the pretrained CSPNeXt file: a whole MMPose checkpoint (its own heatmap head is ignored)
     backbone = {f"backbone.{k}": torch.randn(v.shape) if v.is_floating_point() else v for k, v in recipe.build_network().backbone.state_dict().items()}
     buffer = io.BytesIO()

@@ -50,6 +50,9 @@ sys.modules.setdefault("published", types.ModuleType("published"))
 from make_pose_goldens import MMPOSE_SRC, RELEASES, install_import_stubs, release_lib  # noqa: E402
 
 OUT = REPO / "tests" / "data" / "goldens"
+HSV_GRID_S = np.r_[np.arange(0, 256, 5), 255]
+HSV_GRID_V = np.array([0, 1, 2, 37, 100, 128, 199, 254, 255])
+MMDET_SRC = Path(__import__("os").environ.get("MMDET_SRC", "/tmp/mmref/mmdet"))
 WIDTH, HEIGHT = 320, 240
 DRAWS = int(__import__("os").environ.get("AUGMENT_DRAWS", 20_000))
 CROP_SIZE = (72, 96)  # (w, h) of the exactness crops: small files, the same code as at 192x256
@@ -230,7 +233,80 @@ def statistics(draws: list[dict]) -> dict[str, np.ndarray]:
             "rotation_rate": np.mean([d["rotation"] != 0 for d in draws]), "draws": np.int64(len(draws))}
 
 
+def mmdet_yolox_hsv():
+    """mmdet 3.3.0's `YOLOXHSVRandomAug` class, its source executed on its own: importing its module would pull in
+    mmdet's detection stack, which this transform does not use (it needs numpy, cv2 and mmcv's BaseTransform)."""
+    import ast
+
+    import cv2
+    from mmcv.transforms import BaseTransform
+    from mmcv.transforms.utils import cache_randomness
+
+    source = (MMDET_SRC / "mmdet/datasets/transforms/transforms.py").read_text()
+    [node] = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "YOLOXHSVRandomAug"]
+    node.decorator_list = []  # TRANSFORMS.register_module()
+    namespace = {"np": np, "cv2": cv2, "BaseTransform": BaseTransform, "cache_randomness": cache_randomness}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "mmdet/datasets/transforms/transforms.py", "exec"), namespace)  # noqa: S102
+    return namespace["YOLOXHSVRandomAug"]
+
+
+def rtmpose_pixels() -> dict[str, np.ndarray]:
+    """augment_rtmpose.npz: the pixel steps of RTMPose's train pipelines by their own code on small crops, and
+    their sampling. Images are given to mmdet as BGR (MMPose's LoadImage) and stored as RGB."""
+    import albumentations
+    import cv2
+
+    rng = np.random.default_rng(5)
+    # random crops, plus a smooth one (gradients, greys, saturated colours: the HSV conversion's special cases)
+    images = rng.integers(0, 256, (4, 24, 20, 3), np.uint8)
+    yy, xx = np.mgrid[0:24, 0:20]
+    images[3] = np.stack([xx * 13, yy * 11, (xx + yy) * 6], -1).clip(0, 255).astype(np.uint8)
+    images[3, :4] = images[3, :4, :, :1]  # greys: saturation 0
+    images[3, 4:6] = [[255, 0, 0]] * 20
+    out: dict[str, np.ndarray] = {"images": images}
+
+    hsv = mmdet_yolox_hsv()()
+    np.random.seed(0)
+    gains, shifted = [], []
+    for _ in range(6):
+        for image in images:
+            state = np.random.get_state()
+            gains.append(hsv._get_hsv_gains.__wrapped__(hsv) if hasattr(hsv._get_hsv_gains, "__wrapped__") else hsv._get_hsv_gains())
+            np.random.set_state(state)
+            result = hsv.transform({"img": np.ascontiguousarray(image[..., ::-1])})
+            shifted.append(result["img"][..., ::-1])
+    out["hsv_gains"], out["hsv_images"] = np.array(gains, np.int64), np.stack(shifted)
+    out["hsv_round_trip"] = np.stack([cv2.cvtColor(cv2.cvtColor(i, cv2.COLOR_RGB2HSV), cv2.COLOR_HSV2RGB) for i in images])
+    out["hsv_of_images"] = np.stack([cv2.cvtColor(i, cv2.COLOR_RGB2HSV) for i in images])
+    # every hue, saturations in steps of 5, a few values (the grid itself is rebuilt by the test: HSV_GRID)
+    grid = np.stack(np.meshgrid(np.arange(180), HSV_GRID_S, HSV_GRID_V, indexing="ij"), -1).reshape(-1, 1, 3).astype(np.uint8)
+    out["rgb_of_hsv_grid"] = cv2.cvtColor(grid, cv2.COLOR_HSV2RGB)[:, 0]
+    for k in (3, 5, 7):
+        out[f"blur_{k}"] = np.stack([albumentations.Blur(blur_limit=(k, k), p=1.0)(image=i)["image"] for i in images])
+        out[f"median_{k}"] = np.stack([albumentations.MedianBlur(blur_limit=(k, k), p=1.0)(image=i)["image"] for i in images])
+
+    # sampling, DRAWS each: the gains, the albumentations steps of stage 1 (CoarseDropout p=1) on a 192x256 crop
+    np.random.seed(1)
+    draws = np.array([hsv._get_hsv_gains.__wrapped__(hsv) if hasattr(hsv._get_hsv_gains, "__wrapped__") else hsv._get_hsv_gains()
+                      for _ in range(DRAWS)])
+    out["gains_draws"] = draws.astype(np.int8)
+    random.seed(2)
+    crop = np.zeros((256, 192, 3), np.uint8)
+    blur, median = albumentations.Blur(p=0.1), albumentations.MedianBlur(p=0.1)
+    dropout = albumentations.CoarseDropout(max_holes=1, max_height=0.4, max_width=0.4, min_holes=1, min_height=0.2, min_width=0.2, p=1.0)
+    out["blur_kernels"] = np.array([blur.get_params()["ksize"] for _ in range(DRAWS)], np.uint8)
+    out["median_kernels"] = np.array([median.get_params()["ksize"] for _ in range(DRAWS)], np.uint8)
+    holes = np.array([dropout.get_params_dependent_on_targets({"image": crop})["holes"][0] for _ in range(DRAWS)])  # x1, y1, x2, y2
+    out["holes"] = np.concatenate([holes[:, :2], holes[:, 2:] - holes[:, :2]], 1).astype(np.uint8)  # x, y, w, h
+    out["config"] = np.array("albumentations 1.3.1 (Blur, MedianBlur, CoarseDropout), mmdet 3.3.0 YOLOXHSVRandomAug, OpenCV " + cv2.__version__)
+    return out
+
+
 def main() -> None:
+    if "--rtmpose-pixels" in sys.argv:
+        np.savez_compressed(OUT / "augment_rtmpose.npz", **rtmpose_pixels())
+        print(OUT / "augment_rtmpose.npz", (OUT / "augment_rtmpose.npz").stat().st_size, "bytes")
+        return
     install_import_stubs()
     image = synthetic_image()
     boxes, keypoints = persons()

@@ -13,7 +13,9 @@
   `paramwise_cfg`, both `param_scheduler` entries, `auto_scale_lr`, the SimCC codec, the head's loss, the EMA and
   pipeline-switch hooks, both train pipelines with their arguments, the backbone's `init_cfg`), and MMPose's own
   RTMPose-m built from that config (`MODELS.build`, SyncBN as BN) given to mmengine's `build_optim_wrapper`: the
-  names of the parameters it puts in weight-decay-free groups. Also MMPose's `ExpMomentumEMA` stepped on a small
+  names of the parameters it puts in weight-decay-free groups; the argument defaults of mmdet 3.3.0's
+  `YOLOXHSVRandomAug` and albumentations 1.3.1's `Blur`, `MedianBlur`, `CoarseDropout` (their wheels unpacked
+  under /tmp/mmref/mmdet and /tmp/mmref/alb), read by `ast`. Also MMPose's `ExpMomentumEMA` stepped on a small
   module (the averaged values after each update) and mmengine's schedulers stepped as for the td-hm curve.
 - The Simple Baselines and HRNet releases' yaml files (`experiments/coco/...`) with `yaml.safe_load`, and their
   `get_optimizer` (Adam built with the learning rate only: no weight decay). The global batch is the yaml's
@@ -41,13 +43,15 @@ MMPOSE = Path("/tmp/mmref/src/mmpose")
 CONFIGS = MMPOSE / ".mim/configs/body_2d_keypoint/topdown_heatmap/coco"
 RELEASES = {"simple-baselines": Path("/tmp/orig/sb"), "hrnet": Path("/tmp/orig/hr")}
 OUT = Path(__file__).resolve().parents[1] / "tests/data/goldens/recipes.json"
+MMDET = Path("/tmp/mmref/mmdet/mmdet")  # mmdet 3.3.0's wheel, unpacked: YOLOXHSVRandomAug's defaults
+ALBUMENTATIONS = Path("/tmp/mmref/alb/albumentations")  # albumentations 1.3.1's wheel, unpacked
 RTMPOSE_M = MMPOSE / ".mim/configs/body_2d_keypoint/rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py"
 MMPOSE_ARCH = {"resnet50": "res50", "resnet101": "res101", "resnet152": "res152", "hrnet-w32": "hrnet-w32", "hrnet-w48": "hrnet-w48"}
 
 
-def transform_defaults(name: str, source: str = "datasets/transforms/common_transforms.py") -> dict:
-    """The keyword defaults of the __init__ of MMPose's class `name` in `source`, read from its source."""
-    tree = ast.parse((MMPOSE / source).read_text())
+def transform_defaults(name: str, source: str = "datasets/transforms/common_transforms.py", root: Path = MMPOSE) -> dict:
+    """The keyword defaults of the __init__ of class `name` in `source` under `root` (MMPose's), read from its source."""
+    tree = ast.parse((root / source).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == name:
             init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
@@ -198,6 +202,10 @@ def rtmpose_values() -> dict:
         "bbox_transform": transform_defaults("RandomBBoxTransform"),
         "loss_defaults": transform_defaults("KLDiscretLoss", "models/losses/classification_loss.py"),
         "ema_defaults": transform_defaults("ExpMomentumEMA", "engine/hooks/ema_hook.py"),
+        "yolox_hsv_defaults": transform_defaults("YOLOXHSVRandomAug", "datasets/transforms/transforms.py", MMDET),
+        "blur_defaults": transform_defaults("Blur", "augmentations/blur/transforms.py", ALBUMENTATIONS),
+        "median_blur_defaults": transform_defaults("MedianBlur", "augmentations/blur/transforms.py", ALBUMENTATIONS),
+        "coarse_dropout_defaults": transform_defaults("CoarseDropout", "augmentations/dropout/coarse_dropout.py", ALBUMENTATIONS),
         "decay_free_parameters": rtmpose_decay_free(cfg),
     }
 
