@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.ingest import manifest_created, read_commit_markers, read_image_source, read_table
-from jobs.runtime import Progress, alive_node_cpus, cpu_share, init_ray
+from jobs.runtime import Progress, StallWatch, alive_node_cpus, cpu_share, init_ray
 from jobs.storage import (
     StorageError,
     StorageOptions,
@@ -659,10 +659,11 @@ def run_annotate(
 
         resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0), alive_node_cpus())
         meter = Progress("annotate", len(pending), "images") if progress else None
-        for marker in _stream(pending, dest, options, settings, resources, crop, category_names, not plan.ingested, verbose):
-            committed[marker["unit"]] = marker
-            if meter:
-                meter.advance(1, marker["images"])
+        with StallWatch("annotate", lambda: len(committed)):
+            for marker in _stream(pending, dest, options, settings, resources, crop, category_names, not plan.ingested, verbose):
+                committed[marker["unit"]] = marker
+                if meter:
+                    meter.advance(1, marker["images"])
 
     markers = {s.unit: committed[s.unit] for s in plan.shards}
     results = _write_results(dest, options, markers)

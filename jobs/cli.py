@@ -67,8 +67,10 @@ def user_errors(command):
         from pose.formats.svhn import SvhnFormatError
         from pose.recipes import RecipeError
 
+        from jobs.runtime import StallError
+
         one_line_errors = (AnnotateError, IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError,
-                           RecipeError)
+                           RecipeError, StallError)
         _raise_task_errors_as_they_are()
         if not kwargs.get("verbose"):
             _quiet_ray_data_reports_of(one_line_errors)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.runtime import Progress, init_ray
+from jobs.runtime import Progress, StallWatch, init_ray
 from jobs.storage import (
     StorageError,
     StorageOptions,
@@ -444,11 +444,12 @@ def run_ingest(
             num_cpus=1,
         )
         meter = Progress(f"ingest {plan.dataset}", len(pending), _item_unit(plan.dataset)) if progress else None
-        for row in dataset.iter_rows():
-            marker = json.loads(row["marker"])
-            committed[marker["unit"]] = marker
-            if meter:
-                meter.advance(1, marker["tables"].get(_item_unit(plan.dataset), {}).get("rows", 0))
+        with StallWatch(f"ingest {plan.dataset}", lambda: len(committed)):
+            for row in dataset.iter_rows():
+                marker = json.loads(row["marker"])
+                committed[marker["unit"]] = marker
+                if meter:
+                    meter.advance(1, marker["tables"].get(_item_unit(plan.dataset), {}).get("rows", 0))
 
     manifest = _manifest(plan, dest, options, {s.unit: committed[s.unit] for s in plan.shards}, settings)
     write_bytes_atomic(join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import sys
+import threading
 import time
 
 # Ray reads this at import time of its usage-stats module: set it before `import ray` anywhere.
@@ -131,6 +133,95 @@ def keeps_free(cpus: float, workers: int, node_cpus: list[float], keep: float) -
     most = [int(n / cpus + 1e-9) for n in node_cpus]
     starved = all(lo <= hi for lo, hi in zip(least, most)) and sum(least) <= workers <= sum(most)
     return not starved
+
+
+class StallError(RuntimeError):
+    """A job that waited for resources no node had free, with nothing moving, for the stall limit."""
+
+    exit_code = 2
+
+
+# How long a job may make no progress while Ray waits for resources that no node has free, with
+# nothing in the cluster changing, before it ends with one line naming them.
+STALL_SECONDS = float(os.environ.get("POSE_JOBS_STALL_SECONDS", 600))
+
+
+class StallWatch:
+    """Ends a job that would wait forever: no progress (`progress()` returns the same value), Ray
+    holding requests that fit no node's free resources, and the cluster's usage unchanged, for
+    `seconds` on end. Then the main thread is interrupted and leaving the block raises StallError
+    with one line naming what Ray waits for and what each node has free.
+
+    A busy cluster queues requests too, but its tasks finish and its usage moves; a plan that
+    leaves every node short of what a task needs stays still."""
+
+    def __init__(self, label: str, progress, seconds: float | None = None, interval: float = 10.0):
+        self.label, self.progress = label, progress
+        self.seconds = STALL_SECONDS if seconds is None else seconds
+        self.interval = min(interval, max(self.seconds / 4, 0.5))
+        self.reason: str | None = None
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        self.stop.set()
+        self.thread.join()
+        if self.reason is not None and (kind is None or issubclass(kind, KeyboardInterrupt)):
+            raise StallError(self.reason) from None
+        return False
+
+    def _run(self) -> None:
+        last, since, still = self.progress(), time.monotonic(), None
+        while not self.stop.wait(self.interval):
+            now, current = time.monotonic(), self.progress()
+            waiting, usage, free = self.unplaceable()
+            if current != last or not waiting or usage != still:
+                last, since, still = current, now, usage if waiting else None
+                continue
+            if now - since >= self.seconds:
+                self.reason = self._describe(waiting, free)
+                _thread.interrupt_main()
+                return
+
+    @staticmethod
+    def unplaceable() -> tuple[list[tuple[dict, int]], tuple, list[dict]]:
+        """(the requests Ray holds that fit no alive node's free resources, each with its count;
+        every node's used resources, to see whether anything moves; every node's free resources)."""
+        import ray
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        try:
+            status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        except Exception:  # the GCS is busy or going away: nothing to conclude
+            return [], (), []
+        nodes = [*status.active_nodes, *status.idle_nodes]
+        free = [node.available_resources() for node in nodes]
+        usage = tuple(sorted((node.node_id or node.ip_address, tuple(sorted(node.used_resources().items()))) for node in nodes))
+        demands = status.resource_demands
+        waiting = []
+        for demand in [*demands.ray_task_actor_demand, *demands.placement_group_demand]:
+            for request in demand.bundles_by_count:
+                wanted = {k: v for k, v in request.bundle.items() if v > 0}
+                if not any(all(node.get(k, 0.0) >= v - 1e-9 for k, v in wanted.items()) for node in free):
+                    waiting.append((wanted, request.count))
+        return waiting, usage, free
+
+    def _describe(self, waiting: list[tuple[dict, int]], free_per_node: list[dict]) -> str:
+        wanted = ", ".join(f"{count} x {_resources(bundle)}" for bundle, count in waiting[:3])
+        free = "; ".join(_resources({k: v for k, v in node.items() if k in ("CPU", "GPU")}) or "nothing" for node in free_per_node)
+        minutes = self.seconds / 60
+        return (
+            f"{self.label}: no progress for {minutes:.3g} min: Ray waits for {wanted}, which no node has free "
+            f"(free per node: {free}); use fewer --workers or give the job's workers fewer CPUs"
+        )
+
+
+def _resources(bundle: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(bundle.items())) + "}"
 
 
 class Progress:

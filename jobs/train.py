@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jobs.ingest import table_files
-from jobs.runtime import alive_node_cpus, cpu_share, fits, init_ray, keeps_free
+from jobs.runtime import StallWatch, alive_node_cpus, cpu_share, fits, init_ray, keeps_free
 from jobs.storage import (
     StorageOptions,
     absolute,
@@ -237,7 +237,7 @@ def run_training(
         f"{f' ({requested_epochs} asked, stretched to the recipe minimum steps)' if epochs != requested_epochs else ''} -> {settings.out}",
         file=sys.stderr,
     )
-    with _EpochPrinter(task.name, settings.out, epochs, settings.options):
+    with _EpochPrinter(task.name, settings.out, epochs, settings.options) as printer, StallWatch(task.name, lambda: len(printer.printed)):
         try:
             trainer.fit()
         except ray.train.TrainingFailedError as error:

@@ -65,3 +65,47 @@ def test_the_embedded_ray_listens_on_loopback_only_and_leaves_home_alone(tmp_pat
     assert any(name.startswith("ray::") for name in names), seen  # and its workers
     assert all(is_loopback(address) for address, _ in seen), sorted(seen)
     assert not (home / ".ray").exists() and not any(home.iterdir())
+
+
+def test_a_job_waiting_for_resources_no_node_has_ends_in_one_line(ray_cluster):
+    """An actor holds 1.5 of the 2 CPUs and a one-CPU task waits: nothing moves, so the watch ends
+    the block with one line naming the request and what the node has free. A queue whose tasks run
+    and finish, or progress, does not count as a stall."""
+    import pytest
+    import ray
+
+    from jobs.runtime import StallError, StallWatch
+
+    @ray.remote(num_cpus=1.5)
+    class Holder:
+        def ready(self):
+            return True
+
+    @ray.remote(num_cpus=1)
+    def read():
+        return 1
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
+    waiting = read.remote()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StallError) as stalled:
+            with StallWatch("train", progress=lambda: 0, seconds=3, interval=0.5):
+                while time.monotonic() - started < 120:
+                    time.sleep(0.1)
+        message = str(stalled.value)
+        assert message.startswith("train: no progress for 0.05 min: Ray waits for 1 x {CPU: 1}, which no node has free")
+        assert "(free per node: {CPU: 0.5})" in message and "\n" not in message
+    finally:
+        ray.cancel(waiting, force=True)
+        ray.kill(holder)
+
+    steps = iter(range(10**6))
+    with StallWatch("train", progress=lambda: next(steps), seconds=2, interval=0.5):
+        blocker = Holder.remote()
+        ray.get(blocker.ready.remote())
+        queued = read.remote()
+        time.sleep(5)  # a stall of resources, but progress moves
+    ray.kill(blocker)
+    assert ray.get(queued, timeout=120) == 1
