@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.ingest import manifest_created, read_commit_markers, read_image_source, read_table
+from jobs.ingest import UnbalancedError, manifest_created, read_commit_markers, read_image_source, read_table
 from jobs.runtime import Progress, StallWatch, alive_node_cpus, cpu_share, init_ray
 from jobs.storage import (
     StorageError,
@@ -670,6 +670,9 @@ def run_annotate(
     pictures = draw_pictures(dest, options, markers, category_names, visualize, exif_transpose=not plan.ingested) if visualize else []
     manifest = _manifest(plan, dest, options, markers, fingerprinted, results, pictures)
     write_bytes_atomic(join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options)
+    images = manifest["images"]
+    if not images["balanced"]:
+        raise UnbalancedError(f"{dest}/manifest.json does not balance: {images['listed']} images listed, {images['annotated']} annotated and {images['errors']} in errors")
     return manifest
 
 
