@@ -24,6 +24,7 @@ SLOWEST_MODULES = (
     "test_train.py",
     "test_cluster.py",
     "test_annotate.py",
+    "test_faults.py",
     "test_ingest.py",
     "test_detector_jobs.py",
     "test_recipes.py",
