@@ -72,8 +72,9 @@ def test_jobs_commands_need_an_address():
 @pytest.fixture(scope="module")
 def cluster(s3, tmp_path_factory):
     with RayTestCluster(tmp_path_factory.mktemp("raycluster"), env=s3.env()) as cluster:
-        cluster.start_head(num_cpus=3)
-        cluster.worker = cluster.add_node(num_cpus=3)
+        # Two equal nodes: a plan that splits the spare CPU between them leaves neither a whole CPU.
+        cluster.start_head(num_cpus=2)
+        cluster.worker = cluster.add_node(num_cpus=2)
         yield cluster
 
 
@@ -109,6 +110,26 @@ def read_metrics(s3, url: str) -> list[dict]:
     return [json.loads(line) for line in body.decode().splitlines()]
 
 
+@pytest.mark.timeout(1200)
+def test_two_workers_train_on_two_equal_nodes(cluster, s3, tmp_path):
+    """train-svhn --workers 2 on nodes of 2 CPUs each: the plan gives each worker one CPU, so a node
+    keeps a whole CPU for Ray Data's reading tasks (1.5 CPUs each hung with the workers idle)."""
+    from pose.synth.digits import write_svhn
+
+    bucket = s3.make_bucket("equal")
+    write_svhn(tmp_path / "src", train=256, test=64, seed=5)
+    client = s3.client()
+    for path in (tmp_path / "src").iterdir():
+        client.upload_file(str(path), "equal", f"src/{path.name}")
+    ingest = run_cli(cluster, "ingest", "svhn", f"{bucket}/src", f"{bucket}/svhn", "--address", cluster.dashboard_url)
+    assert ingest.returncode == 0, ingest.stderr[-3000:]
+    train = run_cli(cluster, "train-svhn", "--data", f"{bucket}/svhn", "--out", f"{bucket}/runs/svhn", "--workers", "2",
+                    "--epochs", "1", "--min-steps", "0", "--batch-size", "64", "--address", cluster.dashboard_url, timeout=900)  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:] + train.stdout[-3000:]
+    assert "{'CPU': 1.0}" in train.stdout + train.stderr
+    assert [m["epoch"] for m in read_metrics(s3, f"{bucket}/runs/svhn")] == [1]
+
+
 @pytest.mark.timeout(1800)
 def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     """ingest coco and train-keypoints --workers 2 submitted with --address: the workers train on
@@ -131,8 +152,9 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     assert "train: 16 images" in ingest.stdout and "all accounted for" in ingest.stdout
 
     out = f"{bucket}/runs/keypoints"
-    train_args = ["train-keypoints", "--data", f"{bucket}/coco", "--out", out, "--workers", "2", "--cpus-per-worker", "2",
-                  "--epochs", "2", "--batch-size", "8", "--input-size", "64x96"]  # fmt: skip
+    # Three workers of one CPU (the default share on 2 + 2 CPUs): both nodes train, one CPU stays free.
+    train_args = ["train-keypoints", "--data", f"{bucket}/coco", "--out", out, "--workers", "3",
+                  "--epochs", "2", "--batch-size", "6", "--input-size", "64x96"]  # fmt: skip
     submitted = run_cli(cluster, *train_args, "--address", cluster.dashboard_url, "--no-wait", timeout=120)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
@@ -143,10 +165,10 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
         assert time.monotonic() < deadline, run_cli(cluster, "jobs", "logs", job_id, "--address", cluster.dashboard_url).stdout[-3000:]
         time.sleep(3)
     head, worker = cluster.nodes[0].node_id, cluster.worker.node_id
-    assert set(first[0]["nodes"]) == {head, worker}  # one training worker on each node
+    assert set(first[0]["nodes"]) == {head, worker}  # training workers on both nodes
 
     cluster.kill_node(cluster.worker)
-    replacement = cluster.add_node(num_cpus=3, name="replacement")
+    replacement = cluster.add_node(num_cpus=2, name="replacement")
 
     followed = run_cli(cluster, "jobs", "logs", job_id, "--follow", "--address", cluster.dashboard_url, timeout=1500)
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
