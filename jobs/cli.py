@@ -161,7 +161,7 @@ class KeypointRecipeName(str, Enum):  # pose.recipes.RECIPES
     mmpose_td_hm = "mmpose-td-hm"  # MMPose 1.x td-hm configs (ResNet, HRNet; msra, dark, udp)
     hrnet_w32 = "hrnet-w32"  # the HRNet release's COCO configs
     hrnet_w48 = "hrnet-w48"
-    rtmpose_m = "rtmpose-m"  # MMPose 1.x rtmpose-m_8xb256-420e_coco-256x192.py (--show-recipe only, see train_keypoints)
+    rtmpose_m = "rtmpose-m"  # MMPose 1.x rtmpose-m_8xb256-420e_coco-256x192.py
 
 
 class Precision(str, Enum):  # pose.precision.PRECISIONS
@@ -403,8 +403,8 @@ def train_keypoints(
         KeypointRecipeName,
         typer.Option("--recipe", help="cpu: from scratch on a few CPU cores (ResNet-18 cut after layer2, 128x96). The reference recipes, each equal to "
                      "its source (docs/recipes.md; give ImageNet weights with --backbone-weights): simple-baselines (ResNet-50/101/152), "
-                     "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48; rtmpose-m (MMPose's RTMPose-m config: "
-                     "--show-recipe only for now)."),
+                     "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48; rtmpose-m (MMPose's RTMPose-m config; "
+                     "--backbone-weights: an MMPose CSPNeXt-m file)."),
     ] = KeypointRecipeName.cpu,
     show_recipe: Annotated[bool, typer.Option("--show-recipe", help="Print every resolved setting of the recipe as JSON and exit.")] = False,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
@@ -451,11 +451,6 @@ def train_keypoints(
     if show_recipe:
         typer.echo(json.dumps(describe(recipe, workers), indent=2))
         return
-    if recipe.rtmpose is not None:
-        # pose.keypoint_task trains it through pose.engine (EMA included), but the training job (jobs/train.py) does not
-        # yet validate and save the EMA weights nor keep them in its checkpoints: a run would not be the reference.
-        raise typer.BadParameter("rtmpose-m is not trainable with pose-jobs yet: only --show-recipe (docs/recipes.md says what is missing)",
-                                 param_hint="--recipe")
     for value, name in ((data, "--data"), (out, "--out")):
         if not value:
             raise typer.BadParameter("required to train (only --show-recipe runs without it)", param_hint=name)

@@ -354,6 +354,7 @@ def _train_loop(config: dict) -> None:
 
     model = task.build_model()
     optimizer, scheduler = task.build_optimizer(model, plan.steps_per_epoch)
+    ema = getattr(task, "ema", None)  # RTMPose: the averaged weights, validated, checkpointed and saved
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -362,6 +363,8 @@ def _train_loop(config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch, history = state["epoch"], state["history"]
     precision = training_precision(device, config["precision"], task)
     model = precision.prepare(model)
@@ -370,6 +373,8 @@ def _train_loop(config: dict) -> None:
         torch.backends.cudnn.benchmark = getattr(task, "fixed_input_size", False)
     model = ray.train.torch.prepare_model(model)
     plain_model = model.module if hasattr(model, "module") else model
+    if ema is not None:
+        ema.module.to(device)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
@@ -420,6 +425,7 @@ def _train_loop(config: dict) -> None:
                         "model": plain_model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
+                        **({"ema": ema.state_dict()} if ema is not None else {}),
                         "epoch": epoch + 1,
                         "history": history,
                         "config": task.config(),
@@ -431,7 +437,9 @@ def _train_loop(config: dict) -> None:
                 ray.train.report(metrics)
 
     if rank == 0:
-        _write_model(task, plain_model, history, epochs, config["requested_epochs"], plan, out, options)
+        # The weights a run leaves are the ones it validated: the EMA's where the recipe keeps one.
+        saved = task.averaged(plain_model) if hasattr(task, "averaged") else plain_model
+        _write_model(task, saved, history, epochs, config["requested_epochs"], plan, out, options)
 
 
 def _write_run_files(task, history: list[dict], out: str, options: StorageOptions) -> None:

@@ -474,6 +474,27 @@ def test_train_keypoints_with_a_reference_recipe_on_ray(ray_cluster, tmp_path):
     assert 0.0 <= figures["ap"] <= 1.0 and "pck" not in figures
 
 
+def test_train_keypoints_rtmpose_m_on_ray_keeps_and_saves_its_ema(ray_cluster, tmp_path):
+    """`train-keypoints --recipe rtmpose-m` on Ray: the checkpoint holds the EMA (updated at every optimiser step,
+    restored on resume) and model.pt is the averaged weights, as MMPose's EMAHook saves them."""
+    from jobs.ingest import ingest
+    from pose.synth.people import write_coco
+
+    write_coco(tmp_path / "src", split="train", images=3, seed=33)
+    write_coco(tmp_path / "src", split="val", images=2, seed=34)
+    ingest("coco", str(tmp_path / "src"), str(tmp_path / "coco"), progress=False)
+    result = CliRunner().invoke(app, ["train-keypoints", "--data", str(tmp_path / "coco"), "--out", str(tmp_path / "run"),
+                                      "--recipe", "rtmpose-m", "--epochs", "1", "--batch-size", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert info["recipe"]["name"] == "rtmpose-m" and 0.0 <= info["final"]["val_ap"] <= 1.0
+    checkpoint = torch.load(sorted((tmp_path / "run").glob("checkpoint_*/checkpoint.pt"))[-1], weights_only=False)
+    assert checkpoint["ema"]["steps"] == info["final"]["steps"] >= 1
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    averaged = checkpoint["ema"]["module"]
+    assert saved.keys() == averaged.keys() and all(torch.equal(saved[k], averaged[k]) for k in saved)
+
+
 def test_rtmpose_m_trains_through_the_engine_with_its_ema():
     """RTMPose-m from the recipe through pose.engine without Ray: the backbone from an MMPose file's `backbone.*`
     keys, SimCC labels of the stage's augmentation, the KL loss, AdamW's groups, and the EMA updated after every
