@@ -114,7 +114,11 @@ RAY_DATA_FAILURE_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution
 
 class _DropReportsOf(logging.Filter):
     """Drops a log record made while handling (or carrying) an exception that `user_errors` prints
-    as one line: Ray Data logs a failed task's exception with its traceback, and then raises it."""
+    as one line: Ray Data logs a failed task's exception with its traceback, and then raises it.
+
+    Also drops `ray.data.exceptions`' report of any other task exception: raised as it is (see
+    RAY_DATA_RAISE_ORIGINAL_MAP_EXCEPTION), Ray Data takes it for a Ray-internal error and asks
+    for a Ray issue, while it is ours; its traceback still shows when the driver raises it."""
 
     def __init__(self, kinds: tuple[type, ...]):
         super().__init__()
@@ -122,7 +126,12 @@ class _DropReportsOf(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
-        return error is None or _one_line_error(error, self.kinds) is None
+        if error is None:
+            return True
+        ray_exceptions = sys.modules.get("ray.exceptions")
+        if record.name == "ray.data.exceptions" and ray_exceptions is not None and isinstance(error, ray_exceptions.RayTaskError):
+            return False
+        return _one_line_error(error, self.kinds) is None
 
 
 def _quiet_ray_data_reports_of(kinds: tuple[type, ...]) -> None:
