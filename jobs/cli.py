@@ -344,7 +344,7 @@ def train_svhn(
     epochs: Annotated[int, typer.Option(min=1, help="At least this many epochs (a small set gets more: --min-steps).")] = 8,
     min_steps: Annotated[int, typer.Option(min=0, help="At least this many optimiser steps: the epochs of a small set are stretched to reach them (0: exactly --epochs).")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Global batch, split over the workers.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate at a global batch of 256 (one-cycle cosine); scaled linearly with --batch-size.")] = 0.1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate at a global batch of 256 (one-cycle cosine); scaled linearly with --batch-size.")] = 0.2,
     arch: Annotated[str, typer.Option(help="wrn (wide ResNet) or seed (the seed's two-conv CNN).")] = "wrn",
     depth: Annotated[int, typer.Option(help="Wide ResNet depth (6n+4).")] = 10,
     width: Annotated[int, typer.Option(help="Wide ResNet widening factor.")] = 2,
