@@ -52,6 +52,7 @@ def test_two_workers_checkpoint_to_s3_and_loss_falls(svhn_data, s3):
     # The recipe's batch is the global one: 2 workers take half each, for the steps 1 worker runs.
     assert all((m["global_batch"], m["worker_batch"], m["steps"]) == (32, 16, SVHN_STEPS) for m in lines)
     assert (info["global_batch"], info["workers"], info["worker_batch"], info["steps_per_epoch"]) == (32, 2, 16, SVHN_STEPS)
+    assert (info["requested_epochs"], info["total_steps"]) == (3, 3 * SVHN_STEPS)
     checkpoints = [u for u in list_files(out, s3.options) if "/checkpoint_" in u and u.endswith("checkpoint.pt")]
     assert checkpoints, "checkpoints are written to the S3 run folder"
     assert exists(join(out, "curves.png"), s3.options)
@@ -95,6 +96,19 @@ def test_killed_run_resumes_and_each_epoch_appears_once(svhn_data, tmp_path):
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_a_finished_run_is_known_by_the_epochs_asked_for(tmp_path):
+    """A digit run on a small set trains more epochs than asked (its minimum steps): re-running the
+    same command must find it finished, not train it again."""
+    from jobs.storage import StorageOptions
+    from jobs.train import finished_run
+
+    (tmp_path / "model.json").write_text(json.dumps({"epochs": 143, "requested_epochs": 8, "total_steps": 2002}))
+    assert finished_run(str(tmp_path), 8, StorageOptions())["epochs"] == 143
+    assert finished_run(str(tmp_path), 143, StorageOptions()) is None
+    (tmp_path / "model.json").write_text(json.dumps({"epochs": 3}))  # written before requested_epochs existed
+    assert finished_run(str(tmp_path), 3, StorageOptions()) is not None
 
 
 def test_resource_guard_refuses_what_the_cluster_cannot_grant(ray_cluster):
