@@ -32,9 +32,6 @@ class DigitSchedule:
     warmup_steps: int
     peak_lr: float
 
-    def describe(self) -> str:
-        return f"{self.epochs} epochs x {self.steps_per_epoch} steps = {self.total_steps} steps, warm-up {self.warmup_steps}, peak lr {self.peak_lr:.3g}"
-
 
 @dataclass(frozen=True)
 class DigitRecipe:
