@@ -28,6 +28,7 @@ SLOWEST_MODULES = (
     "test_ingest.py",
     "test_detector_jobs.py",
     "test_recipes.py",
+    "test_runtime.py",
     "test_goldens.py",
     "test_detector.py",
     "test_model_loading.py",
