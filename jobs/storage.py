@@ -36,6 +36,7 @@ from typing import BinaryIO, Iterator
 import botocore.exceptions
 import botocore.parsers
 import fsspec
+import fsspec.asyn
 import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
@@ -140,6 +141,9 @@ class _PatientS3FileSystem(s3fs.S3FileSystem):
                     raise
                 await asyncio.sleep(min(wait * random.uniform(0.5, 1.0), remaining))
                 wait = min(2 * wait, RETRY_LONGEST_WAIT_S)
+
+    # s3fs binds its public `call_s3` to its own `_call_s3` at class creation: rebind it to the patient one.
+    call_s3 = fsspec.asyn.sync_wrapper(_call_s3)
 
 
 # S3 error codes that mean "not now": worth retrying whatever the HTTP status says.
