@@ -79,19 +79,24 @@ def test_show_recipe_equals_the_reference_config(key):
         assert shown["bgr"] is (not reference["color_rgb"])
 
 
-def test_mmpose_schedule_equals_mmengines_warm_up_and_steps():
-    """Warm-up LinearLR over 500 iterations and MultiStepLR at epochs 170 and 200, as mmengine steps them from
-    the config (tools/make_recipe_goldens.py), here with 4 iterations per epoch."""
-    reference = GOLDENS["mmpose-learning-rates"]
-    recipe = keypoint_recipe("mmpose-td-hm")
-    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
+def _stepped_rates(recipe, optimizer_class, reference: dict) -> list[float]:
+    """The learning rate of each of the reference's iterations, as the recipe's scheduler steps it."""
+    optimizer = optimizer_class([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
     scheduler = recipe.scheduler(optimizer, steps_per_epoch=reference["epoch_length"])
     rates = []
     for _ in reference["rates"]:
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert rates == pytest.approx(reference["rates"], rel=1e-9)
+    return rates
+
+
+def test_mmpose_schedule_equals_mmengines_warm_up_and_steps():
+    """Warm-up LinearLR over 500 iterations and MultiStepLR at epochs 170 and 200, as mmengine steps them from
+    the config (tools/make_recipe_goldens.py), here with 4 iterations per epoch."""
+    reference = GOLDENS["mmpose-learning-rates"]
+    recipe = keypoint_recipe("mmpose-td-hm")
+    assert _stepped_rates(recipe, torch.optim.Adam, reference) == pytest.approx(reference["rates"], rel=1e-9)
 
 
 def _bbox_transform(step: dict, defaults: dict) -> dict:
@@ -165,14 +170,7 @@ def test_rtmpose_schedule_equals_mmengines_warm_up_and_cosine():
     steps them from the config (by-epoch cosine converted to iterations), here with 5 iterations per epoch."""
     reference = GOLDENS["rtmpose-learning-rates"]
     recipe = keypoint_recipe("rtmpose-m")
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
-    scheduler = recipe.scheduler(optimizer, steps_per_epoch=reference["epoch_length"])
-    rates = []
-    for _ in reference["rates"]:
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert rates == pytest.approx(reference["rates"], rel=1e-9)
+    assert _stepped_rates(recipe, torch.optim.AdamW, reference) == pytest.approx(reference["rates"], rel=1e-9)
 
 
 def test_rtmpose_weight_decay_groups_equal_mmengines():
