@@ -94,20 +94,20 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
             )
         return True, {"GPU": 1, "CPU": cpus_per_worker or gpu_worker_cpus(ray.nodes(), total_cpus, workers)}
     node_cpus = alive_node_cpus()
+    share = cpu_share(workers, node_cpus)  # the default: leaves a node a whole CPU for the data where it can
     if cpus_per_worker is None:
-        cpus_per_worker = cpu_share(workers, node_cpus)
+        cpus_per_worker = share
+    nodes = f"({', '.join(f'{n:g}' for n in node_cpus)} CPUs)"
     if not fits(cpus_per_worker, workers, node_cpus):  # fitting on the nodes implies fitting in the total
         most = cpu_share(workers, node_cpus, spare=0.0)
         raise TrainError(
-            f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes "
-            f"({', '.join(f'{n:g}' for n in node_cpus)} CPUs): "
+            f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes {nodes}: "
             f"Ray would wait forever; use --cpus-per-worker {most:.2g} or fewer workers"
         )
-    if not keeps_free(cpus_per_worker, workers, node_cpus, keep=1.0) and keeps_free(cpu_share(workers, node_cpus), workers, node_cpus, keep=1.0):
+    if not keeps_free(cpus_per_worker, workers, node_cpus, keep=1.0) and keeps_free(share, workers, node_cpus, keep=1.0):
         raise TrainError(
-            f"--workers {workers} x {cpus_per_worker:g} CPUs can leave no node of the cluster "
-            f"({', '.join(f'{n:g}' for n in node_cpus)} CPUs) a whole CPU for reading the data: "
-            f"Ray would wait forever; use --cpus-per-worker {cpu_share(workers, node_cpus):.3g} or fewer workers"
+            f"--workers {workers} x {cpus_per_worker:g} CPUs can leave no node of the cluster {nodes} a whole CPU for reading "
+            f"the data: Ray would wait forever; use --cpus-per-worker {share:.3g} or fewer workers"
         )
     return False, {"CPU": cpus_per_worker}
 
