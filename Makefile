@@ -31,6 +31,8 @@ demo: install
 # on the CPU. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
 
 clean:

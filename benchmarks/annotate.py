@@ -128,16 +128,23 @@ def _model_only_worker(arguments) -> float:
     return time.perf_counter() - started
 
 
-def model_only_limit(paths, detector_dir, keypoint_dir, max_persons, processes, detector_batch, keypoint_batch, precision="auto") -> float:
+def model_only_limit(
+    paths, detector_dir, keypoint_dir, max_persons, processes, detector_batch, keypoint_batch, precision="auto"
+) -> float:
     """images/s of the forward passes alone, `processes` processes with one torch thread each."""
     detector, keypoint_model = load_models(detector_dir, keypoint_dir)
     images = [decode_image(path.read_bytes()) for path in paths]
-    inputs = [cut_persons(image, detect(detector, [image])[0], keypoint_model.crop, PERSON_THRESHOLD, max_persons)[0] for image in images]
+    inputs = [
+        cut_persons(image, detect(detector, [image])[0], keypoint_model.crop, PERSON_THRESHOLD, max_persons)[0]
+        for image in images
+    ]
     shares = []
     for p in range(processes):
         mine = list(range(p, len(images), processes))
         persons = np.concatenate([inputs[i] for i in mine]) if mine else np.zeros((0,))
-        shares.append(([images[i] for i in mine], persons, detector_dir, keypoint_dir, detector_batch, keypoint_batch, precision))
+        shares.append(
+            ([images[i] for i in mine], persons, detector_dir, keypoint_dir, detector_batch, keypoint_batch, precision)
+        )
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         seconds = pool.map(_model_only_worker, shares)
     return len(images) / max(seconds), sum(len(i) for i in inputs) / len(images)
@@ -172,8 +179,11 @@ def ground_truth_boxes(coco: Path, split: str, out: Path) -> dict[int, tuple[np.
     from jobs.annotate import boxes_by_image
 
     annotations = json.loads((coco / "annotations" / f"person_keypoints_{split}2017.json").read_text())["annotations"]
-    entries = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
-               for a in annotations if not a["iscrowd"] and a["num_keypoints"] > 0]
+    entries = [
+        {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+        for a in annotations
+        if not a["iscrowd"] and a["num_keypoints"] > 0
+    ]
     out.write_text(json.dumps(entries))
     return boxes_by_image(entries)
 
@@ -234,14 +244,27 @@ def published_families(families: list[str], workdir: Path, images: int, precisio
         no_boxes = (np.zeros((0, 4)), np.zeros(0))
         crops = [cut_crops(decode_image(p.read_bytes()), boxes.get(int(p.stem), no_boxes)[0], crop)[0] for p in paths]
         persons = sum(len(c) for c in crops)
-        shares = [(spec, np.concatenate([crops[i] for i in range(k, len(crops), processes)]), resources.keypoint_batch, precision)
-                  for k in range(processes)]
+        shares = [
+            (
+                spec,
+                np.concatenate([crops[i] for i in range(k, len(crops), processes)]),
+                resources.keypoint_batch,
+                precision,
+            )
+            for k in range(processes)
+        ]
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
             limit = len(paths) / max(pool.map(_forward_worker, shares))
-        print(f"{family:<10} {persons / len(paths):4.1f} persons/image   annotate {len(paths) / times['all']:6.2f} images/s "
-              f"({rate:.2f} beyond the fixed cost)   forward-only limit {limit:6.2f} images/s   ratio {rate / limit:.2f}", flush=True)
+        print(
+            f"{family:<10} {persons / len(paths):4.1f} persons/image   annotate {len(paths) / times['all']:6.2f} images/s "
+            f"({rate:.2f} beyond the fixed cost)   forward-only limit {limit:6.2f} images/s   ratio {rate / limit:.2f}",
+            flush=True,
+        )
     ray.shutdown()
-    print(f"precision: {inference_precision('cpu', precision).describe()}; {processes} cores; {len(paths)} images; boxes: ground truth", flush=True)
+    print(
+        f"precision: {inference_precision('cpu', precision).describe()}; {processes} cores; {len(paths)} images; boxes: ground truth",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -250,15 +273,29 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--max-persons", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="the job's and the model-only limit's (annotate --precision); the plain loop is float32")
-    parser.add_argument("--keypoints", default=None, help=f"time these published families instead, comma-separated: {', '.join(PUBLISHED_NAMES)}")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the job's and the model-only limit's (annotate --precision); the plain loop is float32",
+    )
+    parser.add_argument(
+        "--keypoints",
+        default=None,
+        help=f"time these published families instead, comma-separated: {', '.join(PUBLISHED_NAMES)}",
+    )
     args = parser.parse_args()
     if args.keypoints:
         families = args.keypoints.split(",")
         unknown = [f for f in families if f not in PUBLISHED_NAMES]
         if unknown:
             parser.error(f"unknown families {unknown}; choose from {', '.join(PUBLISHED_NAMES)}")
-        published_families(families, args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-published-")), args.images, args.precision)
+        published_families(
+            families,
+            args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-published-")),
+            args.images,
+            args.precision,
+        )
         return
 
     from pose.synth.people import write_coco
@@ -318,36 +355,85 @@ def main() -> None:
         split_rate = len(paths) / (time.perf_counter() - started)
     ray.shutdown()
 
-    pools = (f"{resources.detector_actors} actors running both models" if resources.combined
-             else f"{resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors")
-    print(f"precision (job and model-only limit): {inference_precision('cpu', args.precision).describe()}; plain loop: fp32", flush=True)
-    print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {args.images * args.scale} ({args.scale}x); "
-          f"pools: {pools}, batches {resources.detector_batch} images / {resources.keypoint_batch} persons", flush=True)
-    print(f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s   ({job_seconds:.1f} s; {fixed:.1f} s on 2 images)", flush=True)
-    print(f"  on {large_count} images: {large_count / large_seconds:.2f} images/s ({large_seconds:.1f} s): "
-          f"{marginal_rate:.2f} images/s beyond the {len(paths)}-image run's time", flush=True)
+    pools = (
+        f"{resources.detector_actors} actors running both models"
+        if resources.combined
+        else f"{resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors"
+    )
+    print(
+        f"precision (job and model-only limit): {inference_precision('cpu', args.precision).describe()}; plain loop: fp32",
+        flush=True,
+    )
+    print(
+        f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {args.images * args.scale} ({args.scale}x); "
+        f"pools: {pools}, batches {resources.detector_batch} images / {resources.keypoint_batch} persons",
+        flush=True,
+    )
+    print(
+        f"pose-jobs annotate (Ray warm)   {job_rate:8.2f} images/s   ({job_seconds:.1f} s; {fixed:.1f} s on 2 images)",
+        flush=True,
+    )
+    print(
+        f"  on {large_count} images: {large_count / large_seconds:.2f} images/s ({large_seconds:.1f} s): "
+        f"{marginal_rate:.2f} images/s beyond the {len(paths)}-image run's time",
+        flush=True,
+    )
     if split_rate is not None:
-        print(f"  two pools instead ({split_resources.detector_actors} detector + {split_resources.keypoint_actors} keypoint actors, "
-              f"as on GPUs): {split_rate:.2f} images/s", flush=True)
+        print(
+            f"  two pools instead ({split_resources.detector_actors} detector + {split_resources.keypoint_actors} keypoint actors, "
+            f"as on GPUs): {split_rate:.2f} images/s",
+            flush=True,
+        )
     torch.set_num_threads(os.cpu_count())
     plain_rate = plain_loop(paths, detector_dir, keypoint_dir, args.max_persons)
-    print(f"plain single-process loop       {plain_rate:8.2f} images/s   (load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(
+        f"plain single-process loop       {plain_rate:8.2f} images/s   (load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
     processes = os.cpu_count()
-    limit_rate, persons = model_only_limit(paths, detector_dir, keypoint_dir, args.max_persons, processes, resources.detector_batch, resources.keypoint_batch,
-                                           args.precision)
-    print(f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s   ({persons:.1f} persons per image; load average {os.getloadavg()[0]:.1f})", flush=True)
-    print(f"annotate: x{job_rate / plain_rate:.2f} the plain loop, {job_rate / limit_rate:.2f} of the model-only limit; "
-          f"beyond the fixed cost x{marginal_rate / plain_rate:.2f} and {marginal_rate / limit_rate:.2f}", flush=True)
+    limit_rate, persons = model_only_limit(
+        paths,
+        detector_dir,
+        keypoint_dir,
+        args.max_persons,
+        processes,
+        resources.detector_batch,
+        resources.keypoint_batch,
+        args.precision,
+    )
+    print(
+        f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s   ({persons:.1f} persons per image; load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    print(
+        f"annotate: x{job_rate / plain_rate:.2f} the plain loop, {job_rate / limit_rate:.2f} of the model-only limit; "
+        f"beyond the fixed cost x{marginal_rate / plain_rate:.2f} and {marginal_rate / limit_rate:.2f}",
+        flush=True,
+    )
 
     cli = str(Path(sys.executable).with_name("pose-jobs"))
-    common = ["--detector", detector_dir, "--keypoints", keypoint_dir, "--max-persons", str(args.max_persons), "--precision", args.precision]
+    common = [
+        "--detector",
+        detector_dir,
+        "--keypoints",
+        keypoint_dir,
+        "--max-persons",
+        str(args.max_persons),
+        "--precision",
+        args.precision,
+    ]
     peaks = {}
     for name, source, count in (("1x", folder, len(paths)), (f"{args.scale}x", large / "val2017", large_count)):
         shutil.rmtree(workdir / f"cli-{name}", ignore_errors=True)
         with open(workdir / f"cli-{name}.stderr", "wb") as log:
-            wall, peaks[name] = peak_tree_pss([cli, "annotate", str(source), str(workdir / f"cli-{name}"), *common], stderr=log)
-        print(f"pose-jobs annotate command, Ray start included, {name}: {count / wall:.2f} images/s ({wall:.0f} s), "
-              f"peak memory (PSS, whole job) {peaks[name]:.0f} MiB", flush=True)
+            wall, peaks[name] = peak_tree_pss(
+                [cli, "annotate", str(source), str(workdir / f"cli-{name}"), *common], stderr=log
+            )
+        print(
+            f"pose-jobs annotate command, Ray start included, {name}: {count / wall:.2f} images/s ({wall:.0f} s), "
+            f"peak memory (PSS, whole job) {peaks[name]:.0f} MiB",
+            flush=True,
+        )
     print(f"peak memory ratio {args.scale}x / 1x: {peaks[f'{args.scale}x'] / peaks['1x']:.2f}", flush=True)
 
 

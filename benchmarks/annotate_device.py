@@ -36,9 +36,9 @@ from pose.heatmaps import to_image_coordinates
 from pose.images import IMAGE_SUFFIXES, decode_image
 from pose.keypoint_task import KeypointRecipe, predict
 from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, detect, person_boxes
-from pose.topdown import cut_crops
 from pose.models.keypoints import build_keypoint_model
 from pose.precision import PRECISIONS, Precision, inference_precision
+from pose.topdown import cut_crops
 
 
 class GpuBusy:
@@ -77,7 +77,9 @@ class GpuBusy:
         return float(np.mean(self.samples)) / 100 if self.samples else float("nan")
 
 
-def cut_persons(image: np.ndarray, found: dict, crop, threshold: float, max_persons: int) -> tuple[np.ndarray, np.ndarray]:
+def cut_persons(
+    image: np.ndarray, found: dict, crop, threshold: float, max_persons: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The person inputs (P, h, w, 3) of one image's detections and their input -> image matrices
     (P, 2, 3), chosen and cut as the job does (`person_boxes`, `pose.topdown.cut_crops`)."""
     chosen = person_boxes(found["boxes"], found["scores"], found["labels"], threshold, max_persons)
@@ -89,7 +91,9 @@ def run_folder(folder: Path) -> tuple[dict, dict]:
     """(model.json, state_dict) of a local run folder, without `jobs` (no Ray or S3 libraries here)."""
     import json
 
-    return json.loads((folder / "model.json").read_text()), torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    return json.loads((folder / "model.json").read_text()), torch.load(
+        folder / "model.pt", map_location="cpu", weights_only=True
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -97,7 +101,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def detector_only(detector, images: list[np.ndarray], device, batch: int, repeats: int, arithmetic: Precision = Precision()) -> float:
+def detector_only(
+    detector, images: list[np.ndarray], device, batch: int, repeats: int, arithmetic: Precision = Precision()
+) -> float:
     tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).to(device) for image in images]
     with arithmetic.autocast(device):
         detect(detector, tensors[:batch])
@@ -110,7 +116,16 @@ def detector_only(detector, images: list[np.ndarray], device, batch: int, repeat
     return repeats * len(tensors) / (time.perf_counter() - started)
 
 
-def keypoints_only(model, inputs: np.ndarray, recipe: KeypointRecipe, device, batch: int, repeats: int, amp_dtype=None, channels_last: bool = False) -> float:
+def keypoints_only(
+    model,
+    inputs: np.ndarray,
+    recipe: KeypointRecipe,
+    device,
+    batch: int,
+    repeats: int,
+    amp_dtype=None,
+    channels_last: bool = False,
+) -> float:
     codec = recipe.codec()
     on_device = torch.from_numpy(inputs).to(device)
     predict(model, on_device[:batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=channels_last)
@@ -118,19 +133,45 @@ def keypoints_only(model, inputs: np.ndarray, recipe: KeypointRecipe, device, ba
     started = time.perf_counter()
     for _ in range(repeats):
         for start in range(0, len(on_device), batch):
-            predict(model, on_device[start : start + batch], flip_test=True, codec=codec, amp_dtype=amp_dtype, channels_last=channels_last)
+            predict(
+                model,
+                on_device[start : start + batch],
+                flip_test=True,
+                codec=codec,
+                amp_dtype=amp_dtype,
+                channels_last=channels_last,
+            )
     synchronize(device)
     return repeats * len(on_device) / (time.perf_counter() - started)
 
 
-def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lanes: int, decode_threads: int, detector_batch: int, keypoint_batch: int, max_persons: int, threshold: float,
-             arithmetic: Precision = Precision(), channels_last: bool = False) -> tuple[float, float]:
+def pipeline(
+    paths: list[Path],
+    detector,
+    keypoint_model,
+    recipe,
+    device,
+    *,
+    lanes: int,
+    decode_threads: int,
+    detector_batch: int,
+    keypoint_batch: int,
+    max_persons: int,
+    threshold: float,
+    arithmetic: Precision = Precision(),
+    channels_last: bool = False,
+) -> tuple[float, float]:
     """images/s and the GPU's busy fraction of decode -> detect -> cut -> keypoints in `lanes`
     threads, both models in `arithmetic`'s precision (annotate's `--precision`), the keypoint
     model's inputs channels-last when it is."""
     codec = recipe.codec()
     batches = [paths[i : i + detector_batch] for i in range(0, len(paths), detector_batch)]
-    decoded = prefetch(batches, lambda chunk: [decode_image(path.read_bytes()) for path in chunk], decode_threads, ahead=2 * decode_threads + lanes)
+    decoded = prefetch(
+        batches,
+        lambda chunk: [decode_image(path.read_bytes()) for path in chunk],
+        decode_threads,
+        ahead=2 * decode_threads + lanes,
+    )
     lock = threading.Lock()
     done = [0]
 
@@ -149,8 +190,14 @@ def pipeline(paths: list[Path], detector, keypoint_model, recipe, device, *, lan
                 matrices.append(affine)
             persons, affines = np.concatenate(inputs), np.concatenate(matrices)
             for start in range(0, len(persons), keypoint_batch):
-                points, _, _ = predict(keypoint_model, persons[start : start + keypoint_batch], flip_test=True, codec=codec,
-                                       amp_dtype=arithmetic.amp_dtype, channels_last=channels_last)
+                points, _, _ = predict(
+                    keypoint_model,
+                    persons[start : start + keypoint_batch],
+                    flip_test=True,
+                    codec=codec,
+                    amp_dtype=arithmetic.amp_dtype,
+                    channels_last=channels_last,
+                )
                 to_image_coordinates(points, affines[start : start + keypoint_batch])
             with lock:
                 done[0] += len(images)
@@ -179,7 +226,9 @@ def family_rates(families: list[str], device: torch.device, precision: str, batc
     arithmetic = inference_precision(device, precision)
     for family in families:
         spec = CheckpointSpec("mmpose", family, (192, 256), "simcc" if family.startswith("rtmpose") else "msra")
-        predictor = TopDownPredictor(pose_model(spec, build_network(spec)), device=device, precision=arithmetic, batch_size=batch)
+        predictor = TopDownPredictor(
+            pose_model(spec, build_network(spec)), device=device, precision=arithmetic, batch_size=batch
+        )
         predictor.keypoints(crops[:batch], backs[:batch])  # kernels chosen, memory allocated
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -188,27 +237,60 @@ def family_rates(families: list[str], device: torch.device, precision: str, batc
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        print(f"{family:<10} {persons / seconds:8.0f} persons/s  ({arithmetic.describe()}, batch {batch}, flip test, {persons} crops on {device})", flush=True)
+        print(
+            f"{family:<10} {persons / seconds:8.0f} persons/s  ({arithmetic.describe()}, batch {batch}, flip test, {persons} crops on {device})",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=None, help="a folder of images (e.g. a synthetic COCO val2017/); required unless --families")
-    parser.add_argument("--families", default=None, help="only time the top-down predictor of these published families (e.g. rtmpose-m,hrnet-w32,resnet50)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="a folder of images (e.g. a synthetic COCO val2017/); required unless --families",
+    )
+    parser.add_argument(
+        "--families",
+        default=None,
+        help="only time the top-down predictor of these published families (e.g. rtmpose-m,hrnet-w32,resnet50)",
+    )
     parser.add_argument("--persons", type=int, default=1024, help="crops timed per family with --families")
     parser.add_argument("--count", type=int, default=256, help="images used")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--detector", type=Path, default=None, help="a train-detector run folder (default: an untrained --arch)")
-    parser.add_argument("--keypoints", type=Path, default=None, help="a train-keypoints run folder (default: an untrained --recipe model)")
+    parser.add_argument(
+        "--detector", type=Path, default=None, help="a train-detector run folder (default: an untrained --arch)"
+    )
+    parser.add_argument(
+        "--keypoints",
+        type=Path,
+        default=None,
+        help="a train-keypoints run folder (default: an untrained --recipe model)",
+    )
     parser.add_argument("--arch", choices=ARCHITECTURES, default="fasterrcnn_resnet50_fpn_v2")
-    parser.add_argument("--recipe", choices=["cpu", "coco"], default="coco", help="keypoint model: the CPU default or Simple Baselines' ResNet-50 at 256x192")
+    parser.add_argument(
+        "--recipe",
+        choices=["cpu", "coco"],
+        default="coco",
+        help="keypoint model: the CPU default or Simple Baselines' ResNet-50 at 256x192",
+    )
     parser.add_argument("--detector-batch", type=int, default=8, help="annotate's GPU default")
     parser.add_argument("--keypoint-batch", type=int, default=128, help="annotate's GPU default")
     parser.add_argument("--max-persons", type=int, default=4)
-    parser.add_argument("--person-threshold", type=float, default=0.3, help="person score that gets keypoints (annotate's default)")
-    parser.add_argument("--lanes", default="1,2,4", help="comma-separated numbers of detector+keypoint lanes sharing the device")
+    parser.add_argument(
+        "--person-threshold", type=float, default=0.3, help="person score that gets keypoints (annotate's default)"
+    )
+    parser.add_argument(
+        "--lanes", default="1,2,4", help="comma-separated numbers of detector+keypoint lanes sharing the device"
+    )
     parser.add_argument("--decode-threads", type=int, default=8)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="the models' arithmetic in the detector-alone and pipeline runs, as annotate's --precision")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the models' arithmetic in the detector-alone and pipeline runs, as annotate's --precision",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.families:
@@ -217,7 +299,10 @@ def main() -> None:
     if args.images is None:
         parser.error("--images is required (unless --families)")
     torch.backends.cudnn.benchmark = True
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}", flush=True)
+    print(
+        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}",
+        flush=True,
+    )
 
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: args.count]
     if not paths:
@@ -240,7 +325,9 @@ def main() -> None:
         recipe = KeypointRecipe.from_dict(info["recipe"])
     else:
         # "coco": Simple Baselines' network and input in pose-jobs' pipeline (the published families: --families)
-        coco = KeypointRecipe(backbone="resnet50", backbone_stages=4, deconv_layers=3, deconv_channels=256, input_size=(192, 256))
+        coco = KeypointRecipe(
+            backbone="resnet50", backbone_stages=4, deconv_layers=3, deconv_channels=256, input_size=(192, 256)
+        )
         recipe = coco if args.recipe == "coco" else KeypointRecipe()
     keypoint_model = build_keypoint_model(recipe.model_config())
     if args.keypoints:
@@ -252,8 +339,11 @@ def main() -> None:
 
     images = [decode_image(path.read_bytes()) for path in paths]
     sizes = np.array([image.shape[:2] for image in images])
-    print(f"{len(images)} images, median {int(np.median(sizes[:, 1]))}x{int(np.median(sizes[:, 0]))}; detector {config.arch} "
-          f"(short side {config.min_size}), keypoints {recipe.backbone} {recipe.input_size[0]}x{recipe.input_size[1]}", flush=True)
+    print(
+        f"{len(images)} images, median {int(np.median(sizes[:, 1]))}x{int(np.median(sizes[:, 0]))}; detector {config.arch} "
+        f"(short side {config.min_size}), keypoints {recipe.backbone} {recipe.input_size[0]}x{recipe.input_size[1]}",
+        flush=True,
+    )
     found = detect(detector, images[:1], device)
     inputs = []
     for image in images[:64]:
@@ -267,18 +357,57 @@ def main() -> None:
 
     print(f"precision: {arithmetic.describe()}", flush=True)
     detector_rate = detector_only(detector, images, device, args.detector_batch, 1, arithmetic)
-    keypoint_rate = keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=arithmetic.amp_dtype, channels_last=channels_last)
-    keypoint_bf16 = (keypoints_only(keypoint_model, persons, recipe, device, args.keypoint_batch, 4, amp_dtype=torch.bfloat16, channels_last=channels_last)
-                     if device.type == "cuda" else float("nan"))
+    keypoint_rate = keypoints_only(
+        keypoint_model,
+        persons,
+        recipe,
+        device,
+        args.keypoint_batch,
+        4,
+        amp_dtype=arithmetic.amp_dtype,
+        channels_last=channels_last,
+    )
+    keypoint_bf16 = (
+        keypoints_only(
+            keypoint_model,
+            persons,
+            recipe,
+            device,
+            args.keypoint_batch,
+            4,
+            amp_dtype=torch.bfloat16,
+            channels_last=channels_last,
+        )
+        if device.type == "cuda"
+        else float("nan")
+    )
     limit = 1 / (1 / detector_rate + per_image / keypoint_rate)
     print(f"detector alone (batch {args.detector_batch}):      {detector_rate:8.1f} images/s", flush=True)
-    print(f"keypoints alone (batch {args.keypoint_batch}, flip): {keypoint_rate:8.1f} persons/s (bf16: {keypoint_bf16:.1f})", flush=True)
+    print(
+        f"keypoints alone (batch {args.keypoint_batch}, flip): {keypoint_rate:8.1f} persons/s (bf16: {keypoint_bf16:.1f})",
+        flush=True,
+    )
     print(f"model-only limit at {per_image:.2f} persons/image: {limit:8.1f} images/s", flush=True)
     for lanes in (int(v) for v in args.lanes.split(",")):
-        rate, busy = pipeline(paths, detector, keypoint_model, recipe, device, lanes=lanes, decode_threads=args.decode_threads,
-                              detector_batch=args.detector_batch, keypoint_batch=args.keypoint_batch, max_persons=args.max_persons,
-                              threshold=args.person_threshold, arithmetic=arithmetic, channels_last=channels_last)
-        print(f"pipeline, {lanes} lane(s):                 {rate:8.1f} images/s  ({rate / limit:.2f} of the limit), GPU busy {busy:.0%}", flush=True)
+        rate, busy = pipeline(
+            paths,
+            detector,
+            keypoint_model,
+            recipe,
+            device,
+            lanes=lanes,
+            decode_threads=args.decode_threads,
+            detector_batch=args.detector_batch,
+            keypoint_batch=args.keypoint_batch,
+            max_persons=args.max_persons,
+            threshold=args.person_threshold,
+            arithmetic=arithmetic,
+            channels_last=channels_last,
+        )
+        print(
+            f"pipeline, {lanes} lane(s):                 {rate:8.1f} images/s  ({rate / limit:.2f} of the limit), GPU busy {busy:.0%}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ point is its storage traffic, not its predictions.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -25,15 +24,17 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="pj-ray-", dir="/tmp"))  # never join another Ray on this machine
+os.environ.setdefault(
+    "RAY_TMPDIR", tempfile.mkdtemp(prefix="pj-ray-", dir="/tmp")
+)  # never join another Ray on this machine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
-from jobs.storage import StorageError, StorageOptions, filesystem, join, open_input, read_bytes  # noqa: E402
 from s3faults import KINDS, FaultProxy  # noqa: E402
 from s3server import REGION, S3TestServer  # noqa: E402
+
+from jobs.storage import StorageError, StorageOptions, filesystem, join, open_input, read_bytes  # noqa: E402
 
 # The key that names one input item in each table compared: none may be missing or repeated.
 INGEST_TABLES = {"images": "image_id", "persons": "annotation_id", "person_crops": "annotation_id"}
@@ -126,11 +127,21 @@ def main() -> None:
             if job == "ingest":
                 ingest("coco", src, dest, options, shard_size=args.shard_size, progress=False)
             else:
-                annotate(images, dest, AnnotateSettings(*models, shard_images=args.shard_size, detector_batch=1), options, progress=False)
+                annotate(
+                    images,
+                    dest,
+                    AnnotateSettings(*models, shard_images=args.shard_size, detector_batch=1),
+                    options,
+                    progress=False,
+                )
 
-        print(f"{args.images} images, shards of {args.shard_size}, 'delay' = {args.delay:g} s, --storage-retry-seconds {args.retry_seconds:g}; "
-              "wall time through the proxy against the mean of the two clean runs through it\n")
-        print("| job | fault | rate | injected / requests | outcome | rows lost | rows duplicated | wall time | overhead |")
+        print(
+            f"{args.images} images, shards of {args.shard_size}, 'delay' = {args.delay:g} s, --storage-retry-seconds {args.retry_seconds:g}; "
+            "wall time through the proxy against the mean of the two clean runs through it\n"
+        )
+        print(
+            "| job | fault | rate | injected / requests | outcome | rows lost | rows duplicated | wall time | overhead |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for job in args.jobs.split(","):
             tables = INGEST_TABLES if job == "ingest" else ANNOTATE_TABLES
@@ -139,21 +150,39 @@ def main() -> None:
             def clean_run(dest: str) -> tuple[float, int]:
                 with FaultProxy(server.endpoint_url) as proxy:
                     started = time.monotonic()
-                    run_job(job, dest, StorageOptions(endpoint_url=proxy.endpoint_url, region=REGION, retry_seconds=args.retry_seconds))
+                    run_job(
+                        job,
+                        dest,
+                        StorageOptions(
+                            endpoint_url=proxy.endpoint_url, region=REGION, retry_seconds=args.retry_seconds
+                        ),
+                    )
                     return time.monotonic() - started, proxy.requests
 
-            clean_run(join(out, f"{job}-warm-up"))  # untimed: Ray Data's workers start and import the job's modules once
+            clean_run(
+                join(out, f"{job}-warm-up")
+            )  # untimed: Ray Data's workers start and import the job's modules once
             # Timed before and after the faulty runs: their spread is the noise the overheads sit in.
             first_s, requests = clean_run(clean)
             rows = []
             runs = [(kind, rate) for rate in rates for kind in KINDS] + [("outage", None)]
             for number, (kind, rate) in enumerate(runs):
                 dest = join(out, f"{job}-{number}")
-                proxy = FaultProxy(server.endpoint_url, rate=rate or 0.0, kinds=(kind,) if kind != "outage" else (), seed=args.seed + number, delay_s=args.delay)
+                proxy = FaultProxy(
+                    server.endpoint_url,
+                    rate=rate or 0.0,
+                    kinds=(kind,) if kind != "outage" else (),
+                    seed=args.seed + number,
+                    delay_s=args.delay,
+                )
                 if kind == "outage":
-                    proxy.outage_after(lambda method, path: method == "PUT" and "/_commits/" in path, seconds=args.outage)
+                    proxy.outage_after(
+                        lambda method, path: method == "PUT" and "/_commits/" in path, seconds=args.outage
+                    )
                 with proxy:
-                    options = StorageOptions(endpoint_url=proxy.endpoint_url, region=REGION, retry_seconds=args.retry_seconds)
+                    options = StorageOptions(
+                        endpoint_url=proxy.endpoint_url, region=REGION, retry_seconds=args.retry_seconds
+                    )
                     started = time.monotonic()
                     try:
                         run_job(job, dest, options)
@@ -167,14 +196,23 @@ def main() -> None:
                 else:
                     lost = duplicated = "-"
                 label = f"endpoint down {args.outage:g} s after the first commit" if kind == "outage" else kind
-                injected = f"{proxy.outages} outage" if kind == "outage" else f"{sum(proxy.injected.values())} / {proxy.requests}"
+                injected = (
+                    f"{proxy.outages} outage"
+                    if kind == "outage"
+                    else f"{sum(proxy.injected.values())} / {proxy.requests}"
+                )
                 rows.append((label, "-" if rate is None else f"{rate:g}", injected, outcome, lost, duplicated, elapsed))
             last_s, _ = clean_run(join(out, f"{job}-clean-again"))
             clean_s = (first_s + last_s) / 2
-            print(f"| {job} | none | 0 | 0 / {requests} | clean, before and after the others | 0 | 0 | {first_s:.1f} s, {last_s:.1f} s | - |")
+            print(
+                f"| {job} | none | 0 | 0 / {requests} | clean, before and after the others | 0 | 0 | {first_s:.1f} s, {last_s:.1f} s | - |"
+            )
             for label, rate, injected, outcome, lost, duplicated, elapsed in rows:
                 overhead = f"{(elapsed / clean_s - 1) * 100:+.0f} %"
-                print(f"| {job} | {label} | {rate} | {injected} | {outcome} | {lost} | {duplicated} | {elapsed:.1f} s | {overhead} |", flush=True)
+                print(
+                    f"| {job} | {label} | {rate} | {injected} | {outcome} | {lost} | {duplicated} | {elapsed:.1f} s | {overhead} |",
+                    flush=True,
+                )
         import ray
 
         ray.shutdown()

@@ -29,7 +29,6 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pose import schema
 from pose.crops import CropSettings, cut_person_crop
 from pose.formats import coco
 from pose.images import decode_image, encode_jpeg
@@ -44,14 +43,35 @@ def plain_ingest(src: Path, dest: Path) -> int:
     settings = CropSettings()
     for image in document["images"]:
         pixels = decode_image((src / "train2017" / image["file_name"]).read_bytes(), exif_transpose=False)
-        images.append({"image_id": image["id"], "split": "train", "file_name": image["file_name"], "width": image["width"], "height": image["height"]})
+        images.append(
+            {
+                "image_id": image["id"],
+                "split": "train",
+                "file_name": image["file_name"],
+                "width": image["width"],
+                "height": image["height"],
+            }
+        )
         for annotation in grouped.get(image["id"], []):
             keypoints = np.asarray(annotation["keypoints"], np.float32)
-            persons.append({"annotation_id": annotation["id"], "image_id": image["id"], "bbox": annotation["bbox"], "keypoints": keypoints.tolist()})
+            persons.append(
+                {
+                    "annotation_id": annotation["id"],
+                    "image_id": image["id"],
+                    "bbox": annotation["bbox"],
+                    "keypoints": keypoints.tolist(),
+                }
+            )
             if annotation["iscrowd"] or annotation["num_keypoints"] == 0:
                 continue
             crop = cut_person_crop(pixels, np.asarray(annotation["bbox"]), keypoints.reshape(-1, 3), settings)
-            crops.append({"annotation_id": annotation["id"], "crop": encode_jpeg(crop.pixels, quality=92), "keypoints": crop.keypoints.reshape(-1).tolist()})
+            crops.append(
+                {
+                    "annotation_id": annotation["id"],
+                    "crop": encode_jpeg(crop.pixels, quality=92),
+                    "keypoints": crop.keypoints.reshape(-1).tolist(),
+                }
+            )
     dest.mkdir(parents=True, exist_ok=True)
     for name, rows in (("images", images), ("persons", persons), ("person_crops", crops)):
         pq.write_table(pa.Table.from_pylist(rows), dest / f"{name}.parquet", compression="zstd")
@@ -140,9 +160,13 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, images: {count} (1x), {count * args.scale} ({args.scale}x)")
     print(f"plain single-process script   {plain_rate:8.1f} images/s")
     print(f"pose-jobs ingest (Ray warm)   {ray_rate:8.1f} images/s   ratio {ray_rate / plain_rate:.2f}")
-    print(f"pose-jobs ingest command, Ray start included: 1x {count / wall_small:.1f} images/s ({wall_small:.1f} s), "
-          f"{args.scale}x {count * args.scale / wall_large:.1f} images/s ({wall_large:.1f} s)")
-    print(f"peak memory (PSS, whole job)  1x {peak_small:.0f} MiB   {args.scale}x {peak_large:.0f} MiB   ratio {peak_large / peak_small:.2f}")
+    print(
+        f"pose-jobs ingest command, Ray start included: 1x {count / wall_small:.1f} images/s ({wall_small:.1f} s), "
+        f"{args.scale}x {count * args.scale / wall_large:.1f} images/s ({wall_large:.1f} s)"
+    )
+    print(
+        f"peak memory (PSS, whole job)  1x {peak_small:.0f} MiB   {args.scale}x {peak_large:.0f} MiB   ratio {peak_large / peak_small:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -91,16 +91,22 @@ def main() -> None:
     model = arithmetic.prepare(task.build_model())
     optimizer, scheduler = task.build_optimizer(model, train.num_rows // recipe.batch_size)
     order_rng = np.random.default_rng(args.seed)
-    print(f"{', '.join(f'{k}={v}' for k, v in changes.items()) or 'default recipe'}; {arithmetic.describe()}; "
-          f"{train.num_rows} training crops, {val.num_rows} validation persons", flush=True)
+    print(
+        f"{', '.join(f'{k}={v}' for k, v in changes.items()) or 'default recipe'}; {arithmetic.describe()}; "
+        f"{train.num_rows} training crops, {val.num_rows} validation persons",
+        flush=True,
+    )
     started = time.perf_counter()
     for epoch in range(recipe.epochs):
         batches = training_batches(task, train, order_rng.permutation(train.num_rows), epoch)
         result = train_one_epoch(model, task, batches, optimizer, scheduler, device=device, precision=arithmetic)
         val_batches = (rows(val.slice(start, 64)) for start in range(0, val.num_rows, 64))
         figures = evaluate(model, task, val_batches, device=device, precision=arithmetic)
-        print(f"epoch {epoch + 1}/{recipe.epochs}  loss {result.loss:.6f}  PCK {figures['pck']:.4f}  "
-              f"{result.samples_per_s:.0f} samples/s  {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        print(
+            f"epoch {epoch + 1}/{recipe.epochs}  loss {result.loss:.6f}  PCK {figures['pck']:.4f}  "
+            f"{result.samples_per_s:.0f} samples/s  {(time.perf_counter() - started) / 60:.1f} min",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def find_digits_csv(given: str | None) -> Path:
     try:
         import sklearn
     except ImportError:
-        raise SystemExit("scikit-learn is not importable here: give --digits-csv PATH/sklearn/datasets/data/digits.csv.gz") from None
+        raise SystemExit(
+            "scikit-learn is not importable here: give --digits-csv PATH/sklearn/datasets/data/digits.csv.gz"
+        ) from None
     return Path(sklearn.__file__).parent / "datasets" / "data" / "digits.csv.gz"
 
 
@@ -81,7 +83,9 @@ def paint(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(N, 8, 8) ink coverage in 0..1 -> (N, 32, 32, 3) uint8: upscaled, coloured, noisy."""
     out = np.empty((len(images), 32, 32, 3), np.uint8)
     for i, image in enumerate(images):
-        coverage = np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((32, 32), Image.BILINEAR)).clip(0, 1)
+        coverage = np.asarray(
+            Image.fromarray(image.astype(np.float32), mode="F").resize((32, 32), Image.BILINEAR)
+        ).clip(0, 1)
         ink, background = _colour_pair(rng)
         rgb = background + coverage[..., None] * (ink - background) + rng.normal(0, 0.03, (32, 32, 3))
         out[i] = np.round(rgb.clip(0, 1) * 255)
@@ -119,9 +123,15 @@ class HandCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Linear(128 * 4 * 4, 10)
 
@@ -154,8 +164,12 @@ def train_hand(train: tuple, test: tuple, seconds: float, seed: int, clock=time.
             loss.backward()
             optimizer.step()
         epochs += 1
-    return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started, "epochs": epochs,
-            "test_accuracy": hand_accuracy(model, *test)}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "epochs": epochs,
+        "test_accuracy": hand_accuracy(model, *test),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,12 +197,20 @@ def train_recipe(train: tuple, test: tuple, seed: int, recipe=None) -> dict:
         order = rng.permutation(len(train[1]))[: plan.steps_per_epoch * plan.global_batch]
         batches = ({"pixels": train[0][i], "label": train[1][i]} for i in order.reshape(plan.steps_per_epoch, -1))
         generator = torch.Generator().manual_seed(seed * 1009 + epoch)
-        train_one_epoch(model, task, batches, optimizer, scheduler, device=device, precision=precision, generator=generator)
+        train_one_epoch(
+            model, task, batches, optimizer, scheduler, device=device, precision=precision, generator=generator
+        )
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     rows = [{"pixels": test[0][i : i + 512], "label": test[1][i : i + 512]} for i in range(0, len(test[1]), 512)]
     figures = evaluate(model, task, rows, device=device, precision=precision)
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "epochs": schedule.epochs, "steps": schedule.epochs * plan.steps_per_epoch,
-            "precision": precision.describe(), "test_accuracy": figures["accuracy"]}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "epochs": schedule.epochs,
+        "steps": schedule.epochs * plan.steps_per_epoch,
+        "precision": precision.describe(),
+        "test_accuracy": figures["accuracy"],
+    }
 
 
 def main() -> None:
@@ -196,13 +218,20 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     make_parser = commands.add_parser("make", help="write the SVHN-format files")
     make_parser.add_argument("dest", type=Path)
-    make_parser.add_argument("--digits-csv", help="sklearn/datasets/data/digits.csv.gz (default: from an importable sklearn)")
+    make_parser.add_argument(
+        "--digits-csv", help="sklearn/datasets/data/digits.csv.gz (default: from an importable sklearn)"
+    )
     make_parser.add_argument("--seed", type=int, default=0)
     compare_parser = commands.add_parser("compare", help="the recipe vs the hand CNN at equal wall time")
     compare_parser.add_argument("folder", type=Path, help="a folder with train_32x32.mat and test_32x32.mat")
     compare_parser.add_argument("--threads", type=int, default=2)
     compare_parser.add_argument("--seed", type=int, default=0)
-    compare_parser.add_argument("--budget", choices=("wall", "cpu"), default="wall", help="the hand CNN's time budget: the recipe's wall or CPU seconds")
+    compare_parser.add_argument(
+        "--budget",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="the hand CNN's time budget: the recipe's wall or CPU seconds",
+    )
     args = parser.parse_args()
 
     if args.command == "make":
@@ -217,10 +246,12 @@ def main() -> None:
     else:
         hand = train_hand(train, test, recipe["seconds"], args.seed)
     print(json.dumps({"hand": hand}), flush=True)
-    print(f"{len(train[1])} training digits, {len(test[1])} test digits, {args.threads} threads: "
-          f"recipe {recipe['test_accuracy']:.1%} ({recipe['epochs']} epochs, {recipe['steps']} steps, {recipe['seconds']:.0f} s wall, "
-          f"{recipe['cpu_seconds']:.0f} s CPU, {recipe['precision']}) vs hand CNN {hand['test_accuracy']:.1%} at equal {args.budget} time "
-          f"({hand['epochs']} epochs, {hand['seconds']:.0f} s wall, {hand['cpu_seconds']:.0f} s CPU)")
+    print(
+        f"{len(train[1])} training digits, {len(test[1])} test digits, {args.threads} threads: "
+        f"recipe {recipe['test_accuracy']:.1%} ({recipe['epochs']} epochs, {recipe['steps']} steps, {recipe['seconds']:.0f} s wall, "
+        f"{recipe['cpu_seconds']:.0f} s CPU, {recipe['precision']}) vs hand CNN {hand['test_accuracy']:.1%} at equal {args.budget} time "
+        f"({hand['epochs']} epochs, {hand['seconds']:.0f} s wall, {hand['cpu_seconds']:.0f} s CPU)"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,17 @@ from pose.precision import PRECISIONS, training_precision
 from pose.recipes import RECIPES
 
 
-def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, reuse_inputs: bool, feed_workers: int = 0,
-              processes: bool = True, precision: str = "auto") -> float:
+def step_rate(
+    task,
+    batches: list[dict],
+    device: torch.device,
+    steps: int,
+    *,
+    reuse_inputs: bool,
+    feed_workers: int = 0,
+    processes: bool = True,
+    precision: str = "auto",
+) -> float:
     """samples/s of `steps` optimiser steps of `pose.engine.train_one_epoch`; inputs prepared once
     (ceiling) or per batch by `feed_workers` processes (or threads) ahead of the step (feed), as
     `pose.feed.BatchFeed` runs on a Ray Train worker. A first, untimed call warms up (allocator,
@@ -85,8 +94,17 @@ def step_rate(task, batches: list[dict], device: torch.device, steps: int, *, re
         else:
             prepared = feed((batches[i % len(batches)] for i in range(warmup + steps)), 0)
         for count in (warmup, steps):  # the engine stops after `count` steps, the rest stays in `prepared`
-            result = train_one_epoch(model, task, prepared, optimizer, scheduler, device=device, precision=arithmetic,
-                                     max_steps=count, generator=generator)
+            result = train_one_epoch(
+                model,
+                task,
+                prepared,
+                optimizer,
+                scheduler,
+                device=device,
+                precision=arithmetic,
+                max_steps=count,
+                generator=generator,
+            )
         return result.samples_per_s
 
 
@@ -113,11 +131,20 @@ def coco_network_recipe():
     from pose.augment import AugmentConfig
     from pose.keypoint_task import KeypointRecipe
 
-    return KeypointRecipe(backbone="resnet50", backbone_stages=4, deconv_layers=3, deconv_channels=256, input_size=(192, 256),
-                          batch_size=128, augment=AugmentConfig(input_size=(192, 256)))
+    return KeypointRecipe(
+        backbone="resnet50",
+        backbone_stages=4,
+        deconv_layers=3,
+        deconv_channels=256,
+        input_size=(192, 256),
+        batch_size=128,
+        augment=AugmentConfig(input_size=(192, 256)),
+    )
 
 
-def benchmark_recipe(name: str, backbone: str | None, input_size: str | None, codec: str | None, batch_size: int | None):
+def benchmark_recipe(
+    name: str, backbone: str | None, input_size: str | None, codec: str | None, batch_size: int | None
+):
     """The keypoint recipe `--recipe` names, resolved as `pose-jobs train-keypoints` resolves it
     (`pose.recipes.keypoint_recipe`), or the "coco" network of `coco_network_recipe`."""
     from dataclasses import replace
@@ -211,8 +238,15 @@ def ingested_rows(data: str, task, with_images: bool) -> pa.Table:
     return rows
 
 
-def ray_rates(task_factory, ingested: str, workdir: Path, workers_list: list[int], epochs: int = 2,
-              precision: str = "auto", with_images: bool = False) -> dict[int, float]:
+def ray_rates(
+    task_factory,
+    ingested: str,
+    workdir: Path,
+    workers_list: list[int],
+    epochs: int = 2,
+    precision: str = "auto",
+    with_images: bool = False,
+) -> dict[int, float]:
     """samples/s of the last epoch of `pose-jobs train-*` (Ray Train) on the ingest output `ingested`
     for each worker count; `with_images`: the rows get their images' bytes, as train-keypoints gives
     them to a reference recipe."""
@@ -247,32 +281,69 @@ def main() -> None:
     parser.add_argument("--model", choices=["svhn", "keypoints", "both"], default="both")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--ray", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time `pose-jobs train-*` on Ray Train with 1 and 2 workers (CPU only)")
+    parser.add_argument(
+        "--ray",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time `pose-jobs train-*` on Ray Train with 1 and 2 workers (CPU only)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--data", default=None, help="an ingest output (pose-jobs ingest) to read the train rows from")
-    parser.add_argument("--rows", type=Path, default=None,
-                        help="a folder (or file) of Parquet rows as the feed takes them (person_crops or digits; plus `image` for a "
-                             "reference recipe) instead of generating them")
-    parser.add_argument("--images", type=int, default=120, help="synthetic COCO images to generate (without --data or --rows)")
-    parser.add_argument("--save-rows", type=Path, default=None,
-                        help="write the rows this run would use (with `image` for a reference recipe) to this Parquet file and exit")
-    parser.add_argument("--recipe", choices=[*RECIPES, "coco"], default="cpu",
-                        help="keypoints: a recipe of pose-jobs train-keypoints (pose.recipes), or coco: Simple Baselines' network in "
-                             "pose-jobs' crop pipeline (not the simple-baselines recipe)")
-    parser.add_argument("--input-size", default=None,
-                        help="keypoint input as train-keypoints takes it: cpu, coco WxH (96x128); reference recipes 256x192 or 384x288")
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        default=None,
+        help="a folder (or file) of Parquet rows as the feed takes them (person_crops or digits; plus `image` for a "
+        "reference recipe) instead of generating them",
+    )
+    parser.add_argument(
+        "--images", type=int, default=120, help="synthetic COCO images to generate (without --data or --rows)"
+    )
+    parser.add_argument(
+        "--save-rows",
+        type=Path,
+        default=None,
+        help="write the rows this run would use (with `image` for a reference recipe) to this Parquet file and exit",
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=[*RECIPES, "coco"],
+        default="cpu",
+        help="keypoints: a recipe of pose-jobs train-keypoints (pose.recipes), or coco: Simple Baselines' network in "
+        "pose-jobs' crop pipeline (not the simple-baselines recipe)",
+    )
+    parser.add_argument(
+        "--input-size",
+        default=None,
+        help="keypoint input as train-keypoints takes it: cpu, coco WxH (96x128); reference recipes 256x192 or 384x288",
+    )
     parser.add_argument("--backbone", default=None, help="keypoint backbone, e.g. resnet50 (default: the recipe's)")
     parser.add_argument("--codec", default=None, help="mmpose-td-hm's codec: msra, dark or udp")
     parser.add_argument("--batch-size", type=int, default=None, help="the global batch (the recipe's by default)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the in-process runs (Ray workers use one per CPU they reserve)")
-    parser.add_argument("--feed-workers", default="0", help="comma-separated feed sizes (0: inline, as CPU workers run it)")
-    parser.add_argument("--target", type=float, default=1500.0, help="samples/s the feed-process estimate aims at (the GPU goal)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="as train-*'s --precision (auto: bf16 on GPUs and on CPUs with native bf16)")
-    parser.add_argument("--feed-kind", choices=["process", "thread"], default="process",
-                        help="the feed's workers: processes (as GPU workers run it) or threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for the in-process runs (Ray workers use one per CPU they reserve)",
+    )
+    parser.add_argument(
+        "--feed-workers", default="0", help="comma-separated feed sizes (0: inline, as CPU workers run it)"
+    )
+    parser.add_argument(
+        "--target", type=float, default=1500.0, help="samples/s the feed-process estimate aims at (the GPU goal)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="as train-*'s --precision (auto: bf16 on GPUs and on CPUs with native bf16)",
+    )
+    parser.add_argument(
+        "--feed-kind",
+        choices=["process", "thread"],
+        default="process",
+        help="the feed's workers: processes (as GPU workers run it) or threads",
+    )
     args = parser.parse_args()
     if args.data and args.rows:
         parser.error("give --data or --rows, not both")
@@ -282,8 +353,11 @@ def main() -> None:
     feed_sizes = [int(v) for v in args.feed_workers.split(",")]
     processes = args.feed_kind == "process"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {device} ({card}, {os.cpu_count()} CPU cores), torch {torch.__version__}, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"device: {device} ({card}, {os.cpu_count()} CPU cores), torch {torch.__version__}, load average "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     models = ["svhn", "keypoints"] if args.model == "both" else [args.model]
     for name in models:
@@ -311,11 +385,15 @@ def main() -> None:
         elif args.rows:
             table = parquet_rows(args.rows)
             if with_images and "image" not in table.column_names:
-                raise SystemExit(f"{args.rows}: rows without `image` (their original image's bytes), which --recipe {args.recipe} "
-                                 f"warps; write them with --save-rows, or give --data the ingest output")
+                raise SystemExit(
+                    f"{args.rows}: rows without `image` (their original image's bytes), which --recipe {args.recipe} "
+                    f"warps; write them with --save-rows, or give --data the ingest output"
+                )
         if args.save_rows:
             save_rows(table, args.save_rows)
-            print(f"{label}: {table.num_rows} rows -> {args.save_rows} ({args.save_rows.stat().st_size / 2**20:.1f} MiB)")
+            print(
+                f"{label}: {table.num_rows} rows -> {args.save_rows} ({args.save_rows.stat().st_size / 2**20:.1f} MiB)"
+            )
             continue
         batches = [b for b in batches_of(table, task.batch_size) if len(b[next(iter(b))]) == task.batch_size]
         if not batches:
@@ -323,21 +401,40 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         ceiling = step_rate(task, batches, device, args.steps, reuse_inputs=True, precision=args.precision)
         feed_of = "rows + their original images" if with_images else ("stored crops" if name == "keypoints" else "rows")
-        print(f"{label}: step on in-memory tensors      {ceiling:9.1f} samples/s  (batch {task.batch_size}, "
-              f"{training_precision(device, args.precision, task).describe()}; feed: {table.num_rows} {feed_of})", flush=True)
+        print(
+            f"{label}: step on in-memory tensors      {ceiling:9.1f} samples/s  (batch {task.batch_size}, "
+            f"{training_precision(device, args.precision, task).describe()}; feed: {table.num_rows} {feed_of})",
+            flush=True,
+        )
         per_process, last_workers = None, 0
         for workers in feed_sizes:
             supply = prepare_rate(task, batches, workers, processes)
-            fed = step_rate(task, batches, device, args.steps, reuse_inputs=False, feed_workers=workers, processes=processes,
-                            precision=args.precision)
+            fed = step_rate(
+                task,
+                batches,
+                device,
+                args.steps,
+                reuse_inputs=False,
+                feed_workers=workers,
+                processes=processes,
+                precision=args.precision,
+            )
             kind = f"{workers:2d} {args.feed_kind}{'es' if processes else 's'}" if workers else "inline     "
             per_process, last_workers = supply / max(workers, 1), workers
-            print(f"{label}: feed alone, {kind}         {supply:9.1f} samples/s  ({per_process:.1f} per {args.feed_kind})", flush=True)
-            print(f"{label}: step fed by {kind}        {fed:9.1f} samples/s  feed ratio {fed / ceiling:.2f}", flush=True)
+            print(
+                f"{label}: feed alone, {kind}         {supply:9.1f} samples/s  ({per_process:.1f} per {args.feed_kind})",
+                flush=True,
+            )
+            print(
+                f"{label}: step fed by {kind}        {fed:9.1f} samples/s  feed ratio {fed / ceiling:.2f}", flush=True
+            )
         if per_process and (processes or last_workers == 0):  # threads share one process: no per-process figure
-            print(f"{label}: feed processes for {args.target:,.0f} samples/s: about {feed_processes_for(args.target, per_process)}; "
-                  f"for this step's {ceiling:,.1f}: about {feed_processes_for(ceiling, per_process)} "
-                  f"(at {per_process:.1f} samples/s per process, the last feed size's)", flush=True)
+            print(
+                f"{label}: feed processes for {args.target:,.0f} samples/s: about {feed_processes_for(args.target, per_process)}; "
+                f"for this step's {ceiling:,.1f}: about {feed_processes_for(ceiling, per_process)} "
+                f"(at {per_process:.1f} samples/s per process, the last feed size's)",
+                flush=True,
+            )
         if args.ray and device.type == "cpu":
             if args.rows:
                 print(f"{name}: Ray Train not timed: it needs an ingest output (--data, or generated rows), not --rows")
@@ -350,7 +447,9 @@ def main() -> None:
                 ingest("svhn" if name == "svhn" else "coco", str(src), ingested, progress=False)
             rates = ray_rates(factory, ingested, workdir, [1, 2], precision=args.precision, with_images=with_images)
             for workers, rate in rates.items():
-                print(f"{label}: Ray Train, {workers} worker(s)            {rate:9.1f} samples/s  feed ratio {rate / ceiling:.2f}")
+                print(
+                    f"{label}: Ray Train, {workers} worker(s)            {rate:9.1f} samples/s  feed ratio {rate / ceiling:.2f}"
+                )
             print(f"{label}: 2 workers / 1 worker            {rates[2] / rates[1]:.2f}")
 
 

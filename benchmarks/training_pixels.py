@@ -26,8 +26,15 @@ import time
 
 import numpy as np
 
-from pose.augment import (HRNET_AUGMENT, SIMPLE_BASELINES_AUGMENT, MMPoseAugment, mmpose_center_scale, release_center_scale,
-                          sample_mmpose, sample_release)
+from pose.augment import (
+    HRNET_AUGMENT,
+    SIMPLE_BASELINES_AUGMENT,
+    MMPoseAugment,
+    mmpose_center_scale,
+    release_center_scale,
+    sample_mmpose,
+    sample_release,
+)
 from pose.crops import CropSettings
 from pose.geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
 from pose.synth.people import render_scene
@@ -43,7 +50,9 @@ def input_corners(crop: CropConvention, params) -> np.ndarray:
     warp = crop.matrices(params.center, params.scale, params.rotation_deg)[0]
     if params.flip:  # the matrix cuts the mirrored image; mirror its corners back
         warp = warp @ np.array([[-1.0, 0.0, SCENE_SIZE[0] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    return apply_affine(np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]]), invert_affine(warp))
+    return apply_affine(
+        np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]]), invert_affine(warp)
+    )
 
 
 def outside(points: np.ndarray, width: float, height: float) -> bool:
@@ -62,8 +71,11 @@ def main() -> None:
     people = []
     for _ in range(args.scenes):
         _, annotations = render_scene(rng, *SCENE_SIZE)
-        people += [(np.array(a["bbox"], float), np.array(a["keypoints"], float).reshape(17, 3))
-                   for a in annotations if not a["iscrowd"] and a["num_keypoints"] > 0]
+        people += [
+            (np.array(a["bbox"], float), np.array(a["keypoints"], float).reshape(17, 3))
+            for a in annotations
+            if not a["iscrowd"] and a["num_keypoints"] > 0
+        ]
     settings = CropSettings()
     aspect = INPUT_SIZE[0] / INPUT_SIZE[1]
     references = {
@@ -71,8 +83,12 @@ def main() -> None:
         "HRNet": (CropConvention(INPUT_SIZE, centring="release"), HRNET_AUGMENT),
         "MMPose td-hm": (CropConvention(INPUT_SIZE, centring="mmpose"), MMPoseAugment()),
     }
-    print(f"{len(people)} persons in {args.scenes} scenes of {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, {args.views} views each per reference")
-    print(f"{'reference':<18} {'views':>7} {'off the stored crop (before)':>30} {'off the image (after)':>23} {'crop only':>10}")
+    print(
+        f"{len(people)} persons in {args.scenes} scenes of {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, {args.views} views each per reference"
+    )
+    print(
+        f"{'reference':<18} {'views':>7} {'off the stored crop (before)':>30} {'off the image (after)':>23} {'crop only':>10}"
+    )
     for name, (crop, config) in references.items():
         off_crop = off_image = crop_only = views = 0
         for box, keypoints in people:
@@ -88,10 +104,15 @@ def main() -> None:
                 draw = lambda: sample_release(rng, keypoints, *cs, SCENE_SIZE[0], config, aspect)  # noqa: E731
             for _ in range(args.views):
                 corners = input_corners(crop, draw())
-                lacks, off = outside(apply_affine(corners, crop_from_image), settings.width, settings.height), outside(corners, *SCENE_SIZE)
+                lacks, off = (
+                    outside(apply_affine(corners, crop_from_image), settings.width, settings.height),
+                    outside(corners, *SCENE_SIZE),
+                )
                 off_crop, off_image, crop_only = off_crop + lacks, off_image + off, crop_only + (lacks and not off)
                 views += 1
-        print(f"{name:<18} {views:>7} {100 * off_crop / views:>29.1f}% {100 * off_image / views:>22.1f}% {100 * crop_only / views:>9.1f}%")
+        print(
+            f"{name:<18} {views:>7} {100 * off_crop / views:>29.1f}% {100 * off_image / views:>22.1f}% {100 * crop_only / views:>9.1f}%"
+        )
     print(f"({time.perf_counter() - start:.1f} s)")
 
 

@@ -64,8 +64,10 @@ def main() -> None:
                 cpu[warp].append(time.thread_time() - start_cpu)
                 wall[warp].append(time.perf_counter() - start)
         ms = {w: (np.median(wall[w]) * 1e3, np.median(cpu[w]) * 1e3) for w in (baseline, fast)}
-        print(f"{name:40s} {ms[baseline][0]:11.2f} / {ms[baseline][1]:6.2f}      {ms[fast][0]:8.2f} / {ms[fast][1]:6.2f}"
-              f" {ms[baseline][1] / ms[fast][1]:12.1f}x")
+        print(
+            f"{name:40s} {ms[baseline][0]:11.2f} / {ms[baseline][1]:6.2f}      {ms[fast][0]:8.2f} / {ms[fast][1]:6.2f}"
+            f" {ms[baseline][1] / ms[fast][1]:12.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ class AnnotateSettings:
     """What to run and how. The fields marked (result) change what is written and are part of each
     shard's fingerprint; the others only change speed."""
 
-    detector: str | None  # a train-detector run folder or a torchvision .pth file, local or s3://; None with `boxes` (result)
+    detector: (
+        str | None
+    )  # a train-detector run folder or a torchvision .pth file, local or s3://; None with `boxes` (result)
     keypoints: str  # a train-keypoints run folder or a published checkpoint file, local or s3:// (result)
     detector_arch: str | None = None  # architecture of a bare .pth file (result)
     keypoint_arch: str | None = None  # what a published keypoint file holds, when its name does not say (result)
@@ -110,8 +112,22 @@ class AnnotateSettings:
     precision: str = "auto"  # auto | bf16 | fp32, the models' arithmetic (`pose.precision.inference_precision`)
 
     def result_settings(self) -> dict:
-        keys = ("detector", "keypoints", "detector_arch", "keypoint_arch", "input_size", "codec", "boxes", "box_threshold", "person_threshold",
-                "max_persons", "flip_test", "nms_threshold", "max_pixels", "shard_images")
+        keys = (
+            "detector",
+            "keypoints",
+            "detector_arch",
+            "keypoint_arch",
+            "input_size",
+            "codec",
+            "boxes",
+            "box_threshold",
+            "person_threshold",
+            "max_persons",
+            "flip_test",
+            "nms_threshold",
+            "max_pixels",
+            "shard_images",
+        )
         return {key: getattr(self, key) for key in keys}
 
     def overrides(self):
@@ -175,15 +191,23 @@ def plan_annotate(src: str, dest: str, options: StorageOptions, shard_images: in
         manifest = json.loads(read_bytes(join(src, "manifest.json"), options))
         files = manifest.get("tables", {}).get("images", {}).get("files", [])
         if not files:
-            raise AnnotateError(f"{src}: an ingested dataset without an images table (annotate reads `pose-jobs ingest coco` output or a folder of images)")
+            raise AnnotateError(
+                f"{src}: an ingested dataset without an images table (annotate reads `pose-jobs ingest coco` output or a folder of images)"
+            )
         splits = tuple(sorted({name.split("/")[1] for name in files}))
-        table = read_table(src, "images", splits, options, columns=["image_id", "split", "source"]).sort_by([("split", "ascending"), ("image_id", "ascending")])
-        items = [{"image_id": int(r["image_id"]), "source": r["source"], "split": r["split"]} for r in table.to_pylist()]
+        table = read_table(src, "images", splits, options, columns=["image_id", "split", "source"]).sort_by(
+            [("split", "ascending"), ("image_id", "ascending")]
+        )
+        items = [
+            {"image_id": int(r["image_id"]), "source": r["source"], "split": r["split"]} for r in table.to_pylist()
+        ]
     else:
         inside = dest.rstrip("/") + ("/" if is_s3(dest) else os.sep)
         paths = [p for p in list_files(src, options, suffixes=IMAGE_SUFFIXES) if not p.startswith(inside)]
         if not paths:
-            raise AnnotateError(f"{src}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} in any case, in every sub-folder)")
+            raise AnnotateError(
+                f"{src}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} in any case, in every sub-folder)"
+            )
         items = [{"image_id": i, "source": p, "split": None} for i, p in zip(image_ids(paths, src.rstrip("/")), paths)]
     plan = Plan(src, ingested)
     for number, start in enumerate(range(0, len(items), shard_images)):
@@ -199,8 +223,10 @@ def read_box_results(url: str, options: StorageOptions) -> dict[int, tuple[np.nd
     try:
         return boxes_by_image(json.loads(read_bytes(url, options)))
     except (ValueError, TypeError, KeyError, AttributeError) as error:
-        raise AnnotateError(f"{url}: not a COCO box results file ({type(error).__name__}: {error}); expected a JSON list of "
-                            "{image_id, category_id, bbox [x, y, w, h], score}") from None
+        raise AnnotateError(
+            f"{url}: not a COCO box results file ({type(error).__name__}: {error}); expected a JSON list of "
+            "{image_id, category_id, bbox [x, y, w, h], score}"
+        ) from None
 
 
 def boxes_by_image(entries: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -216,7 +242,10 @@ def boxes_by_image(entries: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarra
         boxes.append([float(v) for v in entry["bbox"]][:4])
         scores.append(float(entry.get("score", 1.0)))
     best_first = {i: np.argsort(-np.asarray(s, np.float64), kind="stable") for i, (_, s) in by_image.items()}
-    return {i: (np.asarray(b, np.float64).reshape(-1, 4)[best_first[i]], np.asarray(s, np.float64)[best_first[i]]) for i, (b, s) in by_image.items()}
+    return {
+        i: (np.asarray(b, np.float64).reshape(-1, 4)[best_first[i]], np.asarray(s, np.float64)[best_first[i]])
+        for i, (b, s) in by_image.items()
+    }
 
 
 def model_identity(spec: str, options: StorageOptions) -> dict:
@@ -243,7 +272,9 @@ def _column(batch: dict, name: str, count: int, fill) -> np.ndarray:
     return np.asarray(batch[name], dtype=object) if name in batch else np.full(count, fill, dtype=object)
 
 
-def read_images(batch: dict, options: StorageOptions, exif_transpose: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def read_images(
+    batch: dict, options: StorageOptions, exif_transpose: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict:
     """Read and decode each row's `source`: adds `pixels` ((H, W, 3) uint8 as bytes), `width`,
     `height`, `error_stage` and `error_reason`."""
     count = len(batch["source"])
@@ -263,7 +294,14 @@ def read_images(batch: dict, options: StorageOptions, exif_transpose: bool = Tru
             continue
         heights[i], widths[i] = image.shape[:2]
         pixels[i] = image.tobytes()
-    return {**batch, "pixels": pixels, "width": widths, "height": heights, "error_stage": stages, "error_reason": reasons}
+    return {
+        **batch,
+        "pixels": pixels,
+        "width": widths,
+        "height": heights,
+        "error_stage": stages,
+        "error_reason": reasons,
+    }
 
 
 def _image(batch: dict, i: int) -> np.ndarray:
@@ -304,8 +342,16 @@ class Detector:
     GPU, ...) is retried image by image; an image that still fails becomes an error of stage
     "detect"."""
 
-    def __init__(self, spec: str, options: StorageOptions, crops: PersonCrops, arch: str | None = None, use_gpu: bool = False, threads: int = 1,
-                 precision: str = "auto"):
+    def __init__(
+        self,
+        spec: str,
+        options: StorageOptions,
+        crops: PersonCrops,
+        arch: str | None = None,
+        use_gpu: bool = False,
+        threads: int = 1,
+        precision: str = "auto",
+    ):
         import torch
 
         from pose.precision import inference_precision
@@ -352,7 +398,14 @@ class Detector:
             boxes[i] = detections["boxes"].astype(np.float32).tobytes()
             scores[i] = detections["scores"].astype(np.float32).tobytes()
             labels[i] = detections["labels"].astype(np.int64).tobytes()
-        batch = {**batch, "det_boxes": boxes, "det_scores": scores, "det_labels": labels, "error_stage": stages, "error_reason": reasons}
+        batch = {
+            **batch,
+            "det_boxes": boxes,
+            "det_scores": scores,
+            "det_labels": labels,
+            "error_stage": stages,
+            "error_reason": reasons,
+        }
         return self.persons(batch, found)
 
 
@@ -380,7 +433,9 @@ class KeypointDetector(Detector):
         count = len(batch["source"])
         rows, keypoints, scores = (np.full(count, b"", dtype=object) for _ in range(3))
         for i, detections in found.items():
-            chosen = person_boxes(detections["boxes"], detections["scores"], detections["labels"], self.crops.threshold, self.crops.limit)
+            chosen = person_boxes(
+                detections["boxes"], detections["scores"], detections["labels"], self.crops.threshold, self.crops.limit
+            )
             rows[i] = chosen.astype(np.int32).tobytes()
             keypoints[i] = detections["keypoints"][chosen].astype(np.float32).tobytes()
             scores[i] = detections["scores"][chosen].astype(np.float64).tobytes()
@@ -418,7 +473,10 @@ def person_inputs(batch: dict, crops: PersonCrops) -> dict:
         if _failed(batch, i):
             continue
         boxes = np.frombuffer(batch["det_boxes"][i], np.float32).reshape(-1, 4)
-        scores, labels = np.frombuffer(batch["det_scores"][i], np.float32), np.frombuffer(batch["det_labels"][i], np.int64)
+        scores, labels = (
+            np.frombuffer(batch["det_scores"][i], np.float32),
+            np.frombuffer(batch["det_labels"][i], np.int64),
+        )
         chosen = person_boxes(boxes, scores, labels, crops.threshold, crops.limit)
         pixels, matrices, padded = cut_crops(_image(batch, i), boxes[chosen], crops.crop)
         rows[i] = chosen.astype(np.int32).tobytes()
@@ -432,8 +490,17 @@ class KeypointModel:
     model together, `batch_size` at a time, with flip test; adds `person_keypoints` ((P, 17, 3)
     float32: x, y in image pixels and the joint's confidence) and drops the inputs."""
 
-    def __init__(self, spec: str, options: StorageOptions, flip_test: bool = True, batch_size: int = 32, use_gpu: bool = False, threads: int = 1,
-                 precision: str = "auto", overrides=None):
+    def __init__(
+        self,
+        spec: str,
+        options: StorageOptions,
+        flip_test: bool = True,
+        batch_size: int = 32,
+        use_gpu: bool = False,
+        threads: int = 1,
+        precision: str = "auto",
+        overrides=None,
+    ):
         import torch
 
         from jobs.models import load_pose_model
@@ -443,13 +510,20 @@ class KeypointModel:
         bound_kernel_cache()
         torch.set_num_threads(threads)
         device = _torch_device(use_gpu)
-        self.predictor = TopDownPredictor(load_pose_model(spec, options, overrides), device=device, precision=inference_precision(device, precision),
-                                          flip_test=flip_test, batch_size=batch_size)
+        self.predictor = TopDownPredictor(
+            load_pose_model(spec, options, overrides),
+            device=device,
+            precision=inference_precision(device, precision),
+            flip_test=flip_test,
+            batch_size=batch_size,
+        )
 
     def __call__(self, batch: dict) -> dict:
         width, height = self.predictor.crop.input_size
         count = len(batch["source"])
-        inputs = [np.frombuffer(batch["person_inputs"][i], np.uint8).reshape(-1, height, width, 3) for i in range(count)]
+        inputs = [
+            np.frombuffer(batch["person_inputs"][i], np.uint8).reshape(-1, height, width, 3) for i in range(count)
+        ]
         affines = [np.frombuffer(batch["person_affines"][i], np.float64).reshape(-1, 2, 3) for i in range(count)]
         persons = np.concatenate(inputs) if inputs else np.zeros((0, height, width, 3), np.uint8)
         matrices = np.concatenate(affines) if affines else np.zeros((0, 2, 3))
@@ -470,7 +544,9 @@ class DetectorAndKeypoints:
 
     def __init__(self, detector: dict | None, keypoints: dict | None, read: dict, crops: PersonCrops):
         # detector None: the rows carry given boxes; keypoints None: the detector is a Keypoint R-CNN.
-        self.detector = (Detector if keypoints is not None else KeypointDetector)(**detector) if detector is not None else None
+        self.detector = (
+            (Detector if keypoints is not None else KeypointDetector)(**detector) if detector is not None else None
+        )
         self.keypoints = KeypointModel(**keypoints) if keypoints is not None else None
         self.read, self.crops = read, crops
 
@@ -512,7 +588,12 @@ def annotation_row(row: dict, category_names: tuple[str, ...], nms_threshold: fl
         areas = np.frombuffer(row["person_areas"], np.float64)
         kept, person_scores = rescore_and_suppress(keypoints, scores[rows], areas, nms_threshold=nms_threshold)
     persons = [
-        {"bbox": boxes[rows[k]].tolist(), "box_score": float(scores[rows[k]]), "keypoints": keypoints[k].reshape(-1).tolist(), "score": float(person_scores[k])}
+        {
+            "bbox": boxes[rows[k]].tolist(),
+            "box_score": float(scores[rows[k]]),
+            "keypoints": keypoints[k].reshape(-1).tolist(),
+            "score": float(person_scores[k]),
+        }
         for k in kept
     ]
     return {
@@ -528,7 +609,14 @@ def annotation_row(row: dict, category_names: tuple[str, ...], nms_threshold: fl
 
 def error_row(row: dict) -> dict:
     """The `errors` row of a pipeline row that failed (pose.schema.ERRORS)."""
-    return schema.error_row(row["split"] or None, "image", f"image {int(row['image_id'])}", str(row["source"]), str(row["error_stage"]), str(row["error_reason"]))
+    return schema.error_row(
+        row["split"] or None,
+        "image",
+        f"image {int(row['image_id'])}",
+        str(row["source"]),
+        str(row["error_stage"]),
+        str(row["error_reason"]),
+    )
 
 
 def keypoint_results(annotations: pa.Table):
@@ -536,7 +624,12 @@ def keypoint_results(annotations: pa.Table):
     for row in annotations.select(["image_id", "persons"]).to_pylist():
         for person in row["persons"]:
             keypoints = [round(float(v), 2) for v in person["keypoints"]]
-            yield {"image_id": row["image_id"], "category_id": PERSON_CATEGORY["id"], "keypoints": keypoints, "score": round(float(person["score"]), 5)}
+            yield {
+                "image_id": row["image_id"],
+                "category_id": PERSON_CATEGORY["id"],
+                "keypoints": keypoints,
+                "score": round(float(person["score"]), 5),
+            }
 
 
 def box_results(annotations: pa.Table):
@@ -544,7 +637,12 @@ def box_results(annotations: pa.Table):
     for row in annotations.select(["image_id", "detections"]).to_pylist():
         for detection in row["detections"]:
             bbox = [round(float(v), 2) for v in detection["bbox"]]
-            yield {"image_id": row["image_id"], "category_id": detection["category_id"], "bbox": bbox, "score": round(float(detection["score"]), 5)}
+            yield {
+                "image_id": row["image_id"],
+                "category_id": detection["category_id"],
+                "bbox": bbox,
+                "score": round(float(detection["score"]), 5),
+            }
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,7 +669,9 @@ class Resources:
         return self.keypoint_actors == 0
 
 
-def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float, node_cpus: list[float] | None = None) -> Resources:
+def plan_resources(
+    settings: AnnotateSettings, cpus: float, gpus: float, node_cpus: list[float] | None = None
+) -> Resources:
     """Pools and batches for a cluster of `cpus` CPUs and `gpus` GPUs, unless set in `settings`.
 
     On GPUs each GPU holds one detector and one keypoint actor (half a GPU each), the keypoint
@@ -591,12 +691,32 @@ def plan_resources(settings: AnnotateSettings, cpus: float, gpus: float, node_cp
         detector_actors = settings.detector_actors or max(1, int(gpus))
         keypoint_actors = settings.keypoint_actors or max(1, int(gpus))
         actor_gpus = min(0.5, gpus / (detector_actors + keypoint_actors)) if gpus else 0.5
-        return Resources(True, detector_actors, keypoint_actors, settings.detector_batch or 8, settings.keypoint_batch or 128, min(1.0, cpus / 4), actor_gpus, 0.25, max(2, int(cpus) // 2))
+        return Resources(
+            True,
+            detector_actors,
+            keypoint_actors,
+            settings.detector_batch or 8,
+            settings.keypoint_batch or 128,
+            min(1.0, cpus / 4),
+            actor_gpus,
+            0.25,
+            max(2, int(cpus) // 2),
+        )
     keypoint_actors = settings.keypoint_actors or 0  # 0: the detector actors run both models
     detector_actors = settings.detector_actors or max(1, round(cpus) - keypoint_actors)
     task_cpus = 0.25
     actor_cpus = max(0.05, cpu_share(detector_actors + keypoint_actors, node_cpus or [cpus], spare=0.5, keep=task_cpus))
-    return Resources(False, detector_actors, keypoint_actors, settings.detector_batch or 2, settings.keypoint_batch or 32, actor_cpus, 0.0, task_cpus, 2)
+    return Resources(
+        False,
+        detector_actors,
+        keypoint_actors,
+        settings.detector_batch or 2,
+        settings.keypoint_batch or 32,
+        actor_cpus,
+        0.0,
+        task_cpus,
+        2,
+    )
 
 
 def run_annotate(
@@ -622,11 +742,15 @@ def run_annotate(
     rcnn = is_keypoint_rcnn(settings.keypoints, options)
     if rcnn:
         if settings.boxes is not None or settings.detector is not None:
-            raise AnnotateError(f"{settings.keypoints}: a torchvision Keypoint R-CNN finds its own persons; leave out --detector and --boxes")
+            raise AnnotateError(
+                f"{settings.keypoints}: a torchvision Keypoint R-CNN finds its own persons; leave out --detector and --boxes"
+            )
         load_keypoint_rcnn_file(settings.keypoints, options, settings.keypoint_arch)
         category_names = PERSON_CATEGORY_NAMES
     elif (settings.boxes is None) == (settings.detector is None):
-        raise AnnotateError("give either --detector (a model finds the persons) or --boxes (a COCO box results file), not both or neither")
+        raise AnnotateError(
+            "give either --detector (a model finds the persons) or --boxes (a COCO box results file), not both or neither"
+        )
     elif settings.boxes is None:
         detector = load_detector(settings.detector, options, settings.detector_arch)
         category_names = detector.config.category_names()
@@ -648,7 +772,9 @@ def run_annotate(
         "schema_version": schema.SCHEMA_VERSION,
     }
     for shard in plan.shards:
-        content = json.dumps({"unit": shard.unit, "items": shard.items, "settings": fingerprinted}, sort_keys=True, default=str)
+        content = json.dumps(
+            {"unit": shard.unit, "items": shard.items, "settings": fingerprinted}, sort_keys=True, default=str
+        )
         shard.fingerprint = hashlib.sha256(content.encode()).hexdigest()[:32]
     committed = read_commit_markers(dest, options)
     pending = [s for s in plan.shards if committed.get(s.unit, {}).get("fingerprint") != s.fingerprint]
@@ -657,26 +783,40 @@ def run_annotate(
         init_ray(address, verbose=verbose)
         import ray
 
-        resources = plan_resources(settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0), alive_node_cpus())
+        resources = plan_resources(
+            settings, ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0), alive_node_cpus()
+        )
         meter = Progress("annotate", len(pending), "images") if progress else None
         with StallWatch("annotate", lambda: len(committed)):
-            for marker in _stream(pending, dest, options, settings, resources, crop, category_names, not plan.ingested, verbose):
+            for marker in _stream(
+                pending, dest, options, settings, resources, crop, category_names, not plan.ingested, verbose
+            ):
                 committed[marker["unit"]] = marker
                 if meter:
                     meter.advance(1, marker["images"])
 
     markers = {s.unit: committed[s.unit] for s in plan.shards}
     results = _write_results(dest, options, markers)
-    pictures = draw_pictures(dest, options, markers, category_names, visualize, exif_transpose=not plan.ingested) if visualize else []
+    pictures = (
+        draw_pictures(dest, options, markers, category_names, visualize, exif_transpose=not plan.ingested)
+        if visualize
+        else []
+    )
     manifest = _manifest(plan, dest, options, markers, fingerprinted, results, pictures)
-    write_bytes_atomic(join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options)
+    write_bytes_atomic(
+        join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options
+    )
     images = manifest["images"]
     if not images["balanced"]:
-        raise UnbalancedError(f"{dest}/manifest.json does not balance: {images['listed']} images listed, {images['annotated']} annotated and {images['errors']} in errors")
+        raise UnbalancedError(
+            f"{dest}/manifest.json does not balance: {images['listed']} images listed, {images['annotated']} annotated and {images['errors']} in errors"
+        )
     return manifest
 
 
-def _stream(pending, dest, options, settings, resources: Resources, crop, category_names, exif_transpose: bool, verbose: bool):
+def _stream(
+    pending, dest, options, settings, resources: Resources, crop, category_names, exif_transpose: bool, verbose: bool
+):
     """Run the pipeline over the pending shards; yield each shard's marker once it is written."""
     import ray.data
 
@@ -686,7 +826,9 @@ def _stream(pending, dest, options, settings, resources: Resources, crop, catego
     # However large SRC is, Ray Data holds at most this much of the pipeline's data at a time
     # (decoded pixels waiting for a detector, mostly): reading stops while the models catch up.
     context = ray.data.DataContext.get_current()
-    context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=IN_FLIGHT_BYTES)
+    context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=IN_FLIGHT_BYTES
+    )
     items = [{**item, "split": item["split"] or "", "unit": shard.unit} for shard in pending for item in shard.items]
     expected = {shard.unit: len(shard.items) for shard in pending}
     fingerprints = {shard.unit: shard.fingerprint for shard in pending}
@@ -696,42 +838,81 @@ def _stream(pending, dest, options, settings, resources: Resources, crop, catego
     per_block = max(resources.detector_batch, -(-len(items) // MAX_BLOCKS))
     dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block))
     read = {"options": options, "exif_transpose": exif_transpose, "max_pixels": settings.max_pixels}
-    keypoints = {"spec": settings.keypoints, "options": options, "flip_test": settings.flip_test, "batch_size": resources.keypoint_batch,
-                 "use_gpu": resources.use_gpu, "precision": settings.precision, "overrides": settings.overrides()}
+    keypoints = {
+        "spec": settings.keypoints,
+        "options": options,
+        "flip_test": settings.flip_test,
+        "batch_size": resources.keypoint_batch,
+        "use_gpu": resources.use_gpu,
+        "precision": settings.precision,
+        "overrides": settings.overrides(),
+    }
     if crop is None:  # a Keypoint R-CNN: the detector stage gives the keypoints too
         crops, keypoints = PersonCrops(None, settings.person_threshold, settings.max_persons), None
-        detector = {"spec": settings.keypoints, "options": options, "crops": crops, "arch": settings.keypoint_arch, "use_gpu": resources.use_gpu,
-                    "precision": settings.precision}
+        detector = {
+            "spec": settings.keypoints,
+            "options": options,
+            "crops": crops,
+            "arch": settings.keypoint_arch,
+            "use_gpu": resources.use_gpu,
+            "precision": settings.precision,
+        }
     elif settings.boxes is None:
         crops = PersonCrops(crop, settings.person_threshold, settings.max_persons)
-        detector = {"spec": settings.detector, "options": options, "crops": crops, "arch": settings.detector_arch, "use_gpu": resources.use_gpu,
-                    "precision": settings.precision}
+        detector = {
+            "spec": settings.detector,
+            "options": options,
+            "crops": crops,
+            "arch": settings.detector_arch,
+            "use_gpu": resources.use_gpu,
+            "precision": settings.precision,
+        }
     else:  # every given box scoring at least --box-threshold, as the COCO protocol evaluates them
         crops, detector = PersonCrops(crop, settings.box_threshold, 2**31 - 1), None
 
     def on_actors(dataset, stage, arguments: dict, batch_size: int, actors: int):
-        return dataset.map_batches(stage, fn_constructor_kwargs=arguments, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-                                   num_cpus=resources.actor_cpus, num_gpus=resources.actor_gpus)
+        return dataset.map_batches(
+            stage,
+            fn_constructor_kwargs=arguments,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=resources.actor_cpus,
+            num_gpus=resources.actor_gpus,
+        )
 
     if resources.combined:
         # The actors read and decode their own images (a few ms each, against about half a second
         # of model time on a CPU): no reading tasks, whose worker processes cost about 0.1 GB each
         # and Ray's per-task overhead, and no decoded pixels through the object store.
         arguments = {"detector": detector, "keypoints": keypoints, "read": read, "crops": crops}
-        dataset = on_actors(dataset, DetectorAndKeypoints, arguments, resources.detector_batch, resources.detector_actors)
+        dataset = on_actors(
+            dataset, DetectorAndKeypoints, arguments, resources.detector_batch, resources.detector_actors
+        )
     else:
         # Reading and decoding in tasks of their own, so that the GPU actors only run models.
-        dataset = dataset.map_batches(read_images, fn_kwargs=read, batch_size=resources.detector_batch,
-                                      compute=ray.data.TaskPoolStrategy(size=resources.read_tasks), num_cpus=resources.task_cpus)
+        dataset = dataset.map_batches(
+            read_images,
+            fn_kwargs=read,
+            batch_size=resources.detector_batch,
+            compute=ray.data.TaskPoolStrategy(size=resources.read_tasks),
+            num_cpus=resources.task_cpus,
+        )
         if detector is None:
-            dataset = dataset.map_batches(given_boxes, fn_kwargs={"crops": crops}, batch_size=resources.detector_batch,
-                                          compute=ray.data.TaskPoolStrategy(size=resources.read_tasks), num_cpus=resources.task_cpus)
+            dataset = dataset.map_batches(
+                given_boxes,
+                fn_kwargs={"crops": crops},
+                batch_size=resources.detector_batch,
+                compute=ray.data.TaskPoolStrategy(size=resources.read_tasks),
+                num_cpus=resources.task_cpus,
+            )
         else:
             stage = Detector if keypoints is not None else KeypointDetector
             dataset = on_actors(dataset, stage, detector, resources.detector_batch, resources.detector_actors)
         if keypoints is not None:
             # Images per keypoint call: enough for about one model batch of persons.
-            dataset = on_actors(dataset, KeypointModel, keypoints, max(1, resources.keypoint_batch // 4), resources.keypoint_actors)
+            dataset = on_actors(
+                dataset, KeypointModel, keypoints, max(1, resources.keypoint_batch // 4), resources.keypoint_actors
+            )
 
     gathered: dict[str, dict[str, list]] = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -751,7 +932,7 @@ def write_shard(unit: str, tables: dict[str, list[dict]], dest: str, options: St
     """Write a complete shard's tables (rows in image id order), then its commit marker; return the marker."""
     marker = {"unit": unit, "fingerprint": fingerprint, "tables": {}, "images": 0}
     for name in ("annotations", "errors"):
-        rows = sorted(tables[name], key=lambda r: (r["item"] if name == "errors" else r["image_id"]))
+        rows = sorted(tables[name], key=lambda r: r["item"] if name == "errors" else r["image_id"])
         path = f"{name}/{unit}.parquet"
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema.TABLES[name]), join(dest, path), options)
         marker["tables"][name] = {"path": path, "rows": len(rows)}
@@ -785,7 +966,16 @@ def _write_results(dest: str, options: StorageOptions, markers: dict[str, dict])
     return counts
 
 
-def draw_pictures(dest: str, options: StorageOptions, markers: dict[str, dict], category_names, count: int, *, exif_transpose: bool = True, min_score: float = 0.5) -> list[str]:
+def draw_pictures(
+    dest: str,
+    options: StorageOptions,
+    markers: dict[str, dict],
+    category_names,
+    count: int,
+    *,
+    exif_transpose: bool = True,
+    min_score: float = 0.5,
+) -> list[str]:
     """PNGs of the first `count` annotated images (listing order): every detection scoring at least
     `min_score` with its class and score, and each person's skeleton (joints above 0.2)."""
     from pose import draw
@@ -796,8 +986,15 @@ def draw_pictures(dest: str, options: StorageOptions, markers: dict[str, dict], 
             if len(written) >= count:
                 return written
             image = decode_image(read_image_source(row["source"], options), exif_transpose=exif_transpose)
-            others = [d for d in row["detections"] if d["score"] >= min_score and d["category_id"] != PERSON_CATEGORY["id"]]
-            picture = draw.draw_detections(image, np.array([d["bbox"] for d in others]).reshape(-1, 4), [d["category"] for d in others], [d["score"] for d in others])
+            others = [
+                d for d in row["detections"] if d["score"] >= min_score and d["category_id"] != PERSON_CATEGORY["id"]
+            ]
+            picture = draw.draw_detections(
+                image,
+                np.array([d["bbox"] for d in others]).reshape(-1, 4),
+                [d["category"] for d in others],
+                [d["score"] for d in others],
+            )
             persons = [p for p in row["persons"] if p["box_score"] >= min_score]
             picture = draw.draw_persons(
                 np.asarray(picture),
@@ -814,7 +1011,15 @@ def draw_pictures(dest: str, options: StorageOptions, markers: dict[str, dict], 
     return written
 
 
-def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str, dict], settings: dict, results: dict, pictures: list[str]) -> dict:
+def _manifest(
+    plan: Plan,
+    dest: str,
+    options: StorageOptions,
+    markers: dict[str, dict],
+    settings: dict,
+    results: dict,
+    pictures: list[str],
+) -> dict:
     """Counts and files; `created` is kept from an earlier run so that re-running a finished job
     rewrites the same bytes."""
     tables: dict[str, dict] = {}
@@ -833,7 +1038,12 @@ def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str,
         "tables": tables,
         "results": {name: {"entries": n} for name, n in results.items()},
         "pictures": pictures,
-        "images": {"listed": plan.images, "annotated": annotated, "errors": failed, "balanced": annotated + failed == plan.images},
+        "images": {
+            "listed": plan.images,
+            "annotated": annotated,
+            "errors": failed,
+            "balanced": annotated + failed == plan.images,
+        },
         "shards": len(markers),
     }
 
@@ -851,8 +1061,16 @@ def annotate(
 ) -> dict:
     """Annotate the images at SRC into DST (see the module docstring); returns the manifest."""
     src, dest = absolute(src), absolute(dest)  # workers do not share the driver's working directory
-    settings = AnnotateSettings(**{**asdict(settings), "detector": settings.detector and absolute(settings.detector),
-                                   "keypoints": absolute(settings.keypoints), "boxes": settings.boxes and absolute(settings.boxes)})
+    settings = AnnotateSettings(
+        **{
+            **asdict(settings),
+            "detector": settings.detector and absolute(settings.detector),
+            "keypoints": absolute(settings.keypoints),
+            "boxes": settings.boxes and absolute(settings.boxes),
+        }
+    )
     check_readable(src, options)
     plan = plan_annotate(src, dest, options, settings.shard_images)
-    return run_annotate(plan, dest, options, settings, visualize=visualize, address=address, verbose=verbose, progress=progress)
+    return run_annotate(
+        plan, dest, options, settings, visualize=visualize, address=address, verbose=verbose, progress=progress
+    )

@@ -11,7 +11,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,25 +30,70 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-synth_app = typer.Typer(help="Write synthetic datasets in the exact real formats (COCO 2017 keypoints, SVHN).", no_args_is_help=True, rich_markup_mode=None)
-ingest_app = typer.Typer(help="Ingest COCO or SVHN from a folder or s3:// into sharded Parquet (Ray Data).", no_args_is_help=True, rich_markup_mode=None)
-show_app = typer.Typer(help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.", no_args_is_help=True, rich_markup_mode=None)
-jobs_app = typer.Typer(help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).", no_args_is_help=True, rich_markup_mode=None)
+synth_app = typer.Typer(
+    help="Write synthetic datasets in the exact real formats (COCO 2017 keypoints, SVHN).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+ingest_app = typer.Typer(
+    help="Ingest COCO or SVHN from a folder or s3:// into sharded Parquet (Ray Data).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+show_app = typer.Typer(
+    help="Draw pictures of a dataset (source files or ingested Parquet) to PNG.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+jobs_app = typer.Typer(
+    help="The Ray Jobs of a cluster: list, status, logs, stop (--address http://HEAD:8265 or RAY_ADDRESS).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(synth_app, name="synth")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(show_app, name="show")
 app.add_typer(jobs_app, name="jobs")
 
 # Options shared by every command that touches storage or Ray.
-EndpointOption = Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False)]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False),
+]
 AnonOption = Annotated[bool, typer.Option("--anon", help="Unsigned S3 requests, for public buckets such as COCO's.")]
-AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster: its dashboard, http://HEAD:8265, runs this command there as a Ray Job; a GCS address, HOST:6379, is joined from here (default: a local Ray started quietly).", envvar="RAY_ADDRESS", show_default=False)]
-NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="With a dashboard --address: print the job id and return (pose-jobs jobs ... follows it).")]
-ShardOption = Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Items per shard (default: 128 COCO images, 16384 SVHN digits, 512 SVHN numbers).", show_default=False)]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster: its dashboard, http://HEAD:8265, runs this command there as a Ray Job; a GCS address, HOST:6379, is joined from here (default: a local Ray started quietly).",
+        envvar="RAY_ADDRESS",
+        show_default=False,
+    ),
+]
+NoWaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait", help="With a dashboard --address: print the job id and return (pose-jobs jobs ... follows it)."
+    ),
+]
+ShardOption = Annotated[
+    int | None,
+    typer.Option(
+        "--shard-size",
+        min=1,
+        help="Items per shard (default: 128 COCO images, 16384 SVHN digits, 512 SVHN numbers).",
+        show_default=False,
+    ),
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
 StorageRetryOption = Annotated[
-    Optional[float],
-    typer.Option("--storage-retry-seconds", min=0, help="How long each S3 request retries connection errors, timeouts, 5xx and SlowDown, backing off exponentially, before the job gives up (default: 120); a re-run resumes.", show_default=False),
+    float | None,
+    typer.Option(
+        "--storage-retry-seconds",
+        min=0,
+        help="How long each S3 request retries connection errors, timeouts, 5xx and SlowDown, backing off exponentially, before the job gives up (default: 120); a re-run resumes.",
+        show_default=False,
+    ),
 ]
 
 
@@ -61,16 +106,25 @@ def user_errors(command):
         from jobs.annotate import AnnotateError
         from jobs.ingest import IngestError
         from jobs.models import ModelError
+        from jobs.runtime import StallError
         from jobs.storage import StorageError
         from jobs.train import TrainError
         from pose.formats.coco import CocoFormatError
         from pose.formats.svhn import SvhnFormatError
         from pose.recipes import RecipeError
 
-        from jobs.runtime import StallError
-
-        one_line_errors = (AnnotateError, IngestError, ModelError, StorageError, TrainError, CocoFormatError, SvhnFormatError, FileNotFoundError,
-                           RecipeError, StallError)
+        one_line_errors = (
+            AnnotateError,
+            IngestError,
+            ModelError,
+            StorageError,
+            TrainError,
+            CocoFormatError,
+            SvhnFormatError,
+            FileNotFoundError,
+            RecipeError,
+            StallError,
+        )
         _raise_task_errors_as_they_are()
         if not kwargs.get("verbose"):
             _quiet_ray_data_reports_of(one_line_errors)
@@ -129,7 +183,11 @@ class _DropReportsOf(logging.Filter):
         if error is None:
             return True
         ray_exceptions = sys.modules.get("ray.exceptions")
-        if record.name == "ray.data.exceptions" and ray_exceptions is not None and isinstance(error, ray_exceptions.RayTaskError):
+        if (
+            record.name == "ray.data.exceptions"
+            and ray_exceptions is not None
+            and isinstance(error, ray_exceptions.RayTaskError)
+        ):
             return False
         return _one_line_error(error, self.kinds) is None
 
@@ -151,7 +209,11 @@ def _raise_task_errors_as_they_are() -> None:
 def storage_options(endpoint_url: str | None, anon: bool, retry_seconds: float | None = None):
     from jobs.storage import DEFAULT_RETRY_SECONDS, StorageOptions
 
-    return StorageOptions(endpoint_url=endpoint_url, anon=anon, retry_seconds=DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds)
+    return StorageOptions(
+        endpoint_url=endpoint_url,
+        anon=anon,
+        retry_seconds=DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds,
+    )
 
 
 class Split(str, Enum):
@@ -189,7 +251,12 @@ def synth_coco(
     split: Annotated[Split, typer.Option(help="Which split to write.")] = Split.train,
     images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
-    archives: Annotated[bool, typer.Option("--archives", help="Write val2017.zip / annotations_trainval2017.zip as the public bucket has them.")] = False,
+    archives: Annotated[
+        bool,
+        typer.Option(
+            "--archives", help="Write val2017.zip / annotations_trainval2017.zip as the public bucket has them."
+        ),
+    ] = False,
 ) -> None:
     """Synthetic people with 17 COCO keypoints, written as person_keypoints_*.json + JPEGs."""
     from pose.synth.people import write_coco
@@ -201,7 +268,12 @@ def synth_coco(
 @synth_app.command("svhn")
 def synth_svhn(
     dest: Annotated[Path, typer.Argument(help="Folder to write SVHN files into.")],
-    format: Annotated[SvhnFormat, typer.Option("--format", help="cropped: {split}_32x32.mat (format 2); full: PNGs + digitStruct.mat (format 1).")] = SvhnFormat.cropped,
+    format: Annotated[
+        SvhnFormat,
+        typer.Option(
+            "--format", help="cropped: {split}_32x32.mat (format 2); full: PNGs + digitStruct.mat (format 1)."
+        ),
+    ] = SvhnFormat.cropped,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     train: Annotated[int, typer.Option(min=0, help="Training examples (digits or numbers).")] = 2000,
     test: Annotated[int, typer.Option(min=0, help="Test examples.")] = 500,
@@ -230,9 +302,16 @@ def _print_manifest(manifest: dict) -> None:
 @ingest_app.command("coco")
 @user_errors
 def ingest_coco(
-    src: Annotated[str, typer.Argument(help="COCO root: folder or s3://bucket/prefix with annotations/ and {train,val}2017/ (or the zips).")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="COCO root: folder or s3://bucket/prefix with annotations/ and {train,val}2017/ (or the zips)."
+        ),
+    ],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
-    split: Annotated[Optional[list[Split]], typer.Option(help="Only these splits (repeatable). Default: all found.")] = None,
+    split: Annotated[
+        list[Split] | None, typer.Option(help="Only these splits (repeatable). Default: all found.")
+    ] = None,
     shard_size: ShardOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
@@ -244,7 +323,16 @@ def ingest_coco(
     from jobs.ingest import ingest
 
     splits = tuple(s.value for s in split) if split else None
-    manifest = ingest("coco", src, dest, storage_options(endpoint_url, anon, storage_retry_seconds), splits=splits, shard_size=shard_size, address=address, verbose=verbose)
+    manifest = ingest(
+        "coco",
+        src,
+        dest,
+        storage_options(endpoint_url, anon, storage_retry_seconds),
+        splits=splits,
+        shard_size=shard_size,
+        address=address,
+        verbose=verbose,
+    )
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
 
@@ -252,7 +340,12 @@ def ingest_coco(
 @ingest_app.command("svhn")
 @user_errors
 def ingest_svhn(
-    src: Annotated[str, typer.Argument(help="SVHN folder or s3:// prefix with {train,test,extra}_32x32.mat and/or {train,test,extra}/digitStruct.mat.")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="SVHN folder or s3:// prefix with {train,test,extra}_32x32.mat and/or {train,test,extra}/digitStruct.mat."
+        ),
+    ],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
     shard_size: ShardOption = None,
     endpoint_url: EndpointOption = None,
@@ -264,7 +357,15 @@ def ingest_svhn(
     """SVHN (format 2 and/or format 1) -> digits, numbers and errors tables + manifest.json."""
     from jobs.ingest import ingest
 
-    manifest = ingest("svhn", src, dest, storage_options(endpoint_url, anon, storage_retry_seconds), shard_size=shard_size, address=address, verbose=verbose)
+    manifest = ingest(
+        "svhn",
+        src,
+        dest,
+        storage_options(endpoint_url, anon, storage_retry_seconds),
+        shard_size=shard_size,
+        address=address,
+        verbose=verbose,
+    )
     typer.echo(f"ingested {src} -> {dest}")
     _print_manifest(manifest)
 
@@ -272,38 +373,78 @@ def ingest_svhn(
 # ---------------------------------------------------------------------------------------------
 # train / eval
 
-WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Ray Train workers (DDP). On CPU they share the cores.")]
-GpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False)]
-InferenceGpuOption = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Run the models on GPUs (default: when the cluster has them).", show_default=False)]
-CpusOption = Annotated[Optional[float], typer.Option("--cpus-per-worker", min=0.01, help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data; with GPUs, the node's CPUs per GPU but one, for the feed processes).", show_default=False)]
+WorkersOption = Annotated[
+    int, typer.Option("--workers", min=1, help="Ray Train workers (DDP). On CPU they share the cores.")
+]
+GpuOption = Annotated[
+    bool | None,
+    typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False),
+]
+InferenceGpuOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--gpu/--no-gpu", help="Run the models on GPUs (default: when the cluster has them).", show_default=False
+    ),
+]
+CpusOption = Annotated[
+    float | None,
+    typer.Option(
+        "--cpus-per-worker",
+        min=0.01,
+        help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data; with GPUs, the node's CPUs per GPU but one, for the feed processes).",
+        show_default=False,
+    ),
+]
 FeedOption = Annotated[
-    Optional[int],
-    typer.Option("--feed-workers", min=0, help="Processes per worker that prepare batches ahead of the step (default: on GPUs, the worker's CPUs but one, for keypoints and the detector; 0 on CPUs).", show_default=False),
+    int | None,
+    typer.Option(
+        "--feed-workers",
+        min=0,
+        help="Processes per worker that prepare batches ahead of the step (default: on GPUs, the worker's CPUs but one, for keypoints and the detector; 0 on CPUs).",
+        show_default=False,
+    ),
 ]
 PrecisionOption = Annotated[
     Precision,
-    typer.Option("--precision", help="auto: bf16 autocast and channels-last on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX) for the models that gain from it, fp32 elsewhere; bf16 or fp32 to force one."),
+    typer.Option(
+        "--precision",
+        help="auto: bf16 autocast and channels-last on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX) for the models that gain from it, fp32 elsewhere; bf16 or fp32 to force one.",
+    ),
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
 KeypointsOption = Annotated[
     str,
-    typer.Option("--keypoints", help="A train-keypoints run folder, or a published checkpoint file: MMPose SimpleBaseline / HRNet / RTMPose (COCO 17 joints), "
-                 "a Simple Baselines or HRNet release, or torchvision's Keypoint R-CNN (then no --detector) (local or s3://).", show_default=False),
+    typer.Option(
+        "--keypoints",
+        help="A train-keypoints run folder, or a published checkpoint file: MMPose SimpleBaseline / HRNet / RTMPose (COCO 17 joints), "
+        "a Simple Baselines or HRNet release, or torchvision's Keypoint R-CNN (then no --detector) (local or s3://).",
+        show_default=False,
+    ),
 ]
 KeypointArchOption = Annotated[
-    Optional[str],
-    typer.Option("--keypoint-arch", help="What a published keypoint file holds: resnet50|101|152, hrnet-w32|w48, rtmpose-t|s|m|l, "
-                 "keypointrcnn-coco-v1|legacy (default: read from the file and its name).",
-                 show_default=False),
+    str | None,
+    typer.Option(
+        "--keypoint-arch",
+        help="What a published keypoint file holds: resnet50|101|152, hrnet-w32|w48, rtmpose-t|s|m|l, "
+        "keypointrcnn-coco-v1|legacy (default: read from the file and its name).",
+        show_default=False,
+    ),
 ]
 ModelInputOption = Annotated[
-    Optional[str],
-    typer.Option("--input-size", help="A published heatmap model's input, WxH as 192x256 (default: from the file name's 256x192 / 384x288, else 192x256).",
-                 show_default=False),
+    str | None,
+    typer.Option(
+        "--input-size",
+        help="A published heatmap model's input, WxH as 192x256 (default: from the file name's 256x192 / 384x288, else 192x256).",
+        show_default=False,
+    ),
 ]
 CodecOption = Annotated[
-    Optional[str],
-    typer.Option("--codec", help="A published heatmap model's decoding: msra | dark | udp (default: from the file name; RTMPose: simcc).", show_default=False),
+    str | None,
+    typer.Option(
+        "--codec",
+        help="A published heatmap model's decoding: msra | dark | udp (default: from the file name; RTMPose: simcc).",
+        show_default=False,
+    ),
 ]
 
 
@@ -320,18 +461,43 @@ def keypoint_overrides(arch: str | None, input_size: str | None, codec: str | No
         if len(size) != 2:
             raise typer.BadParameter(f"{input_size!r}: expected WxH, e.g. 192x256", param_hint="--input-size")
     return Overrides(arch, size, codec)
+
+
 DetectorArchOption = Annotated[
-    Optional[str],
-    typer.Option("--detector-arch", help="fasterrcnn_mobilenet_v3_large_fpn | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 (default: the run's; for a .pth file fasterrcnn_resnet50_fpn).", show_default=False),
+    str | None,
+    typer.Option(
+        "--detector-arch",
+        help="fasterrcnn_mobilenet_v3_large_fpn | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 (default: the run's; for a .pth file fasterrcnn_resnet50_fpn).",
+        show_default=False,
+    ),
 ]
 
 
-def _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers=None, precision=Precision.auto, retry_seconds=None):
+def _train_settings(
+    data,
+    out,
+    workers,
+    seed,
+    gpu,
+    cpus_per_worker,
+    endpoint_url,
+    anon,
+    feed_workers=None,
+    precision=Precision.auto,
+    retry_seconds=None,
+):
     from jobs.train import TrainSettings
 
     return TrainSettings(
-        data=data, out=out, workers=workers, seed=seed, use_gpu=gpu, cpus_per_worker=cpus_per_worker, feed_workers=feed_workers,
-        precision=precision.value, options=storage_options(endpoint_url, anon, retry_seconds)
+        data=data,
+        out=out,
+        workers=workers,
+        seed=seed,
+        use_gpu=gpu,
+        cpus_per_worker=cpus_per_worker,
+        feed_workers=feed_workers,
+        precision=precision.value,
+        options=storage_options(endpoint_url, anon, retry_seconds),
     )
 
 
@@ -341,10 +507,23 @@ def train_svhn(
     data: Annotated[str, typer.Option("--data", help="Ingested SVHN (the DEST of `pose-jobs ingest svhn`).")],
     out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
     workers: WorkersOption = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="At least this many epochs (a small set gets more: --min-steps).")] = 8,
-    min_steps: Annotated[int, typer.Option(min=0, help="At least this many optimiser steps: the epochs of a small set are stretched to reach them (0: exactly --epochs).")] = 2000,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="At least this many epochs (a small set gets more: --min-steps).")
+    ] = 8,
+    min_steps: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="At least this many optimiser steps: the epochs of a small set are stretched to reach them (0: exactly --epochs).",
+        ),
+    ] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Global batch, split over the workers.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate at a global batch of 256 (one-cycle cosine); scaled linearly with --batch-size.")] = 0.2,
+    lr: Annotated[
+        float,
+        typer.Option(
+            help="Peak learning rate at a global batch of 256 (one-cycle cosine); scaled linearly with --batch-size."
+        ),
+    ] = 0.2,
     arch: Annotated[str, typer.Option(help="wrn (wide ResNet) or seed (the seed's two-conv CNN).")] = "wrn",
     depth: Annotated[int, typer.Option(help="Wide ResNet depth (6n+4).")] = 10,
     width: Annotated[int, typer.Option(help="Wide ResNet widening factor.")] = 2,
@@ -369,11 +548,28 @@ def train_svhn(
     from pose.models.digits import DigitModelConfig
 
     recipe = DigitRecipe(
-        model=DigitModelConfig(arch=arch, depth=depth, width=width), epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr
+        model=DigitModelConfig(arch=arch, depth=depth, width=width),
+        epochs=epochs,
+        min_steps=min_steps,
+        batch_size=batch_size,
+        lr=lr,
     )
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, precision=precision, retry_seconds=storage_retry_seconds)
+    settings = _train_settings(
+        data,
+        out,
+        workers,
+        seed,
+        gpu,
+        cpus_per_worker,
+        endpoint_url,
+        anon,
+        precision=precision,
+        retry_seconds=storage_retry_seconds,
+    )
     info = run_training(DigitTask(recipe), settings, epochs, address=address, verbose=verbose)
-    typer.echo(f"trained {info['task']} for {info['epochs']} epochs ({info.get('total_steps', '?')} optimiser steps): validation accuracy {info['final'].get('val_accuracy', float('nan')):.4f} -> {out}")
+    typer.echo(
+        f"trained {info['task']} for {info['epochs']} epochs ({info.get('total_steps', '?')} optimiser steps): validation accuracy {info['final'].get('val_accuracy', float('nan')):.4f} -> {out}"
+    )
 
 
 @app.command("eval-svhn")
@@ -382,7 +578,12 @@ def eval_svhn(
     data: Annotated[str, typer.Option("--data", help="Ingested SVHN.")],
     model: Annotated[str, typer.Option("--model", help="A run folder from train-svhn.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    pictures: Annotated[Optional[Path], typer.Option(help="Folder for the confusion matrix and prediction grid PNGs (default: the model folder when local).")] = None,
+    pictures: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the confusion matrix and prediction grid PNGs (default: the model folder when local)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
@@ -405,39 +606,86 @@ def eval_svhn(
 @app.command("train-keypoints")
 @user_errors
 def train_keypoints(
-    data: Annotated[Optional[str], typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`); required to train.", show_default=False)] = None,
-    out: Annotated[Optional[str], typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model; required to train.", show_default=False)] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`); required to train.", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help="Run folder or s3:// prefix: checkpoints, metrics, curves, model; required to train.",
+            show_default=False,
+        ),
+    ] = None,
     workers: WorkersOption = 1,
     recipe_name: Annotated[
         KeypointRecipeName,
-        typer.Option("--recipe", help="cpu: from scratch on a few CPU cores (ResNet-18 cut after layer2, 128x96). The reference recipes, each equal to "
-                     "its source (docs/recipes.md; give ImageNet weights with --backbone-weights): simple-baselines (ResNet-50/101/152), "
-                     "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48; rtmpose-m (MMPose's RTMPose-m config; "
-                     "--backbone-weights: an MMPose CSPNeXt-m file)."),
+        typer.Option(
+            "--recipe",
+            help="cpu: from scratch on a few CPU cores (ResNet-18 cut after layer2, 128x96). The reference recipes, each equal to "
+            "its source (docs/recipes.md; give ImageNet weights with --backbone-weights): simple-baselines (ResNet-50/101/152), "
+            "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48; rtmpose-m (MMPose's RTMPose-m config; "
+            "--backbone-weights: an MMPose CSPNeXt-m file).",
+        ),
     ] = KeypointRecipeName.cpu,
-    show_recipe: Annotated[bool, typer.Option("--show-recipe", help="Print every resolved setting of the recipe as JSON and exit.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(min=1, help="Global batch, split over the workers; the learning rate scales linearly with it (default: the recipe's).", show_default=False),
+    show_recipe: Annotated[
+        bool, typer.Option("--show-recipe", help="Print every resolved setting of the recipe as JSON and exit.")
+    ] = False,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)
     ] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's, scaled with --batch-size).", show_default=False)] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Global batch, split over the workers; the learning rate scales linearly with it (default: the recipe's).",
+            show_default=False,
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate (default: the recipe's, scaled with --batch-size).", show_default=False),
+    ] = None,
     backbone: Annotated[
-        Optional[str],
-        typer.Option(help="cpu: resnet18 | resnet34 | resnet50; simple-baselines: resnet50 | resnet101 | resnet152; mmpose-td-hm: those or "
-                     "hrnet-w32 | hrnet-w48 (default: the recipe's).", show_default=False),
+        str | None,
+        typer.Option(
+            help="cpu: resnet18 | resnet34 | resnet50; simple-baselines: resnet50 | resnet101 | resnet152; mmpose-td-hm: those or "
+            "hrnet-w32 | hrnet-w48 (default: the recipe's).",
+            show_default=False,
+        ),
     ] = None,
     input_size: Annotated[
-        Optional[str],
-        typer.Option("--input-size", help="cpu: model input WxH, multiples of the backbone's stride, e.g. 96x128; the reference recipes: 256x192 "
-                     "or 384x288 (default: the recipe's).", show_default=False),
+        str | None,
+        typer.Option(
+            "--input-size",
+            help="cpu: model input WxH, multiples of the backbone's stride, e.g. 96x128; the reference recipes: 256x192 "
+            "or 384x288 (default: the recipe's).",
+            show_default=False,
+        ),
     ] = None,
-    codec: Annotated[Optional[str], typer.Option("--codec", help="mmpose-td-hm's heatmap codec: msra (default) | dark | udp.", show_default=False)] = None,
-    backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="ImageNet weights for the backbone: a torchvision resnet state_dict file or s3:// URL.", show_default=False)] = None,
+    codec: Annotated[
+        str | None,
+        typer.Option("--codec", help="mmpose-td-hm's heatmap codec: msra (default) | dark | udp.", show_default=False),
+    ] = None,
+    backbone_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--backbone-weights",
+            help="ImageNet weights for the backbone: a torchvision resnet state_dict file or s3:// URL.",
+            show_default=False,
+        ),
+    ] = None,
     init_weights: Annotated[
-        Optional[str],
-        typer.Option("--init-weights", help="Start the whole network from a published keypoint file of the recipe's network (MMPose td-hm, "
-                     "pose_resnet_*.pth.tar, pose_hrnet_*.pth; local or s3://).", show_default=False),
+        str | None,
+        typer.Option(
+            "--init-weights",
+            help="Start the whole network from a published keypoint file of the recipe's network (MMPose td-hm, "
+            "pose_resnet_*.pth.tar, pose_hrnet_*.pth; local or s3://).",
+            show_default=False,
+        ),
     ] = None,
     seed: SeedOption = 0,
     gpu: GpuOption = None,
@@ -456,7 +704,15 @@ def train_keypoints(
     from pose.keypoint_task import KeypointTask
     from pose.recipes import describe, keypoint_recipe
 
-    recipe = keypoint_recipe(recipe_name.value, backbone=backbone, input_size=input_size, codec=codec, epochs=epochs, batch_size=batch_size, lr=lr)
+    recipe = keypoint_recipe(
+        recipe_name.value,
+        backbone=backbone,
+        input_size=input_size,
+        codec=codec,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+    )
     if show_recipe:
         typer.echo(json.dumps(describe(recipe, workers), indent=2))
         return
@@ -464,20 +720,43 @@ def train_keypoints(
         if not value:
             raise typer.BadParameter("required to train (only --show-recipe runs without it)", param_hint=name)
     if recipe.framework == "pose-jobs" and recipe.backbone == "resnet50":
-        typer.echo("pose-jobs: warning: --recipe cpu with a ResNet-50 is the CPU recipe (cut after layer2, one deconvolution, pose-jobs' "
-                   "targets); for Simple Baselines use --recipe simple-baselines", err=True)
+        typer.echo(
+            "pose-jobs: warning: --recipe cpu with a ResNet-50 is the CPU recipe (cut after layer2, one deconvolution, pose-jobs' "
+            "targets); for Simple Baselines use --recipe simple-baselines",
+            err=True,
+        )
     options = storage_options(endpoint_url, anon, storage_retry_seconds)
     from jobs.storage import read_bytes
 
     weights = read_bytes(backbone_weights, options) if backbone_weights else None
     initial = (init_weights, read_bytes(init_weights, options)) if init_weights else None
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision, storage_retry_seconds)
-    task = KeypointTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, backbone_weights=weights, init_weights=initial)
+    settings = _train_settings(
+        data,
+        out,
+        workers,
+        seed,
+        gpu,
+        cpus_per_worker,
+        endpoint_url,
+        anon,
+        feed_workers,
+        precision,
+        storage_retry_seconds,
+    )
+    task = KeypointTask(
+        recipe,
+        ground_truth=keypoint_ground_truth(data, "val", options),
+        seed=seed,
+        backbone_weights=weights,
+        init_weights=initial,
+    )
     if weights is not None or initial is not None:
         try:
             task.build_model()  # a wrong file is one clear line now, not a worker traceback later
         except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--init-weights" if initial else "--backbone-weights") from None
+            raise typer.BadParameter(
+                str(error), param_hint="--init-weights" if initial else "--backbone-weights"
+            ) from None
     prepare = None
     if recipe.framework != "pose-jobs":  # the reference recipes warp the original images, as their references do
         from jobs.detector_data import image_sources, rows_with_images
@@ -486,25 +765,45 @@ def train_keypoints(
         prepare = functools.partial(rows_with_images, sources=sources, options=options)
     info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
     final = info["final"]
-    typer.echo(f"trained keypoints for {info['epochs']} epochs: PCK {final.get('val_pck', float('nan')):.4f}  AP {final.get('val_ap', float('nan')):.4f} -> {out}")
+    typer.echo(
+        f"trained keypoints for {info['epochs']} epochs: PCK {final.get('val_pck', float('nan')):.4f}  AP {final.get('val_ap', float('nan')):.4f} -> {out}"
+    )
 
 
 @app.command("eval-keypoints")
 @user_errors
 def eval_keypoints(
     data: Annotated[str, typer.Option("--data", help="Ingested COCO.")],
-    model: Annotated[str, typer.Option("--model", help="A train-keypoints run folder, or a published checkpoint file (see annotate --keypoints).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="A train-keypoints run folder, or a published checkpoint file (see annotate --keypoints)."
+        ),
+    ],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
-    results: Annotated[Optional[str], typer.Option("--results", help="Write the COCO results JSON here (local or s3://).", show_default=False)] = None,
-    pictures: Annotated[Optional[Path], typer.Option(help="Folder for the PNG of inputs, true and predicted heatmaps.")] = None,
+    results: Annotated[
+        str | None,
+        typer.Option("--results", help="Write the COCO results JSON here (local or s3://).", show_default=False),
+    ] = None,
+    pictures: Annotated[
+        Path | None, typer.Option(help="Folder for the PNG of inputs, true and predicted heatmaps.")
+    ] = None,
     detector: Annotated[
-        Optional[str],
-        typer.Option("--detector", help="Score with this detector's person boxes: a train-detector run folder or a .pth weights file.", show_default=False),
+        str | None,
+        typer.Option(
+            "--detector",
+            help="Score with this detector's person boxes: a train-detector run folder or a .pth weights file.",
+            show_default=False,
+        ),
     ] = None,
     detector_arch: DetectorArchOption = None,
     boxes: Annotated[
-        Optional[str],
-        typer.Option("--boxes", help="Score with the person boxes of this COCO box results JSON (local or s3://), e.g. eval-detector --results.", show_default=False),
+        str | None,
+        typer.Option(
+            "--boxes",
+            help="Score with the person boxes of this COCO box results JSON (local or s3://), e.g. eval-detector --results.",
+            show_default=False,
+        ),
     ] = None,
     keypoint_arch: KeypointArchOption = None,
     input_size: ModelInputOption = None,
@@ -531,8 +830,13 @@ def eval_keypoints(
             person_boxes = json.loads(read_bytes(boxes, options))
         except ValueError:
             raise typer.BadParameter(f"{boxes}: not a JSON file", param_hint="--boxes") from None
-        if not isinstance(person_boxes, list) or not all(isinstance(r, dict) and {"image_id", "bbox"} <= set(r) for r in person_boxes):
-            raise typer.BadParameter(f"{boxes}: expected a COCO box results list [{{image_id, category_id, bbox, score}}, ...]", param_hint="--boxes")
+        if not isinstance(person_boxes, list) or not all(
+            isinstance(r, dict) and {"image_id", "bbox"} <= set(r) for r in person_boxes
+        ):
+            raise typer.BadParameter(
+                f"{boxes}: expected a COCO box results list [{{image_id, category_id, bbox, score}}, ...]",
+                param_hint="--boxes",
+            )
     elif detector:
         from jobs.models import load_detector
 
@@ -541,7 +845,10 @@ def eval_keypoints(
         box_figures = {f"box_{k}": v for k, v in found.result().items() if k in ("ap", "ap50", "ar")}
     given = boxes_by_image(person_boxes) if person_boxes is not None else None
     overrides = keypoint_overrides(keypoint_arch, input_size, codec)
-    figures = {**evaluate_keypoints(data, model, split, options, pictures, results, boxes=given, overrides=overrides), **box_figures}
+    figures = {
+        **evaluate_keypoints(data, model, split, options, pictures, results, boxes=given, overrides=overrides),
+        **box_figures,
+    }
     if as_json:
         typer.echo(json.dumps(figures))
         return
@@ -560,14 +867,37 @@ def train_detector(
     data: Annotated[str, typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`).")],
     out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
     workers: WorkersOption = 1,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per step over all workers, split between them (default: the recipe's).", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)] = None,
-    min_size: Annotated[Optional[int], typer.Option("--min-size", min=32, help="Short side the detector resizes images to (default: the recipe's).", show_default=False)] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Images per step over all workers, split between them (default: the recipe's).",
+            show_default=False,
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)
+    ] = None,
+    min_size: Annotated[
+        int | None,
+        typer.Option(
+            "--min-size",
+            min=32,
+            help="Short side the detector resizes images to (default: the recipe's).",
+            show_default=False,
+        ),
+    ] = None,
     detector_arch: DetectorArchOption = None,
     init_weights: Annotated[
-        Optional[str],
-        typer.Option("--init-weights", help="Fine-tune from torchvision's COCO weights for the arch: a .pth file or s3:// URL (default: train from scratch).", show_default=False),
+        str | None,
+        typer.Option(
+            "--init-weights",
+            help="Fine-tune from torchvision's COCO weights for the arch: a .pth file or s3:// URL (default: train from scratch).",
+            show_default=False,
+        ),
     ] = None,
     seed: SeedOption = 0,
     gpu: GpuOption = None,
@@ -596,33 +926,62 @@ def train_detector(
     recipe = DetectorRecipe.fine_tune(arch) if init_weights else DetectorRecipe.from_scratch(arch)
     changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
     if min_size:
-        changes["model"] = replace(recipe.model, min_size=min_size, max_size=round(min_size * recipe.model.max_size / recipe.model.min_size))
+        changes["model"] = replace(
+            recipe.model, min_size=min_size, max_size=round(min_size * recipe.model.max_size / recipe.model.min_size)
+        )
     recipe = replace(recipe, **changes)
     options = storage_options(endpoint_url, anon, storage_retry_seconds)
     weights = read_bytes(init_weights, options) if init_weights else None
-    task = DetectorTask(recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, init_weights=weights)
+    task = DetectorTask(
+        recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, init_weights=weights
+    )
     if weights is not None:
         try:
             task.build_model()  # a wrong file is one clear line now, not a worker traceback later
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--init-weights") from None
     boxes = person_boxes_by_image(data, (*task.train_splits, task.val_split), options)
-    settings = _train_settings(data, out, workers, seed, gpu, cpus_per_worker, endpoint_url, anon, feed_workers, precision, storage_retry_seconds)
+    settings = _train_settings(
+        data,
+        out,
+        workers,
+        seed,
+        gpu,
+        cpus_per_worker,
+        endpoint_url,
+        anon,
+        feed_workers,
+        precision,
+        storage_retry_seconds,
+    )
     prepare = functools.partial(detector_rows, boxes=boxes, options=options)
     info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
     final = info["final"]
-    typer.echo(f"trained detector for {info['epochs']} epochs: box AP {final.get('val_ap', float('nan')):.4f}  AP50 {final.get('val_ap50', float('nan')):.4f} -> {out}")
+    typer.echo(
+        f"trained detector for {info['epochs']} epochs: box AP {final.get('val_ap', float('nan')):.4f}  AP50 {final.get('val_ap50', float('nan')):.4f} -> {out}"
+    )
 
 
 @app.command("eval-detector")
 @user_errors
 def eval_detector(
     data: Annotated[str, typer.Option("--data", help="Ingested COCO.")],
-    model: Annotated[str, typer.Option("--model", help="A run folder from train-detector, or a detector weights file (.pth, local or s3://).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="A run folder from train-detector, or a detector weights file (.pth, local or s3://)."
+        ),
+    ],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
     detector_arch: DetectorArchOption = None,
-    results: Annotated[Optional[str], typer.Option("--results", help="Write the COCO box results JSON here (local or s3://).", show_default=False)] = None,
-    pictures: Annotated[Optional[Path], typer.Option(help="Folder for the PNG of detections (default: the run folder).", show_default=False)] = None,
+    results: Annotated[
+        str | None,
+        typer.Option("--results", help="Write the COCO box results JSON here (local or s3://).", show_default=False),
+    ] = None,
+    pictures: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the PNG of detections (default: the run folder).", show_default=False),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
@@ -631,12 +990,22 @@ def eval_detector(
     """COCO person box AP/AR (pycocotools, crowds ignored) of a detector on a split, and a picture."""
     from jobs.evaluate import evaluate_detector
 
-    figures = evaluate_detector(data, model, split, storage_options(endpoint_url, anon), pictures, results, arch=detector_arch)
+    figures = evaluate_detector(
+        data, model, split, storage_options(endpoint_url, anon), pictures, results, arch=detector_arch
+    )
     if as_json:
         typer.echo(json.dumps(figures))
         return
     typer.echo(f"person boxes on {split} ({figures['images']} images, {figures['detections']} detections):")
-    names = {"ap": "AP @[.50:.95]", "ap50": "AP @.50", "ap75": "AP @.75", "ap_s": "AP small", "ap_m": "AP medium", "ap_l": "AP large", "ar": "AR @100"}
+    names = {
+        "ap": "AP @[.50:.95]",
+        "ap50": "AP @.50",
+        "ap75": "AP @.75",
+        "ap_s": "AP small",
+        "ap_m": "AP medium",
+        "ap_l": "AP large",
+        "ar": "AR @100",
+    }
     for key, name in names.items():
         typer.echo(f"  {name:<14} {figures[key]:.4f}")
     for path in figures.get("pictures", []):
@@ -650,31 +1019,94 @@ def eval_detector(
 @app.command("annotate")
 @user_errors
 def annotate(
-    src: Annotated[str, typer.Argument(help="Images: a folder or s3://bucket/prefix (jpg, jpeg, png, webp, bmp, tif, tiff, gif; any case; sub-folders too), or an ingested COCO DEST.")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Images: a folder or s3://bucket/prefix (jpg, jpeg, png, webp, bmp, tif, tiff, gif; any case; sub-folders too), or an ingested COCO DEST."
+        ),
+    ],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
     keypoints: KeypointsOption,
-    detector: Annotated[Optional[str], typer.Option("--detector", help="A train-detector run folder, or a torchvision Faster R-CNN .pth (local or s3://).",
-                                                    show_default=False)] = None,
-    boxes: Annotated[Optional[str], typer.Option("--boxes", help="Person boxes from a COCO box results JSON (local or s3://) instead of a detector, "
-                                                 "e.g. COCO's published detections or results/boxes.json of an earlier run.", show_default=False)] = None,
-    box_threshold: Annotated[float, typer.Option(help="With --boxes: boxes scoring less get no keypoints (0: all, as the COCO protocol).")] = 0.0,
-    detector_arch: Annotated[Optional[str], typer.Option("--detector-arch", help="Architecture of a bare .pth detector file (default: fasterrcnn_resnet50_fpn).", show_default=False)] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            "--detector",
+            help="A train-detector run folder, or a torchvision Faster R-CNN .pth (local or s3://).",
+            show_default=False,
+        ),
+    ] = None,
+    boxes: Annotated[
+        str | None,
+        typer.Option(
+            "--boxes",
+            help="Person boxes from a COCO box results JSON (local or s3://) instead of a detector, "
+            "e.g. COCO's published detections or results/boxes.json of an earlier run.",
+            show_default=False,
+        ),
+    ] = None,
+    box_threshold: Annotated[
+        float, typer.Option(help="With --boxes: boxes scoring less get no keypoints (0: all, as the COCO protocol).")
+    ] = 0.0,
+    detector_arch: Annotated[
+        str | None,
+        typer.Option(
+            "--detector-arch",
+            help="Architecture of a bare .pth detector file (default: fasterrcnn_resnet50_fpn).",
+            show_default=False,
+        ),
+    ] = None,
     keypoint_arch: KeypointArchOption = None,
     input_size: ModelInputOption = None,
     codec: CodecOption = None,
     person_threshold: Annotated[float, typer.Option(help="Person boxes scoring less get no keypoints.")] = 0.3,
-    max_persons: Annotated[int, typer.Option(min=1, help="Most persons per image given keypoints (best boxes first).")] = 20,
-    flip_test: Annotated[bool, typer.Option("--flip-test/--no-flip-test", help="Average the keypoint heatmaps with those of the mirrored person.")] = True,
-    visualize: Annotated[int, typer.Option("--visualize", min=0, help="Draw this many annotated images to DEST/pictures/*.png.")] = 0,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard (the unit written and resumed).")] = 64,
-    detector_batch: Annotated[Optional[int], typer.Option(min=1, help="Images per detector call (default: 2 on CPU, 8 on GPU).", show_default=False)] = None,
-    keypoint_batch: Annotated[Optional[int], typer.Option(min=1, help="Persons per keypoint-model call (default: 32 on CPU, 128 on GPU).", show_default=False)] = None,
-    detector_actors: Annotated[Optional[int], typer.Option(min=1, help="Detector actors (default: one per GPU; on CPU one per core, each running both models).", show_default=False)] = None,
-    keypoint_actors: Annotated[Optional[int], typer.Option(min=1, help="Keypoint-model actors (default: one per GPU; on CPU none: the detector actors run it; set it to give it a pool of its own).", show_default=False)] = None,
+    max_persons: Annotated[
+        int, typer.Option(min=1, help="Most persons per image given keypoints (best boxes first).")
+    ] = 20,
+    flip_test: Annotated[
+        bool,
+        typer.Option(
+            "--flip-test/--no-flip-test", help="Average the keypoint heatmaps with those of the mirrored person."
+        ),
+    ] = True,
+    visualize: Annotated[
+        int, typer.Option("--visualize", min=0, help="Draw this many annotated images to DEST/pictures/*.png.")
+    ] = 0,
+    shard_size: Annotated[
+        int, typer.Option("--shard-size", min=1, help="Images per shard (the unit written and resumed).")
+    ] = 64,
+    detector_batch: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per detector call (default: 2 on CPU, 8 on GPU).", show_default=False),
+    ] = None,
+    keypoint_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Persons per keypoint-model call (default: 32 on CPU, 128 on GPU).", show_default=False
+        ),
+    ] = None,
+    detector_actors: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Detector actors (default: one per GPU; on CPU one per core, each running both models).",
+            show_default=False,
+        ),
+    ] = None,
+    keypoint_actors: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Keypoint-model actors (default: one per GPU; on CPU none: the detector actors run it; set it to give it a pool of its own).",
+            show_default=False,
+        ),
+    ] = None,
     gpu: InferenceGpuOption = None,
     precision: Annotated[
         Precision,
-        typer.Option("--precision", help="The models' arithmetic. auto: bf16 autocast and channels-last on CPUs with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs and on GPUs."),
+        typer.Option(
+            "--precision",
+            help="The models' arithmetic. auto: bf16 autocast and channels-last on CPUs with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs and on GPUs.",
+        ),
     ] = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
@@ -683,7 +1115,8 @@ def annotate(
     verbose: VerboseOption = False,
 ) -> None:
     """Detect every object and every person's 17 keypoints in a bucket of images -> Parquet, COCO results, pictures."""
-    from jobs.annotate import AnnotateSettings, annotate as run
+    from jobs.annotate import AnnotateSettings
+    from jobs.annotate import annotate as run
 
     overrides = keypoint_overrides(keypoint_arch, input_size, codec)
     settings = AnnotateSettings(
@@ -706,7 +1139,15 @@ def annotate(
         use_gpu=gpu,
         precision=precision.value,
     )
-    manifest = run(src, dest, settings, storage_options(endpoint_url, anon, storage_retry_seconds), visualize=visualize, address=address, verbose=verbose)
+    manifest = run(
+        src,
+        dest,
+        settings,
+        storage_options(endpoint_url, anon, storage_retry_seconds),
+        visualize=visualize,
+        address=address,
+        verbose=verbose,
+    )
     images = manifest["images"]
     state = "all accounted for" if images["balanced"] else "NOT BALANCED"
     typer.echo(f"annotated {src} -> {dest}")
@@ -726,10 +1167,22 @@ def annotate(
 def demo(
     out: Annotated[Path, typer.Option(help="Where everything goes.")] = Path("demo-out"),
     quick: Annotated[bool, typer.Option("--quick", help="Small data: a run of a few minutes.")] = False,
-    detector: Annotated[Optional[str], typer.Option("--detector", help="Annotate with this published detector file instead of the one trained here (local or s3://).",
-                                                    show_default=False)] = None,
-    keypoints: Annotated[Optional[str], typer.Option("--keypoints", help="Evaluate and annotate with this published keypoint file (see annotate --keypoints).",
-                                                     show_default=False)] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            "--detector",
+            help="Annotate with this published detector file instead of the one trained here (local or s3://).",
+            show_default=False,
+        ),
+    ] = None,
+    keypoints: Annotated[
+        str | None,
+        typer.Option(
+            "--keypoints",
+            help="Evaluate and annotate with this published keypoint file (see annotate --keypoints).",
+            show_default=False,
+        ),
+    ] = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -737,7 +1190,14 @@ def demo(
     from jobs.demo import DemoSizes, run_demo
 
     started = time.perf_counter()
-    summary = run_demo(out, DemoSizes.quick() if quick else DemoSizes(), detector=detector, keypoints=keypoints, address=address, verbose=verbose)
+    summary = run_demo(
+        out,
+        DemoSizes.quick() if quick else DemoSizes(),
+        detector=detector,
+        keypoints=keypoints,
+        address=address,
+        verbose=verbose,
+    )
     summary.append(("total", f"{time.perf_counter() - started:.0f} s"))
     width = max(len(name) for name, _ in summary)
     typer.echo("\npose-jobs demo: summary")
@@ -756,14 +1216,16 @@ def show_coco(
     out: Annotated[Path, typer.Argument(help="Folder for the PNGs.")],
     split: Annotated[Split, typer.Option(help="Which split.")] = Split.train,
     images: Annotated[int, typer.Option(min=1, help="How many images (the first ones with people).")] = 4,
-    image_id: Annotated[Optional[list[int]], typer.Option(help="Draw these image ids instead (repeatable).")] = None,
+    image_id: Annotated[list[int] | None, typer.Option(help="Draw these image ids instead (repeatable).")] = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
 ) -> None:
     """Images with person boxes, skeletons and named joints, beside each person's crop."""
     from jobs.show import show_coco as run
 
-    for path in run(src, out, storage_options(endpoint_url, anon), split=split.value, images=images, image_ids=image_id):
+    for path in run(
+        src, out, storage_options(endpoint_url, anon), split=split.value, images=images, image_ids=image_id
+    ):
         typer.echo(str(path))
 
 
@@ -843,7 +1305,12 @@ def _submittable_everywhere(typer_app: typer.Typer) -> None:
 # jobs: the Ray Jobs of a cluster (submitted with a dashboard --address)
 
 # Not named `address`: these commands talk to the Jobs API, they are never submitted themselves.
-ClusterOption = Annotated[Optional[str], typer.Option("--address", help="The cluster's dashboard, http://HEAD:8265.", envvar="RAY_ADDRESS", show_default=False)]
+ClusterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address", help="The cluster's dashboard, http://HEAD:8265.", envvar="RAY_ADDRESS", show_default=False
+    ),
+]
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id (as `pose-jobs jobs list` shows it).")]
 
 
@@ -854,7 +1321,9 @@ def jobs_list(cluster: ClusterOption = None) -> None:
     from jobs.submit import format_time, list_jobs
 
     for job in list_jobs(cluster):
-        typer.echo(f"{job.submission_id or job.job_id:<48} {job.status.value:<9} {format_time(job.start_time)}  {job.entrypoint}")
+        typer.echo(
+            f"{job.submission_id or job.job_id:<48} {job.status.value:<9} {format_time(job.start_time)}  {job.entrypoint}"
+        )
 
 
 @jobs_app.command("status")
@@ -875,7 +1344,13 @@ def jobs_status(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
 
 @jobs_app.command("logs")
 @cluster_errors
-def jobs_logs(job_id: JobIdArgument, follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its code.")] = False, cluster: ClusterOption = None) -> None:
+def jobs_logs(
+    job_id: JobIdArgument,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its code.")
+    ] = False,
+    cluster: ClusterOption = None,
+) -> None:
     """A job's logs (its driver's stdout and stderr)."""
     from jobs.submit import job_logs
 

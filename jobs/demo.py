@@ -27,8 +27,17 @@ class DemoSizes:
     detector_epochs: int = 2
 
     @classmethod
-    def quick(cls) -> "DemoSizes":
-        return cls(coco_train=40, coco_val=12, svhn_train=3000, svhn_test=300, svhn_numbers=20, svhn_epochs=3, keypoint_epochs=1, detector_epochs=1)
+    def quick(cls) -> DemoSizes:
+        return cls(
+            coco_train=40,
+            coco_val=12,
+            svhn_train=3000,
+            svhn_test=300,
+            svhn_numbers=20,
+            svhn_epochs=3,
+            keypoint_epochs=1,
+            detector_epochs=1,
+        )
 
 
 # Published files that make the annotation step meaningful (trained for minutes here, the demo's own
@@ -39,8 +48,15 @@ PUBLISHED_EXAMPLE = (
 )
 
 
-def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, detector: str | None = None, keypoints: str | None = None,
-             address: str | None = None, verbose: bool = False) -> list[tuple[str, str]]:
+def run_demo(
+    out: Path,
+    sizes: DemoSizes = DemoSizes(),
+    *,
+    detector: str | None = None,
+    keypoints: str | None = None,
+    address: str | None = None,
+    verbose: bool = False,
+) -> list[tuple[str, str]]:
     """Run every stage into `out`; returns (figure, value) rows for the summary. `detector` and
     `keypoints` (published files, local or s3://; see `pose-jobs annotate`) replace the models
     trained here in the annotation step, and a published keypoint file is also evaluated."""
@@ -90,17 +106,39 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, detector: str | None 
     from pose.keypoint_task import KeypointRecipe, KeypointTask
 
     digit_recipe = DigitRecipe(epochs=sizes.svhn_epochs, min_steps=0)  # a brief run: exactly these epochs
-    run_training(DigitTask(digit_recipe), TrainSettings(data=str(out / "svhn"), out=str(out / "runs" / "svhn"), workers=2), digit_recipe.epochs, address=address, verbose=verbose)
+    run_training(
+        DigitTask(digit_recipe),
+        TrainSettings(data=str(out / "svhn"), out=str(out / "runs" / "svhn"), workers=2),
+        digit_recipe.epochs,
+        address=address,
+        verbose=verbose,
+    )
     digits = evaluate_svhn(str(out / "svhn"), str(out / "runs" / "svhn"), "test", StorageOptions(), pictures)
-    summary.append(("svhn", f"test accuracy {digits['accuracy']:.4f} on {digits['samples']} digits after {digit_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s)"))
+    summary.append(
+        (
+            "svhn",
+            f"test accuracy {digits['accuracy']:.4f} on {digits['samples']} digits after {digit_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s)",
+        )
+    )
 
     started = stage("train the keypoint model (Ray Train, 2 workers)")
     keypoint_recipe = replace(KeypointRecipe(), epochs=sizes.keypoint_epochs)
     task = KeypointTask(keypoint_recipe, ground_truth=keypoint_ground_truth(str(out / "coco"), "val", StorageOptions()))
-    run_training(task, TrainSettings(data=str(out / "coco"), out=str(out / "runs" / "keypoints"), workers=2), keypoint_recipe.epochs, address=address, verbose=verbose)
-    keypoints = evaluate_keypoints(str(out / "coco"), str(out / "runs" / "keypoints"), "val", StorageOptions(), pictures)
+    run_training(
+        task,
+        TrainSettings(data=str(out / "coco"), out=str(out / "runs" / "keypoints"), workers=2),
+        keypoint_recipe.epochs,
+        address=address,
+        verbose=verbose,
+    )
+    keypoints = evaluate_keypoints(
+        str(out / "coco"), str(out / "runs" / "keypoints"), "val", StorageOptions(), pictures
+    )
     summary.append(
-        ("keypoints", f"val PCK {keypoints['pck']:.3f}, AP {keypoints['ap']:.3f} after {keypoint_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README for full runs)")
+        (
+            "keypoints",
+            f"val PCK {keypoints['pck']:.3f}, AP {keypoints['ap']:.3f} after {keypoint_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README for full runs)",
+        )
     )
 
     started = stage("train the person detector (Ray Train, 2 workers)")
@@ -117,10 +155,20 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, detector: str | None 
     boxes = person_boxes_by_image(coco, (*detector_task.train_splits, detector_task.val_split), options)
     prepare = functools.partial(detector_rows, boxes=boxes, options=options)
     detector_dir = str(out / "runs" / "detector")
-    run_training(detector_task, TrainSettings(data=coco, out=detector_dir, workers=2), detector_recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
+    run_training(
+        detector_task,
+        TrainSettings(data=coco, out=detector_dir, workers=2),
+        detector_recipe.epochs,
+        address=address,
+        verbose=verbose,
+        prepare_rows=prepare,
+    )
     boxes_figures = evaluate_detector(coco, detector_dir, "val", options, pictures)
     summary.append(
-        ("detector", f"val person box AP {boxes_figures['ap']:.3f}, AP50 {boxes_figures['ap50']:.3f} after {detector_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README)")
+        (
+            "detector",
+            f"val person box AP {boxes_figures['ap']:.3f}, AP50 {boxes_figures['ap50']:.3f} after {detector_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README)",
+        )
     )
 
     from jobs.models import is_keypoint_rcnn
@@ -130,12 +178,27 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, detector: str | None 
         from jobs.evaluate import evaluate_topdown
 
         published = evaluate_topdown(coco, keypoints, "val", options)
-        summary.append(("published keypoints", f"{published['model']}: val AP {published['ap']:.3f}, AP50 {published['ap50']:.3f} "
-                                               f"on {published['instances']} persons ({time.perf_counter() - started:.0f} s)"))
+        summary.append(
+            (
+                "published keypoints",
+                f"{published['model']}: val AP {published['ap']:.3f}, AP50 {published['ap50']:.3f} "
+                f"on {published['instances']} persons ({time.perf_counter() - started:.0f} s)",
+            )
+        )
     started = stage("annotate a bucket of images: detector -> keypoints (Ray Data actor pools)")
     rcnn = keypoints is not None and is_keypoint_rcnn(keypoints, options)
-    settings = AnnotateSettings(detector=None if rcnn else (detector or detector_dir), keypoints=keypoints or str(out / "runs" / "keypoints"))
-    manifest = annotate(str(coco_src / "val2017"), str(out / "annotated"), settings, options, visualize=4, address=address, verbose=verbose)
+    settings = AnnotateSettings(
+        detector=None if rcnn else (detector or detector_dir), keypoints=keypoints or str(out / "runs" / "keypoints")
+    )
+    manifest = annotate(
+        str(coco_src / "val2017"),
+        str(out / "annotated"),
+        settings,
+        options,
+        visualize=4,
+        address=address,
+        verbose=verbose,
+    )
     seconds = time.perf_counter() - started
     images = manifest["images"]
     summary.append(
@@ -146,7 +209,17 @@ def run_demo(out: Path, sizes: DemoSizes = DemoSizes(), *, detector: str | None 
         )
     )
     if keypoints is None:
-        summary.append(("published models", f"the annotation used the models trained above for minutes; for pictures that show something pass {PUBLISHED_EXAMPLE}"))
-    summary.append(("pictures", f"{len(list(pictures.glob('*.png')))} PNGs in {pictures}, {len(manifest['pictures'])} in {out / 'annotated' / 'pictures'}"))
+        summary.append(
+            (
+                "published models",
+                f"the annotation used the models trained above for minutes; for pictures that show something pass {PUBLISHED_EXAMPLE}",
+            )
+        )
+    summary.append(
+        (
+            "pictures",
+            f"{len(list(pictures.glob('*.png')))} PNGs in {pictures}, {len(manifest['pictures'])} in {out / 'annotated' / 'pictures'}",
+        )
+    )
     summary.append(("runs", f"checkpoints, metrics.jsonl, curves.png, model.pt in {out / 'runs'}"))
     return summary

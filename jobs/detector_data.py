@@ -19,36 +19,52 @@ from jobs.storage import StorageOptions
 IMAGE_COLUMNS = ["image_id", "split", "source", "width", "height"]
 
 
-def person_boxes_by_image(data: str, splits: tuple[str, ...], options: StorageOptions) -> dict[int, tuple[list[float], list[bool]]]:
+def person_boxes_by_image(
+    data: str, splits: tuple[str, ...], options: StorageOptions
+) -> dict[int, tuple[list[float], list[bool]]]:
     """image_id -> (flat COCO boxes, crowd flags) of every person annotation in `splits`, crowds
     included (the detector's targets drop them; COCO's evaluation ignores detections on them)."""
     persons = read_table(data, "persons", splits, options, columns=["image_id", "bbox", "iscrowd"], required=False)
     boxes: dict[int, tuple[list[float], list[bool]]] = {}
     if persons is None:
         return boxes
-    for image_id, bbox, iscrowd in zip(persons["image_id"].to_pylist(), persons["bbox"].to_pylist(), persons["iscrowd"].to_pylist()):
+    for image_id, bbox, iscrowd in zip(
+        persons["image_id"].to_pylist(), persons["bbox"].to_pylist(), persons["iscrowd"].to_pylist()
+    ):
         flat, flags = boxes.setdefault(int(image_id), ([], []))
         flat.extend(float(v) for v in bbox)
         flags.append(bool(iscrowd))
     return boxes
 
 
-def add_pixels_and_boxes(batch: pa.Table, boxes: dict[int, tuple[list[float], list[bool]]], options: StorageOptions) -> pa.Table:
+def add_pixels_and_boxes(
+    batch: pa.Table, boxes: dict[int, tuple[list[float], list[bool]]], options: StorageOptions
+) -> pa.Table:
     """`images` rows -> the same rows (IMAGE_COLUMNS) plus `image` (the encoded bytes read from
     `source`), `boxes` and `iscrowd` (empty for an image without persons)."""
     batch = batch.select(IMAGE_COLUMNS)
     image_ids = batch["image_id"].to_pylist()
     found = [boxes.get(int(i), ([], [])) for i in image_ids]
     return (
-        batch.append_column("image", pa.array([read_image_source(source, options) for source in batch["source"].to_pylist()], pa.binary()))
+        batch.append_column(
+            "image",
+            pa.array([read_image_source(source, options) for source in batch["source"].to_pylist()], pa.binary()),
+        )
         .append_column("boxes", pa.array([flat for flat, _ in found], pa.list_(pa.float32())))
         .append_column("iscrowd", pa.array([flags for _, flags in found], pa.list_(pa.bool_())))
     )
 
 
-def detector_rows(dataset, boxes: dict[int, tuple[list[float], list[bool]]], options: StorageOptions, batch_size: int = 16):
+def detector_rows(
+    dataset, boxes: dict[int, tuple[list[float], list[bool]]], options: StorageOptions, batch_size: int = 16
+):
     """A Ray Data dataset of `images` rows -> detector rows, read by Ray Data tasks."""
-    return dataset.map_batches(add_pixels_and_boxes, batch_format="pyarrow", batch_size=batch_size, fn_kwargs={"boxes": boxes, "options": options})
+    return dataset.map_batches(
+        add_pixels_and_boxes,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        fn_kwargs={"boxes": boxes, "options": options},
+    )
 
 
 def image_sources(data: str, splits: tuple[str, ...], options: StorageOptions) -> dict[int, str]:
@@ -67,4 +83,9 @@ def add_image_bytes(batch: pa.Table, sources: dict[int, str], options: StorageOp
 def rows_with_images(dataset, sources: dict[int, str], options: StorageOptions, batch_size: int = 32):
     """A Ray Data dataset of rows with `image_id` -> the same rows with `image` (`add_image_bytes`), read by
     Ray Data tasks."""
-    return dataset.map_batches(add_image_bytes, batch_format="pyarrow", batch_size=batch_size, fn_kwargs={"sources": sources, "options": options})
+    return dataset.map_batches(
+        add_image_bytes,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        fn_kwargs={"sources": sources, "options": options},
+    )

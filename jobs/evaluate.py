@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.storage import StorageOptions, exists, is_s3, join, write_bytes_atomic
 from jobs.ingest import read_table
 from jobs.models import load_digit_model, load_keypoint_model
+from jobs.storage import StorageOptions, exists, is_s3, join, write_bytes_atomic
 from pose.draw import stacked
 from pose.feed import batches_of
 
@@ -52,7 +52,11 @@ def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions
     with torch.no_grad():
         predicted = model(to_input(torch.from_numpy(pixels))).argmax(1).numpy()
     grid = draw.digit_grid(pixels, sample["label"].to_pylist(), predicted.tolist())
-    matrix = draw.confusion_matrix(np.asarray(figures["confusion"]), [str(d) for d in range(10)], title=f"SVHN {split}: accuracy {figures['accuracy']:.4f}")
+    matrix = draw.confusion_matrix(
+        np.asarray(figures["confusion"]),
+        [str(d) for d in range(10)],
+        title=f"SVHN {split}: accuracy {figures['accuracy']:.4f}",
+    )
     folder = pictures if pictures is not None or is_s3(model_dir) is False else None
     figures["pictures"] = [
         _save_png(matrix, folder, model_dir, f"confusion-{split}.png", options),
@@ -65,7 +69,9 @@ def keypoint_ground_truth(data: str, split: str, options: StorageOptions) -> dic
     """The COCO-format ground truth of one ingested split, for pycocotools."""
     from pose.keypoint_task import ground_truth_from_tables
 
-    images = read_table(data, "images", (split,), options, columns=["image_id", "split", "file_name", "width", "height"])
+    images = read_table(
+        data, "images", (split,), options, columns=["image_id", "split", "file_name", "width", "height"]
+    )
     persons = read_table(data, "persons", (split,), options)
     return ground_truth_from_tables(images, persons)
 
@@ -84,7 +90,9 @@ def evaluate_keypoints(
     (`evaluate_topdown`: ground-truth boxes, or `boxes` by image id); for a train-keypoints run
     with ground-truth boxes also the seed's PCK on the stored person crops and a picture of inputs,
     true and predicted heatmaps (`crop_pck`)."""
-    figures = evaluate_topdown(data, model_spec, split, options, overrides=overrides, boxes=boxes, results_file=results_file)
+    figures = evaluate_topdown(
+        data, model_spec, split, options, overrides=overrides, boxes=boxes, results_file=results_file
+    )
     figures["boxes"] = "ground truth" if boxes is None else "given"
     if boxes is None and exists(join(model_spec, "model.json"), options):
         figures.update(crop_pck(data, model_spec, split, options, pictures))
@@ -113,13 +121,23 @@ def crop_pck(data: str, model_dir: str, split: str, options: StorageOptions, pic
     figures = {"pck": float(evaluator.result()["pck"])}
     if first is not None:
         prepared, keypoints, scores, heatmaps = first
-        picture = evaluation_figure(prepared["image"], prepared["target"], heatmaps, prepared["keypoints"], keypoints, visible=prepared["target_weight"], scores=scores)
+        picture = evaluation_figure(
+            prepared["image"],
+            prepared["target"],
+            heatmaps,
+            prepared["keypoints"],
+            keypoints,
+            visible=prepared["target_weight"],
+            scores=scores,
+        )
         folder = pictures if pictures is not None or not is_s3(model_dir) else None
         figures["pictures"] = [_save_png(picture, folder, model_dir, f"keypoints-{split}.png", options)]
     return figures
 
 
-def detect_split(model, data: str, split: str, options: StorageOptions, *, picture_images: int = 0, picture_min_score: float = 0.5):
+def detect_split(
+    model, data: str, split: str, options: StorageOptions, *, picture_images: int = 0, picture_min_score: float = 0.5
+):
     """Run a detector over every image of a split, in this process.
 
     Returns the `DetectorEvaluator` fed with every image (its `results` are the COCO box results,
@@ -147,7 +165,9 @@ def detect_split(model, data: str, split: str, options: StorageOptions, *, pictu
             true_boxes, iscrowd = row_boxes(rows, i)
             keep = (found[i]["scores"] >= picture_min_score) & (found[i]["labels"] == PERSON_LABEL)
             truth = draw.draw_persons(pixels, true_boxes, labels=["crowd" if c else "person" for c in iscrowd])
-            detected = draw.draw_detections(pixels, found[i]["boxes"][keep], ["person"] * int(keep.sum()), found[i]["scores"][keep])
+            detected = draw.draw_detections(
+                pixels, found[i]["boxes"][keep], ["person"] * int(keep.sum()), found[i]["scores"][keep]
+            )
             titles = [f"image {int(rows['image_id'][i])}: ground truth", f"detections ≥ {picture_min_score:g}"]
             panels.append(draw.side_by_side([truth, detected], titles=titles, height=360))
     return evaluator, panels
@@ -187,7 +207,9 @@ def evaluate_detector(
 def _ground_truth_boxes(data: str, split: str, options: StorageOptions) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The annotated persons of a split (non-crowd, with labelled keypoints) as boxes by image id,
     score 1, in the form of `jobs.annotate.boxes_by_image`."""
-    persons = read_table(data, "persons", (split,), options, columns=["image_id", "bbox", "num_keypoints", "iscrowd"]).to_pylist()
+    persons = read_table(
+        data, "persons", (split,), options, columns=["image_id", "bbox", "num_keypoints", "iscrowd"]
+    ).to_pylist()
     boxes: dict[int, tuple[list, list]] = {}
     for person in persons:
         if person["iscrowd"] or not person["num_keypoints"]:
@@ -232,14 +254,20 @@ def evaluate_topdown(
     # The model first: a wrong --model is one line before any data is read.
     if is_keypoint_rcnn(model_spec, options):
         if boxes is not None:
-            raise ModelError(f"{model_spec}: a torchvision Keypoint R-CNN finds its own persons; leave out --boxes and --detector")
+            raise ModelError(
+                f"{model_spec}: a torchvision Keypoint R-CNN finds its own persons; leave out --boxes and --detector"
+            )
         model = load_keypoint_rcnn_file(model_spec, options, getattr(overrides, "arch", None))
         name = f"torchvision keypointrcnn_resnet50_fpn ({model.variant})"
 
         def persons(pixels: np.ndarray, _) -> dict:  # its own boxes, keypoints and person scores
             found = detect_with_keypoints(model, [pixels])[0]
             people = found["labels"] == PERSON_LABEL
-            return {"keypoints": found["keypoints"][people], "scores": found["scores"][people], "kept": np.arange(int(people.sum()))}
+            return {
+                "keypoints": found["keypoints"][people],
+                "scores": found["scores"][people],
+                "kept": np.arange(int(people.sum())),
+            }
     else:
         predictor = TopDownPredictor(load_pose_model(model_spec, options, overrides), flip_test=flip_test)
         name = predictor.model.name
@@ -263,8 +291,19 @@ def evaluate_topdown(
         instances += len(found["keypoints"])
         for k in found["kept"]:
             keypoints = [round(float(v), 3) for v in found["keypoints"][k].reshape(-1)]
-            results.append({"image_id": int(image_id), "category_id": PERSON_CATEGORY["id"], "keypoints": keypoints, "score": float(found["scores"][k])})
-    figures = {**coco_keypoint_ap(truth, results, image_ids=sorted(images["image_id"].to_pylist())), "instances": instances, "model": name}
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": PERSON_CATEGORY["id"],
+                    "keypoints": keypoints,
+                    "score": float(found["scores"][k]),
+                }
+            )
+    figures = {
+        **coco_keypoint_ap(truth, results, image_ids=sorted(images["image_id"].to_pylist())),
+        "instances": instances,
+        "model": name,
+    }
     if results_file:
         write_bytes_atomic(results_file, json.dumps(results).encode(), options)
         figures["results"] = results_file

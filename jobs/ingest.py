@@ -21,6 +21,7 @@ import io
 import json
 import pickle
 from dataclasses import asdict, dataclass, field
+
 import numpy as np
 import pyarrow as pa
 
@@ -85,7 +86,9 @@ class Plan:
 # Planning (driver)
 
 
-def plan_coco(src: str, options: StorageOptions, splits: tuple[str, ...] = coco.SPLITS, shard_images: int = COCO_SHARD_IMAGES) -> Plan:
+def plan_coco(
+    src: str, options: StorageOptions, splits: tuple[str, ...] = coco.SPLITS, shard_images: int = COCO_SHARD_IMAGES
+) -> Plan:
     """Read each split's annotation file and the image archive's directory; cut shards."""
     plan = Plan("coco", src)
     for split in splits:
@@ -96,7 +99,9 @@ def plan_coco(src: str, options: StorageOptions, splits: tuple[str, ...] = coco.
         members = None
         if not exists(folder, options):
             if not exists(archive, options):
-                raise IngestError(f"{src}: split '{split}' has annotations but neither {coco.image_folder(split)}/ nor {coco.image_archive(split)}")
+                raise IngestError(
+                    f"{src}: split '{split}' has annotations but neither {coco.image_folder(split)}/ nor {coco.image_archive(split)}"
+                )
             with open_input(archive, options) as handle:
                 members = coco.index_zip(handle, archive)
 
@@ -119,7 +124,11 @@ def plan_coco(src: str, options: StorageOptions, splits: tuple[str, ...] = coco.
         plan.inputs[split] = {"images": len(document["images"]), "annotations": len(document["annotations"])}
         chunks = [items[i : i + shard_images] for i in range(0, len(items), shard_images)] or [[]]
         for number, chunk in enumerate(chunks):
-            payload = {"images": chunk, "annotation_file": annotation_source, "dangling": dangling if number == 0 else []}
+            payload = {
+                "images": chunk,
+                "annotation_file": annotation_source,
+                "dangling": dangling if number == 0 else [],
+            }
             plan.shards.append(Shard(f"{split}-{number:05d}", split, "coco", payload))
     if not plan.shards:
         raise IngestError(
@@ -187,7 +196,12 @@ def plan_svhn(
                     raise svhn.SvhnFormatError(f"{struct_path}: holds no numbers (digitStruct is empty)")
                 counts["numbers"] += len(numbers)
                 entries = [
-                    {"index": index, "name": n.name, "source": join(src, split, n.name), "boxes": [asdict(b) for b in n.boxes]}
+                    {
+                        "index": index,
+                        "name": n.name,
+                        "source": join(src, split, n.name),
+                        "boxes": [asdict(b) for b in n.boxes],
+                    }
                     for index, n in enumerate(numbers)
                 ]
                 for number, start in enumerate(range(0, len(entries), full_shard_numbers)):
@@ -199,7 +213,9 @@ def plan_svhn(
         if counts["files"]:
             plan.inputs[split] = counts
     if not plan.shards:
-        raise IngestError(f"{src}: no SVHN files found (expected {{train,test,extra}}_32x32.mat or {{train,test,extra}}/digitStruct.mat)")
+        raise IngestError(
+            f"{src}: no SVHN files found (expected {{train,test,extra}}_32x32.mat or {{train,test,extra}}/digitStruct.mat)"
+        )
     return plan
 
 
@@ -214,7 +230,16 @@ def coco_shard_tables(shard: Shard, options: StorageOptions, crop: CropSettings)
     errors = tables["errors"]
     for annotation in payload["dangling"]:
         reason = f"refers to image {annotation.get('image_id')}, which the annotation file does not list"
-        errors.append(schema.error_row(split, "annotation", f"annotation {annotation.get('id')}", payload["annotation_file"], "annotations", reason))
+        errors.append(
+            schema.error_row(
+                split,
+                "annotation",
+                f"annotation {annotation.get('id')}",
+                payload["annotation_file"],
+                "annotations",
+                reason,
+            )
+        )
 
     archives: dict[str, object] = {}
     try:
@@ -226,7 +251,9 @@ def coco_shard_tables(shard: Shard, options: StorageOptions, crop: CropSettings)
     return tables
 
 
-def _coco_image_rows(item: dict, split: str, options: StorageOptions, crop: CropSettings, archives: dict, tables: dict) -> None:
+def _coco_image_rows(
+    item: dict, split: str, options: StorageOptions, crop: CropSettings, archives: dict, tables: dict
+) -> None:
     image, annotations, source = item["image"], item["annotations"], item["source"]
     image_id = int(image["id"])
 
@@ -234,7 +261,14 @@ def _coco_image_rows(item: dict, split: str, options: StorageOptions, crop: Crop
         tables["errors"].append(schema.error_row(split, "image", f"image {image_id}", source, stage, reason))
         for annotation in annotations:
             tables["errors"].append(
-                schema.error_row(split, "annotation", f"annotation {annotation.get('id')}", source, stage, f"its image {image_id} was lost: {reason}")
+                schema.error_row(
+                    split,
+                    "annotation",
+                    f"annotation {annotation.get('id')}",
+                    source,
+                    stage,
+                    f"its image {image_id} was lost: {reason}",
+                )
             )
 
     try:
@@ -255,7 +289,10 @@ def _coco_image_rows(item: dict, split: str, options: StorageOptions, crop: Crop
         return lose_image("decode", str(error))
     height, width = pixels.shape[:2]
     if (width, height) != (int(image.get("width", -1)), int(image.get("height", -1))):
-        return lose_image("validate", f"image is {width}x{height} but the annotation file says {image.get('width')}x{image.get('height')}")
+        return lose_image(
+            "validate",
+            f"image is {width}x{height} but the annotation file says {image.get('width')}x{image.get('height')}",
+        )
 
     tables["images"].append(
         {
@@ -276,7 +313,9 @@ def _coco_image_rows(item: dict, split: str, options: StorageOptions, crop: Crop
         if problem is None and annotation.get("category_id", 1) != 1:
             problem = f"category_id {annotation.get('category_id')} is not person (1)"
         if problem is not None:
-            tables["errors"].append(schema.error_row(split, "annotation", f"annotation {annotation.get('id')}", source, "validate", problem))
+            tables["errors"].append(
+                schema.error_row(split, "annotation", f"annotation {annotation.get('id')}", source, "validate", problem)
+            )
             continue
         keypoints = np.asarray(annotation.get("keypoints", [0] * schema.KEYPOINT_VALUES), dtype=np.float32)
         bbox = np.asarray(annotation["bbox"], dtype=np.float32)
@@ -329,17 +368,30 @@ def svhn_cropped_tables(shard: Shard, options: StorageOptions) -> dict[str, list
                     try:
                         label = svhn.digit_from_label(labels[index])
                     except svhn.SvhnFormatError as error:
-                        tables["errors"].append(schema.error_row(split, "digit", f"digit {index}", source, "validate", str(error)))
+                        tables["errors"].append(
+                            schema.error_row(split, "digit", f"digit {index}", source, "validate", str(error))
+                        )
                         continue
                     tables["digits"].append(
-                        {"split": split, "source": source, "index": index, "position": 0, "label": label, "pixels": digit_pixels.tobytes()}
+                        {
+                            "split": split,
+                            "source": source,
+                            "index": index,
+                            "position": 0,
+                            "label": label,
+                            "pixels": digit_pixels.tobytes(),
+                        }
                     )
         except svhn.SvhnFormatError as error:
             # The file broke part-way (truncated upload, ...): account for every digit not yet read.
-            done = {row["index"] for row in tables["digits"]} | {int(row["item"].split()[1]) for row in tables["errors"]}
+            done = {row["index"] for row in tables["digits"]} | {
+                int(row["item"].split()[1]) for row in tables["errors"]
+            }
             for index in range(start, stop):
                 if index not in done:
-                    tables["errors"].append(schema.error_row(split, "digit", f"digit {index}", source, "read", str(error)))
+                    tables["errors"].append(
+                        schema.error_row(split, "digit", f"digit {index}", source, "read", str(error))
+                    )
     return tables
 
 
@@ -353,7 +405,11 @@ def svhn_full_tables(shard: Shard, options: StorageOptions) -> dict[str, list[di
             data = read_bytes(source, options)
             pixels = decode_image(data, exif_transpose=False)
         except (OSError, StorageError) as error:
-            tables["errors"].append(schema.error_row(split, "number", f"number {index}", source, "read", f"cannot read the image file ({error})"))
+            tables["errors"].append(
+                schema.error_row(
+                    split, "number", f"number {index}", source, "read", f"cannot read the image file ({error})"
+                )
+            )
             continue
         except ImageDecodeError as error:
             tables["errors"].append(schema.error_row(split, "number", f"number {index}", source, "decode", str(error)))
@@ -366,16 +422,38 @@ def svhn_full_tables(shard: Shard, options: StorageOptions) -> dict[str, list[di
                 if box["width"] <= 0 or box["height"] <= 0:
                     raise svhn.SvhnFormatError(f"digit box {box} has no area")
             except svhn.SvhnFormatError as error:
-                tables["errors"].append(schema.error_row(split, "digit_box", f"number {index} digit {position}", source, "validate", str(error)))
+                tables["errors"].append(
+                    schema.error_row(
+                        split, "digit_box", f"number {index} digit {position}", source, "validate", str(error)
+                    )
+                )
                 continue
-            boxes.append({"left": box["left"], "top": box["top"], "width": box["width"], "height": box["height"], "label": label})
+            boxes.append(
+                {"left": box["left"], "top": box["top"], "width": box["width"], "height": box["height"], "label": label}
+            )
             digits_text += str(label)
             ltwh = (box["left"], box["top"], box["width"], box["height"])
             tables["digits"].append(
-                {"split": split, "source": source, "index": index, "position": position, "label": label, "pixels": square_digit_crop(pixels, ltwh).tobytes()}
+                {
+                    "split": split,
+                    "source": source,
+                    "index": index,
+                    "position": position,
+                    "label": label,
+                    "pixels": square_digit_crop(pixels, ltwh).tobytes(),
+                }
             )
         tables["numbers"].append(
-            {"split": split, "name": entry["name"], "source": source, "image": data, "width": width, "height": height, "digits": digits_text, "boxes": boxes}
+            {
+                "split": split,
+                "name": entry["name"],
+                "source": source,
+                "image": data,
+                "width": width,
+                "height": height,
+                "digits": digits_text,
+                "boxes": boxes,
+            }
         )
     return tables
 
@@ -405,7 +483,9 @@ def process_shard(shard: Shard, dest: str, options: StorageOptions, crop: CropSe
         kind = ERROR_KINDS.get(row["kind"])
         if kind:
             marker["accounted"][kind] = marker["accounted"].get(kind, 0) + 1
-    write_bytes_atomic(join(dest, "_commits", f"{shard.unit}.json"), json.dumps(marker, sort_keys=True).encode(), options)
+    write_bytes_atomic(
+        join(dest, "_commits", f"{shard.unit}.json"), json.dumps(marker, sort_keys=True).encode(), options
+    )
     return marker
 
 
@@ -426,7 +506,11 @@ def run_ingest(
     """Process the plan's shards that are not yet committed in DEST, then write `manifest.json`."""
     check_writable(dest, options)
     remove_stale_temporaries(dest)  # a killed run's half-written files (never under a final name)
-    settings = {"schema_version": schema.SCHEMA_VERSION, "crop": asdict(crop)} if plan.dataset == "coco" else {"schema_version": schema.SCHEMA_VERSION}
+    settings = (
+        {"schema_version": schema.SCHEMA_VERSION, "crop": asdict(crop)}
+        if plan.dataset == "coco"
+        else {"schema_version": schema.SCHEMA_VERSION}
+    )
     for shard in plan.shards:
         shard.fingerprint = _fingerprint(shard, settings)
     committed = read_commit_markers(dest, options)
@@ -452,7 +536,9 @@ def run_ingest(
                     meter.advance(1, marker["tables"].get(_item_unit(plan.dataset), {}).get("rows", 0))
 
     manifest = _manifest(plan, dest, options, {s.unit: committed[s.unit] for s in plan.shards}, settings)
-    write_bytes_atomic(join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options)
+    write_bytes_atomic(
+        join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options
+    )
     return manifest
 
 
@@ -467,7 +553,11 @@ def _item_unit(dataset: str) -> str:
 
 
 def _fingerprint(shard: Shard, settings: dict) -> str:
-    content = json.dumps({"unit": shard.unit, "kind": shard.kind, "payload": shard.payload, "settings": settings}, sort_keys=True, default=str)
+    content = json.dumps(
+        {"unit": shard.unit, "kind": shard.kind, "payload": shard.payload, "settings": settings},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
@@ -541,7 +631,9 @@ def _redact(url: str) -> str:
     return url
 
 
-def table_files(data: str, table: str, splits: tuple[str, ...], options: StorageOptions = StorageOptions()) -> list[str]:
+def table_files(
+    data: str, table: str, splits: tuple[str, ...], options: StorageOptions = StorageOptions()
+) -> list[str]:
     """The committed Parquet files of an ingested `table` for these splits, as the manifest lists them."""
     manifest_url = join(data, "manifest.json")
     if not exists(manifest_url, options):
@@ -552,7 +644,13 @@ def table_files(data: str, table: str, splits: tuple[str, ...], options: Storage
 
 
 def read_table(
-    data: str, table: str, splits: tuple[str, ...], options: StorageOptions = StorageOptions(), columns: list[str] | None = None, *, required: bool = True
+    data: str,
+    table: str,
+    splits: tuple[str, ...],
+    options: StorageOptions = StorageOptions(),
+    columns: list[str] | None = None,
+    *,
+    required: bool = True,
 ) -> pa.Table | None:
     """An ingested table's rows for some splits, read in this process (evaluation, pictures).
     Without rows: an IngestError when `required`, else None."""
@@ -624,7 +722,11 @@ class UnbalancedError(IngestError):
 def check_outcome(manifest: dict, src: str, dest: str) -> None:
     """Refuse to call a run a success when its manifest does not balance (inputs lost or counted
     twice) or when SRC yielded no items at all (every file in `errors`)."""
-    unbalanced = [f"{split} (inputs {entry['inputs']}, in the output {entry['accounted']})" for split, entry in manifest["accounting"].items() if not entry["balanced"]]
+    unbalanced = [
+        f"{split} (inputs {entry['inputs']}, in the output {entry['accounted']})"
+        for split, entry in manifest["accounting"].items()
+        if not entry["balanced"]
+    ]
     if unbalanced:
         raise UnbalancedError(f"{dest}/manifest.json does not balance for {'; '.join(unbalanced)}")
     items = ("images",) if manifest["dataset"] == "coco" else ("digits", "numbers")

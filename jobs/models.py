@@ -31,7 +31,9 @@ def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) 
 
     info_url, weights_url = join(model_dir, "model.json"), join(model_dir, "model.pt")
     if not exists(info_url, options) or not exists(weights_url, options):
-        raise ModelError(f"{model_dir}: not a trained model folder (expected model.pt and model.json; did training finish?)")
+        raise ModelError(
+            f"{model_dir}: not a trained model folder (expected model.pt and model.json; did training finish?)"
+        )
     info = json.loads(read_bytes(info_url, options))
     state = torch.load(io.BytesIO(read_bytes(weights_url, options)), map_location="cpu", weights_only=True)
     return info, state
@@ -78,8 +80,10 @@ def load_pose_model(spec: str, options: StorageOptions = StorageOptions(), overr
     overrides = overrides or Overrides()
     if exists(join(spec, "model.json"), options):
         if overrides != Overrides():
-            raise ModelError(f"{spec}: a train-keypoints run folder knows its own architecture, input size and codec; leave out "
-                             "--keypoint-arch, --input-size and --codec")
+            raise ModelError(
+                f"{spec}: a train-keypoints run folder knows its own architecture, input size and codec; leave out "
+                "--keypoint-arch, --input-size and --codec"
+            )
         network, recipe = load_keypoint_model(spec, options)
         if recipe.framework == "pose-jobs":
             return TrainedPoseModel(network, recipe)
@@ -87,7 +91,9 @@ def load_pose_model(spec: str, options: StorageOptions = StorageOptions(), overr
 
         return pose_model(recipe.spec(), network)
     if not exists(spec, options):
-        raise ModelError(f"{spec}: no such keypoint model (expected a train-keypoints run folder or a published checkpoint file)")
+        raise ModelError(
+            f"{spec}: no such keypoint model (expected a train-keypoints run folder or a published checkpoint file)"
+        )
     try:
         return load_published(read_bytes(spec, options), spec, overrides)
     except CheckpointError as error:
@@ -118,13 +124,19 @@ def load_keypoint_rcnn_file(spec: str, options: StorageOptions = StorageOptions(
     from pose.models.keypoint_rcnn import load_keypoint_rcnn
 
     if arch is not None and arch not in KEYPOINT_RCNN_VARIANTS:
-        raise ModelError(f"{spec}: a torchvision Keypoint R-CNN; --keypoint-arch takes {' or '.join(KEYPOINT_RCNN_VARIANTS)} for it, not {arch!r}")
+        raise ModelError(
+            f"{spec}: a torchvision Keypoint R-CNN; --keypoint-arch takes {' or '.join(KEYPOINT_RCNN_VARIANTS)} for it, not {arch!r}"
+        )
     buffer = io.BytesIO(read_bytes(spec, options))
     buffer.name = spec
     try:
         return load_keypoint_rcnn(buffer, KEYPOINT_RCNN_VARIANTS.get(arch)).eval()
     except ValueError as error:
-        message = str(error).replace("pass variant=", "pass --keypoint-arch").replace("coco_v1, legacy", " or ".join(KEYPOINT_RCNN_VARIANTS))
+        message = (
+            str(error)
+            .replace("pass variant=", "pass --keypoint-arch")
+            .replace("coco_v1, legacy", " or ".join(KEYPOINT_RCNN_VARIANTS))
+        )
         raise ModelError(message) from None
 
 
@@ -145,7 +157,9 @@ def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: s
         info, state = _run_of_task(spec, "detector", options)
         config = DetectorConfig.from_dict(info["model"])
         if arch is not None and arch != config.arch:
-            raise ModelError(f"{spec}: holds a {config.arch}, not a {arch}; leave out the architecture or pick the right model")
+            raise ModelError(
+                f"{spec}: holds a {config.arch}, not a {arch}; leave out the architecture or pick the right model"
+            )
         model = build_detector(config)
         model.load_state_dict(state)
         return model.eval()
@@ -177,7 +191,9 @@ def _file_layout(buffer: io.BytesIO, spec: str) -> tuple[int, str]:
     try:
         state = torch.load(buffer, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights_only errors: not a state_dict file
-        raise ModelError(f"{spec}: not a readable torch state_dict ({type(error).__name__}); expected a detector weights file") from None
+        raise ModelError(
+            f"{spec}: not a readable torch state_dict ({type(error).__name__}); expected a detector weights file"
+        ) from None
     if not isinstance(state, dict):
         return 91, "frozen"  # load_detector_weights says what is wrong with it
     weight = state.get("roi_heads.box_predictor.cls_score.weight")

@@ -86,7 +86,9 @@ def alive_node_cpus() -> list[float]:
     """The CPUs of each alive node of the connected Ray cluster."""
     import ray
 
-    return [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [ray.cluster_resources().get("CPU", 0.0)]
+    return [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")] or [
+        ray.cluster_resources().get("CPU", 0.0)
+    ]
 
 
 def cpu_share(workers: int, node_cpus: list[float], spare: float | None = None, keep: float = 1.0) -> float:
@@ -106,7 +108,9 @@ def cpu_share(workers: int, node_cpus: list[float], spare: float | None = None, 
     share = (total - spare) / workers
     # The share shrinks to the next size that packs one more worker onto some node, or that leaves
     # `keep` CPUs beside k workers on some node.
-    sizes = {n / k for n in node_cpus for k in range(1, workers + 1)} | {(n - keep) / k for n in node_cpus for k in range(1, workers + 1)}
+    sizes = {n / k for n in node_cpus for k in range(1, workers + 1)} | {
+        (n - keep) / k for n in node_cpus for k in range(1, workers + 1)
+    }
     candidates = sorted({share, *sizes}, reverse=True)
     fitting = [c for c in candidates if 0 < c <= share and fits(c, workers, node_cpus)]
     for candidate in fitting:
@@ -200,7 +204,9 @@ class StallWatch:
             return [], (), []
         nodes = [*status.active_nodes, *status.idle_nodes]
         free = [node.available_resources() for node in nodes]
-        usage = tuple(sorted((node.node_id or node.ip_address, tuple(sorted(node.used_resources().items()))) for node in nodes))
+        usage = tuple(
+            sorted((node.node_id or node.ip_address, tuple(sorted(node.used_resources().items()))) for node in nodes)
+        )
         demands = status.resource_demands
         waiting = []
         for demand in [*demands.ray_task_actor_demand, *demands.placement_group_demand]:
@@ -212,7 +218,9 @@ class StallWatch:
 
     def _describe(self, waiting: list[tuple[dict, int]], free_per_node: list[dict]) -> str:
         wanted = ", ".join(f"{count} x {_resources(bundle)}" for bundle, count in waiting[:3])
-        free = "; ".join(_resources({k: v for k, v in node.items() if k in ("CPU", "GPU")}) or "nothing" for node in free_per_node)
+        free = "; ".join(
+            _resources({k: v for k, v in node.items() if k in ("CPU", "GPU")}) or "nothing" for node in free_per_node
+        )
         minutes = self.seconds / 60
         return (
             f"{self.label}: no progress for {minutes:.3g} min: Ray waits for {wanted}, which no node has free "
@@ -246,4 +254,9 @@ class Progress:
         remaining = (elapsed / self.done) * (self.total - self.done) if self.done else float("nan")
         shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
         line = f"{self.label}: {self.done}/{self.total} shards, {self.items} {self.unit}, {shown} {self.unit}/s, ETA {remaining:.0f}s"
-        print(("\r" + line) if self.interactive else line, end="" if self.interactive and self.done < self.total else "\n", file=sys.stderr, flush=True)
+        print(
+            ("\r" + line) if self.interactive else line,
+            end="" if self.interactive and self.done < self.total else "\n",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -23,7 +23,15 @@ def _is_ingested(src: str, options: StorageOptions) -> bool:
     return exists(join(src, "manifest.json"), options)
 
 
-def show_coco(src: str, out: Path, options: StorageOptions = StorageOptions(), *, split: str = "train", images: int = 4, image_ids: list[int] | None = None) -> list[Path]:
+def show_coco(
+    src: str,
+    out: Path,
+    options: StorageOptions = StorageOptions(),
+    *,
+    split: str = "train",
+    images: int = 4,
+    image_ids: list[int] | None = None,
+) -> list[Path]:
     """Write one PNG per image: persons drawn on the image, then their crops. Returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     if _is_ingested(src, options):
@@ -36,9 +44,13 @@ def show_coco(src: str, out: Path, options: StorageOptions = StorageOptions(), *
         keypoints = np.array([p["keypoints"] for p in persons], dtype=np.float64).reshape(-1, 17, 3)
         labels = ["crowd" if p["iscrowd"] else "person" for p in persons]
         scene = draw.draw_persons(pixels, boxes, keypoints, labels=labels, joint_names=True)
-        panels = [scene] + [draw.crop_panel(crop, points, title=f"crop {annotation_id}") for annotation_id, crop, points in crops]
+        panels = [scene] + [
+            draw.crop_panel(crop, points, title=f"crop {annotation_id}") for annotation_id, crop, points in crops
+        ]
         titles = [f"image {image_id}: {len(persons)} annotations"] + [""] * len(crops)
-        figure = draw.side_by_side(panels[:1], titles=titles[:1]) if not crops else draw.side_by_side(panels, titles=titles)
+        figure = (
+            draw.side_by_side(panels[:1], titles=titles[:1]) if not crops else draw.side_by_side(panels, titles=titles)
+        )
         path = out / f"coco-{split}-{image_id}.png"
         figure.save(path)
         written.append(path)
@@ -92,7 +104,7 @@ def _coco_examples_from_parquet(src, options, split, count, wanted):
     for row in persons.to_pylist():
         person_rows.setdefault(row["image_id"], []).append(row)
     crop_rows: dict[int, list[dict]] = {}
-    for row in (crops.to_pylist() if crops is not None else []):
+    for row in crops.to_pylist() if crops is not None else []:
         crop_rows.setdefault(row["image_id"], []).append(row)
     sources = {row["image_id"]: row["source"] for row in images.select(["image_id", "source"]).to_pylist()}
     with_people = sorted(i for i in sources if person_rows.get(i))
@@ -105,7 +117,9 @@ def _coco_examples_from_parquet(src, options, split, count, wanted):
         yield image_id, pixels, person_rows[image_id], panels
 
 
-def show_svhn(src: str, out: Path, options: StorageOptions = StorageOptions(), *, digits: int = 100, numbers: int = 6) -> list[Path]:
+def show_svhn(
+    src: str, out: Path, options: StorageOptions = StorageOptions(), *, digits: int = 100, numbers: int = 6
+) -> list[Path]:
     """Write per split a grid of `digits` labelled digits and a strip of `numbers` full numbers."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -130,7 +144,11 @@ def _svhn_examples(src, options, digit_count, number_count):
         for split in sorted(manifest["accounting"]):
             table = read_table(src, "digits", (split,), options, columns=["label", "pixels"], required=False)
             rows = table.slice(0, digit_count).to_pylist() if table is not None else []
-            pixels = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(32, 32, 3) for r in rows]) if rows else np.zeros((0, 32, 32, 3), np.uint8)
+            pixels = (
+                np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(32, 32, 3) for r in rows])
+                if rows
+                else np.zeros((0, 32, 32, 3), np.uint8)
+            )
             numbers_table = read_table(src, "numbers", (split,), options, required=False)
             number_examples = []
             if numbers_table is not None:

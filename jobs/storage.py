@@ -30,8 +30,9 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import botocore.exceptions
 import botocore.parsers
@@ -147,8 +148,20 @@ class _PatientS3FileSystem(s3fs.S3FileSystem):
 
 
 # S3 error codes that mean "not now": worth retrying whatever the HTTP status says.
-_RETRYABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
-                    "RequestLimitExceeded", "TooManyRequestsException", "503", "500", "502", "504"}
+_RETRYABLE_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "503",
+    "500",
+    "502",
+    "504",
+}
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -160,7 +173,9 @@ def is_transient(exc: BaseException | None) -> bool:
         if isinstance(exc, botocore.exceptions.ClientError):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in _RETRYABLE_CODES
-        if isinstance(exc, (FileNotFoundError, PermissionError, FileExistsError, botocore.exceptions.NoCredentialsError)):
+        if isinstance(
+            exc, (FileNotFoundError, PermissionError, FileExistsError, botocore.exceptions.NoCredentialsError)
+        ):
             return False
         if isinstance(
             exc,
@@ -207,9 +222,7 @@ def _s3_filesystem(options: StorageOptions) -> s3fs.S3FileSystem:
     return _s3_filesystems[key]
 
 
-def filesystem(
-    url: str, options: StorageOptions = StorageOptions()
-) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(url: str, options: StorageOptions = StorageOptions()) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem holding `url` and the path to pass to it.
 
     S3: (S3FileSystem, "bucket/key"); local: (LocalFileSystem, absolute path).
@@ -219,9 +232,7 @@ def filesystem(
     return LocalFileSystem(), os.path.abspath(url)
 
 
-def pyarrow_filesystem(
-    url: str, options: StorageOptions = StorageOptions()
-) -> tuple[pyarrow.fs.FileSystem, str]:
+def pyarrow_filesystem(url: str, options: StorageOptions = StorageOptions()) -> tuple[pyarrow.fs.FileSystem, str]:
     """A pyarrow filesystem and path for pyarrow.dataset and Ray Data readers and writers.
 
     S3 goes through the same s3fs instance as everything else here (wrapped in FSSpecHandler)
@@ -237,9 +248,7 @@ def pyarrow_filesystem(
     return pyarrow.fs.LocalFileSystem(), os.path.abspath(url)
 
 
-def open_input(
-    url: str, options: StorageOptions = StorageOptions(), block_size: int = DEFAULT_BLOCK_SIZE
-) -> BinaryIO:
+def open_input(url: str, options: StorageOptions = StorageOptions(), block_size: int = DEFAULT_BLOCK_SIZE) -> BinaryIO:
     """Open `url` for binary reading. Seekable; on S3 it reads by HTTP range, `block_size` bytes at a time.
 
     Errors while opening become StorageErrors; errors in later reads come through as they are.
@@ -495,8 +504,10 @@ def _problem_and_fix(exc: Exception, url: str, options: StorageOptions) -> str |
     if is_transient(exc):
         endpoint = options.resolved_endpoint_url() or "the AWS S3 endpoint"
         if code is None:  # no answer at all
-            return (f"cannot reach endpoint {endpoint} after retrying for {options.retry_seconds:g} s (check --endpoint-url / "
-                    "AWS_ENDPOINT_URL, or wait longer with --storage-retry-seconds; a re-run resumes)")
+            return (
+                f"cannot reach endpoint {endpoint} after retrying for {options.retry_seconds:g} s (check --endpoint-url / "
+                "AWS_ENDPOINT_URL, or wait longer with --storage-retry-seconds; a re-run resumes)"
+            )
         return f"{endpoint} kept answering {code} for {options.retry_seconds:g} s (wait longer with --storage-retry-seconds; a re-run resumes)"
     if isinstance(exc, FileNotFoundError):
         return "no such object or prefix"

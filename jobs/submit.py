@@ -60,7 +60,9 @@ def job_client(address: str | None):
     except AuthenticationError as error:
         raise SubmitError(_token_message(address, error)) from None
     except ConnectionError:
-        raise SubmitError(f"no Ray dashboard answers at {address}: is the cluster up, and is this its dashboard port (8265 by default)?") from None
+        raise SubmitError(
+            f"no Ray dashboard answers at {address}: is the cluster up, and is this its dashboard port (8265 by default)?"
+        ) from None
 
 
 def _use_token_if_present() -> None:
@@ -68,7 +70,11 @@ def _use_token_if_present() -> None:
     like `ray.init()` on a local cluster, a token that is present switches token mode on."""
     if os.environ.get("RAY_AUTH_MODE"):
         return
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file():
+    if (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    ):
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
@@ -89,7 +95,9 @@ def _calling(address: str, function, *args):
         raise SubmitError(_token_message(address, error)) from None
     except RuntimeError as error:
         if "does not exist" in str(error):
-            raise SubmitError(f"no job {args[0] if args else ''} on the cluster at {address} (pose-jobs jobs list shows them)") from None
+            raise SubmitError(
+                f"no job {args[0] if args else ''} on the cluster at {address} (pose-jobs jobs list shows them)"
+            ) from None
         raise
 
 
@@ -167,7 +175,12 @@ def submit(address: str, argv: list[str], *, wait: bool = True) -> int:
     submission_id = f"pose-jobs-{name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     job_id = _calling(
         address,
-        lambda: client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env={"env_vars": dict(JOB_ENV)}, metadata={"submitted_by": "pose-jobs"}),
+        lambda: client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=submission_id,
+            runtime_env={"env_vars": dict(JOB_ENV)},
+            metadata={"submitted_by": "pose-jobs"},
+        ),
     )
     print(f"pose-jobs: submitted {job_id} to {address}: {entrypoint}", file=sys.stderr, flush=True)
     if not wait:
@@ -177,7 +190,10 @@ def submit(address: str, argv: list[str], *, wait: bool = True) -> int:
         follow_logs(client, job_id)
         info = wait_for_end(client, job_id)
     except KeyboardInterrupt:
-        print(f"\npose-jobs: stopped following {job_id}; it keeps running (pose-jobs jobs stop {job_id} --address {address})", file=sys.stderr)
+        print(
+            f"\npose-jobs: stopped following {job_id}; it keeps running (pose-jobs jobs stop {job_id} --address {address})",
+            file=sys.stderr,
+        )
         return 130
     return report_end(info)
 
@@ -216,7 +232,10 @@ def report_end(info) -> int:
     status = getattr(info.status, "value", str(info.status))
     code = exit_code(info)
     if code:
-        print(f"pose-jobs: job {info.submission_id} {status} (exit code {code}){': ' + info.message if info.message else ''}", file=sys.stderr)
+        print(
+            f"pose-jobs: job {info.submission_id} {status} (exit code {code}){': ' + info.message if info.message else ''}",
+            file=sys.stderr,
+        )
     return code
 
 

@@ -105,7 +105,9 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
             f"--workers {workers} x {cpus_per_worker:g} CPUs do not fit the cluster's nodes {nodes}: "
             f"Ray would wait forever; use --cpus-per-worker {most:.2g} or fewer workers"
         )
-    if not keeps_free(cpus_per_worker, workers, node_cpus, keep=1.0) and keeps_free(share, workers, node_cpus, keep=1.0):
+    if not keeps_free(cpus_per_worker, workers, node_cpus, keep=1.0) and keeps_free(
+        share, workers, node_cpus, keep=1.0
+    ):
         raise TrainError(
             f"--workers {workers} x {cpus_per_worker:g} CPUs can leave no node of the cluster {nodes} a whole CPU for reading "
             f"the data: Ray would wait forever; use --cpus-per-worker {share:.3g} or fewer workers"
@@ -167,7 +169,10 @@ def run_training(
     settings = replace(settings, data=absolute(settings.data), out=absolute(settings.out))
     done = finished_run(settings.out, epochs, settings.options)
     if done is not None:
-        print(f"{task.name}: {settings.out} already holds a model trained for {epochs} epochs; nothing to do", file=sys.stderr)
+        print(
+            f"{task.name}: {settings.out} already holds a model trained for {epochs} epochs; nothing to do",
+            file=sys.stderr,
+        )
         return done
 
     init_ray(address, verbose=verbose)
@@ -178,7 +183,9 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     train_files = table_files(settings.data, task.table, task.train_splits, settings.options)
-    val_files = table_files(settings.data, task.table, (task.val_split,), settings.options) if task.val_split else train_files
+    val_files = (
+        table_files(settings.data, task.table, (task.val_split,), settings.options) if task.val_split else train_files
+    )
     if not train_files:
         raise TrainError(f"{settings.data}: no '{task.table}' rows for splits {', '.join(task.train_splits)}")
     use_gpu, resources = worker_resources(settings.workers, settings.use_gpu, settings.cpus_per_worker)
@@ -190,7 +197,9 @@ def run_training(
     holdout = getattr(task, "holdout_every", 0)
     if holdout:
         # No separate validation split (SVHN): hold out every n-th row of train, by its index.
-        train = train.map_batches(_rows_by_index, batch_format="pyarrow", fn_kwargs={"every": holdout, "held_out": False})
+        train = train.map_batches(
+            _rows_by_index, batch_format="pyarrow", fn_kwargs={"every": holdout, "held_out": False}
+        )
         val = val.map_batches(_rows_by_index, batch_format="pyarrow", fn_kwargs={"every": holdout, "held_out": True})
     cached = _cache_if_small([train, val], train_files + val_files, filesystem, strip)
     if cached is not None:
@@ -224,7 +233,9 @@ def run_training(
         "plan": plan,
         "use_gpu": use_gpu,
         "torch_threads": max(1, int(resources.get("CPU", 1.0))),
-        "feed_workers": feed_workers(use_gpu, resources, task) if settings.feed_workers is None else settings.feed_workers,
+        "feed_workers": feed_workers(use_gpu, resources, task)
+        if settings.feed_workers is None
+        else settings.feed_workers,
         "precision": settings.precision,
     }
     trainer = TorchTrainer(
@@ -242,7 +253,10 @@ def run_training(
         f"{f' ({requested_epochs} asked, stretched to the recipe minimum steps)' if epochs != requested_epochs else ''} -> {settings.out}",
         file=sys.stderr,
     )
-    with _EpochPrinter(task.name, settings.out, epochs, settings.options) as printer, StallWatch(task.name, lambda: len(printer.printed)):
+    with (
+        _EpochPrinter(task.name, settings.out, epochs, settings.options) as printer,
+        StallWatch(task.name, lambda: len(printer.printed)),
+    ):
         try:
             trainer.fit()
         except ray.train.TrainingFailedError as error:
@@ -307,7 +321,10 @@ class _EpochPrinter:
         # Epochs already in the file come from an earlier, interrupted run: say so once.
         history = self._lines()
         if history:
-            print(f"{self.label}: resuming after epoch {json.loads(history[-1])['epoch']} (from the last checkpoint)", file=sys.stderr)
+            print(
+                f"{self.label}: resuming after epoch {json.loads(history[-1])['epoch']} (from the last checkpoint)",
+                file=sys.stderr,
+            )
         self.printed = {json.loads(line)["epoch"] for line in history}
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -364,7 +381,13 @@ def _train_loop(config: dict) -> None:
     from pose.engine import evaluate, train_one_epoch
     from pose.precision import training_precision
 
-    task, epochs, seed, out, options = config["task"], config["epochs"], config["seed"], config["out"], config["options"]
+    task, epochs, seed, out, options = (
+        config["task"],
+        config["epochs"],
+        config["seed"],
+        config["out"],
+        config["options"],
+    )
     plan: BatchPlan = config["plan"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -418,11 +441,22 @@ def _train_loop(config: dict) -> None:
                 local_shuffle_seed=seed * 7919 + epoch * 31 + rank,
             )
             generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-            result = train_one_epoch(model, task, feed(batches, epoch), optimizer, scheduler, device=device, precision=precision,
-                                     max_steps=plan.steps_per_epoch, generator=generator)
+            result = train_one_epoch(
+                model,
+                task,
+                feed(batches, epoch),
+                optimizer,
+                scheduler,
+                device=device,
+                precision=precision,
+                max_steps=plan.steps_per_epoch,
+                generator=generator,
+            )
             if result.steps != plan.steps_per_epoch:  # an unequal split of the rows: a bug, not a user mistake
-                raise RuntimeError(f"{task.name}: rank {rank}'s shard gave {result.steps} batches of {plan.worker_batch}, "
-                                   f"not the {plan.steps_per_epoch} steps every worker must run")
+                raise RuntimeError(
+                    f"{task.name}: rank {rank}'s shard gave {result.steps} batches of {plan.worker_batch}, "
+                    f"not the {plan.steps_per_epoch} steps every worker must run"
+                )
             totals = torch.stack([result.loss_sum, torch.tensor(float(result.samples), device=device)])
             if world > 1:
                 dist.all_reduce(totals)
@@ -483,7 +517,14 @@ def _write_run_files(task, history: list[dict], out: str, options: StorageOption
 
 
 def _write_model(
-    task, model, history: list[dict], epochs: int, requested_epochs: int, plan: BatchPlan, out: str, options: StorageOptions
+    task,
+    model,
+    history: list[dict],
+    epochs: int,
+    requested_epochs: int,
+    plan: BatchPlan,
+    out: str,
+    options: StorageOptions,
 ) -> None:
     """model.pt (the weights) and model.json: the task's config, the epochs trained (and asked for),
     the optimiser steps, the batch plan and the last epoch's figures."""

@@ -19,8 +19,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pose.geometry import (apply_affine, box_to_center_size, compose_affine, crop_affine, reduction_affine, warp_affine_opencv,
-                           warp_image)
+from pose.geometry import (
+    apply_affine,
+    box_to_center_size,
+    compose_affine,
+    crop_affine,
+    reduction_affine,
+    warp_affine_opencv,
+    warp_image,
+)
 from pose.images import load_reduced
 from pose.joints import LOWER_BODY, UPPER_BODY, flip_index
 from pose.topdown import CropConvention
@@ -46,7 +53,9 @@ class AugmentConfig:
         return self.input_size[0] / self.input_size[1]
 
 
-def half_body_box(keypoints: np.ndarray, rng: np.random.Generator, aspect_ratio: float) -> tuple[np.ndarray, np.ndarray] | None:
+def half_body_box(
+    keypoints: np.ndarray, rng: np.random.Generator, aspect_ratio: float
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Simple Baselines' half-body box around the upper or the lower body's labelled joints: their
     extent grown to `aspect_ratio` and scaled by 1.5, centred on their mean.
 
@@ -129,7 +138,9 @@ def topdown_sample(
     labelled = keypoints[:, 2] > 0
     if flip:
         points, labelled = points[flip_index()], labelled[flip_index()]
-    on_input = (points[:, 0] >= -0.5) & (points[:, 0] < out_w - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] < out_h - 0.5)
+    on_input = (
+        (points[:, 0] >= -0.5) & (points[:, 0] < out_w - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] < out_h - 0.5)
+    )
     points[~labelled] = 0.0
     return {
         "image": image,
@@ -212,7 +223,9 @@ class ReleaseAugment:
 # JointsDataset has no half body at all.
 SIMPLE_BASELINES_AUGMENT = ReleaseAugment(scale_factor=0.3, rotation_factor=40.0, flip=True, half_body_prob=0.0)
 # HRNet, experiments/coco/hrnet/w{32,48}_{256x192,384x288}_adam_lr1e-3.yaml.
-HRNET_AUGMENT = ReleaseAugment(scale_factor=0.35, rotation_factor=45.0, flip=True, half_body_prob=0.3, half_body_joints=8)
+HRNET_AUGMENT = ReleaseAugment(
+    scale_factor=0.35, rotation_factor=45.0, flip=True, half_body_prob=0.3, half_body_joints=8
+)
 
 
 @dataclass(frozen=True)
@@ -253,8 +266,9 @@ class AugmentParams:
     flip: bool = False
 
 
-def release_center_scale(box_xywh: np.ndarray, image_size: tuple[int, int], aspect_ratio: float,
-                         padding: float = 1.25) -> tuple[np.ndarray, np.ndarray] | None:
+def release_center_scale(
+    box_xywh: np.ndarray, image_size: tuple[int, int], aspect_ratio: float, padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray] | None:
     """A COCO box [x, y, w, h] as the releases' COCODataset stores it for training: clipped to the
     image ("clean_bbox": x2 = min(W - 1, x1 + max(0, w - 1))), then `_box2cs` (float32 centre,
     aspect grown, float32 scale / 200 times 1.25). Returns (center, scale) in pixels, float64
@@ -276,7 +290,9 @@ def release_center_scale(box_xywh: np.ndarray, image_size: tuple[int, int], aspe
     return center.astype(np.float64), (scale * np.float32(200.0)).astype(np.float64)
 
 
-def mmpose_center_scale(box_xywh: np.ndarray, image_size: tuple[int, int], padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+def mmpose_center_scale(
+    box_xywh: np.ndarray, image_size: tuple[int, int], padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
     """A COCO box as MMPose's BaseCocoStyleDataset and GetBBoxCenterScale give it to the training
     pipeline: corners clipped to [0, W - 1] x [0, H - 1], float32, centre and size x padding. NOT
     grown to the input's aspect ratio (TopdownAffine does that after the random transforms, which
@@ -304,8 +320,9 @@ def _release_units(scale: np.ndarray) -> np.ndarray:
     return units
 
 
-def _release_half_body(rng: np.random.Generator, keypoints: np.ndarray, labelled: np.ndarray,
-                       aspect_ratio: float) -> tuple[np.ndarray, np.ndarray] | None:
+def _release_half_body(
+    rng: np.random.Generator, keypoints: np.ndarray, labelled: np.ndarray, aspect_ratio: float
+) -> tuple[np.ndarray, np.ndarray] | None:
     """HRNet's half_body_transform: (centre float32, scale float32 in units of 200 px) or None.
 
     The upper body is chosen when randn() < 0.5 (probability 0.69) and it has more than 2 labelled
@@ -329,8 +346,15 @@ def _release_half_body(rng: np.random.Generator, keypoints: np.ndarray, labelled
     return center, np.array([w * 1.0 / 200, h * 1.0 / 200], np.float32) * np.float32(1.5)
 
 
-def sample_release(rng: np.random.Generator, keypoints: np.ndarray, center: np.ndarray, scale: np.ndarray, image_width: int,
-                   config: ReleaseAugment, aspect_ratio: float) -> AugmentParams:
+def sample_release(
+    rng: np.random.Generator,
+    keypoints: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    image_width: int,
+    config: ReleaseAugment,
+    aspect_ratio: float,
+) -> AugmentParams:
     """One draw of the releases' training augmentation (JointsDataset.__getitem__, is_train).
 
     keypoints (17, 3) image pixels with v; center (2,) and scale (2,) (w, h) pixels as
@@ -367,8 +391,15 @@ def truncated_normal(rng: np.random.Generator, size: int) -> np.ndarray:
     return out[:size]
 
 
-def sample_mmpose(rng: np.random.Generator, keypoints: np.ndarray, center: np.ndarray, scale: np.ndarray, image_width: int,
-                  config: MMPoseAugment, aspect_ratio: float) -> AugmentParams:
+def sample_mmpose(
+    rng: np.random.Generator,
+    keypoints: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    image_width: int,
+    config: MMPoseAugment,
+    aspect_ratio: float,
+) -> AugmentParams:
     """One draw of MMPose's td-hm train_pipeline, in its order and in float32 as it computes.
 
     keypoints (17, 3) image pixels with v; center (2,) and scale (2,) pixels as
@@ -409,17 +440,27 @@ def sample_mmpose(rng: np.random.Generator, keypoints: np.ndarray, center: np.nd
     v = truncated_normal(rng, 4).astype(np.float32)
     offset = v[:2] * np.float32(config.shift_factor) if rng.random() < config.shift_prob else np.zeros(2, np.float32)
     low, high = config.scale_range
-    factor = v[2] * np.float32((high - low) * 0.5) + np.float32((high + low) * 0.5) if rng.random() < config.scale_prob else np.float32(1)
+    factor = (
+        v[2] * np.float32((high - low) * 0.5) + np.float32((high + low) * 0.5)
+        if rng.random() < config.scale_prob
+        else np.float32(1)
+    )
     rotation = v[3] * np.float32(config.rotate_factor) if rng.random() < config.rotate_prob else np.float32(0)
     c = c + offset * s
     s = s * factor
 
     ratio = np.float32(aspect_ratio)  # TopdownAffine._fix_aspect_ratio, float32 arrays x Python float
-    s = np.array([s[0], s[0] / ratio], np.float32) if s[0] > s[1] * ratio else np.array([s[1] * ratio, s[1]], np.float32)
+    s = (
+        np.array([s[0], s[0] / ratio], np.float32)
+        if s[0] > s[1] * ratio
+        else np.array([s[1] * ratio, s[1]], np.float32)
+    )
     return AugmentParams(c.astype(np.float64), s.astype(np.float64), float(rotation), flip)
 
 
-def reference_sample(image: np.ndarray, keypoints: np.ndarray, params: AugmentParams, crop: CropConvention) -> dict[str, np.ndarray]:
+def reference_sample(
+    image: np.ndarray, keypoints: np.ndarray, params: AugmentParams, crop: CropConvention
+) -> dict[str, np.ndarray]:
     """The model input of one augmented view, cut as the reference cuts it.
 
     image (H, W, 3) uint8, the original image; keypoints (17, 3) (x, y, v) in its pixels; params
@@ -484,7 +525,10 @@ class RTMPosePixelAugment:
     median_prob: float = 0.1
     median_kernels: tuple[int, ...] = (3, 5, 7)
     dropout_prob: float = 1.0
-    dropout_size: tuple[float, float] = (0.2, 0.4)  # hole height (width) = int(crop height (width) x uniform(low, high))
+    dropout_size: tuple[float, float] = (
+        0.2,
+        0.4,
+    )  # hole height (width) = int(crop height (width) x uniform(low, high))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -529,7 +573,7 @@ def apply_pixel_ops(image: np.ndarray, ops: PixelOps) -> np.ndarray:
         out = median_blur(out, ops.median)
     if ops.hole is not None:
         x, y, w, h = ops.hole
-        out[y:y + h, x:x + w] = 0
+        out[y : y + h, x : x + w] = 0
     return out
 
 
@@ -594,7 +638,12 @@ def box_blur(image: np.ndarray, kernel: int) -> np.ndarray:
     padded = np.pad(image.astype(np.int64), ((r, r), (r, r), (0, 0)), mode="reflect")
     sums = np.cumsum(np.cumsum(np.pad(padded, ((1, 0), (1, 0), (0, 0))), 0), 1)
     h, w = image.shape[:2]
-    window = sums[kernel:kernel + h, kernel:kernel + w] - sums[:h, kernel:kernel + w] - sums[kernel:kernel + h, :w] + sums[:h, :w]
+    window = (
+        sums[kernel : kernel + h, kernel : kernel + w]
+        - sums[:h, kernel : kernel + w]
+        - sums[kernel : kernel + h, :w]
+        + sums[:h, :w]
+    )
     return np.clip(np.rint(window * (1.0 / (kernel * kernel))), 0, 255).astype(np.uint8)
 
 

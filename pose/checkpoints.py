@@ -33,7 +33,15 @@ from pose.topdown import CropConvention
 Codec = Literal["msra", "dark", "udp", "simcc"]
 # The architectures a published file can hold, by the names `--keypoint-arch` takes.
 ARCHITECTURES = (
-    "resnet50", "resnet101", "resnet152", "hrnet-w32", "hrnet-w48", "rtmpose-t", "rtmpose-s", "rtmpose-m", "rtmpose-l",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "hrnet-w32",
+    "hrnet-w48",
+    "rtmpose-t",
+    "rtmpose-s",
+    "rtmpose-m",
+    "rtmpose-l",
 )
 CODECS: tuple[Codec, ...] = ("msra", "dark", "udp", "simcc")
 RESNET_DEPTHS = {6: "resnet50", 23: "resnet101", 36: "resnet152"}  # blocks in layer3
@@ -77,8 +85,11 @@ def _numpy_globals() -> list:
     files were written under numpy 1, which named the reconstructors `numpy.core.multiarray.*`;
     numpy 2 calls them `numpy._core.multiarray.*`: both names are allowed."""
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    named = [(function, f"numpy.{core}.multiarray.{function.__name__}") for function in (multiarray._reconstruct, multiarray.scalar)
-             for core in ("core", "_core")]
+    named = [
+        (function, f"numpy.{core}.multiarray.{function.__name__}")
+        for function in (multiarray._reconstruct, multiarray.scalar)
+        for core in ("core", "_core")
+    ]
     dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGUSO"]
     return [*named, np.ndarray, np.dtype, *dtypes]
 
@@ -93,13 +104,17 @@ def read_checkpoint(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], di
     except Exception as error:  # noqa: BLE001 - truncated, not torch, or code in the pickle: all "unusable"
         code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         reason = f"it would call {code.group(1)}, which weights-only loading refuses" if code else type(error).__name__
-        raise CheckpointError(f"{name}: not a readable torch checkpoint ({reason}); expected a published keypoint model file") from None
+        raise CheckpointError(
+            f"{name}: not a readable torch checkpoint ({reason}); expected a published keypoint model file"
+        ) from None
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         state, meta = content["state_dict"], content.get("meta") or {}
     else:
         state, meta = content, {}
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{name}: holds no state_dict of tensors (found {type(state).__name__}); expected a published keypoint model file")
+        raise CheckpointError(
+            f"{name}: holds no state_dict of tensors (found {type(state).__name__}); expected a published keypoint model file"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}, meta if isinstance(meta, dict) else {}
 
 
@@ -123,22 +138,38 @@ def identify(state: dict[str, torch.Tensor], name: str, overrides: Overrides = O
         width = int(state[f"{prefix}transition1.0.0.weight"].shape[0])
         if width not in (32, 48):
             raise CheckpointError(f"{name}: an HRNet of width {width}; pose-jobs runs HRNet-W32 and HRNet-W48")
-        found = CheckpointSpec("mmpose" if mmpose else "hrnet", f"hrnet-w{width}", _size_from_name(name), _codec_from_name(name))
+        found = CheckpointSpec(
+            "mmpose" if mmpose else "hrnet", f"hrnet-w{width}", _size_from_name(name), _codec_from_name(name)
+        )
     elif f"{prefix}layer4.0.conv3.weight" in state and f"{head}deconv_layers.0.weight" in state:
         _check_joints(state[f"{head}final_layer.weight"].shape[0], name)
-        blocks = len({k.split(".")[2] for k in state if k.startswith(f"{prefix}layer3.")}) if mmpose else \
-            len({k.split(".")[1] for k in state if k.startswith("layer3.")})
+        blocks = (
+            len({k.split(".")[2] for k in state if k.startswith(f"{prefix}layer3.")})
+            if mmpose
+            else len({k.split(".")[1] for k in state if k.startswith("layer3.")})
+        )
         if blocks not in RESNET_DEPTHS:
-            raise CheckpointError(f"{name}: a ResNet with {blocks} blocks in layer3; pose-jobs runs ResNet-50, -101 and -152")
+            raise CheckpointError(
+                f"{name}: a ResNet with {blocks} blocks in layer3; pose-jobs runs ResNet-50, -101 and -152"
+            )
         if "caffe" in name.rsplit("/", 1)[-1].lower():
-            raise CheckpointError(f"{name}: a Caffe-style ResNet (stride in the first 1x1 convolution), which pose-jobs does not build; "
-                                  "use the PyTorch-style pose_resnet files or MMPose's")
+            raise CheckpointError(
+                f"{name}: a Caffe-style ResNet (stride in the first 1x1 convolution), which pose-jobs does not build; "
+                "use the PyTorch-style pose_resnet files or MMPose's"
+            )
         codec = _codec_from_name(name)
-        found = CheckpointSpec("mmpose" if mmpose else "simple-baselines", RESNET_DEPTHS[blocks], _size_from_name(name), codec,
-                               bgr=not mmpose)
+        found = CheckpointSpec(
+            "mmpose" if mmpose else "simple-baselines",
+            RESNET_DEPTHS[blocks],
+            _size_from_name(name),
+            codec,
+            bgr=not mmpose,
+        )
     elif any(k.startswith("roi_heads.keypoint_predictor.") for k in state):
-        raise CheckpointError(f"{name}: a torchvision Keypoint R-CNN, which finds its own persons: give it to annotate as --keypoints "
-                              "without --detector or --boxes")
+        raise CheckpointError(
+            f"{name}: a torchvision Keypoint R-CNN, which finds its own persons: give it to annotate as --keypoints "
+            "without --detector or --boxes"
+        )
     else:
         sample = ", ".join(list(state)[:3])
         raise CheckpointError(
@@ -150,7 +181,9 @@ def identify(state: dict[str, torch.Tensor], name: str, overrides: Overrides = O
 
 def _check_joints(count: int, name: str) -> None:
     if count != NUM_JOINTS:
-        raise CheckpointError(f"{name}: a model of {count} joints (COCO-WholeBody has 133, MPII 16); pose-jobs runs COCO's {NUM_JOINTS} body joints")
+        raise CheckpointError(
+            f"{name}: a model of {count} joints (COCO-WholeBody has 133, MPII 16); pose-jobs runs COCO's {NUM_JOINTS} body joints"
+        )
 
 
 def _rtmpose_size(state: dict, name: str) -> str:
@@ -158,7 +191,9 @@ def _rtmpose_size(state: dict, name: str) -> str:
     widths = {384: "t", 512: "s", 768: "m", 1024: "l"}
     channels = int(state["head.final_layer.weight"].shape[1])
     if channels not in widths:
-        raise CheckpointError(f"{name}: an RTMPose whose backbone ends in {channels} channels; pose-jobs runs RTMPose-t/s/m/l (384/512/768/1024)")
+        raise CheckpointError(
+            f"{name}: an RTMPose whose backbone ends in {channels} channels; pose-jobs runs RTMPose-t/s/m/l (384/512/768/1024)"
+        )
     return widths[channels]
 
 
@@ -176,20 +211,28 @@ def _codec_from_name(name: str) -> Codec:
 def _overridden(found: CheckpointSpec, overrides: Overrides, name: str) -> CheckpointSpec:
     if overrides.arch is not None and overrides.arch != found.arch:
         if overrides.arch not in ARCHITECTURES:
-            raise CheckpointError(f"unknown keypoint architecture {overrides.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-        raise CheckpointError(f"{name}: holds a {found.arch}, not a {overrides.arch}; leave out --keypoint-arch or pick the right file")
+            raise CheckpointError(
+                f"unknown keypoint architecture {overrides.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+            )
+        raise CheckpointError(
+            f"{name}: holds a {found.arch}, not a {overrides.arch}; leave out --keypoint-arch or pick the right file"
+        )
     spec = found
     if overrides.codec is not None:
         simcc = found.codec == "simcc"
         if overrides.codec not in CODECS or (overrides.codec == "simcc") != simcc:
             allowed = "simcc" if simcc else "msra, dark or udp"
-            raise CheckpointError(f"{name}: a {found.arch} decodes with {allowed}, not {overrides.codec!r}; fix --codec")
+            raise CheckpointError(
+                f"{name}: a {found.arch} decodes with {allowed}, not {overrides.codec!r}; fix --codec"
+            )
         spec = replace(spec, codec=overrides.codec)
     if overrides.input_size is not None:
         size = tuple(int(v) for v in overrides.input_size)
         if found.codec == "simcc" and size != found.input_size:
             w, h = found.input_size
-            raise CheckpointError(f"{name}: its SimCC head is made for {w}x{h} (w x h) inputs, not {size[0]}x{size[1]}; fix --input-size")
+            raise CheckpointError(
+                f"{name}: its SimCC head is made for {w}x{h} (w x h) inputs, not {size[0]}x{size[1]}; fix --input-size"
+            )
         if any(v % 32 for v in size):
             raise CheckpointError(f"{name}: input size {size[0]}x{size[1]}: width and height must be multiples of 32")
         spec = replace(spec, input_size=size)
@@ -244,8 +287,13 @@ def decoder(spec: CheckpointSpec):
     if spec.framework == "mmpose":
         # MMPose's DARK configs blur with 11 taps, except td-hm_res152_dark at 384x288 (17).
         blur = 17 if (spec.arch, spec.input_size, spec.codec) == ("resnet152", (288, 384), "dark") else 11
-        return codecs.MSRAHeatmapDecoder(input_size=spec.input_size, heatmap_size=heatmap_size, unbiased=spec.codec == "dark",
-                                         blur_kernel_size=blur, shift_flipped=True)
+        return codecs.MSRAHeatmapDecoder(
+            input_size=spec.input_size,
+            heatmap_size=heatmap_size,
+            unbiased=spec.codec == "dark",
+            blur_kernel_size=blur,
+            shift_flipped=True,
+        )
     return codecs.SimpleBaselinesDecoder(input_size=spec.input_size, heatmap_size=heatmap_size)
 
 
@@ -269,7 +317,9 @@ def pose_model(spec: CheckpointSpec, network: torch.nn.Module):
     """`spec`'s network (with its weights) as its framework runs it: a `pose.topdown.PoseModel`."""
     from pose.topdown import NormalisedPoseModel
 
-    return NormalisedPoseModel(name=spec.name, crop=crop_convention(spec), network=network.eval(), decoder=decoder(spec), bgr=spec.bgr)
+    return NormalisedPoseModel(
+        name=spec.name, crop=crop_convention(spec), network=network.eval(), decoder=decoder(spec), bgr=spec.bgr
+    )
 
 
 def keypoint_net_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
@@ -280,7 +330,9 @@ def keypoint_net_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
     state, _ = read_checkpoint(data, name)
     spec = identify(state, name)
     if not spec.arch.startswith("resnet"):
-        raise CheckpointError(f"{name}: a {spec.arch}; --init-weights takes a ResNet Simple Baselines file (pose-jobs trains that network)")
+        raise CheckpointError(
+            f"{name}: a {spec.arch}; --init-weights takes a ResNet Simple Baselines file (pose-jobs trains that network)"
+        )
     renamed = {}
     for key, value in mmpose_keys(state, spec).items():
         renamed[key.replace("head.deconv_layers.", "deconv.").replace("head.final_layer.", "final.")] = value

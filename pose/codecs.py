@@ -53,7 +53,9 @@ def opencv_gaussian_kernel(kernel_size: int) -> np.ndarray:
     OpenCV takes kernels of size 1, 3, 5 and 7 from a fixed table instead: they are not offered here (no
     published model's decoder uses them)."""
     if kernel_size % 2 != 1 or kernel_size < 9:
-        raise ValueError(f"blur kernel size must be odd and at least 9 (OpenCV tabulates smaller ones), got {kernel_size}")
+        raise ValueError(
+            f"blur kernel size must be odd and at least 9 (OpenCV tabulates smaller ones), got {kernel_size}"
+        )
     sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
     x = np.arange(kernel_size) - (kernel_size - 1) / 2
     taps = np.exp(-(x**2) / (2 * sigma**2))
@@ -79,7 +81,7 @@ def opencv_gaussian_blur(heatmaps: np.ndarray, kernel_size: int) -> np.ndarray:
         return heatmaps.copy()
     maps = heatmaps.reshape(-1, h, w)
     # In blocks of maps that stay in the CPU's cache: twice as fast as all 128 crops x 17 joints at once.
-    blurred = np.concatenate([_opencv_blur_zero_padded(maps[i:i + 32], kernel_size) for i in range(0, len(maps), 32)])
+    blurred = np.concatenate([_opencv_blur_zero_padded(maps[i : i + 32], kernel_size) for i in range(0, len(maps), 32)])
     blurred = blurred.reshape(heatmaps.shape)
     # MMPose restores each map's peak height; an all-zero map becomes NaN (0 / 0), as it does there.
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -97,19 +99,19 @@ def _opencv_blur_zero_padded(maps: np.ndarray, kernel_size: int) -> np.ndarray:
     radius = kernel_size // 2
     m, h, w = maps.shape
     padded = np.zeros((m, h, w + 2 * radius), np.float64)
-    padded[..., radius:radius + w] = maps
+    padded[..., radius : radius + w] = maps
     fma = np.empty((m, h, w), np.float64)
     # Rows filtered into the middle of a taller buffer: its zero margins are the filtered zero rows of the padding.
     tall = np.zeros((m, h + 2 * radius, w), np.float32)
-    rows = tall[:, radius:radius + h]
+    rows = tall[:, radius : radius + h]
     for t in range(kernel_size):
-        np.multiply(padded[..., t:t + w], kernel[t], out=fma)
+        np.multiply(padded[..., t : t + w], kernel[t], out=fma)
         fma += rows
         rows[...] = fma
     blurred = rows * np.float32(kernel[radius])
     pair = np.empty((m, h, w), np.float32)
     for j in range(1, radius + 1):
-        np.add(tall[:, radius + j:radius + j + h], tall[:, radius - j:radius - j + h], out=pair)
+        np.add(tall[:, radius + j : radius + j + h], tall[:, radius - j : radius - j + h], out=pair)
         np.multiply(pair, kernel[radius + j], out=fma)
         fma += blurred
         blurred[...] = fma
@@ -141,7 +143,9 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def _check_shape(heatmaps: np.ndarray, heatmap_size: tuple[int, int]) -> None:
     if heatmaps.shape[-2:] != (heatmap_size[1], heatmap_size[0]):
-        raise ValueError(f"heatmaps of shape {tuple(heatmaps.shape)}, but the decoder expects (h, w) = {heatmap_size[::-1]}")
+        raise ValueError(
+            f"heatmaps of shape {tuple(heatmaps.shape)}, but the decoder expects (h, w) = {heatmap_size[::-1]}"
+        )
 
 
 def _flip_averaged_heatmaps(output: torch.Tensor, flipped_output: torch.Tensor | None, shift: bool) -> np.ndarray:
@@ -326,14 +330,17 @@ class SimCCDecoder:
     input_size: tuple[int, int] = (192, 256)  # (w, h)
     simcc_split_ratio: float = 2.0
 
-    def decode(self, output: tuple[torch.Tensor, torch.Tensor],
-               flipped_output: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, output: tuple[torch.Tensor, torch.Tensor], flipped_output: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(simcc_x (N, K, Wx), simcc_y (N, K, Wy)) and those of the mirrored crops (or None) -> keypoints
         (N, K, 2) float64 in input pixels, scores (N, K) float32."""
         simcc_x, simcc_y = (o.float() for o in output)
         bins = round(self.input_size[0] * self.simcc_split_ratio), round(self.input_size[1] * self.simcc_split_ratio)
         if (simcc_x.shape[-1], simcc_y.shape[-1]) != bins:
-            raise ValueError(f"SimCC vectors of {simcc_x.shape[-1]} and {simcc_y.shape[-1]} bins, but the decoder expects {bins}")
+            raise ValueError(
+                f"SimCC vectors of {simcc_x.shape[-1]} and {simcc_y.shape[-1]} bins, but the decoder expects {bins}"
+            )
         if flipped_output is not None:
             index = torch.as_tensor(flip_index(), device=simcc_x.device)
             flipped_x, flipped_y = (o.float().index_select(1, index) for o in flipped_output)
@@ -384,12 +391,16 @@ class SimpleBaselinesDecoder:
         if self.post_process:
             x, y = xy[..., 0], xy[..., 1]
             inside = (1 < x) & (x < w - 1) & (1 < y) & (y < h - 1)
-            diff = np.stack([_at(heatmaps, x + 1, y) - _at(heatmaps, x - 1, y), _at(heatmaps, x, y + 1) - _at(heatmaps, x, y - 1)], -1)
+            diff = np.stack(
+                [_at(heatmaps, x + 1, y) - _at(heatmaps, x - 1, y), _at(heatmaps, x, y + 1) - _at(heatmaps, x, y - 1)],
+                -1,
+            )
             keypoints += np.where(inside[..., None], np.sign(diff) * np.float32(0.25), np.float32(0))
         return keypoints.astype(np.float64) * (np.asarray(self.input_size) / np.asarray(self.heatmap_size)), scores
 
 
 # --- Training targets: the `encode` half ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MSRAHeatmapEncoder:
@@ -515,8 +526,9 @@ class SimCCLabelEncoder:
         return (labels[0], labels[1]), weights
 
 
-def encoder_for(codec: str, input_size: tuple[int, int], heatmap_size: tuple[int, int],
-                sigma: float) -> MSRAHeatmapEncoder | UDPHeatmapEncoder:
+def encoder_for(
+    codec: str, input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: float
+) -> MSRAHeatmapEncoder | UDPHeatmapEncoder:
     """The training-target encoder of a heatmap codec: "msra" -> the biased `MSRAHeatmapEncoder` (Simple
     Baselines, HRNet, MMPose's MSRAHeatmap), "dark" -> `MSRAHeatmapEncoder(unbiased=True)`, "udp" ->
     `UDPHeatmapEncoder`. Sizes are (w, h): 256x192 crops are input_size (192, 256), heatmap_size (48, 64)."""
@@ -555,8 +567,9 @@ def _weights(visible: np.ndarray, off_map: np.ndarray) -> tuple[np.ndarray, np.n
     return labelled & ~off_map, np.where(labelled & off_map, np.float32(0), visible).astype(np.float32)
 
 
-def _windowed_gaussians(centres: np.ndarray, visible: np.ndarray, w: int, h: int, sigma: float,
-                        sub_pixel: bool) -> tuple[np.ndarray, np.ndarray]:
+def _windowed_gaussians(
+    centres: np.ndarray, visible: np.ndarray, w: int, h: int, sigma: float, sub_pixel: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The biased MSRA (sub_pixel=False) or UDP (sub_pixel=True) target of heatmap-frame centres (N, K, 2)."""
     n, k = visible.shape
     radius = sigma * 3
@@ -574,13 +587,16 @@ def _windowed_gaussians(centres: np.ndarray, visible: np.ndarray, w: int, h: int
         windows = np.exp(-(dx2[:, None, :] + dy2[:, :, None]) / denominator)  # (M, S, S) [row, column]
     else:
         d2 = (grid - size // 2) ** 2
-        windows = np.broadcast_to(np.exp(-(d2[None, :] + d2[:, None]) / denominator), (int(drawn.sum()),) + d2.shape * 2)
+        windows = np.broadcast_to(
+            np.exp(-(d2[None, :] + d2[:, None]) / denominator), (int(drawn.sum()),) + d2.shape * 2
+        )
     heatmaps = _paste(windows, ul[drawn], br[drawn], np.flatnonzero(drawn), n * k, w, h)
     return heatmaps.reshape(n, k, h, w), weights
 
 
-def _paste(windows: np.ndarray, ul: np.ndarray, br: np.ndarray, maps: np.ndarray, num_maps: int, w: int,
-           h: int) -> np.ndarray:
+def _paste(
+    windows: np.ndarray, ul: np.ndarray, br: np.ndarray, maps: np.ndarray, num_maps: int, w: int, h: int
+) -> np.ndarray:
     """Zero maps (num_maps, h, w) float32 with windows (M, S, S) pasted at ul (M, 2) into maps[maps] (M,), each
     cut to the heatmap and to x < br_x, y < br_y (the references' slices g[g_y1:g_y2, g_x1:g_x2])."""
     out = np.zeros(num_maps * h * w + 1, np.float32)  # the last element takes every write that is cut
@@ -596,12 +612,15 @@ def _paste(windows: np.ndarray, ul: np.ndarray, br: np.ndarray, maps: np.ndarray
     return out[:-1].reshape(num_maps, h, w)
 
 
-def _full_map_gaussians(centres: np.ndarray, visible: np.ndarray, w: int, h: int,
-                        sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def _full_map_gaussians(
+    centres: np.ndarray, visible: np.ndarray, w: int, h: int, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The DARK target of heatmap-frame centres (N, K, 2) (MMPose's `generate_unbiased_gaussian_heatmaps`)."""
     radius = sigma * 3
     left_top, right_bottom = centres - radius, centres + radius + 1
-    off_map = (left_top[..., 0] >= w) | (left_top[..., 1] >= h) | (right_bottom[..., 0] < 0) | (right_bottom[..., 1] < 0)
+    off_map = (
+        (left_top[..., 0] >= w) | (left_top[..., 1] >= h) | (right_bottom[..., 0] < 0) | (right_bottom[..., 1] < 0)
+    )
     drawn, weights = _weights(visible, off_map)
     mu = centres.astype(np.float32)
     dx2 = (np.arange(w, dtype=np.float32) - mu[..., 0, None]) ** 2  # (N, K, w)

@@ -35,7 +35,9 @@ class PersonCrop:
     image_from_crop: np.ndarray  # (2, 3) affine: crop -> image coordinates
 
 
-def cut_person_crop(image: np.ndarray, bbox_xywh: np.ndarray, keypoints: np.ndarray, settings: CropSettings = CropSettings()) -> PersonCrop:
+def cut_person_crop(
+    image: np.ndarray, bbox_xywh: np.ndarray, keypoints: np.ndarray, settings: CropSettings = CropSettings()
+) -> PersonCrop:
     """Cut the crop around one person from an (H, W, 3) image.
 
     `keypoints` is (17, 3) COCO (x, y, v) in image coordinates; unlabelled joints (v == 0) stay
@@ -68,4 +70,3 @@ def square_digit_crop(image: np.ndarray, box_ltwh: tuple[float, float, float, fl
     side = max(width, height, 1.0)
     matrix = crop_affine(center, np.array([side, side]), (size, size))
     return warp_image(image, matrix, (size, size))
-

@@ -24,7 +24,14 @@ import torch
 from pose.images import decode_image
 from pose.joints import PERSON_CATEGORY
 from pose.metrics import coco_box_ap
-from pose.models.detector import DetectorConfig, backbone_stages, build_detector, detect, detection_results, detector_targets
+from pose.models.detector import (
+    DetectorConfig,
+    backbone_stages,
+    build_detector,
+    detect,
+    detection_results,
+    detector_targets,
+)
 
 # Trained from scratch on a CPU: the mobilenet at a small input, trainable BatchNorm in every
 # backbone stage (there are no weights to keep frozen).
@@ -71,13 +78,13 @@ class DetectorRecipe:
             raise ValueError(f"scale_range must be 0 < low <= high, got {self.scale_range}")
 
     @classmethod
-    def from_scratch(cls, arch: str = "fasterrcnn_mobilenet_v3_large_fpn", **fields) -> "DetectorRecipe":
+    def from_scratch(cls, arch: str = "fasterrcnn_mobilenet_v3_large_fpn", **fields) -> DetectorRecipe:
         """The default recipe for `arch`: every backbone stage trains, with trainable BatchNorm."""
         model = replace(SCRATCH_DETECTOR, arch=arch, trainable_backbone_layers=backbone_stages(arch))
         return cls(**{"model": model, **fields})
 
     @classmethod
-    def fine_tune(cls, arch: str = "fasterrcnn_mobilenet_v3_large_fpn", **fields) -> "DetectorRecipe":
+    def fine_tune(cls, arch: str = "fasterrcnn_mobilenet_v3_large_fpn", **fields) -> DetectorRecipe:
         """The recipe to start from a COCO weight file: frozen BatchNorm and torchvision's 3
         trainable backbone stages, SGD at torchvision's fine-tuning rate."""
         model = replace(SCRATCH_DETECTOR, arch=arch, norm="frozen", trainable_backbone_layers=3)
@@ -89,7 +96,7 @@ class DetectorRecipe:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DetectorRecipe":
+    def from_dict(cls, values: dict) -> DetectorRecipe:
         return cls(**{**values, "model": DetectorConfig.from_dict(values["model"])})
 
     def build_optimizer(self, model: torch.nn.Module, steps_per_epoch: int):
@@ -157,7 +164,9 @@ def zoom(image: np.ndarray, boxes: np.ndarray, scale: float, rng: np.random.Gene
     return canvas, boxes
 
 
-def augment(image: np.ndarray, boxes: np.ndarray, recipe: DetectorRecipe, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    image: np.ndarray, boxes: np.ndarray, recipe: DetectorRecipe, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """The training augmentation: a horizontal flip (p = recipe.flip), then a zoom by a factor
     drawn log-uniformly from recipe.scale_range."""
     if rng.random() < recipe.flip:
@@ -209,7 +218,13 @@ class DetectorTask:
     eval_batch_size = 8
     feed_ahead = True  # batches cost CPU time (decode, augment): prepared on feed processes on GPUs
 
-    def __init__(self, recipe: DetectorRecipe = DetectorRecipe(), ground_truth: dict | None = None, seed: int = 0, init_weights: bytes | None = None):
+    def __init__(
+        self,
+        recipe: DetectorRecipe = DetectorRecipe(),
+        ground_truth: dict | None = None,
+        seed: int = 0,
+        init_weights: bytes | None = None,
+    ):
         self.recipe, self.ground_truth, self.seed = recipe, ground_truth, seed
         self.init_weights = init_weights
         self.batch_size = recipe.batch_size
@@ -250,7 +265,7 @@ class DetectorTask:
         losses = model(inputs["images"], inputs["targets"])
         return sum(losses.values())
 
-    def evaluator(self) -> "DetectorEvaluator":
+    def evaluator(self) -> DetectorEvaluator:
         return DetectorEvaluator(self.ground_truth, headline=True)
 
 
@@ -275,14 +290,18 @@ class DetectorEvaluator:
 
     def add(self, image_ids: list[int], detections: list[dict]) -> None:
         self.image_ids += image_ids
-        self.results += detection_results(image_ids, detections, category_map={PERSON_CATEGORY["id"]: PERSON_CATEGORY["id"]})
+        self.results += detection_results(
+            image_ids, detections, category_map={PERSON_CATEGORY["id"]: PERSON_CATEGORY["id"]}
+        )
 
     def result(self) -> dict:
         """{"ap", "ap50", "ap75", "ap_s", "ap_m", "ap_l", "ar1", "ar10", "ar", ..., "images", "detections"}."""
         if self.ground_truth is None:
             figures = dict.fromkeys(("ap", "ap50", "ap75", "ar"), float("nan"))
         else:
-            figures = coco_box_ap(self.ground_truth, self.results, category_ids=[PERSON_CATEGORY["id"]], image_ids=self.image_ids)
+            figures = coco_box_ap(
+                self.ground_truth, self.results, category_ids=[PERSON_CATEGORY["id"]], image_ids=self.image_ids
+            )
         if self.headline:
             return {key: figures[key] for key in ("ap", "ap50", "ap75", "ar")}
         return {**figures, "images": len(self.image_ids), "detections": len(self.results)}

@@ -86,7 +86,7 @@ class DigitRecipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DigitRecipe":
+    def from_dict(cls, values: dict) -> DigitRecipe:
         values = dict(values)
         values["model"] = DigitModelConfig.from_dict(values.get("model", {}))
         # Runs saved before the length was stated in steps carry a warm-up fraction instead.
@@ -176,7 +176,11 @@ class DigitTask:
         total = schedule.total_steps + 1  # +1: the schedule never runs past its end
         # OneCycleLR peaks at step pct_start * total - 1: the step after the warm-up's last.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=schedule.peak_lr, total_steps=total, pct_start=(schedule.warmup_steps + 1) / total, anneal_strategy="cos"
+            optimizer,
+            max_lr=schedule.peak_lr,
+            total_steps=total,
+            pct_start=(schedule.warmup_steps + 1) / total,
+            anneal_strategy="cos",
         )
         return optimizer, scheduler
 
@@ -200,7 +204,7 @@ class DigitTask:
         logits = model(inputs["images"])
         return F.cross_entropy(logits, inputs["labels"], label_smoothing=self.recipe.label_smoothing)
 
-    def evaluator(self) -> "DigitEvaluator":
+    def evaluator(self) -> DigitEvaluator:
         return DigitEvaluator()
 
 
@@ -222,4 +226,9 @@ class DigitEvaluator:
         predicted = np.concatenate(self.predicted) if self.predicted else np.zeros(0, np.int64)
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
         overall, per_class, confusion = accuracy(predicted, labels)
-        return {"accuracy": float(overall), "samples": int(len(labels)), "per_class": per_class.tolist(), "confusion": confusion.tolist()}
+        return {
+            "accuracy": float(overall),
+            "samples": int(len(labels)),
+            "per_class": per_class.tolist(),
+            "confusion": confusion.tolist(),
+        }

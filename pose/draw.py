@@ -47,8 +47,16 @@ WRONG_ANSWER_COLOUR: Colour = (220, 30, 30)
 BACKGROUND: Colour = (255, 255, 255)  # of figures assembled from panels
 # matplotlib's tab10, for classes of detections and the digits of a number.
 PALETTE: tuple[Colour, ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
 )
 
 
@@ -76,7 +84,7 @@ MIN_NAMED_PERSON = 96  # px: `draw_persons(joint_names=True)` names the joints o
 # --- shared helpers ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     try:
@@ -95,16 +103,25 @@ def _line_height(font: ImageFont.ImageFont) -> int:
     return _text_size("Ag0|", font)[1]
 
 
-def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill: Colour,
-               stroke_width: int = 0, stroke_fill: Colour | None = None) -> None:
+def _draw_text(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    font,
+    fill: Colour,
+    stroke_width: int = 0,
+    stroke_fill: Colour | None = None,
+) -> None:
     """Text whose ink box has its top-left corner at `xy` (PIL's own anchor includes the ascent)."""
     left, top, _, _ = font.getbbox(text, stroke_width=stroke_width)
-    draw.text((xy[0] - left, xy[1] - top), text, font=font, fill=fill,
-              stroke_width=stroke_width, stroke_fill=stroke_fill)
+    draw.text(
+        (xy[0] - left, xy[1] - top), text, font=font, fill=fill, stroke_width=stroke_width, stroke_fill=stroke_fill
+    )
 
 
-def _label(draw: ImageDraw.ImageDraw, text: str, x: float, y_top: float, colour: Colour, font,
-           image_size: tuple[int, int]) -> None:
+def _label(
+    draw: ImageDraw.ImageDraw, text: str, x: float, y_top: float, colour: Colour, font, image_size: tuple[int, int]
+) -> None:
     """Text on a filled rectangle of `colour`, placed above `y_top` at `x`, kept inside the image
     (in a smaller font, down to 8 px, when the image is narrower than the text)."""
     width, height = image_size
@@ -188,8 +205,7 @@ def _joint_states(keypoints: np.ndarray, visibility: bool, min_confidence: float
     return np.where(np.isfinite(keypoints[:, :2]).all(axis=1), states, _ABSENT)
 
 
-def _dashed_line(draw: ImageDraw.ImageDraw, start: np.ndarray, end: np.ndarray, fill: Colour,
-                 width: int) -> None:
+def _dashed_line(draw: ImageDraw.ImageDraw, start: np.ndarray, end: np.ndarray, fill: Colour, width: int) -> None:
     length = float(np.hypot(*(end - start)))
     pieces = max(1, round(length / (3 * width + 3)))
     if pieces % 2 == 0:
@@ -200,8 +216,15 @@ def _dashed_line(draw: ImageDraw.ImageDraw, start: np.ndarray, end: np.ndarray, 
         draw.line([tuple(a), tuple(b)], fill=fill, width=width)
 
 
-def _draw_skeleton(draw: ImageDraw.ImageDraw, keypoints: np.ndarray, style: _PersonStyle, *,
-                   visibility: bool, min_confidence: float, joint_names: bool) -> None:
+def _draw_skeleton(
+    draw: ImageDraw.ImageDraw,
+    keypoints: np.ndarray,
+    style: _PersonStyle,
+    *,
+    visibility: bool,
+    min_confidence: float,
+    joint_names: bool,
+) -> None:
     """One person's limbs, then joints on top, then (optionally) joint names on top of all."""
     keypoints = np.asarray(keypoints, dtype=float)
     if keypoints.shape != (NUM_JOINTS, 3):
@@ -261,8 +284,9 @@ def _draw_skeleton(draw: ImageDraw.ImageDraw, keypoints: np.ndarray, style: _Per
             else:
                 rect = (text_x, y - line / 2, text_x + text_w, y + line / 2)
             placed.append(rect)
-            _draw_text(draw, (rect[0], rect[1]), name, font,
-                       fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+            _draw_text(
+                draw, (rect[0], rect[1]), name, font, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0)
+            )
 
 
 def _label_texts(count: int, labels: Sequence[str] | None, scores: Sequence[float] | None) -> list[str]:
@@ -284,10 +308,17 @@ def _box_corners(box: Sequence[float]) -> list[int]:
     return [x0, y0, max(x0, round(x + w) - 1), max(y0, round(y + h) - 1)]
 
 
-def draw_persons(image: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None, *,
-                 labels: Sequence[str] | None = None, scores: Sequence[float] | None = None,
-                 joint_names: bool = False, min_confidence: float = 0.0,
-                 visibility: bool = True) -> Image.Image:
+def draw_persons(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    keypoints: np.ndarray | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    scores: Sequence[float] | None = None,
+    joint_names: bool = False,
+    min_confidence: float = 0.0,
+    visibility: bool = True,
+) -> Image.Image:
     """Persons' boxes and skeletons on `image`.
 
     image: (H, W, 3) uint8 RGB. boxes: (N, 4) COCO [x, y, w, h] in pixels. keypoints: (N, 17, 3)
@@ -312,8 +343,14 @@ def draw_persons(image: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | N
         draw.rectangle(_box_corners(box), outline=PERSON_BOX_COLOUR, width=style.box_width)
     if keypoints is not None:
         for person, style, size in zip(keypoints, styles, sizes):
-            _draw_skeleton(draw, person, style, visibility=visibility, min_confidence=min_confidence,
-                           joint_names=joint_names and size >= MIN_NAMED_PERSON)
+            _draw_skeleton(
+                draw,
+                person,
+                style,
+                visibility=visibility,
+                min_confidence=min_confidence,
+                joint_names=joint_names and size >= MIN_NAMED_PERSON,
+            )
     if labels is not None or scores is not None:
         font = _font(_label_font_size(picture.size))
         for box, text in zip(boxes, _label_texts(len(boxes), labels, scores)):
@@ -322,8 +359,9 @@ def draw_persons(image: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | N
     return picture
 
 
-def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str],
-                    scores: Sequence[float] | None) -> Image.Image:
+def draw_detections(
+    image: np.ndarray, boxes: np.ndarray, labels: Sequence[str], scores: Sequence[float] | None
+) -> Image.Image:
     """Detected objects of any classes: a box per object, coloured by class, with "class 0.98" text.
 
     image: (H, W, 3) uint8 RGB. boxes: (N, 4) COCO [x, y, w, h] in pixels. labels: N class names.
@@ -371,8 +409,15 @@ def _with_title(picture: Image.Image, title: str | None, font_size: int) -> Imag
     return canvas
 
 
-def crop_panel(crop: np.ndarray, keypoints: np.ndarray, *, title: str | None = None,
-               visibility: bool = True, min_confidence: float = 0.0, height: int = 256) -> Image.Image:
+def crop_panel(
+    crop: np.ndarray,
+    keypoints: np.ndarray,
+    *,
+    title: str | None = None,
+    visibility: bool = True,
+    min_confidence: float = 0.0,
+    height: int = 256,
+) -> Image.Image:
     """One person crop with its skeleton, scaled to `height` px, title above.
 
     crop: (h, w, 3) uint8 RGB. keypoints: (17, 3) (x, y, c) in crop pixels, c as in `draw_persons`.
@@ -385,8 +430,14 @@ def crop_panel(crop: np.ndarray, keypoints: np.ndarray, *, title: str | None = N
     keypoints = np.array(keypoints, dtype=float).reshape(NUM_JOINTS, 3)
     keypoints[:, :2] *= factor
     style = _person_style(max(picture.size), picture.size)
-    _draw_skeleton(ImageDraw.Draw(picture), keypoints, style, visibility=visibility,
-                   min_confidence=min_confidence, joint_names=False)
+    _draw_skeleton(
+        ImageDraw.Draw(picture),
+        keypoints,
+        style,
+        visibility=visibility,
+        min_confidence=min_confidence,
+        joint_names=False,
+    )
     return _with_title(picture, title, int(np.clip(round(picture.height / 18), 11, 24)))
 
 
@@ -400,8 +451,13 @@ def stacked(rows: Sequence[Image.Image]) -> Image.Image:
     return canvas
 
 
-def side_by_side(panels: Sequence[Image.Image | np.ndarray], *, titles: Sequence[str] | None = None,
-                 height: int | None = None, gap: int = 8) -> Image.Image:
+def side_by_side(
+    panels: Sequence[Image.Image | np.ndarray],
+    *,
+    titles: Sequence[str] | None = None,
+    height: int | None = None,
+    gap: int = 8,
+) -> Image.Image:
     """Panels in a row on white, each scaled to `height` (default: the tallest), titles above.
 
     `gap` px separate the panels and surround the row.
@@ -427,8 +483,9 @@ def side_by_side(panels: Sequence[Image.Image | np.ndarray], *, titles: Sequence
     return canvas
 
 
-def digit_grid(pixels: np.ndarray, labels: Sequence[int], predicted: Sequence[int] | None = None, *,
-               cols: int = 10, scale: int = 3) -> Image.Image:
+def digit_grid(
+    pixels: np.ndarray, labels: Sequence[int], predicted: Sequence[int] | None = None, *, cols: int = 10, scale: int = 3
+) -> Image.Image:
     """Digit images in a grid, each upscaled `scale` times (nearest), its label underneath.
 
     pixels: (N, H, W, 3) or (N, H, W) uint8, e.g. SVHN's 32x32 crops. labels: N true digits.
@@ -442,8 +499,10 @@ def digit_grid(pixels: np.ndarray, labels: Sequence[int], predicted: Sequence[in
         raise ValueError(f"expected (N, H, W, 3) uint8 digit images, got {pixels.shape} {pixels.dtype}")
     count = len(pixels)
     if len(labels) != count or (predicted is not None and len(predicted) != count):
-        raise ValueError(f"{count} images but {len(labels)} labels"
-                         + ("" if predicted is None else f" and {len(predicted)} predictions"))
+        raise ValueError(
+            f"{count} images but {len(labels)} labels"
+            + ("" if predicted is None else f" and {len(predicted)} predictions")
+        )
     if count == 0:
         raise ValueError("digit_grid needs at least one image")
 
@@ -454,8 +513,7 @@ def digit_grid(pixels: np.ndarray, labels: Sequence[int], predicted: Sequence[in
         colours = [(0, 0, 0)] * count
     else:
         captions = [f"t:{int(t)} p:{int(p)}" for t, p in zip(labels, predicted)]
-        colours = [RIGHT_ANSWER_COLOUR if int(t) == int(p) else WRONG_ANSWER_COLOUR
-                   for t, p in zip(labels, predicted)]
+        colours = [RIGHT_ANSWER_COLOUR if int(t) == int(p) else WRONG_ANSWER_COLOUR for t, p in zip(labels, predicted)]
     frame = max(2, scale) if predicted is not None else 0
     caption_h = _line_height(font) + 4
     cell_w = max(tile_w + 2 * frame, max(_text_size(c, font)[0] for c in captions) + 4)
@@ -463,8 +521,7 @@ def digit_grid(pixels: np.ndarray, labels: Sequence[int], predicted: Sequence[in
     spacing = max(4, 2 * scale)
     cols = max(1, min(cols, count))
     rows = math.ceil(count / cols)
-    canvas = Image.new("RGB", (cols * cell_w + (cols + 1) * spacing, rows * cell_h + (rows + 1) * spacing),
-                       BACKGROUND)
+    canvas = Image.new("RGB", (cols * cell_w + (cols + 1) * spacing, rows * cell_h + (rows + 1) * spacing), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for i in range(count):
         x = spacing + (i % cols) * (cell_w + spacing)
@@ -472,16 +529,22 @@ def digit_grid(pixels: np.ndarray, labels: Sequence[int], predicted: Sequence[in
         tile_x = x + (cell_w - tile_w) // 2
         tile = Image.fromarray(np.ascontiguousarray(pixels[i])).resize((tile_w, tile_h), Image.Resampling.NEAREST)
         if frame:
-            draw.rectangle([tile_x - frame, y, tile_x + tile_w + frame - 1, y + tile_h + 2 * frame - 1],
-                           fill=colours[i])
+            draw.rectangle(
+                [tile_x - frame, y, tile_x + tile_w + frame - 1, y + tile_h + 2 * frame - 1], fill=colours[i]
+            )
         canvas.paste(tile, (tile_x, y + frame))
         text_w, _ = _text_size(captions[i], font)
         _draw_text(draw, (x + (cell_w - text_w) / 2, y + tile_h + 2 * frame + 2), captions[i], font, colours[i])
     return canvas
 
 
-def number_panel(image: np.ndarray, boxes: Sequence[tuple[float, float, float, float]],
-                 labels: Sequence[int], *, min_height: int = 192) -> Image.Image:
+def number_panel(
+    image: np.ndarray,
+    boxes: Sequence[tuple[float, float, float, float]],
+    labels: Sequence[int],
+    *,
+    min_height: int = 192,
+) -> Image.Image:
     """An SVHN (format 1) house-number image with each digit's box and digit above it.
 
     image: (H, W, 3) uint8. boxes: per digit (left, top, width, height) in image pixels. labels: the
@@ -517,14 +580,13 @@ def number_panel(image: np.ndarray, boxes: Sequence[tuple[float, float, float, f
 # --- heatmaps and curves -----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _colormap_lut(name: str) -> np.ndarray:
     """(256, 3) uint8 RGB lookup table of a matplotlib colormap."""
     return (matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
-def heatmap_overlay(image: np.ndarray, heatmaps: np.ndarray, alpha: float = 0.5,
-                    colormap: str = "jet") -> Image.Image:
+def heatmap_overlay(image: np.ndarray, heatmaps: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
     """Joint heatmaps over their image: max over joints, upsampled, coloured, blended.
 
     image: (H, W, 3) uint8. heatmaps: (K, h, w) or (h, w) floats in [0, 1], at any resolution
@@ -573,16 +635,27 @@ def training_curves(metrics: Sequence[dict], keys: Sequence[str], *, title: str 
         if not train[1]:
             train = _series(metrics, f"train_{name}")
         drawn = False
-        for (epochs, values), kind, colour, style in ((train, "train", "tab:blue", "-"),
-                                                      (_series(metrics, f"val_{name}"), "val", "tab:orange", "--")):
+        for (epochs, values), kind, colour, style in (
+            (train, "train", "tab:blue", "-"),
+            (_series(metrics, f"val_{name}"), "val", "tab:orange", "--"),
+        ):
             if values:
-                axis.plot(epochs, values, style, marker="o" if len(values) <= 30 else None, markersize=3,
-                          label=kind, color=colour)
+                axis.plot(
+                    epochs,
+                    values,
+                    style,
+                    marker="o" if len(values) <= 30 else None,
+                    markersize=3,
+                    label=kind,
+                    color=colour,
+                )
                 drawn = True
         if not drawn:
             available = sorted({k for row in metrics for k in row})
-            raise ValueError(f"no metric {key!r} (nor train_/val_ variants) in the metrics; "
-                             f"available: {', '.join(available) or 'none'}")
+            raise ValueError(
+                f"no metric {key!r} (nor train_/val_ variants) in the metrics; "
+                f"available: {', '.join(available) or 'none'}"
+            )
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -608,7 +681,9 @@ def confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], *, title
         for predicted in range(confusion.shape[1]):
             if confusion[true, predicted]:
                 colour = "white" if shares[true, predicted] > 0.5 else "black"
-                axis.text(predicted, true, str(confusion[true, predicted]), ha="center", va="center", fontsize=7, color=colour)
+                axis.text(
+                    predicted, true, str(confusion[true, predicted]), ha="center", va="center", fontsize=7, color=colour
+                )
     axis.set_xticks(range(len(class_names)), class_names)
     axis.set_yticks(range(len(class_names)), class_names)
     axis.set_xlabel("predicted")

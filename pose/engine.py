@@ -150,8 +150,12 @@ def batch_plan(batch_size: int, workers: int, rows: int) -> BatchPlan:
             f"or worker counts {', '.join(map(str, counts))} (divisors of {batch_size}) would work"
         )
     if rows < batch_size:
-        raise ValueError(f"{rows} training rows cannot fill one global batch of {batch_size}; use a batch of at most {rows} rows")
-    return BatchPlan(global_batch=batch_size, workers=workers, worker_batch=batch_size // workers, steps_per_epoch=rows // batch_size)
+        raise ValueError(
+            f"{rows} training rows cannot fill one global batch of {batch_size}; use a batch of at most {rows} rows"
+        )
+    return BatchPlan(
+        global_batch=batch_size, workers=workers, worker_batch=batch_size // workers, steps_per_epoch=rows // batch_size
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,7 +243,12 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, task: Task, batches: Iterable[dict], *, device: torch.device | str, precision: Precision = Precision()
+    model: torch.nn.Module,
+    task: Task,
+    batches: Iterable[dict],
+    *,
+    device: torch.device | str,
+    precision: Precision = Precision(),
 ) -> dict:
     """One validation pass: `model` in eval mode, a fresh `task.evaluator()` fed every batch of
     rows under `precision`'s autocast (validation in the training step's arithmetic); returns its
@@ -251,4 +260,3 @@ def evaluate(
         with precision.autocast(device):
             evaluator.update(model, batch, device)
     return evaluator.result()
-

@@ -9,8 +9,8 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator
 import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -30,7 +30,9 @@ def _column_numpy(column) -> np.ndarray:
         return np.asarray(column.to_pylist(), dtype=object)
 
 
-def prefetch(items: Iterable, fn: Callable, threads: int, ahead: int | None = None, pool: Executor | None = None) -> Iterator:
+def prefetch(
+    items: Iterable, fn: Callable, threads: int, ahead: int | None = None, pool: Executor | None = None
+) -> Iterator:
     """`fn(item)` for each item, in the items' order, computed by `threads` threads (or on `pool`,
     an executor of that many workers that the caller owns) while the caller works on earlier
     results; at most `ahead` results (default 2 x threads) wait or run at a time, so memory stays
@@ -73,17 +75,23 @@ class BatchFeed:
     results come back pickled. Use as a context manager, or `close()`; the processes live across
     epochs."""
 
-    def __init__(self, prepare: Callable[[dict, int], dict], workers: int, processes: bool = False, ahead: int | None = None):
+    def __init__(
+        self, prepare: Callable[[dict, int], dict], workers: int, processes: bool = False, ahead: int | None = None
+    ):
         self.prepare, self.workers, self.ahead = prepare, workers, ahead
         self.pool: Executor | None = None
         if processes and workers > 0:
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_install, initargs=(prepare,))
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_install, initargs=(prepare,)
+            )
         elif workers > 0:
             self.pool = ThreadPoolExecutor(workers, thread_name_prefix="feed")
 
     def __call__(self, batches: Iterable[dict], epoch: int) -> Iterator[dict]:
         if isinstance(self.pool, ProcessPoolExecutor):
-            return prefetch(batches, functools.partial(_prepare_installed, epoch=epoch), self.workers, self.ahead, self.pool)
+            return prefetch(
+                batches, functools.partial(_prepare_installed, epoch=epoch), self.workers, self.ahead, self.pool
+            )
         return prefetch(batches, functools.partial(self.prepare, epoch=epoch), self.workers, self.ahead, self.pool)
 
     def close(self) -> None:
@@ -91,7 +99,7 @@ class BatchFeed:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
-    def __enter__(self) -> "BatchFeed":
+    def __enter__(self) -> BatchFeed:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,7 +12,9 @@ import numpy as np
 from PIL import Image
 
 
-def box_to_center_size(box_xywh: np.ndarray, aspect_ratio: float, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+def box_to_center_size(
+    box_xywh: np.ndarray, aspect_ratio: float, padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
     """Grow a COCO box `[x, y, w, h]` to the given width/height ratio, then scale it by `padding`.
 
     The shorter side is extended (never shrunk) so the person keeps its proportions instead of
@@ -28,7 +30,9 @@ def box_to_center_size(box_xywh: np.ndarray, aspect_ratio: float, padding: float
     return center, np.array([w, h]) * padding
 
 
-def crop_affine(center: np.ndarray, size: np.ndarray, output_size: tuple[int, int], rotation_deg: float = 0.0) -> np.ndarray:
+def crop_affine(
+    center: np.ndarray, size: np.ndarray, output_size: tuple[int, int], rotation_deg: float = 0.0
+) -> np.ndarray:
     """The (2, 3) matrix that maps the region `size` (w, h) around `center`, rotated by
     `rotation_deg` (counter-clockwise on screen), onto an output image of `output_size` (w, h).
 
@@ -70,7 +74,9 @@ def reduction_affine(reduction: int) -> np.ndarray:
     return np.array([[r, 0.0, (r - 1.0) / 2.0], [0.0, r, (r - 1.0) / 2.0]])
 
 
-def warp_image(image: np.ndarray | Image.Image, matrix: np.ndarray, output_size: tuple[int, int], fill: int = 0) -> np.ndarray:
+def warp_image(
+    image: np.ndarray | Image.Image, matrix: np.ndarray, output_size: tuple[int, int], fill: int = 0
+) -> np.ndarray:
     """Warp an (H, W, 3) uint8 image (or an RGB Pillow image) by `matrix` into an
     (out_h, out_w, 3) image, bilinear.
 
@@ -91,7 +97,6 @@ def warp_image(image: np.ndarray | Image.Image, matrix: np.ndarray, output_size:
         fillcolor=(fill,) * len(pil.getbands()),
     )
     return np.asarray(warped)
-
 
 
 # OpenCV's fixed-point constants for warpAffine + remap with INTER_LINEAR on 8-bit images.

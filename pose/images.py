@@ -74,7 +74,9 @@ def load_reduced(image: Image.Image, scale: float) -> tuple[Image.Image, int]:
         if reduction > 1:
             image.draft("RGB", wanted)
             if image.size != wanted:  # not a DCT scale after all
-                raise ImageDecodeError(f"JPEG draft gave {image.size[0]}x{image.size[1]} for {width}x{height} at 1/{reduction}")
+                raise ImageDecodeError(
+                    f"JPEG draft gave {image.size[0]}x{image.size[1]} for {width}x{height} at 1/{reduction}"
+                )
         image.load()
     return to_rgb(image), reduction
 

@@ -30,8 +30,25 @@ NUM_JOINTS = len(JOINT_NAMES)
 
 # Limbs as pairs of 1-based joint numbers, exactly as COCO's category "skeleton" field has them.
 COCO_SKELETON: tuple[tuple[int, int], ...] = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
-    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+    (16, 14),
+    (14, 12),
+    (17, 15),
+    (15, 13),
+    (12, 13),
+    (6, 12),
+    (7, 13),
+    (6, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (9, 11),
+    (2, 3),
+    (1, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (4, 6),
+    (5, 7),
 )
 # The same limbs as 0-based index pairs, for drawing and geometry.
 SKELETON: tuple[tuple[int, int], ...] = tuple((a - 1, b - 1) for a, b in COCO_SKELETON)
@@ -49,9 +66,10 @@ def flip_index() -> np.ndarray:
 
 
 # Per-joint OKS sigmas from pycocotools' COCOeval (keypoint falloff, in units of object scale).
-OKS_SIGMAS = np.array(
-    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
-) / 10.0
+OKS_SIGMAS = (
+    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
+    / 10.0
+)
 
 UPPER_BODY = tuple(range(0, 11))  # nose..right_wrist: used by the half-body augmentation
 LOWER_BODY = tuple(range(11, 17))

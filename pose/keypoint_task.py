@@ -30,14 +30,14 @@ from PIL import Image
 from pose.augment import AugmentConfig, jitter_colors, normalize, topdown_sample
 from pose.draw import crop_panel, heatmap_overlay, side_by_side, stacked
 from pose.geometry import apply_affine, box_to_center_size, compose_affine, invert_affine
-from pose.heatmaps import HeatmapCodec, flip_test as average_flip_test, to_image_coordinates
+from pose.heatmaps import HeatmapCodec, to_image_coordinates
+from pose.heatmaps import flip_test as average_flip_test
 from pose.images import decode_image, open_image
 from pose.joints import NUM_JOINTS, PERSON_CATEGORY
 from pose.metrics import PckAccumulator, coco_keypoint_ap, oks_nms
 from pose.models.keypoints import KeypointModelConfig
 from pose.precision import Precision
 from pose.topdown import instance_score
-
 
 # Flip with the joint swap and colour jitter only: the CPU recipe's budget ends long before the
 # model fits its training data, and geometric jitter measured slower there (rotation 30 degrees,
@@ -98,13 +98,15 @@ class RTMPoseSettings:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RTMPoseSettings":
+    def from_dict(cls, values: dict) -> RTMPoseSettings:
         values = dict(values)
         from pose.augment import RTMPosePixelAugment
 
         values["stage2_augment"] = _augment_from_dict(dict(values["stage2_augment"]), None)
         for name in ("pixel_augment", "stage2_pixel_augment"):
-            values[name] = RTMPosePixelAugment(**{k: tuple(v) if isinstance(v, list) else v for k, v in values[name].items()})
+            values[name] = RTMPosePixelAugment(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in values[name].items()}
+            )
         return cls(**values)
 
 
@@ -145,7 +147,9 @@ class KeypointRecipe:
     schedule: Literal["cosine", "multistep"] = "cosine"
     lr_steps: tuple[int, ...] = ()  # epochs at which "multistep" divides the rate by 10
     warmup_steps: int = 100  # linear warm-up, in optimiser steps
-    warmup_start_factor: float | None = None  # MMPose's LinearLR starts at this fraction of lr; None: (step + 1) / warmup_steps
+    warmup_start_factor: float | None = (
+        None  # MMPose's LinearLR starts at this fraction of lr; None: (step + 1) / warmup_steps
+    )
     base_batch_size: int | None = None  # the batch `lr` is meant for when the batch changes (None: batch_size)
     optimizer_type: Literal["adamw", "adam"] = "adamw"
     weight_decay: float = 1e-4  # AdamW's decoupled decay (Adam: none)
@@ -162,7 +166,9 @@ class KeypointRecipe:
         object.__setattr__(self, "lr_steps", tuple(int(v) for v in self.lr_steps))
         stride = self.model_config().backbone_stride if self.framework == "pose-jobs" else 32
         if any(v % stride for v in self.input_size):
-            raise ValueError(f"input_size {self.input_size}: width and height must be multiples of {stride} (the backbone's stride)")
+            raise ValueError(
+                f"input_size {self.input_size}: width and height must be multiples of {stride} (the backbone's stride)"
+            )
         if isinstance(self.augment, AugmentConfig) and self.augment.input_size != self.input_size:
             object.__setattr__(self, "augment", replace(self.augment, input_size=self.input_size))
 
@@ -173,9 +179,14 @@ class KeypointRecipe:
 
     def model_config(self) -> KeypointModelConfig:
         """The pose-jobs network (`framework` "pose-jobs" only; the others use `spec()`)."""
-        return KeypointModelConfig(backbone=self.backbone if self.framework == "pose-jobs" else "resnet50",
-                                   input_size=self.input_size, deconv_channels=self.deconv_channels,
-                                   deconv_layers=self.deconv_layers, backbone_stages=self.backbone_stages, skips=self.skips)
+        return KeypointModelConfig(
+            backbone=self.backbone if self.framework == "pose-jobs" else "resnet50",
+            input_size=self.input_size,
+            deconv_channels=self.deconv_channels,
+            deconv_layers=self.deconv_layers,
+            backbone_stages=self.backbone_stages,
+            skips=self.skips,
+        )
 
     def spec(self):
         """The `pose.checkpoints.CheckpointSpec` a model of this recipe is run as (a framework recipe only)."""
@@ -225,7 +236,9 @@ class KeypointRecipe:
         """AdamW (pose-jobs) or Adam without weight decay (Simple Baselines, HRNet, MMPose td-hm) over all parameters;
         RTMPose: AdamW with its parameter groups (`rtmpose_param_groups`)."""
         if self.rtmpose is not None:
-            return torch.optim.AdamW(rtmpose_param_groups(model, self.weight_decay, self.rtmpose), lr=self.lr, weight_decay=self.weight_decay)
+            return torch.optim.AdamW(
+                rtmpose_param_groups(model, self.weight_decay, self.rtmpose), lr=self.lr, weight_decay=self.weight_decay
+            )
         if self.optimizer_type == "adam":
             return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -262,7 +275,7 @@ class KeypointRecipe:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    def with_batch_size(self, batch_size: int) -> "KeypointRecipe":
+    def with_batch_size(self, batch_size: int) -> KeypointRecipe:
         """The recipe at another global batch, the learning rate scaled linearly from `base_batch_size` (MMPose's
         `auto_scale_lr` rule; the releases have none, and scale from the batch they trained with)."""
         if batch_size == self.batch_size:
@@ -278,7 +291,7 @@ class KeypointRecipe:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "KeypointRecipe":
+    def from_dict(cls, values: dict) -> KeypointRecipe:
         values = dict(values)
         # Runs saved before the backbone could be cut had the whole ResNet and three deconvolutions.
         values.setdefault("backbone_stages", 4)
@@ -295,7 +308,12 @@ def rtmpose_param_groups(model: torch.nn.Module, weight_decay: float, settings: 
     `weight_decay`, any other parameter named `bias` by `bias_decay_mult` x; the rest by `weight_decay` (RTMPose's
     ScaleNorm `g`, Scale and GAU `gamma`/`beta` included: they are not in norm layers by type). A parameter
     shared by two modules is listed once (`bypass_duplicate`). Up to three groups, each in `modules()` order."""
-    norms = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    norms = (
+        torch.nn.modules.batchnorm._BatchNorm,
+        torch.nn.modules.instancenorm._InstanceNorm,
+        torch.nn.GroupNorm,
+        torch.nn.LayerNorm,
+    )
     decay, norm_params, biases, seen = [], [], [], set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -308,9 +326,11 @@ def rtmpose_param_groups(model: torch.nn.Module, weight_decay: float, settings: 
                 biases.append(param)
             else:
                 decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": norm_params, "weight_decay": weight_decay * settings.norm_decay_mult},
-              {"params": biases, "weight_decay": weight_decay * settings.bias_decay_mult}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": norm_params, "weight_decay": weight_decay * settings.norm_decay_mult},
+        {"params": biases, "weight_decay": weight_decay * settings.bias_decay_mult},
+    ]
     return [group for group in groups if group["params"]]
 
 
@@ -412,12 +432,15 @@ class KeypointBatchTransform:
             "keypoints": joints,
             "input_from_crop": input_from_crop,
             "image_from_input": np.array(
-                [compose_affine(image_from_crop[i], invert_affine(input_from_crop[i])) for i in range(count)], np.float64
+                [compose_affine(image_from_crop[i], invert_affine(input_from_crop[i])) for i in range(count)],
+                np.float64,
             ).reshape(count, 2, 3),
             "annotation_id": annotation_ids,
             "image_id": np.asarray(batch["image_id"], np.int64),
             "area": np.asarray(batch["area"], np.float64),
-            "bbox": np.array([_box_through(bboxes[i], image_from_crop[i]) for i in range(count)], np.float64).reshape(count, 4),
+            "bbox": np.array([_box_through(bboxes[i], image_from_crop[i]) for i in range(count)], np.float64).reshape(
+                count, 4
+            ),
             # a detected person's box score, when the rows come from a detector (1 for true boxes)
             "box_score": np.asarray(batch["box_score"], np.float64) if "box_score" in batch else np.ones(count),
         }
@@ -443,8 +466,14 @@ def keypoint_loss(predicted: torch.Tensor, target: torch.Tensor, target_weight: 
     return 0.5 * ((predicted.float() - target.float()) * weight).pow(2).mean()
 
 
-def kl_discrete_loss(predicted: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor], target_weight: torch.Tensor,
-                     beta: float = 10.0, label_softmax: bool = True, label_beta: float = 10.0) -> torch.Tensor:
+def kl_discrete_loss(
+    predicted: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    target_weight: torch.Tensor,
+    beta: float = 10.0,
+    label_softmax: bool = True,
+    label_beta: float = 10.0,
+) -> torch.Tensor:
     """MMPose's `KLDiscretLoss` (`use_target_weight=True`, no mask) per sample: for each axis, the mean over the
     bins of KL(labels || softmax(beta x logits)) per joint, the labels softmax(label_beta x labels) when
     `label_softmax`; weighted by `target_weight`, summed over both axes and the joints, divided by K.
@@ -463,7 +492,9 @@ def kl_discrete_loss(predicted: tuple[torch.Tensor, torch.Tensor], target: tuple
     return loss.reshape(n, k).sum(dim=1) / k
 
 
-def _model_input(images: np.ndarray | torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
+def _model_input(
+    images: np.ndarray | torch.Tensor, device: torch.device | str, channels_last: bool = False
+) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W) on `device` (the uint8 travels, not the
     float); float input is taken as already normalised (N, 3, H, W)."""
     images = torch.as_tensor(images)
@@ -517,7 +548,11 @@ def predict(
 
 def _numpy(values) -> np.ndarray:
     if isinstance(values, torch.Tensor):
-        return values.detach().float().cpu().numpy() if values.dtype in (torch.float16, torch.bfloat16) else values.detach().cpu().numpy()
+        return (
+            values.detach().float().cpu().numpy()
+            if values.dtype in (torch.float16, torch.bfloat16)
+            else values.detach().cpu().numpy()
+        )
     return np.asarray(values)
 
 
@@ -533,8 +568,16 @@ class KeypointEvaluator:
       only the images that were seen (a partial pass, e.g. a benchmark's few batches).
     """
 
-    def __init__(self, codec: HeatmapCodec, ground_truth: dict | None, *, joint_threshold: float = 0.2, nms_threshold: float = 0.9,
-                 padding: float = 1.25, seen_images_only: bool = False):
+    def __init__(
+        self,
+        codec: HeatmapCodec,
+        ground_truth: dict | None,
+        *,
+        joint_threshold: float = 0.2,
+        nms_threshold: float = 0.9,
+        padding: float = 1.25,
+        seen_images_only: bool = False,
+    ):
         self.codec = codec
         self.ground_truth = ground_truth
         self.joint_threshold, self.nms_threshold = joint_threshold, nms_threshold
@@ -547,7 +590,9 @@ class KeypointEvaluator:
         in image pixels; scores: (N, K) joint confidences; batch_meta: the batch's `image_id`,
         `annotation_id`, `bbox` (image coordinates) and optionally `box_score` (N,) (detections)."""
         weight = _numpy(target_weight).astype(np.float32)
-        self.pck.update(_numpy(heatmaps_pred).astype(np.float32), _numpy(target).astype(np.float32) * (weight > 0)[..., None, None])
+        self.pck.update(
+            _numpy(heatmaps_pred).astype(np.float32), _numpy(target).astype(np.float32) * (weight > 0)[..., None, None]
+        )
 
         keypoints_image, scores = np.asarray(keypoints_image, np.float64), np.asarray(scores, np.float64)
         image_ids = _numpy(batch_meta["image_id"]).astype(np.int64)
@@ -591,7 +636,9 @@ class KeypointEvaluator:
         instances seen (before NMS)."""
         _, pck, _ = self.pck.result()
         if self.ground_truth is None:
-            ap = dict.fromkeys(("ap", "ap50", "ap75", "ap_m", "ap_l", "ar", "ar50", "ar75", "ar_m", "ar_l"), float("nan"))
+            ap = dict.fromkeys(
+                ("ap", "ap50", "ap75", "ap_m", "ap_l", "ar", "ar50", "ar75", "ar_m", "ar_l"), float("nan")
+            )
         else:
             image_ids = sorted({instance["image_id"] for instance in self.instances}) if self.seen_images_only else None
             ap = coco_keypoint_ap(self.ground_truth, self.results_json(), image_ids=image_ids)
@@ -610,7 +657,12 @@ def ground_truth_from_tables(images: pa.Table, persons: pa.Table, split: str | N
         person_rows = [row for row in person_rows if row["split"] == split]
     return {
         "images": [
-            {"id": int(row["image_id"]), "file_name": row["file_name"], "width": int(row["width"]), "height": int(row["height"])}
+            {
+                "id": int(row["image_id"]),
+                "file_name": row["file_name"],
+                "width": int(row["width"]),
+                "height": int(row["height"]),
+            }
             for row in image_rows
         ],
         "annotations": [
@@ -671,8 +723,13 @@ def evaluation_figure(
             crop_panel(images[i], np.concatenate([true_xy[i], true_flag[i][:, None]], 1), height=panel_height),
             heatmap_overlay(images[i], target[i]),
             heatmap_overlay(images[i], np.clip(predicted[i], 0.0, 1.0)),
-            crop_panel(images[i], np.concatenate([predicted_xy[i], confidence[i][:, None]], 1), height=panel_height,
-                       visibility=False, min_confidence=min_confidence),
+            crop_panel(
+                images[i],
+                np.concatenate([predicted_xy[i], confidence[i][:, None]], 1),
+                height=panel_height,
+                visibility=False,
+                min_confidence=min_confidence,
+            ),
         ]
         titles = ["true", "true heatmaps", "predicted heatmaps", "predicted"] if i == 0 else None
         rows.append(side_by_side(panels, titles=titles, height=panel_height))
@@ -722,8 +779,16 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
     `stage2_epochs`), the pixel steps drawn after the geometric ones from the same generator and applied to the
     crop (`pose.augment.sample_pixel_ops`, `apply_pixel_ops`), and SimCC labels as target_x (N, K, Wx) and target_y (N, K, Wy) float32 instead of
     target (float16 would round the labels that the KL loss softmaxes at beta 10)."""
-    from pose.augment import (MMPoseAugment, apply_pixel_ops, mmpose_center_scale, reference_sample, release_center_scale, sample_mmpose,
-                              sample_pixel_ops, sample_release)
+    from pose.augment import (
+        MMPoseAugment,
+        apply_pixel_ops,
+        mmpose_center_scale,
+        reference_sample,
+        release_center_scale,
+        sample_mmpose,
+        sample_pixel_ops,
+        sample_release,
+    )
 
     crop, encoder = recipe.crop(), recipe.target_encoder()
     mmpose = isinstance(recipe.augment, MMPoseAugment)
@@ -743,7 +808,9 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
             visible.append(np.zeros(NUM_JOINTS, np.float32))
             continue
         rng = np.random.default_rng([seed, int(epochs[i]), int(annotation_id)])
-        augment, pixels = rtmpose_augment(recipe, int(epochs[i])) if recipe.rtmpose is not None else (recipe.augment, None)
+        augment, pixels = (
+            rtmpose_augment(recipe, int(epochs[i])) if recipe.rtmpose is not None else (recipe.augment, None)
+        )
         params = sample_params(rng, keypoints, *box_cs, image.shape[1], augment, crop.aspect_ratio)
         sample = reference_sample(image, keypoints, params, crop)
         if pixels is not None:
@@ -753,15 +820,28 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
         visible.append(sample["visible"])
     w, h = recipe.input_size
     if recipe.rtmpose is not None:
-        (target_x, target_y), target_weight = encoder.encode(np.stack(joints) if joints else np.zeros((0, NUM_JOINTS, 2)),
-                                                             np.stack(visible) if visible else np.zeros((0, NUM_JOINTS)))
-        return {"image": np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8), "target_x": target_x, "target_y": target_y,
-                "target_weight": target_weight}
+        (target_x, target_y), target_weight = encoder.encode(
+            np.stack(joints) if joints else np.zeros((0, NUM_JOINTS, 2)),
+            np.stack(visible) if visible else np.zeros((0, NUM_JOINTS)),
+        )
+        return {
+            "image": np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8),
+            "target_x": target_x,
+            "target_y": target_y,
+            "target_weight": target_weight,
+        }
     if not images:
-        return {"image": np.zeros((0, h, w, 3), np.uint8), "target": np.zeros((0, NUM_JOINTS, *recipe.heatmap_size[::-1]), np.float16),
-                "target_weight": np.zeros((0, NUM_JOINTS), np.float32)}
+        return {
+            "image": np.zeros((0, h, w, 3), np.uint8),
+            "target": np.zeros((0, NUM_JOINTS, *recipe.heatmap_size[::-1]), np.float16),
+            "target_weight": np.zeros((0, NUM_JOINTS), np.float32),
+        }
     target, target_weight = encoder.encode(np.stack(joints), np.stack(visible))
-    return {"image": np.stack(images), "target": target.astype(np.float16), "target_weight": target_weight.astype(np.float32)}
+    return {
+        "image": np.stack(images),
+        "target": target.astype(np.float16),
+        "target_weight": target_weight.astype(np.float32),
+    }
 
 
 def rtmpose_augment(recipe: KeypointRecipe, epoch: int) -> tuple:
@@ -788,8 +868,14 @@ class KeypointTask:
     feed_ahead = True  # batches cost CPU time (decode, augment, heatmaps): prepared on feed processes on GPUs
     cpu_bf16 = True  # bf16 autocast and channels-last on CPUs with native bf16: twice as fast (pose.precision)
 
-    def __init__(self, recipe: KeypointRecipe = KeypointRecipe(), ground_truth: dict | None = None, seed: int = 0, backbone_weights: bytes | None = None,
-                 init_weights: tuple[str, bytes] | None = None):
+    def __init__(
+        self,
+        recipe: KeypointRecipe = KeypointRecipe(),
+        ground_truth: dict | None = None,
+        seed: int = 0,
+        backbone_weights: bytes | None = None,
+        init_weights: tuple[str, bytes] | None = None,
+    ):
         """`backbone_weights`: the bytes of an ImageNet torchvision ResNet state_dict file, loaded
         into the backbone of every new model (they cannot be downloaded here). `init_weights`:
         (name, bytes) of a published Simple Baselines file whose whole network starts training
@@ -804,7 +890,13 @@ class KeypointTask:
     def config(self) -> dict:
         if self.recipe.framework != "pose-jobs":
             spec = self.recipe.spec()
-            model = {"framework": spec.framework, "arch": spec.arch, "input_size": list(spec.input_size), "codec": spec.codec, "bgr": spec.bgr}
+            model = {
+                "framework": spec.framework,
+                "arch": spec.arch,
+                "input_size": list(spec.input_size),
+                "codec": spec.codec,
+                "bgr": spec.bgr,
+            }
             return {"task": self.name, "recipe": self.recipe.to_dict(), "model": model}
         return {"task": self.name, "recipe": self.recipe.to_dict(), "model": self.recipe.model_config().to_dict()}
 
@@ -838,8 +930,12 @@ class KeypointTask:
 
                 state, _ = read_checkpoint(data, name)
                 state = mmpose_keys(state, identify(state, name))
-            check_fits(state, model.state_dict(), f"{name} for the recipe's {self.recipe.backbone} network",
-                       optional=lambda key: key.endswith("num_batches_tracked"))
+            check_fits(
+                state,
+                model.state_dict(),
+                f"{name} for the recipe's {self.recipe.backbone} network",
+                optional=lambda key: key.endswith("num_batches_tracked"),
+            )
             model.load_state_dict(state, strict=False)
         return model
 
@@ -880,7 +976,10 @@ class KeypointTask:
             targets = ("target_x", "target_y") if self.recipe.rtmpose is not None else ("target",)
             return {
                 "image": images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images,
-                **{key: torch.as_tensor(prepared[key]).to(device, non_blocking=True) for key in (*targets, "target_weight")},
+                **{
+                    key: torch.as_tensor(prepared[key]).to(device, non_blocking=True)
+                    for key in (*targets, "target_weight")
+                },
             }
         return {
             "image": _training_input(prepared, device, channels_last=device.type == "cuda"),
@@ -894,8 +993,14 @@ class KeypointTask:
         but for its epsilon (1e-8, against gradients 256 times larger there)."""
         settings = self.recipe.rtmpose
         if settings is not None:
-            return kl_discrete_loss(model(inputs["image"]), (inputs["target_x"], inputs["target_y"]), inputs["target_weight"],
-                                    settings.kl_beta, settings.label_softmax, settings.label_beta).mean()
+            return kl_discrete_loss(
+                model(inputs["image"]),
+                (inputs["target_x"], inputs["target_y"]),
+                inputs["target_weight"],
+                settings.kl_beta,
+                settings.label_softmax,
+                settings.label_beta,
+            ).mean()
         return keypoint_loss(model(inputs["image"]), inputs["target"], inputs["target_weight"])
 
     def pose_model(self, network: torch.nn.Module | None):
@@ -922,13 +1027,19 @@ class KeypointTaskEvaluator:
 
     def update(self, model: torch.nn.Module, batch: dict, device: torch.device) -> None:
         prepared = self.transform(batch)
-        keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=self.task.recipe.flip_test, codec=self.task.codec)
+        keypoints, scores, heatmaps = predict(
+            model, prepared["image"], flip_test=self.task.recipe.flip_test, codec=self.task.codec
+        )
         keypoints_image = to_image_coordinates(keypoints, prepared["image_from_input"])
         self.figures.update(heatmaps, prepared["target"], prepared["target_weight"], keypoints_image, scores, prepared)
 
     def result(self) -> dict:
         figures = self.figures.result()
-        return {k: float(v) for k, v in figures.items() if isinstance(v, (int, float, np.floating)) and k in ("pck", "ap", "ap50", "ap75", "ar")}
+        return {
+            k: float(v)
+            for k, v in figures.items()
+            if isinstance(v, (int, float, np.floating)) and k in ("pck", "ap", "ap50", "ap75", "ar")
+        }
 
 
 class ImageKeypointEvaluator:
@@ -944,7 +1055,9 @@ class ImageKeypointEvaluator:
     def update(self, model: torch.nn.Module, batch: dict, device: torch.device) -> None:
         from pose.topdown import TopDownPredictor, cut_crops
 
-        predictor = TopDownPredictor(self.task.pose_model(self.task.averaged(model)), device=device, flip_test=self.task.recipe.flip_test)
+        predictor = TopDownPredictor(
+            self.task.pose_model(self.task.averaged(model)), device=device, flip_test=self.task.recipe.flip_test
+        )
         for i, image_id in enumerate(np.asarray(batch["image_id"], np.int64)):
             image = decode_image(bytes(batch["image"][i]))  # as ingest decoded it to cut the crop
             box, _ = person_in_image(batch["bbox"][i], batch["keypoints"][i], batch["image_from_crop"][i])
@@ -960,8 +1073,15 @@ class ImageKeypointEvaluator:
             keypoints = np.stack([k for k, _ in self.by_image[image_id]])
             areas = np.array([a for _, a in self.by_image[image_id]])
             kept, scores = rescore_and_suppress(keypoints, np.ones(len(keypoints)), areas)
-            results += [{"image_id": image_id, "category_id": PERSON_CATEGORY["id"],
-                         "keypoints": [round(float(v), 3) for v in keypoints[k].reshape(-1)], "score": float(scores[k])} for k in kept]
+            results += [
+                {
+                    "image_id": image_id,
+                    "category_id": PERSON_CATEGORY["id"],
+                    "keypoints": [round(float(v), 3) for v in keypoints[k].reshape(-1)],
+                    "score": float(scores[k]),
+                }
+                for k in kept
+            ]
         return results
 
     def result(self) -> dict:

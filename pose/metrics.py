@@ -27,7 +27,9 @@ def _argmax_joints(heatmaps: np.ndarray) -> np.ndarray:
     return coords * (flat.max(-1) > 0)[..., None]
 
 
-def _pck_counts(output_heatmaps: np.ndarray, target_heatmaps: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _pck_counts(
+    output_heatmaps: np.ndarray, target_heatmaps: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-joint (hits, valid) counts (K,) of the seed's PCK over a batch (N, K, h, w)."""
     output_heatmaps, target_heatmaps = np.asarray(output_heatmaps), np.asarray(target_heatmaps)
     h, w = output_heatmaps.shape[2:]
@@ -122,7 +124,12 @@ def oks_nms(instances: list[dict], threshold: float = 0.9, sigmas: np.ndarray = 
         remaining = [
             i
             for i in remaining
-            if oks(instances[i]["keypoints"], reference["keypoints"], (instances[i]["area"] + reference["area"]) / 2, sigmas)
+            if oks(
+                instances[i]["keypoints"],
+                reference["keypoints"],
+                (instances[i]["area"] + reference["area"]) / 2,
+                sigmas,
+            )
             <= threshold
         ]
     return kept
@@ -135,7 +142,13 @@ _BOX_STATS = ("ap", "ap50", "ap75", "ap_s", "ap_m", "ap_l", "ar1", "ar10", "ar",
 
 
 def _coco_eval(
-    ground_truth: dict, results: list[dict], iou_type: str, names: tuple[str, ...], image_ids, category_ids, verbose: bool
+    ground_truth: dict,
+    results: list[dict],
+    iou_type: str,
+    names: tuple[str, ...],
+    image_ids,
+    category_ids,
+    verbose: bool,
 ) -> dict:
     if not results:
         return dict.fromkeys(names, 0.0)

@@ -30,44 +30,78 @@ SIGMA = {(192, 256): 2.0, (288, 384): 3.0}  # every reference: sigma 2 at 64x48 
 # MMPose's td-hm configs: images per GPU (8 GPUs) and auto_scale_lr's base_batch_size, by (arch, HxW, codec).
 # Read from the config files of MMPose 1.3.2 (`configs/body_2d_keypoint/topdown_heatmap/coco/`).
 MMPOSE_BATCH = {
-    ("resnet50", "256x192", "msra"): (64, 512), ("resnet50", "384x288", "msra"): (64, 512),
-    ("resnet50", "256x192", "dark"): (64, 512), ("resnet50", "384x288", "dark"): (64, 512),
-    ("resnet101", "256x192", "msra"): (64, 512), ("resnet101", "384x288", "msra"): (32, 256),
-    ("resnet101", "256x192", "dark"): (64, 512), ("resnet101", "384x288", "dark"): (64, 512),
-    ("resnet152", "256x192", "msra"): (32, 512), ("resnet152", "384x288", "msra"): (32, 512),
-    ("resnet152", "256x192", "dark"): (32, 256), ("resnet152", "384x288", "dark"): (32, 256),
-    ("hrnet-w32", "256x192", "msra"): (64, 512), ("hrnet-w32", "384x288", "msra"): (64, 512),
-    ("hrnet-w32", "256x192", "dark"): (64, 512), ("hrnet-w32", "384x288", "dark"): (64, 512),
-    ("hrnet-w32", "256x192", "udp"): (64, 512), ("hrnet-w32", "384x288", "udp"): (64, 512),
-    ("hrnet-w48", "256x192", "msra"): (32, 512), ("hrnet-w48", "384x288", "msra"): (32, 512),
-    ("hrnet-w48", "256x192", "dark"): (32, 512), ("hrnet-w48", "384x288", "dark"): (32, 512),
-    ("hrnet-w48", "256x192", "udp"): (32, 512), ("hrnet-w48", "384x288", "udp"): (32, 512),
+    ("resnet50", "256x192", "msra"): (64, 512),
+    ("resnet50", "384x288", "msra"): (64, 512),
+    ("resnet50", "256x192", "dark"): (64, 512),
+    ("resnet50", "384x288", "dark"): (64, 512),
+    ("resnet101", "256x192", "msra"): (64, 512),
+    ("resnet101", "384x288", "msra"): (32, 256),
+    ("resnet101", "256x192", "dark"): (64, 512),
+    ("resnet101", "384x288", "dark"): (64, 512),
+    ("resnet152", "256x192", "msra"): (32, 512),
+    ("resnet152", "384x288", "msra"): (32, 512),
+    ("resnet152", "256x192", "dark"): (32, 256),
+    ("resnet152", "384x288", "dark"): (32, 256),
+    ("hrnet-w32", "256x192", "msra"): (64, 512),
+    ("hrnet-w32", "384x288", "msra"): (64, 512),
+    ("hrnet-w32", "256x192", "dark"): (64, 512),
+    ("hrnet-w32", "384x288", "dark"): (64, 512),
+    ("hrnet-w32", "256x192", "udp"): (64, 512),
+    ("hrnet-w32", "384x288", "udp"): (64, 512),
+    ("hrnet-w48", "256x192", "msra"): (32, 512),
+    ("hrnet-w48", "384x288", "msra"): (32, 512),
+    ("hrnet-w48", "256x192", "dark"): (32, 512),
+    ("hrnet-w48", "384x288", "dark"): (32, 512),
+    ("hrnet-w48", "256x192", "udp"): (32, 512),
+    ("hrnet-w48", "384x288", "udp"): (32, 512),
 }
 # The HRNet release: images per GPU (4 GPUs), by (width, HxW); w48 at 384x288 fits 24.
-HRNET_BATCH = {("hrnet-w32", "256x192"): 32, ("hrnet-w32", "384x288"): 32, ("hrnet-w48", "256x192"): 32, ("hrnet-w48", "384x288"): 24}
+HRNET_BATCH = {
+    ("hrnet-w32", "256x192"): 32,
+    ("hrnet-w32", "384x288"): 32,
+    ("hrnet-w48", "256x192"): 32,
+    ("hrnet-w48", "384x288"): 24,
+}
 
 # COCO val2017 keypoint AP with the detector boxes of person AP 56.4 (COCO_val2017_detections_AP_H_56_person.json),
 # flip test, as each reference publishes it.
 EXPECTED_AP = {
     # the READMEs of microsoft/human-pose-estimation.pytorch and leoxiaobin/deep-high-resolution-net.pytorch
-    ("simple-baselines", "resnet50", "256x192", "msra"): 70.4, ("simple-baselines", "resnet50", "384x288", "msra"): 72.2,
-    ("simple-baselines", "resnet101", "256x192", "msra"): 71.4, ("simple-baselines", "resnet101", "384x288", "msra"): 73.6,
-    ("simple-baselines", "resnet152", "256x192", "msra"): 72.0, ("simple-baselines", "resnet152", "384x288", "msra"): 74.3,
-    ("hrnet", "hrnet-w32", "256x192", "msra"): 74.4, ("hrnet", "hrnet-w32", "384x288", "msra"): 75.8,
-    ("hrnet", "hrnet-w48", "256x192", "msra"): 75.1, ("hrnet", "hrnet-w48", "384x288", "msra"): 76.3,
+    ("simple-baselines", "resnet50", "256x192", "msra"): 70.4,
+    ("simple-baselines", "resnet50", "384x288", "msra"): 72.2,
+    ("simple-baselines", "resnet101", "256x192", "msra"): 71.4,
+    ("simple-baselines", "resnet101", "384x288", "msra"): 73.6,
+    ("simple-baselines", "resnet152", "256x192", "msra"): 72.0,
+    ("simple-baselines", "resnet152", "384x288", "msra"): 74.3,
+    ("hrnet", "hrnet-w32", "256x192", "msra"): 74.4,
+    ("hrnet", "hrnet-w32", "384x288", "msra"): 75.8,
+    ("hrnet", "hrnet-w48", "256x192", "msra"): 75.1,
+    ("hrnet", "hrnet-w48", "384x288", "msra"): 76.3,
     # MMPose 1.3.2's model index (configs/body_2d_keypoint/topdown_heatmap/coco/{resnet,resnet_dark,hrnet,...}_coco.yml)
-    ("mmpose", "resnet50", "256x192", "msra"): 71.8, ("mmpose", "resnet50", "384x288", "msra"): 73.1,
-    ("mmpose", "resnet101", "256x192", "msra"): 72.8, ("mmpose", "resnet101", "384x288", "msra"): 74.9,
-    ("mmpose", "resnet152", "256x192", "msra"): 73.6, ("mmpose", "resnet152", "384x288", "msra"): 75.0,
-    ("mmpose", "resnet50", "256x192", "dark"): 72.4, ("mmpose", "resnet50", "384x288", "dark"): 73.5,
-    ("mmpose", "resnet101", "256x192", "dark"): 73.3, ("mmpose", "resnet101", "384x288", "dark"): 74.9,
-    ("mmpose", "resnet152", "256x192", "dark"): 74.3, ("mmpose", "resnet152", "384x288", "dark"): 75.7,
-    ("mmpose", "hrnet-w32", "256x192", "msra"): 74.6, ("mmpose", "hrnet-w32", "384x288", "msra"): 76.0,
-    ("mmpose", "hrnet-w32", "256x192", "dark"): 75.7, ("mmpose", "hrnet-w32", "384x288", "dark"): 76.6,
-    ("mmpose", "hrnet-w32", "256x192", "udp"): 76.2, ("mmpose", "hrnet-w32", "384x288", "udp"): 76.8,
-    ("mmpose", "hrnet-w48", "256x192", "msra"): 75.6, ("mmpose", "hrnet-w48", "384x288", "msra"): 76.7,
-    ("mmpose", "hrnet-w48", "256x192", "dark"): 76.4, ("mmpose", "hrnet-w48", "384x288", "dark"): 77.2,
-    ("mmpose", "hrnet-w48", "256x192", "udp"): 76.8, ("mmpose", "hrnet-w48", "384x288", "udp"): 77.3,
+    ("mmpose", "resnet50", "256x192", "msra"): 71.8,
+    ("mmpose", "resnet50", "384x288", "msra"): 73.1,
+    ("mmpose", "resnet101", "256x192", "msra"): 72.8,
+    ("mmpose", "resnet101", "384x288", "msra"): 74.9,
+    ("mmpose", "resnet152", "256x192", "msra"): 73.6,
+    ("mmpose", "resnet152", "384x288", "msra"): 75.0,
+    ("mmpose", "resnet50", "256x192", "dark"): 72.4,
+    ("mmpose", "resnet50", "384x288", "dark"): 73.5,
+    ("mmpose", "resnet101", "256x192", "dark"): 73.3,
+    ("mmpose", "resnet101", "384x288", "dark"): 74.9,
+    ("mmpose", "resnet152", "256x192", "dark"): 74.3,
+    ("mmpose", "resnet152", "384x288", "dark"): 75.7,
+    ("mmpose", "hrnet-w32", "256x192", "msra"): 74.6,
+    ("mmpose", "hrnet-w32", "384x288", "msra"): 76.0,
+    ("mmpose", "hrnet-w32", "256x192", "dark"): 75.7,
+    ("mmpose", "hrnet-w32", "384x288", "dark"): 76.6,
+    ("mmpose", "hrnet-w32", "256x192", "udp"): 76.2,
+    ("mmpose", "hrnet-w32", "384x288", "udp"): 76.8,
+    ("mmpose", "hrnet-w48", "256x192", "msra"): 75.6,
+    ("mmpose", "hrnet-w48", "384x288", "msra"): 76.7,
+    ("mmpose", "hrnet-w48", "256x192", "dark"): 76.4,
+    ("mmpose", "hrnet-w48", "384x288", "dark"): 77.2,
+    ("mmpose", "hrnet-w48", "256x192", "udp"): 76.8,
+    ("mmpose", "hrnet-w48", "384x288", "udp"): 77.3,
     # MMPose 1.3.2's configs/body_2d_keypoint/rtmpose/coco/rtmpose_coco.yml (rtmpose-m_8xb256-420e_coco-256x192)
     ("mmpose", "rtmpose-m", "256x192", "simcc"): 74.6,
 }
@@ -77,8 +111,16 @@ class RecipeError(ValueError):
     """A recipe asked for with settings its reference does not have: one line."""
 
 
-def keypoint_recipe(name: str, *, backbone: str | None = None, input_size: str | None = None, codec: str | None = None,
-                    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None) -> KeypointRecipe:
+def keypoint_recipe(
+    name: str,
+    *,
+    backbone: str | None = None,
+    input_size: str | None = None,
+    codec: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+) -> KeypointRecipe:
     """The named recipe (`RECIPES`) for `backbone`, `input_size` ("256x192" | "384x288", HxW) and `codec`
     ("msra" | "dark" | "udp", mmpose-td-hm only), each None for the reference's default; then the user's
     `epochs`, `batch_size` (global: the learning rate follows `KeypointRecipe.with_batch_size`) and `lr`.
@@ -172,11 +214,26 @@ def _simple_baselines(backbone: str, size: tuple[int, int], codec: str | None) -
         raise RecipeError(f"--recipe simple-baselines trains resnet50, resnet101 or resnet152, not {backbone}")
     _no_codec(codec, "simple-baselines", "msra")
     return KeypointRecipe(
-        name="simple-baselines", framework="simple-baselines", backbone=backbone, input_size=size, sigma=SIGMA[size],
-        heatmap_codec="msra", bgr=True,  # the release reads images with OpenCV and never converts them to RGB
-        epochs=140, batch_size=128, lr=1e-3, optimizer_type="adam", weight_decay=0.0,  # Adam is built without WD
-        schedule="multistep", lr_steps=(90, 120), warmup_steps=0,
-        backbone_stages=4, deconv_layers=3, deconv_channels=256, flip_test=True, augment=SIMPLE_BASELINES_AUGMENT,
+        name="simple-baselines",
+        framework="simple-baselines",
+        backbone=backbone,
+        input_size=size,
+        sigma=SIGMA[size],
+        heatmap_codec="msra",
+        bgr=True,  # the release reads images with OpenCV and never converts them to RGB
+        epochs=140,
+        batch_size=128,
+        lr=1e-3,
+        optimizer_type="adam",
+        weight_decay=0.0,  # Adam is built without WD
+        schedule="multistep",
+        lr_steps=(90, 120),
+        warmup_steps=0,
+        backbone_stages=4,
+        deconv_layers=3,
+        deconv_channels=256,
+        flip_test=True,
+        augment=SIMPLE_BASELINES_AUGMENT,
     )
 
 
@@ -186,10 +243,26 @@ def _hrnet_release(arch: str, size: tuple[int, int], codec: str | None) -> Keypo
     _no_codec(codec, arch, "msra")
     w, h = size
     return KeypointRecipe(
-        name=arch, framework="hrnet", backbone=arch, input_size=size, sigma=SIGMA[size], heatmap_codec="msra", bgr=False,
-        epochs=210, batch_size=4 * HRNET_BATCH[(arch, f"{h}x{w}")], lr=1e-3, optimizer_type="adam", weight_decay=0.0,
-        schedule="multistep", lr_steps=(170, 200), warmup_steps=0,
-        backbone_stages=4, deconv_layers=0, deconv_channels=0, flip_test=True, augment=HRNET_AUGMENT,
+        name=arch,
+        framework="hrnet",
+        backbone=arch,
+        input_size=size,
+        sigma=SIGMA[size],
+        heatmap_codec="msra",
+        bgr=False,
+        epochs=210,
+        batch_size=4 * HRNET_BATCH[(arch, f"{h}x{w}")],
+        lr=1e-3,
+        optimizer_type="adam",
+        weight_decay=0.0,
+        schedule="multistep",
+        lr_steps=(170, 200),
+        warmup_steps=0,
+        backbone_stages=4,
+        deconv_layers=0,
+        deconv_channels=0,
+        flip_test=True,
+        augment=HRNET_AUGMENT,
     )
 
 
@@ -205,11 +278,27 @@ def _mmpose(arch: str, size: tuple[int, int], codec: str) -> KeypointRecipe:
         raise RecipeError(f"MMPose has no td-hm {arch} config with the {codec} codec; it has {', '.join(published)}")
     per_gpu, base = MMPOSE_BATCH[key]
     return KeypointRecipe(
-        name="mmpose-td-hm", framework="mmpose", backbone=arch, input_size=size, sigma=SIGMA[size], heatmap_codec=codec,
-        epochs=210, batch_size=8 * per_gpu, base_batch_size=base, lr=5e-4, optimizer_type="adam", weight_decay=0.0,
-        schedule="multistep", lr_steps=(170, 200), warmup_steps=500, warmup_start_factor=0.001,
-        backbone_stages=4, deconv_layers=3 if arch.startswith("resnet") else 0, deconv_channels=256 if arch.startswith("resnet") else 0,
-        flip_test=True, augment=MMPoseAugment(),
+        name="mmpose-td-hm",
+        framework="mmpose",
+        backbone=arch,
+        input_size=size,
+        sigma=SIGMA[size],
+        heatmap_codec=codec,
+        epochs=210,
+        batch_size=8 * per_gpu,
+        base_batch_size=base,
+        lr=5e-4,
+        optimizer_type="adam",
+        weight_decay=0.0,
+        schedule="multistep",
+        lr_steps=(170, 200),
+        warmup_steps=500,
+        warmup_start_factor=0.001,
+        backbone_stages=4,
+        deconv_layers=3 if arch.startswith("resnet") else 0,
+        deconv_channels=256 if arch.startswith("resnet") else 0,
+        flip_test=True,
+        augment=MMPoseAugment(),
     )
 
 
@@ -223,11 +312,31 @@ def _rtmpose_m(backbone: str | None, input_size: str | None, codec: str | None) 
         raise RecipeError(f"--recipe rtmpose-m is MMPose's COCO config at 256x192 (HxW), not {input_size}")
     _no_codec(codec, "rtmpose-m", "simcc")
     return KeypointRecipe(
-        name="rtmpose-m", framework="mmpose", backbone="rtmpose-m", input_size=(192, 256), sigma=0.0, heatmap_codec="simcc",
-        epochs=420, batch_size=8 * 256, base_batch_size=1024, lr=4e-3, optimizer_type="adamw", weight_decay=0.05,
-        schedule="cosine", warmup_steps=1000, warmup_start_factor=1e-5,
-        backbone_stages=0, deconv_layers=0, deconv_channels=0, flip_test=True,
-        augment=MMPoseAugment(scale_range=(0.6, 1.4), rotate_factor=80.0),  # stage 1: RandomBBoxTransform(scale_factor=[0.6, 1.4], rotate_factor=80)
-        rtmpose=RTMPoseSettings(stage2_augment=MMPoseAugment(shift_factor=0.0, scale_range=(0.75, 1.25), rotate_factor=60.0),
-                                pixel_augment=RTMPosePixelAugment(dropout_prob=1.0), stage2_pixel_augment=RTMPosePixelAugment(dropout_prob=0.5)),
+        name="rtmpose-m",
+        framework="mmpose",
+        backbone="rtmpose-m",
+        input_size=(192, 256),
+        sigma=0.0,
+        heatmap_codec="simcc",
+        epochs=420,
+        batch_size=8 * 256,
+        base_batch_size=1024,
+        lr=4e-3,
+        optimizer_type="adamw",
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup_steps=1000,
+        warmup_start_factor=1e-5,
+        backbone_stages=0,
+        deconv_layers=0,
+        deconv_channels=0,
+        flip_test=True,
+        augment=MMPoseAugment(
+            scale_range=(0.6, 1.4), rotate_factor=80.0
+        ),  # stage 1: RandomBBoxTransform(scale_factor=[0.6, 1.4], rotate_factor=80)
+        rtmpose=RTMPoseSettings(
+            stage2_augment=MMPoseAugment(shift_factor=0.0, scale_range=(0.75, 1.25), rotate_factor=60.0),
+            pixel_augment=RTMPosePixelAugment(dropout_prob=1.0),
+            stage2_pixel_augment=RTMPosePixelAugment(dropout_prob=0.5),
+        ),
     )

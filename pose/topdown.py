@@ -59,7 +59,9 @@ class CropConvention:
         center, scale = box_to_center_size(box_xywh, self.aspect_ratio, self.padding)
         if self.centring == "release":  # _box2cs: float32 centre, float32 scale / 200 padded in float32
             center = center.astype(np.float32).astype(np.float64)
-            scale = ((scale / self.padding / 200.0).astype(np.float32) * np.float32(self.padding) * np.float32(200.0)).astype(np.float64)
+            scale = (
+                (scale / self.padding / 200.0).astype(np.float32) * np.float32(self.padding) * np.float32(200.0)
+            ).astype(np.float64)
         return center, scale
 
     def matrices(self, center: np.ndarray, scale: np.ndarray, rotation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +133,9 @@ def _opencv_affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.array(b).reshape(2, 3)
 
 
-def _mmpose_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], rotation: float = 0.0) -> np.ndarray:
+def _mmpose_warp(
+    center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], rotation: float = 0.0
+) -> np.ndarray:
     """MMPose's get_warp_matrix: the box centre and the middle of its left edge (turned by the
     rotation), and the point at a right angle from them, as float32 points in both frames.
 
@@ -161,15 +165,18 @@ def _udp_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int
     sx, sy = (w - 1) / scale[0], (h - 1) / scale[1]
     # MMPose writes the centre as input_size = 2 * centre; the halves are exact. (+ 0.0 turns the
     # -0.0 of no rotation into the 0.0 this matrix always had: the same pixels, the same bits.)
-    warp = np.array([
-        [cos * sx, -sin * sx + 0.0, sx * (-center[0] * cos + center[1] * sin + 0.5 * scale[0])],
-        [sin * sy, cos * sy, sy * (-center[0] * sin - center[1] * cos + 0.5 * scale[1])],
-    ])
+    warp = np.array(
+        [
+            [cos * sx, -sin * sx + 0.0, sx * (-center[0] * cos + center[1] * sin + 0.5 * scale[0])],
+            [sin * sy, cos * sy, sy * (-center[0] * sin - center[1] * cos + 0.5 * scale[1])],
+        ]
+    )
     return warp.astype(np.float32).astype(np.float64)
 
 
-def _release_warp(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], inverse: bool = False,
-                  rotation: float = 0.0) -> np.ndarray:
+def _release_warp(
+    center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int], inverse: bool = False, rotation: float = 0.0
+) -> np.ndarray:
     """The releases' get_affine_transform: the box centre and the middle of its top edge (half
     the box *width* up, turned by the rotation as their get_dir turns it, in float64), float32
     points; `inverse` maps the output back."""
@@ -206,7 +213,9 @@ class PoseModel(Protocol):
     def decode(self, output, flipped_output) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def cut_crops(image: np.ndarray, boxes_xywh: np.ndarray, crop: CropConvention) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cut_crops(
+    image: np.ndarray, boxes_xywh: np.ndarray, crop: CropConvention
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model inputs of person boxes (P, 4) of one RGB image (H, W, 3) uint8: crops (P, h, w, 3)
     uint8 (bilinear, zeros outside the image), image_from_input (P, 2, 3) float64 and the areas
     (P,) of the padded, aspect-fixed boxes (what OKS-NMS uses).
@@ -237,8 +246,14 @@ def instance_score(box_score: float, joint_scores: np.ndarray, joint_threshold: 
     return float(box_score) * (float(joint_scores[confident].mean()) if confident.any() else 0.0)
 
 
-def rescore_and_suppress(keypoints: np.ndarray, box_scores: np.ndarray, areas: np.ndarray, *, joint_threshold: float = 0.2,
-                         nms_threshold: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+def rescore_and_suppress(
+    keypoints: np.ndarray,
+    box_scores: np.ndarray,
+    areas: np.ndarray,
+    *,
+    joint_threshold: float = 0.2,
+    nms_threshold: float = 0.9,
+) -> tuple[np.ndarray, np.ndarray]:
     """The persons of one image kept as the COCO protocol keeps them: keypoints (P, K, 3), box
     scores (P,), padded box areas (P,) -> (kept indices best first, the scores (P,) of all)."""
     scores = np.array([instance_score(b, k[:, 2], joint_threshold) for b, k in zip(box_scores, keypoints)], np.float64)
@@ -250,8 +265,15 @@ def rescore_and_suppress(keypoints: np.ndarray, box_scores: np.ndarray, areas: n
 class TopDownPredictor:
     """A `PoseModel` on a device: `keypoints` of crops, `__call__` of boxes in an image."""
 
-    def __init__(self, model: PoseModel, *, device: torch.device | str = "cpu", precision: Precision = Precision(),
-                 flip_test: bool = True, batch_size: int = 32):
+    def __init__(
+        self,
+        model: PoseModel,
+        *,
+        device: torch.device | str = "cpu",
+        precision: Precision = Precision(),
+        flip_test: bool = True,
+        batch_size: int = 32,
+    ):
         self.model, self.device = model, torch.device(device)
         self.precision, self.flip_test, self.batch_size = precision, flip_test, batch_size
         self.model.network.to(self.device).eval()
@@ -292,7 +314,9 @@ class TopDownPredictor:
 
 def apply_affine_each(points: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     """Points (N, K, 2), each sample through its own (2, 3) matrix (N, 2, 3) -> (N, K, 2) float64."""
-    return np.stack([apply_affine(p, m) for p, m in zip(np.asarray(points, np.float64), matrices)]).reshape(np.shape(points))
+    return np.stack([apply_affine(p, m) for p, m in zip(np.asarray(points, np.float64), matrices)]).reshape(
+        np.shape(points)
+    )
 
 
 def _float(output):

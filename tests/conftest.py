@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from s3server import S3TestServer, find_weed
 
 # The modules that take longest, longest first: xdist hands out whole files in collection order

@@ -26,7 +26,7 @@ import pickle
 import re
 import types
 import zlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ def manifest_names() -> list[str]:
     return sorted(p.stem for p in MANIFESTS.glob("*.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def manifest_document(name: str) -> dict:
     """A manifest as stored: {"source", "container", ..., "keys": [[key, shape], ...]}."""
     return json.loads((MANIFESTS / f"{name}.json").read_text())
@@ -75,7 +75,9 @@ def _values(key: str, shape: tuple[int, ...], norms: set[str], rng: np.random.Ge
     prefix, _, leaf = key.rpartition(".")
     if prefix in norms:  # BatchNorm / FrozenBatchNorm2d: y = (x - mean) / sqrt(var) * weight + bias
         if leaf == "weight":
-            low, high = (0.15, 0.3) if _ADDED_NORM.search(prefix) else (1.15, 1.35) if _SILU_NORM.search(prefix) else (0.8, 1.2)
+            low, high = (
+                (0.15, 0.3) if _ADDED_NORM.search(prefix) else (1.15, 1.35) if _SILU_NORM.search(prefix) else (0.8, 1.2)
+            )
             return rng.uniform(low, high, shape)
         if leaf == "running_var":
             return rng.uniform(0.8, 1.25, shape)
@@ -126,16 +128,52 @@ def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Containers
 
+
 def coco_dataset_meta() -> dict:
     """What MMPose's training runner stores as `meta['dataset_meta']` for COCO: mmpose's
     `parse_pose_metainfo(configs/_base_/datasets/coco.py)`, with its numpy arrays (uint8 colours,
     float32 weights and sigmas). Values as MMPose 1.3.2 builds them."""
-    names = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-             "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-             "right_ankle"]
+    names = [
+        "nose",
+        "left_eye",
+        "right_eye",
+        "left_ear",
+        "right_ear",
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
+    ]
     flip = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
-    links = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
-             (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6)]
+    links = [
+        (15, 13),
+        (13, 11),
+        (16, 14),
+        (14, 12),
+        (11, 12),
+        (5, 11),
+        (6, 12),
+        (5, 6),
+        (5, 7),
+        (6, 8),
+        (7, 9),
+        (8, 10),
+        (1, 2),
+        (0, 1),
+        (0, 2),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (4, 6),
+    ]
     green, orange, blue = [0, 255, 0], [255, 128, 0], [51, 153, 255]
     keypoint_colors = [blue] * 5 + [green, orange] * 6
     link_colors = [green, green, orange, orange, blue, blue, blue, blue, green, orange, green, orange] + [blue] * 7
@@ -152,9 +190,31 @@ def coco_dataset_meta() -> dict:
         "num_skeleton_links": len(links),
         "skeleton_links": links,
         "skeleton_link_colors": np.array(link_colors, np.uint8),
-        "dataset_keypoint_weights": np.array([1.0] * 7 + [1.2, 1.2, 1.5, 1.5, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5], np.float32),
-        "sigmas": np.array([0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
-                            0.087, 0.087, 0.089, 0.089], np.float32),
+        "dataset_keypoint_weights": np.array(
+            [1.0] * 7 + [1.2, 1.2, 1.5, 1.5, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5], np.float32
+        ),
+        "sigmas": np.array(
+            [
+                0.026,
+                0.025,
+                0.025,
+                0.035,
+                0.035,
+                0.079,
+                0.079,
+                0.072,
+                0.072,
+                0.062,
+                0.062,
+                0.107,
+                0.107,
+                0.087,
+                0.087,
+                0.089,
+                0.089,
+            ],
+            np.float32,
+        ),
     }
 
 
@@ -183,8 +243,14 @@ def numpy_safe_globals() -> list:
     a published MMPose file's numpy arrays under the installed numpy: the array reconstructor (by the
     name numpy 1.x pickled it under, and numpy 2's own), `numpy.ndarray`, `numpy.dtype` and the dtype
     classes of meta's arrays (uint8, float32), which the unpickler checks when it restores a dtype."""
-    return [(_RECONSTRUCT, "numpy.core.multiarray._reconstruct"), _RECONSTRUCT, np.ndarray, np.dtype,
-            type(np.dtype(np.uint8)), type(np.dtype(np.float32))]
+    return [
+        (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+        _RECONSTRUCT,
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint8)),
+        type(np.dtype(np.float32)),
+    ]
 
 
 def write_mmpose_checkpoint(path: str | Path, name: str, seed: int = 0, *, config_text: str = "") -> dict:
@@ -218,7 +284,9 @@ def write_release_checkpoint(path: str | Path, name: str, seed: int = 0) -> dict
     return state
 
 
-def write_torchvision_checkpoint(path: str | Path, seed: int = 0, name: str = "torchvision-keypointrcnn_resnet50_fpn") -> dict:
+def write_torchvision_checkpoint(
+    path: str | Path, seed: int = 0, name: str = "torchvision-keypointrcnn_resnet50_fpn"
+) -> dict:
     """Write random Keypoint R-CNN weights as torchvision's download file: a bare state_dict
     (FrozenBatchNorm2d buffers, no num_batches_tracked), torch's default (zip) format."""
     from collections import OrderedDict

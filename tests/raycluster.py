@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-
 from s3server import free_ports
 
 START_TIMEOUT_S = 120.0
@@ -157,7 +156,9 @@ class RayTestCluster:
 
     def get(self, path: str, **params):
         """GET a dashboard endpoint with the cluster's token; the decoded JSON."""
-        response = requests.get(f"{self.dashboard_url}{path}", params=params, headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+        response = requests.get(
+            f"{self.dashboard_url}{path}", params=params, headers={"Authorization": f"Bearer {self.token}"}, timeout=10
+        )
         response.raise_for_status()
         return response.json()
 
@@ -171,7 +172,9 @@ class RayTestCluster:
         marker = f"pj_{node.name}"
         while True:
             if node.process.poll() is not None:
-                raise RuntimeError(f"ray start for {node.name} exited with {node.process.returncode}; see {node.log_path}:\n{node.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"ray start for {node.name} exited with {node.process.returncode}; see {node.log_path}:\n{node.log_path.read_text()[-3000:]}"
+                )
             try:
                 for entry in self.alive_nodes():
                     if marker in entry.get("resources_total", {}):
@@ -208,7 +211,7 @@ class RayTestCluster:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> "RayTestCluster":
+    def __enter__(self) -> RayTestCluster:
         return self
 
     def __exit__(self, *exc_info) -> None:

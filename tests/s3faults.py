@@ -47,8 +47,15 @@ class FaultProxy:
     """A threaded HTTP proxy to `upstream_url` that injects faults of `kinds`, each request with
     probability `rate` (the kind drawn uniformly), on the requests whose method is in `methods`."""
 
-    def __init__(self, upstream_url: str, rate: float = 0.0, kinds: tuple[str, ...] = KINDS, seed: int = 0,
-                 delay_s: float = 2.0, methods: tuple[str, ...] = METHODS):
+    def __init__(
+        self,
+        upstream_url: str,
+        rate: float = 0.0,
+        kinds: tuple[str, ...] = KINDS,
+        seed: int = 0,
+        delay_s: float = 2.0,
+        methods: tuple[str, ...] = METHODS,
+    ):
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}: choose from {KINDS}")
@@ -100,7 +107,7 @@ class FaultProxy:
             self.injected[kind] += 1
             return kind
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         """Listen on 127.0.0.1 (the same port again after `stop`, a free one the first time)."""
         proxy = self
 
@@ -135,7 +142,7 @@ class FaultProxy:
             except OSError:
                 pass
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -231,8 +238,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         return response.status, response.reason, response.getheaders(), payload
 
     def _answer_error(self, status: int, code: str, message: str) -> None:
-        payload = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-                   f"<Resource>{self.path.split('?')[0]}</Resource><RequestId>fault-proxy</RequestId></Error>").encode()
+        payload = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<Resource>{self.path.split('?')[0]}</Resource><RequestId>fault-proxy</RequestId></Error>"
+        ).encode()
         self.send_response_only(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))

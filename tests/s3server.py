@@ -212,7 +212,7 @@ class S3TestServer:
             for stale_socket in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
                 stale_socket.unlink(missing_ok=True)
 
-    def __enter__(self) -> "S3TestServer":
+    def __enter__(self) -> S3TestServer:
         try:
             self.start()
         except BaseException:
@@ -233,9 +233,7 @@ class S3TestServer:
                 },
                 {
                     "name": "reader",
-                    "credentials": [
-                        {"accessKey": self.read_only_access_key, "secretKey": self.read_only_secret_key}
-                    ],
+                    "credentials": [{"accessKey": self.read_only_access_key, "secretKey": self.read_only_secret_key}],
                     "actions": ["Read", "List"],
                 },
             ]
@@ -244,7 +242,9 @@ class S3TestServer:
     def _wait_until_ready(self) -> None:
         """Poll until an authenticated ListBuckets succeeds (the S3 port opens before the filer is ready)."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        client = self.client(botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=2))
+        client = self.client(
+            botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=2)
+        )
         while True:
             if self.process.poll() is not None:
                 raise _ExitedDuringStartup(

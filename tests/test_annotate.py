@@ -28,18 +28,18 @@ import torch
 from PIL import Image
 
 from jobs.annotate import (
+    ONEDNN_CACHE_ENTRIES,
     AnnotateError,
     AnnotateSettings,
     Detector,
-    ONEDNN_CACHE_ENTRIES,
     KeypointModel,
+    PersonCrops,
     annotate,
     annotation_row,
     box_results,
     draw_pictures,
     image_ids,
     keypoint_results,
-    PersonCrops,
     plan_resources,
     read_images,
     write_shard,
@@ -108,7 +108,9 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def mixed_images() -> tuple[dict[str, bytes], set[str]]:
@@ -176,7 +178,9 @@ def test_resources_fit_the_cluster():
     # The cluster's CPUs less half a CPU, shared evenly, left 1/8 CPU on each of four 16-CPU nodes.
     assert not keeps_free(63.5 / 64, 64, [16.0] * 4, 0.25)
     gpu = plan_resources(settings, cpus=8, gpus=2)
-    assert gpu.use_gpu and gpu.detector_actors == 2 and (gpu.detector_actors + gpu.keypoint_actors) * gpu.actor_gpus <= 2
+    assert (
+        gpu.use_gpu and gpu.detector_actors == 2 and (gpu.detector_actors + gpu.keypoint_actors) * gpu.actor_gpus <= 2
+    )
     with pytest.raises(AnnotateError, match="no GPUs"):
         plan_resources(AnnotateSettings("d", "k", use_gpu=True), cpus=2, gpus=0)
 
@@ -187,19 +191,27 @@ def test_stages_chained_in_process(models, tmp_path):
     files, _ = mixed_images()
     write_folder({k: files[k] for k in ("upright.png", "exif/rotated.png", "bad/empty.jpg")}, tmp_path)
     sources = [str(tmp_path / "upright.png"), str(tmp_path / "exif/rotated.png"), str(tmp_path / "bad/empty.jpg")]
-    batch = {"image_id": np.array([1, 2, 3]), "source": np.array(sources, dtype=object), "split": np.array(["", "", ""], dtype=object)}
+    batch = {
+        "image_id": np.array([1, 2, 3]),
+        "source": np.array(sources, dtype=object),
+        "split": np.array(["", "", ""], dtype=object),
+    }
     batch = read_images(batch, StorageOptions())
     assert list(batch["error_stage"]) == ["", "", "decode"] and list(batch["width"][:2]) == [WIDTH, WIDTH]
     recipe = KeypointRecipe(input_size=(64, 96), deconv_channels=16)
     batch = Detector(detector_spec, StorageOptions(), PersonCrops(recipe.crop(), 0.3, 4))(batch)
     assert "pixels" not in batch
     batch = KeypointModel(keypoint_spec, StorageOptions(), batch_size=3)(batch)
-    first, second = (annotation_row({k: v[i] for k, v in batch.items()}, DetectorConfig().category_names()) for i in (0, 1))
+    first, second = (
+        annotation_row({k: v[i] for k, v in batch.items()}, DetectorConfig().category_names()) for i in (0, 1)
+    )
     assert first["width"] == WIDTH and first["height"] == HEIGHT and first["persons"]
     assert {d["category"] for d in first["detections"]} <= {"person", "dog"}
     # The EXIF-rotated file is the upright picture: the same detections and keypoints.
     assert first["detections"] == second["detections"]
-    np.testing.assert_allclose([p["keypoints"] for p in first["persons"]], [p["keypoints"] for p in second["persons"]], atol=1e-4)
+    np.testing.assert_allclose(
+        [p["keypoints"] for p in first["persons"]], [p["keypoints"] for p in second["persons"]], atol=1e-4
+    )
     for person in first["persons"]:
         assert len(person["keypoints"]) == 51 and 0 <= person["score"] <= person["box_score"] <= 1
     pa.Table.from_pylist([first, second], schema=schema.ANNOTATIONS)  # the rows fit the schema
@@ -212,7 +224,10 @@ def test_actors_cap_the_kernel_cache_unless_the_user_set_it(models, monkeypatch)
 
     detector_spec, keypoint_spec = models
     crops = PersonCrops(CropConvention((64, 96), 1.25, "pose-jobs"), 0.3, 4)
-    for build in (lambda: Detector(detector_spec, StorageOptions(), crops), lambda: KeypointModel(keypoint_spec, StorageOptions())):
+    for build in (
+        lambda: Detector(detector_spec, StorageOptions(), crops),
+        lambda: KeypointModel(keypoint_spec, StorageOptions()),
+    ):
         for preset, expected in ((None, ONEDNN_CACHE_ENTRIES), ("64", "64")):
             if preset is None:
                 monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
@@ -233,11 +248,38 @@ def test_results_of_perfect_annotations_score_ap_one():
             x, y = rng.uniform(10, 90), rng.uniform(10, 60)
             box = [x, y, 60.0, 90.0]
             points = np.stack([rng.uniform(x, x + 60, 17), rng.uniform(y, y + 90, 17), np.full(17, 2.0)], 1)
-            annotations.append({"id": image_id * 10 + n, "image_id": image_id, "category_id": 1, "bbox": box, "area": 5400.0,
-                                "keypoints": points.reshape(-1).tolist(), "num_keypoints": 17, "iscrowd": 0})
-            persons.append({"bbox": box, "box_score": 0.9, "keypoints": np.concatenate([points[:, :2], np.ones((17, 1))], 1).reshape(-1).tolist(), "score": 0.9})
+            annotations.append(
+                {
+                    "id": image_id * 10 + n,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": box,
+                    "area": 5400.0,
+                    "keypoints": points.reshape(-1).tolist(),
+                    "num_keypoints": 17,
+                    "iscrowd": 0,
+                }
+            )
+            persons.append(
+                {
+                    "bbox": box,
+                    "box_score": 0.9,
+                    "keypoints": np.concatenate([points[:, :2], np.ones((17, 1))], 1).reshape(-1).tolist(),
+                    "score": 0.9,
+                }
+            )
             detections.append({"bbox": box, "category_id": 1, "category": "person", "score": 0.9})
-        rows.append({"image_id": image_id, "source": "x", "split": None, "width": 200, "height": 160, "detections": detections, "persons": persons})
+        rows.append(
+            {
+                "image_id": image_id,
+                "source": "x",
+                "split": None,
+                "width": 200,
+                "height": 160,
+                "detections": detections,
+                "persons": persons,
+            }
+        )
     truth = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
     table = pa.Table.from_pylist(rows, schema=schema.ANNOTATIONS)
     assert coco_keypoint_ap(truth, list(keypoint_results(table)))["ap"] == pytest.approx(1.0)
@@ -252,14 +294,26 @@ def test_pictures_are_drawn_in_image_coordinates(tmp_path):
     keypoints[:, 0], keypoints[:, 1], keypoints[:, 2] = np.linspace(95, 125, 17), np.linspace(30, 100, 17), 0.9
     keypoints[3, 2] = 0.1  # not confident: not drawn
     row = {
-        "image_id": 7, "source": str(tmp_path / "grey.png"), "split": None, "width": 160, "height": 120,
-        "detections": [{"bbox": [90, 20, 40, 90], "category_id": 1, "category": "person", "score": 0.9},
-                       {"bbox": [10, 60, 30, 30], "category_id": DOG, "category": "dog", "score": 0.8},
-                       {"bbox": [10, 10, 20, 20], "category_id": DOG, "category": "dog", "score": 0.2}],
-        "persons": [{"bbox": [90, 20, 40, 90], "box_score": 0.9, "keypoints": keypoints.reshape(-1).tolist(), "score": 0.8}],
+        "image_id": 7,
+        "source": str(tmp_path / "grey.png"),
+        "split": None,
+        "width": 160,
+        "height": 120,
+        "detections": [
+            {"bbox": [90, 20, 40, 90], "category_id": 1, "category": "person", "score": 0.9},
+            {"bbox": [10, 60, 30, 30], "category_id": DOG, "category": "dog", "score": 0.8},
+            {"bbox": [10, 10, 20, 20], "category_id": DOG, "category": "dog", "score": 0.2},
+        ],
+        "persons": [
+            {"bbox": [90, 20, 40, 90], "box_score": 0.9, "keypoints": keypoints.reshape(-1).tolist(), "score": 0.8}
+        ],
     }
-    marker = write_shard("00000", {"annotations": [row], "errors": []}, str(tmp_path / "out"), StorageOptions(), "fingerprint")
-    assert draw_pictures(str(tmp_path / "out"), StorageOptions(), {"00000": marker}, DetectorConfig().category_names(), 5) == ["pictures/7.png"]
+    marker = write_shard(
+        "00000", {"annotations": [row], "errors": []}, str(tmp_path / "out"), StorageOptions(), "fingerprint"
+    )
+    assert draw_pictures(
+        str(tmp_path / "out"), StorageOptions(), {"00000": marker}, DetectorConfig().category_names(), 5
+    ) == ["pictures/7.png"]
     picture = np.asarray(Image.open(tmp_path / "out" / "pictures" / "7.png")).astype(int)
     assert picture.shape == grey.shape
     changed = np.abs(picture - 128).sum(-1) > 30
@@ -285,7 +339,12 @@ def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path
     manifest = annotate(src, dest, settings, s3.options, visualize=3, progress=False)
 
     listed = {name for name in files if not name.endswith(".txt")}
-    assert manifest["images"] == {"listed": len(listed), "annotated": len(listed - bad), "errors": len(bad), "balanced": True}
+    assert manifest["images"] == {
+        "listed": len(listed),
+        "annotated": len(listed - bad),
+        "errors": len(bad),
+        "balanced": True,
+    }
     annotations, errors = read_table(dest, "annotations", s3.options), read_table(dest, "errors", s3.options)
     by_source = {row["source"][len(src) + 1 :]: row for row in annotations.to_pylist()}
     failed = {row["source"][len(src) + 1 :]: row for row in errors.to_pylist()}
@@ -293,7 +352,9 @@ def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path
     ids = annotations["image_id"].to_pylist() + [int(r["item"].split()[1]) for r in failed.values()]
     assert len(ids) == len(set(ids)) == len(listed)
     assert "empty" in failed["bad/empty.jpg"]["reason"] and "truncated" in failed["bad/truncated.jpg"]["reason"]
-    assert "not an image" in failed["bad/notes.png"]["reason"] and "10000000000 pixels" in failed["bad/huge.png"]["reason"]
+    assert (
+        "not an image" in failed["bad/notes.png"]["reason"] and "10000000000 pixels" in failed["bad/huge.png"]["reason"]
+    )
     assert {r["stage"] for r in failed.values()} == {"decode"}
 
     # Every good image in its displayed frame, with boxes and joints inside it.
@@ -308,7 +369,9 @@ def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path
     for a, b in zip(upright["detections"], rotated["detections"]):
         np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
         assert a["category_id"] == b["category_id"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
-    np.testing.assert_allclose([p["keypoints"] for p in upright["persons"]], [p["keypoints"] for p in rotated["persons"]], atol=1e-3)
+    np.testing.assert_allclose(
+        [p["keypoints"] for p in upright["persons"]], [p["keypoints"] for p in rotated["persons"]], atol=1e-3
+    )
 
     # COCO results: one keypoint entry per person, one box entry per detection.
     keypoint_entries = json.loads(read_bytes(join(dest, "results/keypoints.json"), s3.options))
@@ -332,13 +395,28 @@ def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
     src = tmp_path / "src"
     write_folder({name: data for name, data in files.items() if name not in bad}, src)
     for copy in range(3):  # enough shards for the kill to land mid-way
-        write_folder({f"more/{copy}/{name}": data for name, data in files.items() if name not in bad and name.endswith(".png")}, src)
+        write_folder(
+            {f"more/{copy}/{name}": data for name, data in files.items() if name not in bad and name.endswith(".png")},
+            src,
+        )
     listed = sum(1 for p in src.rglob("*") if p.is_file() and not p.name.endswith(".txt"))
     dest = tmp_path / "out"
-    command = [str(Path(sys.executable).with_name("pose-jobs")), "annotate", str(src), str(dest), "--detector", models[0],
-               "--keypoints", models[1], "--shard-size", "2"]
+    command = [
+        str(Path(sys.executable).with_name("pose-jobs")),
+        "annotate",
+        str(src),
+        str(dest),
+        "--detector",
+        models[0],
+        "--keypoints",
+        models[1],
+        "--shard-size",
+        "2",
+    ]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    job = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     commits, deadline = dest / "_commits", time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
         if commits.exists() and any(commits.glob("*.json")):
@@ -391,10 +469,18 @@ def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, models
         assert all(-1 <= value <= 1 for value in figures.values())
 
     # The two-pool plan (GPUs, or --keypoint-actors on CPUs) annotates exactly as the one-pool CPU plan.
-    split = annotate(str(tmp_path / "ingested"), str(tmp_path / "split"), AnnotateSettings(*models, keypoint_actors=1), progress=False)
+    split = annotate(
+        str(tmp_path / "ingested"),
+        str(tmp_path / "split"),
+        AnnotateSettings(*models, keypoint_actors=1),
+        progress=False,
+    )
     assert split["images"]["balanced"]
     columns = ["image_id", "detections", "persons"]
-    assert read_table(str(tmp_path / "split"), "annotations").select(columns).sort_by("image_id").to_pylist() == annotations.select(columns).sort_by("image_id").to_pylist()
+    assert (
+        read_table(str(tmp_path / "split"), "annotations").select(columns).sort_by("image_id").to_pylist()
+        == annotations.select(columns).sort_by("image_id").to_pylist()
+    )
 
 
 def test_user_mistakes_are_one_line(models, tmp_path):
@@ -443,8 +529,11 @@ def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, t
     truth = keypoint_ground_truth(ingested, "val", StorageOptions())
     boxed = sorted({a["image_id"] for a in truth["annotations"] if not a["iscrowd"]})[:2]
     assert boxed and len(truth["images"]) > len(boxed)
-    entries = [{"image_id": a["image_id"], "category_id": 1, "bbox": [v + 3.0 for v in a["bbox"]], "score": 0.5 + 0.1 * n}
-               for n, a in enumerate(truth["annotations"]) if a["image_id"] in boxed]
+    entries = [
+        {"image_id": a["image_id"], "category_id": 1, "bbox": [v + 3.0 for v in a["bbox"]], "score": 0.5 + 0.1 * n}
+        for n, a in enumerate(truth["annotations"])
+        if a["image_id"] in boxed
+    ]
     entries.append({"image_id": boxed[0], "category_id": DOG, "bbox": [1.0, 1.0, 20.0, 20.0], "score": 0.99})
     (tmp_path / "boxes.json").write_text(json.dumps(entries))
 
@@ -458,7 +547,9 @@ def test_given_boxes_give_the_keypoints_that_eval_keypoints_gives(ray_cluster, t
     assert [len(row["persons"]) == 0 for row in sorted(annotations, key=lambda r: r["image_id"])].count(True) >= 1
     annotated = json.loads(Path(tmp_path, "out", "results/keypoints.json").read_text())
 
-    figures = evaluate_topdown(ingested, spec, "val", StorageOptions(), boxes=boxes_by_image(entries), results_file=str(tmp_path / "eval.json"))
+    figures = evaluate_topdown(
+        ingested, spec, "val", StorageOptions(), boxes=boxes_by_image(entries), results_file=str(tmp_path / "eval.json")
+    )
     evaluated = json.loads(Path(tmp_path, "eval.json").read_text())
     assert figures["instances"] == len(entries) - 1 and len(evaluated) == len(annotated) > 0
     key = lambda r: r["image_id"]  # noqa: E731 - within an image both keep the chain's order
@@ -476,13 +567,28 @@ def test_keypoint_rcnn_rows_keep_their_own_persons_and_scores():
     stage = object.__new__(KeypointDetector)  # the model itself is tested in test_keypoint_rcnn.py
     stage.crops = PersonCrops(None, 0.3, 4)
     rng = np.random.default_rng(0)
-    keypoints = np.concatenate([rng.uniform(0, 60, (3, 17, 2)), rng.normal(0, 5, (3, 17, 1))], axis=-1).astype(np.float32)
-    found = {0: {"boxes": np.array([[1, 2, 30, 60], [3, 4, 20, 40], [5, 5, 10, 10]], np.float32), "scores": np.array([0.9, 0.6, 0.2], np.float32),
-                 "labels": np.array([1, 1, 1]), "keypoints": keypoints}}
-    batch = {"image_id": np.array([5]), "source": np.array(["a.png"], dtype=object), "split": np.array([""], dtype=object),
-             "width": np.array([64]), "height": np.array([96]), "pixels": np.array([b""], dtype=object),
-             "det_boxes": np.array([found[0]["boxes"].tobytes()], dtype=object), "det_scores": np.array([found[0]["scores"].tobytes()], dtype=object),
-             "det_labels": np.array([found[0]["labels"].astype(np.int64).tobytes()], dtype=object)}
+    keypoints = np.concatenate([rng.uniform(0, 60, (3, 17, 2)), rng.normal(0, 5, (3, 17, 1))], axis=-1).astype(
+        np.float32
+    )
+    found = {
+        0: {
+            "boxes": np.array([[1, 2, 30, 60], [3, 4, 20, 40], [5, 5, 10, 10]], np.float32),
+            "scores": np.array([0.9, 0.6, 0.2], np.float32),
+            "labels": np.array([1, 1, 1]),
+            "keypoints": keypoints,
+        }
+    }
+    batch = {
+        "image_id": np.array([5]),
+        "source": np.array(["a.png"], dtype=object),
+        "split": np.array([""], dtype=object),
+        "width": np.array([64]),
+        "height": np.array([96]),
+        "pixels": np.array([b""], dtype=object),
+        "det_boxes": np.array([found[0]["boxes"].tobytes()], dtype=object),
+        "det_scores": np.array([found[0]["scores"].tobytes()], dtype=object),
+        "det_labels": np.array([found[0]["labels"].astype(np.int64).tobytes()], dtype=object),
+    }
     row = {k: v[0] for k, v in stage.persons(batch, found).items()}
     assert "pixels" not in row
     persons = annotation_row(row, ("__background__", "person"))["persons"]

@@ -18,8 +18,25 @@ def standing_person() -> tuple[np.ndarray, np.ndarray]:
     the upper body in its top half, the lower body in its bottom half, left joints on image right."""
     bbox = np.array([94.0, 92.0, 100.0, 200.0])
     # Each joint: (x offset from the box centre, y from the box top); left joints at +x.
-    layout = [(0, 10), (6, 5), (-6, 5), (12, 8), (-12, 8), (25, 40), (-25, 40), (35, 70), (-35, 70),
-              (40, 95), (-40, 95), (15, 100), (-15, 100), (18, 150), (-18, 150), (20, 195), (-20, 195)]
+    layout = [
+        (0, 10),
+        (6, 5),
+        (-6, 5),
+        (12, 8),
+        (-12, 8),
+        (25, 40),
+        (-25, 40),
+        (35, 70),
+        (-35, 70),
+        (40, 95),
+        (-40, 95),
+        (15, 100),
+        (-15, 100),
+        (18, 150),
+        (-18, 150),
+        (20, 195),
+        (-20, 195),
+    ]
     keypoints = np.array([[144 + dx, 92 + dy, 2] for dx, dy in layout], dtype=np.float64)
     return bbox, keypoints
 
@@ -66,7 +83,9 @@ def test_evaluation_is_deterministic():
 @pytest.mark.parametrize(
     "config",
     [
-        AugmentConfig(rotation_prob=0.0, scale=0.0, half_body_prob=0.0, flip=False, color_jitter=0.0),  # evaluation geometry through the rng path
+        AugmentConfig(
+            rotation_prob=0.0, scale=0.0, half_body_prob=0.0, flip=False, color_jitter=0.0
+        ),  # evaluation geometry through the rng path
         GEOMETRY_ONLY,
         dataclasses.replace(GEOMETRY_ONLY, half_body_prob=1.0, rotation_prob=1.0),
     ],
@@ -78,14 +97,18 @@ def test_a_dot_at_a_joint_lands_on_the_returned_keypoint(config):
     seen_flip = False
     for seed in range(6):
         for joint in joints:
-            sample = topdown_sample(dot_image(*keypoints[joint, :2]), bbox, keypoints, np.random.default_rng(seed), config)
+            sample = topdown_sample(
+                dot_image(*keypoints[joint, :2]), bbox, keypoints, np.random.default_rng(seed), config
+            )
             flipped = np.linalg.det(sample["input_from_crop"][:, :2]) < 0
             seen_flip |= flipped
             # After a flip the dot drawn at joint j is the mirrored joint: keypoints[flip_index()[j]].
             slot = flip_index()[joint] if flipped else joint
             if sample["visible"][slot] == 0:
                 continue
-            np.testing.assert_allclose(dot_position(sample["image"]), sample["keypoints"][slot], atol=1.0, err_msg=f"seed {seed} joint {joint}")
+            np.testing.assert_allclose(
+                dot_position(sample["image"]), sample["keypoints"][slot], atol=1.0, err_msg=f"seed {seed} joint {joint}"
+            )
     assert seen_flip == config.flip
 
 
@@ -96,13 +119,22 @@ def test_flip_swaps_left_and_right_joints():
     flipped = next(
         sample
         for seed in range(50)
-        if np.linalg.det((sample := topdown_sample(crop, bbox, keypoints, np.random.default_rng(seed), config))["input_from_crop"][:, :2]) < 0
+        if np.linalg.det(
+            (sample := topdown_sample(crop, bbox, keypoints, np.random.default_rng(seed), config))["input_from_crop"][
+                :, :2
+            ]
+        )
+        < 0
     )
     plain = topdown_sample(crop, bbox, keypoints, rng=None)
     # The person's left wrist is on image right (x > centre); mirrored, it is on the left and,
     # looking like a right wrist, is labelled right_wrist.
     assert plain["keypoints"][LEFT_WRIST, 0] > 96 and flipped["keypoints"][RIGHT_WRIST, 0] < 96
-    np.testing.assert_allclose(flipped["keypoints"][RIGHT_WRIST], [191 - plain["keypoints"][LEFT_WRIST, 0], plain["keypoints"][LEFT_WRIST, 1]], atol=1e-4)
+    np.testing.assert_allclose(
+        flipped["keypoints"][RIGHT_WRIST],
+        [191 - plain["keypoints"][LEFT_WRIST, 0], plain["keypoints"][LEFT_WRIST, 1]],
+        atol=1e-4,
+    )
     np.testing.assert_allclose(dot_position(flipped["image"]), flipped["keypoints"][RIGHT_WRIST], atol=1.0)
     np.testing.assert_array_equal(flipped["image"], plain["image"][:, ::-1])
 
@@ -125,7 +157,9 @@ def test_joints_pushed_outside_the_input_are_not_visible():
     assert sample["visible"][0] == 0 and sample["visible"][1:].all()
     assert (sample["keypoints"][0] < 0).all()
     # Zoomed in (a 0.5 scale of the box), the feet leave the input.
-    zoomed = topdown_sample(np.zeros((CROP_H, CROP_W, 3), np.uint8), bbox, standing_person()[1], rng=None, config=AugmentConfig(padding=0.6))
+    zoomed = topdown_sample(
+        np.zeros((CROP_H, CROP_W, 3), np.uint8), bbox, standing_person()[1], rng=None, config=AugmentConfig(padding=0.6)
+    )
     assert zoomed["visible"][[15, 16]].sum() == 0 and zoomed["visible"][[5, 6]].all()
 
 
@@ -185,9 +219,19 @@ def test_normalize_gives_imagenet_normalised_channels_last_nchw():
 
 from pathlib import Path  # noqa: E402
 
-from pose.augment import (HRNET_AUGMENT, SIMPLE_BASELINES_AUGMENT, AugmentParams, MMPoseAugment, ReleaseAugment,  # noqa: E402
-                          mmpose_center_scale, reference_sample, release_center_scale, sample_mmpose, sample_release,
-                          truncated_normal)
+from pose.augment import (
+    HRNET_AUGMENT,
+    SIMPLE_BASELINES_AUGMENT,
+    AugmentParams,
+    MMPoseAugment,
+    ReleaseAugment,  # noqa: E402
+    mmpose_center_scale,
+    reference_sample,
+    release_center_scale,
+    sample_mmpose,
+    sample_release,
+    truncated_normal,
+)
 from pose.topdown import CropConvention  # noqa: E402
 
 GOLDENS = Path(__file__).parent / "data" / "goldens"
@@ -205,7 +249,9 @@ def test_configs_are_the_references():
     # as the golden script read them with the releases' own config loaders.
     for config, name in ((SIMPLE_BASELINES_AUGMENT, "simple_baselines"), (HRNET_AUGMENT, "hrnet")):
         read = _golden(f"augment_stats_{name}")["config"]
-        assert (config.scale_factor, config.rotation_factor, float(config.flip), config.half_body_prob) == tuple(read[:4])
+        assert (config.scale_factor, config.rotation_factor, float(config.flip), config.half_body_prob) == tuple(
+            read[:4]
+        )
         if read[3] > 0:
             assert config.half_body_joints == read[4]
     assert MMPoseAugment().to_dict()["scale_range"] == [0.5, 1.5]
@@ -229,9 +275,13 @@ def test_box_rules_are_the_references():
 def test_reference_sample_cuts_the_references_pixels(family):
     boxes, golden = _golden("augment_boxes"), _golden(f"augment_crops_{family}")
     crop = CropConvention(tuple(int(v) for v in golden["input_size"]), centring=family)
-    assert golden["flips"].any() and (golden["rotations"] != 0).any()  # the file covers them (half bodies: MMPose's files)
+    assert (
+        golden["flips"].any() and (golden["rotations"] != 0).any()
+    )  # the file covers them (half bodies: MMPose's files)
     for k in range(len(golden["crops"])):
-        params = AugmentParams(golden["centers"][k], golden["scales"][k], float(golden["rotations"][k]), bool(golden["flips"][k]))
+        params = AugmentParams(
+            golden["centers"][k], golden["scales"][k], float(golden["rotations"][k]), bool(golden["flips"][k])
+        )
         person = boxes["keypoints"][golden["person"][k]]
         sample = reference_sample(boxes["image"], person, params, crop)
         np.testing.assert_array_equal(sample["image"], golden["crops"][k], err_msg=f"draw {k}")
@@ -275,9 +325,18 @@ def test_sampling_has_the_references_distributions(family):
             ours_cdf = (ours["values"][:, i][None, :] <= points[i][:, None]).mean(axis=1)
             gap = np.abs(ours_cdf - cdf[i]).max()
             assert gap < ks_bound, f"{family} person {person} {name}: CDF gap {gap:.4f} > {ks_bound:.4f}"
-        for ours_rate, key in ((ours["flip"].mean(), "flip_rate"), ((ours["values"][:, 4] != 0).mean(), "rotation_rate")):
+        for ours_rate, key in (
+            (ours["flip"].mean(), "flip_rate"),
+            ((ours["values"][:, 4] != 0).mean(), "rotation_rate"),
+        ):
             p = float(golden[f"person{person}_{key}"])
-            assert abs(ours_rate - p) < 4 * np.sqrt(p * (1 - p) * (1 / n + 1 / m)) + 1e-12, (family, person, key, ours_rate, p)
+            assert abs(ours_rate - p) < 4 * np.sqrt(p * (1 - p) * (1 / n + 1 / m)) + 1e-12, (
+                family,
+                person,
+                key,
+                ours_rate,
+                p,
+            )
 
 
 def test_half_body_rates_are_the_references():
@@ -309,7 +368,11 @@ def test_half_body_rates_are_the_references():
         p = float(golden["person0_half_rate"])
         assert abs(half / n - p) < 4 * np.sqrt(p * (1 - p) * (1 / n + 1 / m)), (family, half / n, p)
         share = float(golden["person0_upper_share"])
-        assert abs(upper / half - share) < 4 * np.sqrt(share * (1 - share) * (1 / half + 1 / (p * m))), (family, upper / half, share)
+        assert abs(upper / half - share) < 4 * np.sqrt(share * (1 - share) * (1 / half + 1 / (p * m))), (
+            family,
+            upper / half,
+            share,
+        )
     # Person 1 has only its upper body labelled: always the upper half, in both references.
     for family in ("hrnet", "mmpose"):
         assert float(_golden(f"augment_stats_{family}")["person1_upper_share"]) == 1.0
@@ -325,8 +388,14 @@ def test_truncated_normal_is_the_standard_normal_cut_at_one():
 def test_release_flip_mirrors_the_centre_in_float32():
     keypoints = np.zeros((17, 3))
     center, scale = release_center_scale(np.array([10.3, 20.0, 50.0, 90.0]), (641, 480), 0.75)
-    flips = [d for d in (sample_release(np.random.default_rng(s), keypoints, center, scale, 641, SIMPLE_BASELINES_AUGMENT, 0.75)
-                         for s in range(20)) if d.flip]
+    flips = [
+        d
+        for d in (
+            sample_release(np.random.default_rng(s), keypoints, center, scale, 641, SIMPLE_BASELINES_AUGMENT, 0.75)
+            for s in range(20)
+        )
+        if d.flip
+    ]
     assert flips
     for d in flips:
         assert d.center[0] == float(np.float32(641 - np.float32(center[0]) - 1.0)) and d.center[1] == center[1]
@@ -349,7 +418,12 @@ def test_rtmpose_pixel_steps_are_the_references_pixels(rtmpose_golden):
     g = rtmpose_golden
     images = g["images"]
     assert np.array_equal(np.stack([rgb_to_hsv_opencv(i) for i in images]), g["hsv_of_images"])
-    hsv_grid = np.stack(np.meshgrid(np.arange(180), np.r_[np.arange(0, 256, 5), 255], [0, 1, 2, 37, 100, 128, 199, 254, 255], indexing="ij"), -1)
+    hsv_grid = np.stack(
+        np.meshgrid(
+            np.arange(180), np.r_[np.arange(0, 256, 5), 255], [0, 1, 2, 37, 100, 128, 199, 254, 255], indexing="ij"
+        ),
+        -1,
+    )
     assert np.array_equal(hsv_to_rgb_opencv(hsv_grid.reshape(-1, 3)), g["rgb_of_hsv_grid"])  # 85,860 colours
     assert np.array_equal(np.stack([shift_hsv(i, (0, 0, 0)) for i in images]), g["hsv_round_trip"])
     shifted = np.stack([shift_hsv(images[i % len(images)], tuple(gains)) for i, gains in enumerate(g["hsv_gains"])])
@@ -366,7 +440,9 @@ def test_rtmpose_pixel_sampling_has_the_references_distributions(rtmpose_golden)
 
     g = rtmpose_golden
     rng = np.random.default_rng(0)
-    draws = [sample_pixel_ops(rng, RTMPosePixelAugment(dropout_prob=1.0), (192, 256)) for _ in range(len(g["gains_draws"]))]
+    draws = [
+        sample_pixel_ops(rng, RTMPosePixelAugment(dropout_prob=1.0), (192, 256)) for _ in range(len(g["gains_draws"]))
+    ]
     n = len(draws)
 
     def rates_agree(ours: np.ndarray, theirs: np.ndarray) -> None:
@@ -391,7 +467,9 @@ def test_rtmpose_pixel_sampling_has_the_references_distributions(rtmpose_golden)
         their_cdf = np.searchsorted(np.sort(theirs[:, column]), values, side="right") / len(theirs)
         assert np.abs(ours_cdf - their_cdf).max() < bound, column
     assert ((holes[:, 0] + holes[:, 2] <= 192) & (holes[:, 1] + holes[:, 3] <= 256)).all()
-    half = [sample_pixel_ops(rng, RTMPosePixelAugment(dropout_prob=0.5), (192, 256)).hole is not None for _ in range(4000)]
+    half = [
+        sample_pixel_ops(rng, RTMPosePixelAugment(dropout_prob=0.5), (192, 256)).hole is not None for _ in range(4000)
+    ]
     assert abs(np.mean(half) - 0.5) <= 4 * np.sqrt(0.25 / 4000)
 
 

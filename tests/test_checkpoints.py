@@ -23,9 +23,18 @@ def resnet50_state():
 
 def mmpose_file(state: dict, legacy: bool = True) -> bytes:
     """A file in MMPose's published container: meta with numpy arrays, then the state_dict."""
-    meta = {"dataset_meta": {"dataset_name": "coco", "num_keypoints": 17, "flip_indices": [0, 2, 1],
-                             "sigmas": np.linspace(0.025, 0.089, 17).astype(np.float32), "upper_body_ids": np.arange(11)},
-            "epoch": 210, "iter": 100, "mmengine_version": "0.10.7"}
+    meta = {
+        "dataset_meta": {
+            "dataset_name": "coco",
+            "num_keypoints": 17,
+            "flip_indices": [0, 2, 1],
+            "sigmas": np.linspace(0.025, 0.089, 17).astype(np.float32),
+            "upper_body_ids": np.arange(11),
+        },
+        "epoch": 210,
+        "iter": 100,
+        "mmengine_version": "0.10.7",
+    }
     buffer = io.BytesIO()
     torch.save({"meta": meta, "state_dict": state}, buffer, _use_new_zipfile_serialization=not legacy)
     return buffer.getvalue()
@@ -50,7 +59,13 @@ def test_mmpose_container_with_numpy_meta_reads_with_weights_only(resnet50_state
 
 def test_identify_reads_family_size_and_codec_from_keys_and_name(resnet50_state):
     spec = identify(resnet50_state, NAME)
-    assert (spec.framework, spec.arch, spec.input_size, spec.codec, spec.bgr) == ("mmpose", "resnet50", (192, 256), "msra", False)
+    assert (spec.framework, spec.arch, spec.input_size, spec.codec, spec.bgr) == (
+        "mmpose",
+        "resnet50",
+        (192, 256),
+        "msra",
+        False,
+    )
     spec = identify(resnet50_state, "td-hm_res50_dark-8xb64-210e_coco-384x288-0b5b3a41_20220812.pth")
     assert (spec.input_size, spec.codec) == ((288, 384), "dark")
     release, _ = read_checkpoint(release_file(resnet50_state), "pose_resnet_50_256x192.pth.tar")
@@ -127,7 +142,9 @@ def test_init_weights_start_the_trainable_network_from_a_published_file(resnet50
     with pytest.raises(ValueError, match="resnet18 network: does not match"):
         KeypointTask(KeypointRecipe(), init_weights=(NAME, mmpose_file(resnet50_state))).build_model()
     with pytest.raises(ValueError, match="does not match"):
-        KeypointTask(keypoint_recipe("simple-baselines", backbone="resnet101"), init_weights=(NAME, mmpose_file(resnet50_state))).build_model()
+        KeypointTask(
+            keypoint_recipe("simple-baselines", backbone="resnet101"), init_weights=(NAME, mmpose_file(resnet50_state))
+        ).build_model()
 
 
 def test_files_pickled_under_numpy_1_names_read_with_weights_only(tmp_path):
@@ -149,11 +166,23 @@ def test_every_published_layout_is_built_key_for_key():
 
     from pose.checkpoints import build_network, mmpose_keys
 
-    names = {"mmpose-res50": NAME, "mmpose-res101": "td-hm_res101_8xb64-210e_coco-256x192.pth",
-             "mmpose-res152": "td-hm_res152_8xb32-210e_coco-384x288.pth", "mmpose-hrnet-w32": "td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192.pth",
-             "mmpose-hrnet-w48": "td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288.pth"}
-    expected_arch = {"res50": "resnet50", "res101": "resnet101", "res152": "resnet152", "pose_resnet_50": "resnet50", "pose_resnet_101": "resnet101",
-                     "pose_resnet_152": "resnet152", "pose_hrnet_w32": "hrnet-w32", "pose_hrnet_w48": "hrnet-w48"}
+    names = {
+        "mmpose-res50": NAME,
+        "mmpose-res101": "td-hm_res101_8xb64-210e_coco-256x192.pth",
+        "mmpose-res152": "td-hm_res152_8xb32-210e_coco-384x288.pth",
+        "mmpose-hrnet-w32": "td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192.pth",
+        "mmpose-hrnet-w48": "td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288.pth",
+    }
+    expected_arch = {
+        "res50": "resnet50",
+        "res101": "resnet101",
+        "res152": "resnet152",
+        "pose_resnet_50": "resnet50",
+        "pose_resnet_101": "resnet101",
+        "pose_resnet_152": "resnet152",
+        "pose_hrnet_w32": "hrnet-w32",
+        "pose_hrnet_w48": "hrnet-w48",
+    }
     checked = 0
     for layout in published.manifest_names():
         if layout.startswith("torchvision"):

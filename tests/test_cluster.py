@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from raycluster import RayTestCluster
+from typer.testing import CliRunner
 
 import jobs.submit
 from jobs.cli import app
@@ -35,28 +34,71 @@ POSE_JOBS = str(Path(sys.executable).with_name("pose-jobs"))
 def test_dashboard_addresses_submit_and_gcs_addresses_join():
     """Inside a job Ray sets RAY_ADDRESS to the GCS address: the inner command joins, never submits again."""
     assert is_dashboard_address("http://head:8265") and is_dashboard_address("https://ray.example.com")
-    assert not is_dashboard_address("10.0.0.1:6379") and not is_dashboard_address("auto") and not is_dashboard_address(None)
+    assert (
+        not is_dashboard_address("10.0.0.1:6379")
+        and not is_dashboard_address("auto")
+        and not is_dashboard_address(None)
+    )
 
 
 def test_submitted_command_line_is_the_command_without_address_and_local_paths_absolute(monkeypatch, tmp_path):
     submitted = {}
-    monkeypatch.setattr(jobs.submit, "submit", lambda address, argv, wait: submitted.update(address=address, argv=argv, wait=wait) or 0)
+    monkeypatch.setattr(
+        jobs.submit, "submit", lambda address, argv, wait: submitted.update(address=address, argv=argv, wait=wait) or 0
+    )
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
         app,
-        ["train-svhn", "--data", "out/svhn", "--out", "s3://b/runs/svhn", "--workers", "2", "--no-gpu", "--address", "http://head:8265", "--no-wait"],
+        [
+            "train-svhn",
+            "--data",
+            "out/svhn",
+            "--out",
+            "s3://b/runs/svhn",
+            "--workers",
+            "2",
+            "--no-gpu",
+            "--address",
+            "http://head:8265",
+            "--no-wait",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert submitted == {
         "address": "http://head:8265",
-        "argv": ["pose-jobs", "train-svhn", "--data", str(tmp_path / "out/svhn"), "--out", "s3://b/runs/svhn", "--workers", "2", "--no-gpu"],
+        "argv": [
+            "pose-jobs",
+            "train-svhn",
+            "--data",
+            str(tmp_path / "out/svhn"),
+            "--out",
+            "s3://b/runs/svhn",
+            "--workers",
+            "2",
+            "--no-gpu",
+        ],
         "wait": False,
     }
     assert "--data out/svhn is a path on this machine" in result.output
 
-    result = CliRunner().invoke(app, ["ingest", "coco", "s3://b/coco", "s3://b/out", "--split", "val", "--split", "train", "--anon"], env={"RAY_ADDRESS": "http://head:8265"})
+    result = CliRunner().invoke(
+        app,
+        ["ingest", "coco", "s3://b/coco", "s3://b/out", "--split", "val", "--split", "train", "--anon"],
+        env={"RAY_ADDRESS": "http://head:8265"},
+    )
     assert result.exit_code == 0, result.output
-    assert submitted["argv"] == ["pose-jobs", "ingest", "coco", "s3://b/coco", "s3://b/out", "--split", "val", "--split", "train", "--anon"]
+    assert submitted["argv"] == [
+        "pose-jobs",
+        "ingest",
+        "coco",
+        "s3://b/coco",
+        "s3://b/out",
+        "--split",
+        "val",
+        "--split",
+        "train",
+        "--anon",
+    ]
     assert submitted["wait"] is True
 
 
@@ -93,7 +135,9 @@ def test_missing_or_wrong_token_is_one_line(cluster, tmp_path):
     assert missing.returncode == 2 and "requires an authentication token" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
 
-    wrong = run_cli(cluster, "jobs", "list", "--address", cluster.dashboard_url, env={**no_token, "RAY_AUTH_TOKEN": "not-the-token"})
+    wrong = run_cli(
+        cluster, "jobs", "list", "--address", cluster.dashboard_url, env={**no_token, "RAY_AUTH_TOKEN": "not-the-token"}
+    )
     assert wrong.returncode == 2 and "refused the authentication token" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1
 
@@ -146,7 +190,17 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
         if path.is_file():
             client.upload_file(str(path), "cluster", f"src/{path.relative_to(tmp_path / 'src')}")
 
-    ingest = run_cli(cluster, "ingest", "coco", f"{bucket}/src", f"{bucket}/coco", "--shard-size", "8", "--address", cluster.dashboard_url)
+    ingest = run_cli(
+        cluster,
+        "ingest",
+        "coco",
+        f"{bucket}/src",
+        f"{bucket}/coco",
+        "--shard-size",
+        "8",
+        "--address",
+        cluster.dashboard_url,
+    )
     assert ingest.returncode == 0, ingest.stderr[-3000:] + ingest.stdout[-3000:]
     assert "pose-jobs: submitted pose-jobs-ingest-coco-" in ingest.stderr
     assert "train: 16 images" in ingest.stdout and "all accounted for" in ingest.stdout
@@ -162,7 +216,9 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
 
     deadline = time.monotonic() + 1200
     while not (first := read_metrics(s3, out)):
-        assert time.monotonic() < deadline, run_cli(cluster, "jobs", "logs", job_id, "--address", cluster.dashboard_url).stdout[-3000:]
+        assert time.monotonic() < deadline, run_cli(
+            cluster, "jobs", "logs", job_id, "--address", cluster.dashboard_url
+        ).stdout[-3000:]
         time.sleep(3)
     head, worker = cluster.nodes[0].node_id, cluster.worker.node_id
     assert set(first[0]["nodes"]) == {head, worker}  # training workers on both nodes
@@ -173,11 +229,15 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     followed = run_cli(cluster, "jobs", "logs", job_id, "--follow", "--address", cluster.dashboard_url, timeout=1500)
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     metrics = read_metrics(s3, out)
-    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[0] == first[0]  # epoch 2 resumed from epoch 1's checkpoint
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[0] == first[
+        0
+    ]  # epoch 2 resumed from epoch 1's checkpoint
     assert set(metrics[-1]["nodes"]) == {head, replacement.node_id}
     model = json.loads(client.get_object(Bucket="cluster", Key="runs/keypoints/model.json")["Body"].read())
     assert model["epochs"] == 2
-    checkpoints = [o["Key"] for o in client.list_objects_v2(Bucket="cluster", Prefix="runs/keypoints/checkpoint_")["Contents"]]
+    checkpoints = [
+        o["Key"] for o in client.list_objects_v2(Bucket="cluster", Prefix="runs/keypoints/checkpoint_")["Contents"]
+    ]
     assert checkpoints
 
     status = run_cli(cluster, "jobs", "status", job_id, "--address", cluster.dashboard_url)
@@ -201,7 +261,11 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     weights = io.BytesIO()
     torch.save(detector.state_dict(), weights)
     client.put_object(Bucket="cluster", Key="models/detector/model.pt", Body=weights.getvalue())
-    client.put_object(Bucket="cluster", Key="models/detector/model.json", Body=json.dumps({"task": "detector", "model": config.to_dict()}).encode())
+    client.put_object(
+        Bucket="cluster",
+        Key="models/detector/model.json",
+        Body=json.dumps({"task": "detector", "model": config.to_dict()}).encode(),
+    )
     annotated = run_cli(
         cluster, "annotate", f"{bucket}/src/val2017", f"{bucket}/annotated", "--detector", f"{bucket}/models/detector",
         "--keypoints", out, "--address", cluster.dashboard_url,
@@ -209,7 +273,9 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     assert annotated.returncode == 0, annotated.stderr[-3000:] + annotated.stdout[-3000:]
     manifest = json.loads(client.get_object(Bucket="cluster", Key="annotated/manifest.json")["Body"].read())
     assert manifest["images"] == {"listed": 4, "annotated": 4, "errors": 0, "balanced": True}
-    keypoint_results = json.loads(client.get_object(Bucket="cluster", Key="annotated/results/keypoints.json")["Body"].read())
+    keypoint_results = json.loads(
+        client.get_object(Bucket="cluster", Key="annotated/results/keypoints.json")["Body"].read()
+    )
     assert keypoint_results and all(len(r["keypoints"]) == 51 for r in keypoint_results)
 
     # The S3 secret lives only in the nodes' environment: never in a job's command, environment or logs.
@@ -224,11 +290,15 @@ def test_quiet_driver_drops_only_the_startup_concurrency_warning(monkeypatch, ca
     import jobs.runtime
 
     printed = []
-    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(list(data["lines"])))
+    monkeypatch.setattr(
+        ray_worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(list(data["lines"]))
+    )
     jobs.runtime._drop_startup_concurrency_warnings()
     jobs.runtime._drop_startup_concurrency_warnings()  # a second call does not wrap it twice
-    warning = ("WARNING: 8 PYTHON worker processes have been started on node: abc with address: 10.0.0.1, which is 4x "
-               "the maximum expected startup concurrency (2). This could be a result of using a large number of actors")
+    warning = (
+        "WARNING: 8 PYTHON worker processes have been started on node: abc with address: 10.0.0.1, which is 4x "
+        "the maximum expected startup concurrency (2). This could be a result of using a large number of actors"
+    )
     killed = "Task was killed due to the node running low on memory."
     ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     ray_worker.print_to_stdstream({"lines": [warning, killed], "pid": "raylet", "is_err": False}, ignore_prefix=False)

@@ -14,13 +14,18 @@ def test_zip_members_are_read_in_place_stored_and_deflated():
     payloads = {"val2017/000000000001.jpg": bytes(range(256)) * 40, "annotations/x.json": b'{"a": 1}' * 100}
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(zipfile.ZipInfo("val2017/"), b"")
-        archive.writestr("val2017/000000000001.jpg", payloads["val2017/000000000001.jpg"], compress_type=zipfile.ZIP_STORED)
+        archive.writestr(
+            "val2017/000000000001.jpg", payloads["val2017/000000000001.jpg"], compress_type=zipfile.ZIP_STORED
+        )
         archive.writestr("annotations/x.json", payloads["annotations/x.json"], compress_type=zipfile.ZIP_DEFLATED)
     members = coco.index_zip(io.BytesIO(buffer.getvalue()), "test.zip")
     assert set(members) == set(payloads)  # directories are not members
     for name, data in payloads.items():
         assert coco.read_zip_member(io.BytesIO(buffer.getvalue()), members[name]) == data
-    assert coco.read_archive_member(io.BytesIO(buffer.getvalue()), "test.zip", "annotations/x.json") == payloads["annotations/x.json"]
+    assert (
+        coco.read_archive_member(io.BytesIO(buffer.getvalue()), "test.zip", "annotations/x.json")
+        == payloads["annotations/x.json"]
+    )
 
 
 def test_truncated_archive_and_non_archive_are_format_errors():
@@ -34,7 +39,9 @@ def test_truncated_archive_and_non_archive_are_format_errors():
 
 def test_load_keypoints_json_checks_structure():
     good = {"images": [], "annotations": [], "categories": [PERSON_CATEGORY]}
-    assert coco.load_keypoints_json(io.BytesIO(json.dumps(good).encode()), "f.json")["categories"][0]["name"] == "person"
+    assert (
+        coco.load_keypoints_json(io.BytesIO(json.dumps(good).encode()), "f.json")["categories"][0]["name"] == "person"
+    )
     with pytest.raises(coco.CocoFormatError, match="f.json: not valid JSON"):
         coco.load_keypoints_json(io.BytesIO(b"{"), "f.json")
     with pytest.raises(coco.CocoFormatError, match="missing the 'annotations'"):
@@ -75,11 +82,15 @@ def test_repeated_image_or_annotation_ids_are_refused_naming_the_file_and_ids():
     category = {**PERSON_CATEGORY}
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in (1, 2, 2, 3, 3, 3)]
     document = {"images": images, "annotations": [], "categories": [category]}
-    with pytest.raises(coco.CocoFormatError, match=r"person_keypoints_x\.json: 'images' repeats id 2, 3 \(COCO ids are unique"):
+    with pytest.raises(
+        coco.CocoFormatError, match=r"person_keypoints_x\.json: 'images' repeats id 2, 3 \(COCO ids are unique"
+    ):
         coco.load_keypoints_json(io.BytesIO(json.dumps(document).encode()), "person_keypoints_x.json")
     annotations = [{"id": 7, "image_id": 1}, {"id": 8, "image_id": 2}, {"id": 7, "image_id": 2}]
     document = {"images": images[:2], "annotations": annotations, "categories": [category]}
     with pytest.raises(coco.CocoFormatError, match=r"'annotations' repeats id 7 "):
         coco.load_keypoints_json(io.BytesIO(json.dumps(document).encode()), "a.json")
     document["annotations"] = annotations[:2]
-    assert coco.load_keypoints_json(io.BytesIO(json.dumps(document).encode()), "a.json")["annotations"] == annotations[:2]
+    assert (
+        coco.load_keypoints_json(io.BytesIO(json.dumps(document).encode()), "a.json")["annotations"] == annotations[:2]
+    )

@@ -61,6 +61,7 @@ def mirrored(maps: torch.Tensor) -> torch.Tensor:
 
 # --- OpenCV's Gaussian kernel and MMPose's blur ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size, sigma", [(11, 2.0), (17, 2.9)])
 def test_kernel_is_the_normalised_gaussian_of_opencvs_sigma(size, sigma):
     x = np.arange(size) - size // 2
@@ -96,8 +97,8 @@ def test_blur_pads_with_zeros_and_matches_a_float64_correlation():
     maps = rng.random((3, 9, 13)).astype(np.float32)
     k = opencv_gaussian_kernel(11).astype(np.float64)
     padded = np.pad(maps.astype(np.float64), ((0, 0), (5, 5), (5, 5)))  # zeros outside, not a reflection
-    rows = sum(k[t] * padded[:, :, t:t + 13] for t in range(11))
-    full = sum(k[t] * rows[:, t:t + 9, :] for t in range(11))
+    rows = sum(k[t] * padded[:, :, t : t + 13] for t in range(11))
+    full = sum(k[t] * rows[:, t : t + 9, :] for t in range(11))
     expected = full * (maps.max(axis=(1, 2)) / full.max(axis=(1, 2)))[:, None, None]
     blurred = opencv_gaussian_blur(maps, 11)
     assert blurred.dtype == np.float32
@@ -115,6 +116,7 @@ def test_blur_keeps_each_maximum_and_turns_an_all_zero_map_into_nan_as_mmpose():
 
 # --- the arg-max ----------------------------------------------------------------------------------------------
 
+
 def test_heatmap_maximum_marks_non_positive_maxima_with_minus_one():
     maps = np.zeros((1, 3, 4, 5), np.float32)
     maps[0, 0, 2, 3] = 0.5
@@ -126,6 +128,7 @@ def test_heatmap_maximum_marks_non_positive_maxima_with_minus_one():
 
 
 # --- MMPose MSRAHeatmap: the quarter step ---------------------------------------------------------------------
+
 
 def decode_one(decoder, m: np.ndarray, joint: int = 0):
     keypoints, scores = decoder.decode(maps_with({joint: m}), None)
@@ -140,16 +143,19 @@ def test_msra_steps_a_quarter_towards_the_higher_neighbour_then_scales_by_the_st
     np.testing.assert_array_equal(kp, [80.0, 120.0])
 
 
-@pytest.mark.parametrize("x, y, moves_x, moves_y", [
-    (1, 30, False, True),  # MMPose's x step needs 1 < x: column 1 never moves along x
-    (0, 30, False, False),  # and column 0 not along y either (0 < x)
-    (W - 2, 30, True, True),
-    (W - 1, 30, False, True),
-    (20, 0, False, False),  # row 0: no x step (0 < y), no y step
-    (20, 1, True, False),
-    (20, H - 2, True, True),
-    (20, H - 1, True, False),
-])
+@pytest.mark.parametrize(
+    "x, y, moves_x, moves_y",
+    [
+        (1, 30, False, True),  # MMPose's x step needs 1 < x: column 1 never moves along x
+        (0, 30, False, False),  # and column 0 not along y either (0 < x)
+        (W - 2, 30, True, True),
+        (W - 1, 30, False, True),
+        (20, 0, False, False),  # row 0: no x step (0 < y), no y step
+        (20, 1, True, False),
+        (20, H - 2, True, True),
+        (20, H - 1, True, False),
+    ],
+)
 def test_msra_quarter_step_border_rules(x, y, moves_x, moves_y):
     kp, _ = decode_one(MSRAHeatmapDecoder(), peak(x, y, left=0.2, right=0.6, up=0.2, down=0.6))
     np.testing.assert_array_equal(kp, [(x + 0.25 * moves_x) * 4, (y + 0.25 * moves_y) * 4])
@@ -174,6 +180,7 @@ def test_msra_keypoints_follow_input_size_over_heatmap_size():
 
 
 # --- MMPose MSRAHeatmap unbiased (DARK) -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cx, cy", [(20.3, 30.7), (10.5, 12.25), (33.9, 50.05)])
 def test_dark_finds_a_gaussians_sub_pixel_centre(cx, cy):
@@ -205,6 +212,7 @@ def test_dark_newton_step_is_not_bounded_and_is_skipped_when_the_hessian_is_sing
 
 # --- MMPose UDPHeatmap ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cx, cy", [(20.3, 30.7), (10.5, 12.25)])
 def test_udp_finds_a_gaussians_centre_and_scales_by_size_minus_one(cx, cy):
     kp, _ = decode_one(UDPHeatmapDecoder(), gaussian(cx, cy))
@@ -234,8 +242,16 @@ def test_udp_no_peak_keypoint_reads_the_previous_joints_padded_map_as_mmpose_doe
 
 # --- flip tests of the heatmap decoders -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("decoder", [MSRAHeatmapDecoder(shift_flipped=False), MSRAHeatmapDecoder(unbiased=True, shift_flipped=False),
-                                     UDPHeatmapDecoder(), SimpleBaselinesDecoder(shift_flipped=False)])
+
+@pytest.mark.parametrize(
+    "decoder",
+    [
+        MSRAHeatmapDecoder(shift_flipped=False),
+        MSRAHeatmapDecoder(unbiased=True, shift_flipped=False),
+        UDPHeatmapDecoder(),
+        SimpleBaselinesDecoder(shift_flipped=False),
+    ],
+)
 def test_flip_test_of_a_mirror_symmetric_output_changes_nothing(decoder):
     rng = np.random.default_rng(1)
     output = torch.from_numpy(np.stack([gaussian(*rng.uniform(3, 40, 2)) for _ in range(NUM_JOINTS)])[None])
@@ -281,8 +297,19 @@ def test_flip_averaging_equals_the_releases_flip_back_pair_swap():
 
 # --- the original releases ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("x, y, moves", [(20, 30, True), (2, 2, True), (W - 2, H - 2, True), (1, 30, False), (20, 1, False),
-                                         (W - 1, 30, False), (20, H - 1, False)])
+
+@pytest.mark.parametrize(
+    "x, y, moves",
+    [
+        (20, 30, True),
+        (2, 2, True),
+        (W - 2, H - 2, True),
+        (1, 30, False),
+        (20, 1, False),
+        (W - 1, 30, False),
+        (20, H - 1, False),
+    ],
+)
 def test_releases_quarter_step_moves_both_axes_only_inside(x, y, moves):
     kp, _ = decode_one(SimpleBaselinesDecoder(), peak(x, y, left=0.2, right=0.6, up=0.6, down=0.2))
     np.testing.assert_array_equal(kp, [(x + 0.25 * moves) * 4, (y - 0.25 * moves) * 4])
@@ -299,7 +326,10 @@ def test_releases_non_positive_maximum_gives_the_origin_and_post_process_can_be_
 
 # --- MMPose SimCCLabel (RTMPose) ------------------------------------------------------------------------------
 
-def simcc(x_bins: dict[int, int], y_bins: dict[int, int], n: int = 1, fill: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+
+def simcc(
+    x_bins: dict[int, int], y_bins: dict[int, int], n: int = 1, fill: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     sx, sy = np.full((n, NUM_JOINTS, 384), fill, np.float32), np.full((n, NUM_JOINTS, 512), fill, np.float32)
     for joint, b in x_bins.items():
         sx[:, joint, b] = 2.0
@@ -330,7 +360,10 @@ def test_simcc_flip_reverses_x_bins_and_swaps_joints_without_shift():
     assert scores[0, 6] == np.float32(0.75)  # min(2, 1.5) / 2
     # A mirror-symmetric output: the flip test changes nothing.
     rng = np.random.default_rng(3)
-    sx, sy = torch.from_numpy(rng.random((2, NUM_JOINTS, 384), np.float32)), torch.from_numpy(rng.random((2, NUM_JOINTS, 512), np.float32))
+    sx, sy = (
+        torch.from_numpy(rng.random((2, NUM_JOINTS, 384), np.float32)),
+        torch.from_numpy(rng.random((2, NUM_JOINTS, 512), np.float32)),
+    )
     index = torch.as_tensor(flip_index())
     plain = SimCCDecoder().decode((sx, sy), None)
     both = SimCCDecoder().decode((sx, sy), (sx[:, index].flip(-1), sy[:, index]))
@@ -345,7 +378,12 @@ def test_simcc_checks_the_number_of_bins():
 
 def test_every_decoder_returns_empty_arrays_for_no_crops():
     empty = torch.zeros(0, NUM_JOINTS, H, W)
-    heatmap_decoders = [MSRAHeatmapDecoder(), MSRAHeatmapDecoder(unbiased=True), UDPHeatmapDecoder(), SimpleBaselinesDecoder()]
+    heatmap_decoders = [
+        MSRAHeatmapDecoder(),
+        MSRAHeatmapDecoder(unbiased=True),
+        UDPHeatmapDecoder(),
+        SimpleBaselinesDecoder(),
+    ]
     results = [d.decode(empty, empty) for d in heatmap_decoders]
     results.append(SimCCDecoder().decode((torch.zeros(0, NUM_JOINTS, 384), torch.zeros(0, NUM_JOINTS, 512)), None))
     for keypoints, scores in results:
@@ -395,7 +433,9 @@ def test_encoders_equal_mmposes_and_the_releases_targets_bit_for_bit(size):
 @pytest.mark.parametrize("size", ["256x192", "384x288"])
 def test_releases_and_mmpose_targets_differ_only_where_float32_keypoints_round_differently(size):
     g = golden_targets(size)
-    differ = (g["release_heatmaps"] != g["msra_heatmaps"]).any(axis=(2, 3)) | (g["release_weights"] != g["msra_weights"])
+    differ = (g["release_heatmaps"] != g["msra_heatmaps"]).any(axis=(2, 3)) | (
+        g["release_weights"] != g["msra_weights"]
+    )
     assert differ.any()
     for n, k in zip(*np.nonzero(differ)):
         # In the heatmap frame x / 4 + 0.5 sits just below an integer in float64 and reaches it in float32.
@@ -422,19 +462,22 @@ def test_biased_target_peaks_at_one_on_the_rounded_centre_with_a_cut_13_pixel_wi
 def test_biased_centre_is_x_plus_half_truncated_toward_zero(u, centre):
     m, _ = biased(4 * u, 4 * 30.0)
     # The row through the centre: 1 at the centre, or exp(-d^2 / 8) at column 0 when the centre is left of it.
-    assert m[30, max(centre, 0)] == np.exp(np.float32(-(max(centre, 0) - centre) ** 2 / 8))
+    assert m[30, max(centre, 0)] == np.exp(np.float32(-((max(centre, 0) - centre) ** 2) / 8))
     assert m[30].argmax() == max(centre, 0)
 
 
-@pytest.mark.parametrize("u, weight, drawn", [
-    (-7.0, 1, True),     # -6.5 truncates to centre -6: the window reaches column 0
-    (-7.5, 1, False),    # centre -7: br = 0 is not < 0: weight 1, nothing drawn (the releases' quirk)
-    (-8.0, 1, False),    # -7.5 truncates to -7
-    (-8.5, 0, False),    # centre -8: br = -1
-    (53.0, 1, True),     # centre 53: ul = 47, the last column
-    (53.49, 1, True),
-    (53.5, 0, False),    # centre 54: ul = 48 >= w
-])
+@pytest.mark.parametrize(
+    "u, weight, drawn",
+    [
+        (-7.0, 1, True),  # -6.5 truncates to centre -6: the window reaches column 0
+        (-7.5, 1, False),  # centre -7: br = 0 is not < 0: weight 1, nothing drawn (the releases' quirk)
+        (-8.0, 1, False),  # -7.5 truncates to -7
+        (-8.5, 0, False),  # centre -8: br = -1
+        (53.0, 1, True),  # centre 53: ul = 47, the last column
+        (53.49, 1, True),
+        (53.5, 0, False),  # centre 54: ul = 48 >= w
+    ],
+)
 def test_biased_weight_stays_one_while_any_part_of_the_window_is_on_the_map(u, weight, drawn):
     m, w = biased(4 * u, 100.0)
     assert w == weight and (m.max() > 0) == drawn
@@ -480,13 +523,16 @@ def test_udp_target_is_the_gaussian_of_the_float_centre_in_udps_frame_inside_the
     assert (m[~window] == 0).all() and weights[0, 0] == 1
 
 
-@pytest.mark.parametrize("encoder, decoder, tolerance", [
-    (MSRAHeatmapEncoder(), MSRAHeatmapDecoder(), None),
-    (MSRAHeatmapEncoder(unbiased=True), MSRAHeatmapDecoder(unbiased=True), 0.25),
-    (UDPHeatmapEncoder(), UDPHeatmapDecoder(), 1.0),
-    (MSRAHeatmapEncoder((288, 384), (72, 96), 3), MSRAHeatmapDecoder((288, 384), (72, 96)), None),
-    (UDPHeatmapEncoder((288, 384), (72, 96), 3), UDPHeatmapDecoder((288, 384), (72, 96)), 1.0),
-])
+@pytest.mark.parametrize(
+    "encoder, decoder, tolerance",
+    [
+        (MSRAHeatmapEncoder(), MSRAHeatmapDecoder(), None),
+        (MSRAHeatmapEncoder(unbiased=True), MSRAHeatmapDecoder(unbiased=True), 0.25),
+        (UDPHeatmapEncoder(), UDPHeatmapDecoder(), 1.0),
+        (MSRAHeatmapEncoder((288, 384), (72, 96), 3), MSRAHeatmapDecoder((288, 384), (72, 96)), None),
+        (UDPHeatmapEncoder((288, 384), (72, 96), 3), UDPHeatmapDecoder((288, 384), (72, 96)), 1.0),
+    ],
+)
 def test_decoding_the_target_gives_back_the_keypoints(encoder, decoder, tolerance):
     rng = np.random.default_rng(5)
     w, h = encoder.input_size
@@ -509,9 +555,9 @@ def test_encoding_a_batch_equals_encoding_each_sample():
     for encoder in (MSRAHeatmapEncoder(), MSRAHeatmapEncoder(unbiased=True), UDPHeatmapEncoder()):
         heatmaps, weights = encoder.encode(keypoints, visible)
         for i in range(5):
-            one = encoder.encode(keypoints[i:i + 1], visible[i:i + 1])
-            np.testing.assert_array_equal(heatmaps[i:i + 1], one[0])
-            np.testing.assert_array_equal(weights[i:i + 1], one[1])
+            one = encoder.encode(keypoints[i : i + 1], visible[i : i + 1])
+            np.testing.assert_array_equal(heatmaps[i : i + 1], one[0])
+            np.testing.assert_array_equal(weights[i : i + 1], one[1])
         assert encoder.encode(keypoints[:0], visible[:0])[0].shape == (0, NUM_JOINTS, 64, 48)
 
 
@@ -536,7 +582,11 @@ def test_simcc_labels_equal_mmposes_bit_for_bit():
         g = {k: f[k] for k in f.files}
     encoder = SimCCLabelEncoder(tuple(g["input_size"]), tuple(g["sigma"]), float(g["split_ratio"]))
     (x_labels, y_labels), weights = encoder.encode(g["keypoints"], g["visible"])
-    assert x_labels.dtype == y_labels.dtype == weights.dtype == np.float32 and x_labels.shape[-1] == 384 and y_labels.shape[-1] == 512
+    assert (
+        x_labels.dtype == y_labels.dtype == weights.dtype == np.float32
+        and x_labels.shape[-1] == 384
+        and y_labels.shape[-1] == 512
+    )
     np.testing.assert_array_equal(x_labels, g["x_labels"])
     np.testing.assert_array_equal(y_labels, g["y_labels"])
     np.testing.assert_array_equal(weights, g["weights"])
@@ -556,7 +606,11 @@ def test_simcc_labels_peak_at_the_rounded_bin_and_round_halves_to_even():
     keypoints = np.array([[[10.25, 20.75], [10.75, 0.0], [-2.0, 100.0]]])  # bins 20.5 -> 20, 41.5 -> 42; 21.5 -> 22
     (x_labels, y_labels), weights = SimCCLabelEncoder().encode(keypoints, np.ones((1, 3)))
     assert x_labels[0, 0].argmax() == 20 and y_labels[0, 0].argmax() == 42 and x_labels[0, 1].argmax() == 22
-    assert x_labels[0, 0].max() == 1.0 and x_labels[0, 2].argmax() == 0 and x_labels[0, 2, 0] < 1  # off the input: weight 1, cut peak
+    assert (
+        x_labels[0, 0].max() == 1.0 and x_labels[0, 2].argmax() == 0 and x_labels[0, 2, 0] < 1
+    )  # off the input: weight 1, cut peak
     assert weights.tolist() == [[1.0, 1.0, 1.0]]
-    far = SimCCLabelEncoder().encode(np.array([[[-8.0, 10.0], [10.0, 265.0]]]), np.ones((1, 2)))  # -16 + 14.7 + 1 < 0; 530 - 16.98 >= 512
+    far = SimCCLabelEncoder().encode(
+        np.array([[[-8.0, 10.0], [10.0, 265.0]]]), np.ones((1, 2))
+    )  # -16 + 14.7 + 1 < 0; 530 - 16.98 >= 512
     assert far[1].tolist() == [[0.0, 0.0]] and not far[0][0].any() and not far[0][1].any()

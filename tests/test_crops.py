@@ -21,7 +21,9 @@ def test_person_crop_carries_keypoints_and_maps_back():
         assert v == keypoints[joint, 2]
         assert crop.pixels[int(round(y)), int(round(x))].max() > 100  # the dot is where the keypoint says
     assert crop.keypoints[1].tolist() == [0, 0, 0]  # unlabelled joints stay (0, 0, 0)
-    np.testing.assert_allclose(apply_affine(crop.keypoints[[0, 15], :2], crop.image_from_crop), keypoints[[0, 15], :2], atol=1e-6)
+    np.testing.assert_allclose(
+        apply_affine(crop.keypoints[[0, 15], :2], crop.image_from_crop), keypoints[[0, 15], :2], atol=1e-6
+    )
 
     # The padded, aspect-kept box fills 1 / margin of the crop, centred.
     x, y, w, h = crop.bbox

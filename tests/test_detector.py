@@ -152,7 +152,9 @@ def test_state_dict_without_batchnorm_counters_loads(tmp_path):
 
 def test_v1_weights_do_not_load_into_v2_arch(resnet_weight_files):
     path = resnet_weight_files["fasterrcnn_resnet50_fpn"]
-    with pytest.raises(ValueError, match=r"fasterrcnn_resnet50_fpn\.pth \(fasterrcnn_resnet50_fpn_v2, 91 classes\).*missing") as error:
+    with pytest.raises(
+        ValueError, match=r"fasterrcnn_resnet50_fpn\.pth \(fasterrcnn_resnet50_fpn_v2, 91 classes\).*missing"
+    ) as error:
         load_detector_weights(build_detector(DetectorConfig(arch="fasterrcnn_resnet50_fpn_v2")), path)
     assert "\n" not in str(error.value)
 
@@ -249,7 +251,11 @@ def test_perfect_detections_give_box_ap_1():
     for image_id in (7, 8):
         boxes = [a["bbox"] for a in annotations if a["image_id"] == image_id and not a["iscrowd"]]
         detections.append(
-            {"boxes": np.array(boxes, np.float32), "scores": np.ones(len(boxes), np.float32), "labels": np.ones(len(boxes), np.int64)}
+            {
+                "boxes": np.array(boxes, np.float32),
+                "scores": np.ones(len(boxes), np.float32),
+                "labels": np.ones(len(boxes), np.int64),
+            }
         )
     results = detection_results([7, 8], detections)
     assert results[0] == {"image_id": 7, "category_id": 1, "bbox": [10.0, 20.0, 40.0, 80.0], "score": 1.0}
@@ -258,7 +264,11 @@ def test_perfect_detections_give_box_ap_1():
 
 
 def test_detection_results_map_labels_to_category_ids():
-    found = {"boxes": np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32), "scores": np.array([0.9, 0.4], np.float32), "labels": np.array([1, 3])}
+    found = {
+        "boxes": np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32),
+        "scores": np.array([0.9, 0.4], np.float32),
+        "labels": np.array([1, 3]),
+    }
     assert [r["category_id"] for r in detection_results([5], [found])] == [1, 3]
     assert [r["category_id"] for r in detection_results([5], [found], category_map={1: 1})] == [1]
     with pytest.raises(ValueError):
@@ -266,7 +276,9 @@ def test_detection_results_map_labels_to_category_ids():
 
 
 def test_detector_config_round_trips_and_names_its_classes():
-    config = DetectorConfig(arch="fasterrcnn_resnet50_fpn", num_classes=2, min_size=320, max_size=512, score_threshold=0.5)
+    config = DetectorConfig(
+        arch="fasterrcnn_resnet50_fpn", num_classes=2, min_size=320, max_size=512, score_threshold=0.5
+    )
     assert DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert config.category_names() == ("__background__", "person")
     names = DetectorConfig().category_names()

@@ -4,16 +4,31 @@ and one step of the task, and the COCO box evaluator."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from dataclasses import replace
 
-from pose.detector_task import SCRATCH_DETECTOR, DetectorEvaluator, DetectorRecipe, DetectorTask, augment, horizontal_flip, zoom
+from pose.detector_task import (
+    SCRATCH_DETECTOR,
+    DetectorEvaluator,
+    DetectorRecipe,
+    DetectorTask,
+    augment,
+    horizontal_flip,
+    zoom,
+)
 from pose.images import encode_png
 
-TINY = replace(SCRATCH_DETECTOR, min_size=96, max_size=128, train_proposals_per_image=50, box_samples_per_image=16, proposals_per_image=20)
+TINY = replace(
+    SCRATCH_DETECTOR,
+    min_size=96,
+    max_size=128,
+    train_proposals_per_image=50,
+    box_samples_per_image=16,
+    proposals_per_image=20,
+)
 RED = (230, 20, 20)
 
 
@@ -28,7 +43,12 @@ def scene(boxes, size=(90, 120)) -> np.ndarray:
 def red_pixels_box(image: np.ndarray) -> list[float]:
     """The tight COCO box of the red pixels."""
     rows, cols = np.nonzero((image == RED).all(axis=2))
-    return [float(cols.min()), float(rows.min()), float(cols.max() + 1 - cols.min()), float(rows.max() + 1 - rows.min())]
+    return [
+        float(cols.min()),
+        float(rows.min()),
+        float(cols.max() + 1 - cols.min()),
+        float(rows.max() + 1 - rows.min()),
+    ]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,7 +85,11 @@ def test_zoom_in_clips_boxes_to_the_window_and_keeps_what_shows():
     image = scene([(0, 0, 30, 30), (90, 60, 30, 30)])
     zoomed, boxes = zoom(image, np.array([[0.0, 0, 30, 30], [90, 60, 30, 30]]), 2.0, np.random.default_rng(0))
     assert zoomed.shape[:2] == (45, 60)
-    assert (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 60).all() and (boxes[:, 1] + boxes[:, 3] <= 45).all()
+    assert (
+        (boxes[:, :2] >= 0).all()
+        and (boxes[:, 0] + boxes[:, 2] <= 60).all()
+        and (boxes[:, 1] + boxes[:, 3] <= 45).all()
+    )
     shown = boxes[(boxes[:, 2] >= 1) & (boxes[:, 3] >= 1)]
     assert len(shown) >= 1
     for box in shown:  # what remains of a rectangle is all red
@@ -139,9 +163,17 @@ def test_evaluator_gives_box_ap_1_for_the_true_boxes_and_ignores_crowds():
     }
     evaluator = DetectorEvaluator(ground_truth)
     found = [
-        {"boxes": np.array([[10, 20, 30, 40]], np.float32), "scores": np.array([0.9], np.float32), "labels": np.array([1])},
+        {
+            "boxes": np.array([[10, 20, 30, 40]], np.float32),
+            "scores": np.array([0.9], np.float32),
+            "labels": np.array([1]),
+        },
         # a box on the crowd is ignored, a label that is not a person is left out
-        {"boxes": np.array([[50, 10, 40, 60], [1, 1, 18, 18], [60, 60, 10, 10]], np.float32), "scores": np.array([0.8, 0.7, 0.95], np.float32), "labels": np.array([1, 1, 3])},
+        {
+            "boxes": np.array([[50, 10, 40, 60], [1, 1, 18, 18], [60, 60, 10, 10]], np.float32),
+            "scores": np.array([0.8, 0.7, 0.95], np.float32),
+            "labels": np.array([1, 1, 3]),
+        },
     ]
     evaluator.add([1, 2], found)
     figures = evaluator.result()

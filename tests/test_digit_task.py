@@ -13,7 +13,9 @@ from pose.synth import digits as synth_digits
 
 def test_a_small_set_gets_the_minimum_steps_and_a_large_one_its_epochs():
     recipe = DigitRecipe()
-    small = recipe.schedule(batch_plan(recipe.batch_size, 2, 1_900).steps_per_epoch)  # synth svhn's 2,000, less the held-out
+    small = recipe.schedule(
+        batch_plan(recipe.batch_size, 2, 1_900).steps_per_epoch
+    )  # synth svhn's 2,000, less the held-out
     assert small.total_steps >= recipe.min_steps and small.epochs > recipe.epochs
     assert (small.epochs - 1) * small.steps_per_epoch < recipe.min_steps  # no epoch more than needed
     svhn = recipe.schedule(batch_plan(recipe.batch_size, 2, 73_257 - 73_257 // 20 - 1).steps_per_epoch)
@@ -97,11 +99,19 @@ def _train_plain_digits() -> float:
     recipe = DigitRecipe(model=DigitModelConfig(width=1), batch_size=64, lr=0.4, min_steps=200, warmup_steps=20)
     task = DigitTask(recipe)
     plan = batch_plan(recipe.batch_size, 1, len(train_digits))
-    assert recipe.epochs * plan.steps_per_epoch < recipe.min_steps <= task.epochs_for(plan.steps_per_epoch) * plan.steps_per_epoch
+    assert (
+        recipe.epochs * plan.steps_per_epoch
+        < recipe.min_steps
+        <= task.epochs_for(plan.steps_per_epoch) * plan.steps_per_epoch
+    )
     model = task.build_model()
     optimizer, scheduler = task.build_optimizer(model, plan.steps_per_epoch)
     for epoch in range(task.epochs_for(plan.steps_per_epoch)):
-        order = rng.permutation(len(train_digits))[: plan.steps_per_epoch * plan.global_batch].reshape(plan.steps_per_epoch, -1)
+        order = rng.permutation(len(train_digits))[: plan.steps_per_epoch * plan.global_batch].reshape(
+            plan.steps_per_epoch, -1
+        )
         batches = ({"pixels": train_pixels[i], "label": train_digits[i]} for i in order)
-        train_one_epoch(model, task, batches, optimizer, scheduler, device="cpu", generator=torch.Generator().manual_seed(epoch))
+        train_one_epoch(
+            model, task, batches, optimizer, scheduler, device="cpu", generator=torch.Generator().manual_seed(epoch)
+        )
     return evaluate(model, task, [{"pixels": test_pixels, "label": test_digits}], device="cpu")["accuracy"]

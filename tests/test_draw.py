@@ -29,7 +29,7 @@ def pixel(picture: Image.Image, x: int, y: int) -> tuple[int, int, int]:
 
 
 def window(picture: Image.Image, x: int, y: int, half: int) -> np.ndarray:
-    return np.asarray(picture)[y - half:y + half + 1, x - half:x + half + 1]
+    return np.asarray(picture)[y - half : y + half + 1, x - half : x + half + 1]
 
 
 def test_font_is_dejavu_sans() -> None:
@@ -66,10 +66,14 @@ def test_occluded_joint_stays_hollow_where_a_limb_ends() -> None:
 
 
 def test_left_right_and_centre_limbs_have_distinct_colours() -> None:
-    keypoints = person({
-        "left_shoulder": (140, 40, 2), "left_elbow": (140, 160, 2),
-        "right_shoulder": (60, 40, 2), "right_elbow": (60, 160, 2),
-    })
+    keypoints = person(
+        {
+            "left_shoulder": (140, 40, 2),
+            "left_elbow": (140, 160, 2),
+            "right_shoulder": (60, 40, 2),
+            "right_elbow": (60, 160, 2),
+        }
+    )
     picture = draw.draw_persons(grey_image(), np.array([[10, 10, 180, 180]]), keypoints[None])
     assert pixel(picture, 140, 100) == draw.LEFT_COLOUR
     assert pixel(picture, 60, 100) == draw.RIGHT_COLOUR
@@ -134,8 +138,9 @@ def test_digit_grid_tiles_and_right_wrong_colours() -> None:
     pixels = np.array([np.full((32, 32, 3), c, np.uint8) for c in colours])
     labels = list(range(count))
     predicted = [label if label != 7 else 3 for label in labels]
-    picture = np.asarray(draw.digit_grid(pixels, [v % 10 for v in labels], [v % 10 for v in predicted],
-                                         cols=10, scale=scale))
+    picture = np.asarray(
+        draw.digit_grid(pixels, [v % 10 for v in labels], [v % 10 for v in predicted], cols=10, scale=scale)
+    )
     corners = []
     for colour in colours:
         ys, xs = np.nonzero((picture == colour).all(axis=-1))

@@ -28,14 +28,18 @@ def test_updates_equal_mmposes_exp_momentum_ema():
             if isinstance(value, int):  # num_batches_tracked: the first update's copy, as mmengine keeps it
                 assert int(averaged[key]) == value
             else:
-                assert averaged[key].flatten().tolist() == pytest.approx(torch.tensor(value).flatten().tolist(), rel=1e-6, abs=1e-7), key
+                assert averaged[key].flatten().tolist() == pytest.approx(
+                    torch.tensor(value).flatten().tolist(), rel=1e-6, abs=1e-7
+                ), key
     assert ema.steps == len(GOLDEN["sources"])
 
 
 def test_the_average_is_frozen_and_resumes():
     model = torch.nn.Linear(2, 2)
     ema = ExpMomentumEMA(model)
-    assert not any(p.requires_grad for p in ema.module.parameters()) and all(p.requires_grad for p in model.parameters())
+    assert not any(p.requires_grad for p in ema.module.parameters()) and all(
+        p.requires_grad for p in model.parameters()
+    )
     ema.update(model)
     with torch.no_grad():
         model.weight.add_(1.0)

@@ -50,7 +50,12 @@ class LineEvaluator:
 
     def result(self) -> dict:
         errors = torch.cat(self.errors)
-        return {"mae": float(errors.mean()), "samples": len(errors), "train_mode": any(self.modes), "grad": any(self.grad_enabled)}
+        return {
+            "mae": float(errors.mean()),
+            "samples": len(errors),
+            "train_mode": any(self.modes),
+            "grad": any(self.grad_enabled),
+        }
 
 
 def line_batches(count: int, size: int = 8, seed: int = 0) -> list[dict]:
@@ -81,7 +86,9 @@ def test_bf16_autocast_trains_with_float32_weights():
     task = LineTask()
     model = task.build_model()
     optimizer, scheduler = task.build_optimizer(model, 10)
-    result = train_one_epoch(model, task, line_batches(10), optimizer, scheduler, device="cpu", precision=Precision(torch.bfloat16))
+    result = train_one_epoch(
+        model, task, line_batches(10), optimizer, scheduler, device="cpu", precision=Precision(torch.bfloat16)
+    )
     assert result.steps == 10 and np.isfinite(result.loss)
     assert model.weight.dtype == torch.float32
 
@@ -130,8 +137,11 @@ def test_batch_plan_shares_the_global_batch_and_keeps_the_steps():
 
 
 def test_batch_plan_refuses_what_does_not_divide_or_fill_a_batch():
-    with pytest.raises(ValueError, match=r"global batch 128 does not divide among 3 workers: batch sizes 126 or 129 "
-                                         r"\(multiples of 3\) or worker counts 1, 2, 4, 8, 16, 32, 64, 128 \(divisors of 128\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"global batch 128 does not divide among 3 workers: batch sizes 126 or 129 "
+        r"\(multiples of 3\) or worker counts 1, 2, 4, 8, 16, 32, 64, 128 \(divisors of 128\)",
+    ):
         batch_plan(128, 3, 1000)
     with pytest.raises(ValueError, match=r"batch sizes 4 \(multiples of 4\) or worker counts 1, 2"):
         batch_plan(2, 4, 1000)  # more workers than rows in the batch

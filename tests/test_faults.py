@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from s3faults import KINDS, FaultProxy
+from s3server import REGION
+from test_annotate import models, scene  # noqa: F401  (models is a fixture)
+from test_ingest import read_table, upload
 
 from jobs.annotate import AnnotateSettings, annotate
 from jobs.ingest import ingest
 from jobs.storage import StorageOptions, filesystem, join, list_files
 from pose.synth.people import write_coco
-from s3faults import KINDS, FaultProxy
-from s3server import REGION
-from test_annotate import models, scene  # noqa: F401  (models is a fixture)
-from test_ingest import read_table, upload
 
 TABLES = (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id"), ("errors", "item"))
 SHARD_IMAGES = 2  # 8 images: 4 shards, so an outage can land between them
@@ -36,8 +36,13 @@ def through(proxy: FaultProxy, retry_seconds: float = 60.0) -> StorageOptions:
 
 def assert_same_tables(dest: str, clean: str, options: StorageOptions, clean_options: StorageOptions) -> None:
     for table, key in TABLES:
-        got, expected = read_table(dest, table, options).sort_by(key), read_table(clean, table, clean_options).sort_by(key)
-        assert got.num_rows == expected.num_rows and len(set(got[key].to_pylist())) == got.num_rows, table  # none lost, none twice
+        got, expected = (
+            read_table(dest, table, options).sort_by(key),
+            read_table(clean, table, clean_options).sort_by(key),
+        )
+        assert got.num_rows == expected.num_rows and len(set(got[key].to_pylist())) == got.num_rows, (
+            table
+        )  # none lost, none twice
         assert got.equals(expected), table
 
 
@@ -86,11 +91,20 @@ def test_annotate_through_faults_equals_a_clean_run(ray_cluster, s3, models):  #
         manifest = annotate(src, dest, settings, through(proxy), progress=False)
     assert manifest["images"]["balanced"] and manifest["images"]["annotated"] == 4
     assert len(proxy.injected) >= 3, proxy.injected
-    got, expected = read_table(dest, "annotations", s3.options).sort_by("source"), read_table(clean, "annotations", s3.options).sort_by("source")
+    got, expected = (
+        read_table(dest, "annotations", s3.options).sort_by("source"),
+        read_table(clean, "annotations", s3.options).sort_by("source"),
+    )
     assert got["source"].to_pylist() == expected["source"].to_pylist() and len(set(got["image_id"].to_pylist())) == 4
     for a, b in zip(got.to_pylist(), expected.to_pylist()):
-        assert a["image_id"] == b["image_id"] and len(a["detections"]) == len(b["detections"]) and len(a["persons"]) == len(b["persons"])
-        np.testing.assert_allclose([p["keypoints"] for p in a["persons"]], [p["keypoints"] for p in b["persons"]], atol=1e-3)
+        assert (
+            a["image_id"] == b["image_id"]
+            and len(a["detections"]) == len(b["detections"])
+            and len(a["persons"]) == len(b["persons"])
+        )
+        np.testing.assert_allclose(
+            [p["keypoints"] for p in a["persons"]], [p["keypoints"] for p in b["persons"]], atol=1e-3
+        )
     assert len(list_files(join(dest, "results"), s3.options)) == len(list_files(join(clean, "results"), s3.options))
 
 
@@ -110,13 +124,27 @@ def test_outage_longer_than_the_window_is_one_line_then_the_rerun_resumes(ray_cl
     dest = join(s3.make_bucket("faults-out"), "abandoned")
     with FaultProxy(s3.endpoint_url) as proxy:
         proxy.outage_after(lambda method, path: method == "PUT" and "/_commits/" in path, seconds=None)  # stays down
-        command = [str(Path(sys.executable).with_name("pose-jobs")), "ingest", "coco", src, dest, "--shard-size", str(SHARD_IMAGES),
-                   "--endpoint-url", proxy.endpoint_url, "--storage-retry-seconds", "2"]
+        command = [
+            str(Path(sys.executable).with_name("pose-jobs")),
+            "ingest",
+            "coco",
+            src,
+            dest,
+            "--shard-size",
+            str(SHARD_IMAGES),
+            "--endpoint-url",
+            proxy.endpoint_url,
+            "--storage-retry-seconds",
+            "2",
+        ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, **s3.env()))
         assert proxy.outages == 1
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
-        assert f"cannot reach endpoint {proxy.endpoint_url} after retrying for 2 s" in result.stderr and dest in result.stderr
+        assert (
+            f"cannot reach endpoint {proxy.endpoint_url} after retrying for 2 s" in result.stderr
+            and dest in result.stderr
+        )
         committed = len(list_files(join(dest, "_commits"), s3.options))
         assert 0 < committed < 4, "the outage should land mid-job"
         proxy.start()
@@ -136,7 +164,9 @@ def mounted(*arguments: str):
     os.makedirs(target, exist_ok=True)
     result = subprocess.run(["mount", *arguments], capture_output=True, text=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount here ({result.stderr.strip() or 'mount failed'}): the injected errno tests in test_storage.py cover it")
+        pytest.skip(
+            f"cannot mount here ({result.stderr.strip() or 'mount failed'}): the injected errno tests in test_storage.py cover it"
+        )
     try:
         yield target
     finally:
@@ -159,7 +189,9 @@ def test_full_disk_is_one_line_naming_dest(ray_cluster, tmp_path):
         dest = os.path.join(small, "out")
         result = run_in_process("ingest", "coco", str(src), dest, "--shard-size", str(SHARD_IMAGES))
     assert result.exit_code == 2, result.output
-    assert result.stderr.count("\n") == 1 and f"{dest}/" in result.stderr and "no space left on device" in result.stderr, result.stderr
+    assert (
+        result.stderr.count("\n") == 1 and f"{dest}/" in result.stderr and "no space left on device" in result.stderr
+    ), result.stderr
 
 
 def test_read_only_dest_says_read_only(tmp_path):
@@ -169,4 +201,7 @@ def test_read_only_dest_says_read_only(tmp_path):
     with mounted("--bind", "-o", "ro", str(tmp_path / "writable"), str(tmp_path / "read-only")) as read_only:
         result = run_in_process("ingest", "coco", str(src), os.path.join(read_only, "out"))
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
-    assert result.stderr.strip() == f"pose-jobs: error: {read_only}/out: read-only file system (choose a writable destination)"
+    assert (
+        result.stderr.strip()
+        == f"pose-jobs: error: {read_only}/out: read-only file system (choose a writable destination)"
+    )

@@ -9,13 +9,11 @@ to the image; then the whole chain from the image, as `annotate` and `eval-keypo
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+import published
 import pytest
 import torch
 
-import published
 from pose.checkpoints import load_published
 from pose.topdown import TopDownPredictor, apply_affine_each, cut_crops
 
@@ -36,9 +34,17 @@ FILE_NAMES = {
 # The training goldens next to them, each read by its own test (test_codecs, test_augment, test_recipes, test_ema,
 # test_keypoint_task).
 TRAINING_GOLDENS = {
-    "targets_256x192.npz", "targets_384x288.npz", "augment_boxes.npz", "augment_crops_release.npz",
-    "augment_crops_mmpose.npz", "augment_crops_udp.npz", "augment_stats_simple_baselines.npz",
-    "augment_stats_hrnet.npz", "augment_stats_mmpose.npz", "recipes.json", "targets_simcc_256x192.npz",
+    "targets_256x192.npz",
+    "targets_384x288.npz",
+    "augment_boxes.npz",
+    "augment_crops_release.npz",
+    "augment_crops_mmpose.npz",
+    "augment_crops_udp.npz",
+    "augment_stats_simple_baselines.npz",
+    "augment_stats_hrnet.npz",
+    "augment_stats_mmpose.npz",
+    "recipes.json",
+    "targets_simcc_256x192.npz",
     "augment_rtmpose.npz",
 }
 
@@ -88,7 +94,9 @@ def test_network_output_on_the_frameworks_crops(family):
         inputs = model.inputs(crops)
         ours = (model.network(inputs), model.network(inputs.flip(-1)))
     for mine, theirs in zip(ours, (_outputs(golden, False), _outputs(golden, True))):
-        for a, b in zip(mine if isinstance(mine, tuple) else (mine,), theirs if isinstance(theirs, tuple) else (theirs,)):
+        for a, b in zip(
+            mine if isinstance(mine, tuple) else (mine,), theirs if isinstance(theirs, tuple) else (theirs,)
+        ):
             assert a.shape == b.shape
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=5e-4 * max(1.0, float(b.abs().max())) / 10)
 
@@ -119,4 +127,8 @@ def test_whole_chain_from_the_image(family):
     # DARK's and UDP's Newton step on the log of a blurred map turns the network's 1e-5 rounding
     # into up to a tenth of a pixel now and then; elsewhere the joints agree to the float32 digit.
     assert distance.max() < 0.25 and (distance < 0.01).mean() > 0.9, distance
-    np.testing.assert_allclose(found["keypoints"][..., 2], golden["keypoint_scores"], atol=1e-3 * max(1.0, np.abs(golden["keypoint_scores"]).max()))
+    np.testing.assert_allclose(
+        found["keypoints"][..., 2],
+        golden["keypoint_scores"],
+        atol=1e-3 * max(1.0, np.abs(golden["keypoint_scores"]).max()),
+    )

@@ -148,7 +148,9 @@ def test_wrong_state_dicts_are_refused_with_what_is_wrong():
         hrnet_keys_from_release({k: v for k, v in release.items() if k != "stage3.0.branches.0.0.conv1.weight"})
     with pytest.raises(ValueError, match=r"unexpected \(e.g. backbone.extra.weight\)"):
         hrnet_keys_from_release({**release, "extra.weight": torch.zeros(1)})
-    with pytest.raises(ValueError, match=r"wrong shape \(e.g. backbone.conv1.weight \(64, 3, 7, 7\) vs \(64, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"wrong shape \(e.g. backbone.conv1.weight \(64, 3, 7, 7\) vs \(64, 3, 3, 3\)"
+    ):
         hrnet_keys_from_release({**release, "conv1.weight": torch.zeros(64, 3, 7, 7)})
     simple_baselines = {"conv1.weight": torch.zeros(64, 3, 7, 7), "final_layer.weight": torch.zeros(17, 256, 1, 1)}
     with pytest.raises(ValueError, match="takes 256 channels"):

@@ -94,7 +94,9 @@ def _smooth_image(width: int, height: int) -> np.ndarray:
     """A smooth colour pattern (as photos mostly are): sampling it at a lower resolution is exact
     up to the JPEG noise."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    return np.stack([128 + 90 * np.sin(x / 17.0), 128 + 90 * np.cos(y / 13.0), 128 + 60 * np.sin((x + y) / 23.0)], -1).astype(np.uint8)
+    return np.stack(
+        [128 + 90 * np.sin(x / 17.0), 128 + 90 * np.cos(y / 13.0), 128 + 60 * np.sin((x + y) / 23.0)], -1
+    ).astype(np.uint8)
 
 
 @pytest.mark.parametrize("scale, reduction", [(1.0, 1), (0.6, 1), (0.5, 2), (0.3, 2), (0.25, 4), (0.05, 8)])

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import typer.main
 import yaml
 
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 YAML_FILES = sorted(INFRA.rglob("*.yaml"))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
 
 def pin(package: str) -> str:
     """The exact version pyproject.toml pins `package` to."""
@@ -75,7 +76,9 @@ def test_aws_launcher_config_is_valid_for_ray():
     jsonschema.validate(config, schema)
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
     workers = [t for name, t in config["available_node_types"].items() if name != config["head_node_type"]]
-    assert any(t["node_config"]["InstanceType"].startswith(("g", "p")) and t["max_workers"] > t["min_workers"] for t in workers)
+    assert any(
+        t["node_config"]["InstanceType"].startswith(("g", "p")) and t["max_workers"] > t["min_workers"] for t in workers
+    )
     assert all("IamInstanceProfile" in t["node_config"] for t in config["available_node_types"].values())
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert any("RAY_AUTH_MODE=token ray start" in c for c in commands)
@@ -87,27 +90,41 @@ def test_kuberay_cluster_and_jobs():
         by_kind.setdefault(document.get("kind"), []).append(document)
     [cluster] = by_kind["RayCluster"]
     assert cluster["spec"]["enableInTreeAutoscaling"] is True
-    gpu_groups = [g for g in cluster["spec"]["workerGroupSpecs"] if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    gpu_groups = [
+        g
+        for g in cluster["spec"]["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]
     assert gpu_groups and gpu_groups[0]["maxReplicas"] >= 4
-    for container in [cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]] + [g["template"]["spec"]["containers"][0] for g in cluster["spec"]["workerGroupSpecs"]]:
+    for container in [cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+        g["template"]["spec"]["containers"][0] for g in cluster["spec"]["workerGroupSpecs"]
+    ]:
         env = {e["name"]: e for e in container["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
-    entrypoints = {shlex.split(job["spec"]["entrypoint"])[1]: shlex.split(job["spec"]["entrypoint"]) for job in by_kind["RayJob"]}
+    entrypoints = {
+        shlex.split(job["spec"]["entrypoint"])[1]: shlex.split(job["spec"]["entrypoint"]) for job in by_kind["RayJob"]
+    }
     train = entrypoints["train-keypoints"]
     assert train[train.index("--workers") + 1] == "4"
     annotate = entrypoints["annotate"]
-    assert all(arg.startswith("s3://") for arg in annotate[2:4]) and "--detector" in annotate and "--keypoints" in annotate
+    assert (
+        all(arg.startswith("s3://") for arg in annotate[2:4]) and "--detector" in annotate and "--keypoints" in annotate
+    )
     for job in by_kind["RayJob"]:
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
 
 
-@pytest.mark.parametrize("path, argv", pose_jobs_commands(), ids=lambda value: value.name if isinstance(value, Path) else " ".join(value[:2]))
+@pytest.mark.parametrize(
+    "path, argv", pose_jobs_commands(), ids=lambda value: value.name if isinstance(value, Path) else " ".join(value[:2])
+)
 def test_commands_exist_with_their_options(path, argv):
     command = typer.main.get_command(app)
     words = argv[1:]
     while hasattr(command, "commands") and words and words[0] in command.commands:
         command = command.commands[words.pop(0)]
-    assert not hasattr(command, "commands"), f"{path.relative_to(ROOT)}: `pose-jobs {' '.join(argv[1:3])}` is not a command of the CLI"
+    assert not hasattr(command, "commands"), (
+        f"{path.relative_to(ROOT)}: `pose-jobs {' '.join(argv[1:3])}` is not a command of the CLI"
+    )
     options = {}
     for param in command.params:
         for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
@@ -123,7 +140,9 @@ def test_commands_exist_with_their_options(path, argv):
                 words.pop(0)
         else:
             positional.append(word)
-    assert len(positional) == len(arguments), f"{path.relative_to(ROOT)}: pose-jobs {command.name} takes {len(arguments)} arguments, given {positional}"
+    assert len(positional) == len(arguments), (
+        f"{path.relative_to(ROOT)}: pose-jobs {command.name} takes {len(arguments)} arguments, given {positional}"
+    )
     required = {p.name for p in command.params if p.required and p.param_type_name == "option"}
     given = {options[w.split("=", 1)[0]].name for w in argv if w.split("=", 1)[0] in options}
     assert required <= given, f"{path.relative_to(ROOT)}: pose-jobs {command.name} needs {sorted(required - given)}"

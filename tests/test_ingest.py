@@ -3,7 +3,6 @@ server, with bad input mixed in; every input accounted for; re-runs idempotent."
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -63,7 +62,11 @@ def coco_source(tmp_path_factory) -> tuple[Path, dict]:
     (root / "train2017" / empty["file_name"]).write_bytes(b"")
     (root / "train2017" / missing["file_name"]).unlink()
     lost_images = {corrupt["id"], empty["id"], missing["id"]}
-    victim = next(a for a in document["annotations"] if a["image_id"] not in lost_images and a["num_keypoints"] > 0 and not a["iscrowd"])
+    victim = next(
+        a
+        for a in document["annotations"]
+        if a["image_id"] not in lost_images and a["num_keypoints"] > 0 and not a["iscrowd"]
+    )
     image = next(i for i in images if i["id"] == victim["image_id"])
     joint = next(j for j in range(17) if victim["keypoints"][3 * j + 2] > 0)
     victim["keypoints"][3 * joint] = image["width"] + 50
@@ -73,7 +76,8 @@ def coco_source(tmp_path_factory) -> tuple[Path, dict]:
     annotation_file.write_text(json.dumps(document))
     planted = {
         "lost_images": lost_images,
-        "lost_annotations": {a["id"] for a in document["annotations"] if a["image_id"] in lost_images} | {victim["id"], dangling["id"]},
+        "lost_annotations": {a["id"] for a in document["annotations"] if a["image_id"] in lost_images}
+        | {victim["id"], dangling["id"]},
         "outside": victim["id"],
         "dangling": dangling["id"],
     }
@@ -118,7 +122,9 @@ def test_coco_local_ingest_accounts_for_everything(ray_cluster, coco_source, tmp
         assert json.loads(row["segmentation"]) == source["segmentation"]
 
     # Crops: one per non-crowd person with keypoints, pixels as cut from the source image.
-    eligible = persons.filter(pa.compute.and_(pa.compute.invert(persons["iscrowd"]), pa.compute.greater(persons["num_keypoints"], 0)))
+    eligible = persons.filter(
+        pa.compute.and_(pa.compute.invert(persons["iscrowd"]), pa.compute.greater(persons["num_keypoints"], 0))
+    )
     assert crops.num_rows == eligible.num_rows > 0
     row = crops.slice(0, 1).to_pylist()[0]
     image_info = next(i for i in train["images"] + val["images"] if i["id"] == row["image_id"])
@@ -163,7 +169,9 @@ def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
     ingest("coco", str(folders), local_dest, shard_size=4, progress=False)
 
     for table, key in (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id")):
-        remote = read_table(s3_dest, table, s3.options).sort_by(key).drop_columns(["source"] if table == "images" else [])
+        remote = (
+            read_table(s3_dest, table, s3.options).sort_by(key).drop_columns(["source"] if table == "images" else [])
+        )
         local = read_table(local_dest, table).sort_by(key).drop_columns(["source"] if table == "images" else [])
         assert remote.num_rows == local.num_rows > 0
         if table == "person_crops":
@@ -171,7 +179,9 @@ def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
         else:
             assert remote.equals(local), table
     sources = read_table(s3_dest, "images", s3.options)["source"].to_pylist()
-    assert all(s.startswith(f"{src}/train2017.zip!train2017/") or s.startswith(f"{src}/val2017.zip!val2017/") for s in sources)
+    assert all(
+        s.startswith(f"{src}/train2017.zip!train2017/") or s.startswith(f"{src}/val2017.zip!val2017/") for s in sources
+    )
     assert list_files(join(s3_dest, "_commits"), s3.options, suffixes=(".json",))
     assert s3.secret_key not in read_bytes(join(s3_dest, "manifest.json"), s3.options).decode()
 
@@ -185,7 +195,11 @@ def test_coco_run_killed_midway_then_rerun_gives_the_same_result(ray_cluster, tm
     command = [str(Path(sys.executable).with_name("pose-jobs")), "ingest", "coco", str(src)]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     job = subprocess.Popen(
-        command + [str(killed), "--shard-size", "2"], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command + [str(killed), "--shard-size", "2"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     commits, deadline = killed / "_commits", time.monotonic() + 120
     while time.monotonic() < deadline and job.poll() is None:
@@ -208,7 +222,9 @@ def test_coco_run_killed_midway_then_rerun_gives_the_same_result(ray_cluster, tm
         assert read_table(str(killed), table).sort_by(key).equals(read_table(str(clean), table).sort_by(key)), table
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["accounting"]["train"]["balanced"] and manifest["shards"] == 12
-    assert not [p for p in killed.rglob("*") if p.name.startswith(".") and p.is_file()], "the re-run removes the killed run's temporaries"
+    assert not [p for p in killed.rglob("*") if p.name.startswith(".") and p.is_file()], (
+        "the re-run removes the killed run's temporaries"
+    )
 
 
 def test_two_staggered_runs_on_one_dest_both_finish_with_one_clean_result(ray_cluster, tmp_path):
@@ -218,9 +234,19 @@ def test_two_staggered_runs_on_one_dest_both_finish_with_one_clean_result(ray_cl
     src = tmp_path / "src"
     write_coco(src, split="train", images=24, seed=12)
     shared, clean = tmp_path / "shared", tmp_path / "clean"
-    command = [str(Path(sys.executable).with_name("pose-jobs")), "ingest", "coco", str(src), str(shared), "--shard-size", "2"]
+    command = [
+        str(Path(sys.executable).with_name("pose-jobs")),
+        "ingest",
+        "coco",
+        str(src),
+        str(shared),
+        "--shard-size",
+        "2",
+    ]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None and not any((shared / "_commits").glob("*.json")):
         time.sleep(0.05)
@@ -231,7 +257,10 @@ def test_two_staggered_runs_on_one_dest_both_finish_with_one_clean_result(ray_cl
     ingest("coco", str(src), str(clean), shard_size=2, progress=False)
     for table, key in (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id")):
         assert read_table(str(shared), table).sort_by(key).equals(read_table(str(clean), table).sort_by(key)), table
-    assert json.loads((shared / "manifest.json").read_text())["accounting"] == json.loads((clean / "manifest.json").read_text())["accounting"]
+    assert (
+        json.loads((shared / "manifest.json").read_text())["accounting"]
+        == json.loads((clean / "manifest.json").read_text())["accounting"]
+    )
     assert not [p for p in shared.rglob("*") if p.name.startswith(".") and p.is_file()]
 
 
@@ -286,7 +315,20 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["synth"], ["synth", "coco"], ["synth", "svhn"], ["ingest"], ["ingest", "coco"], ["ingest", "svhn"], ["show"], ["show", "coco"], ["show", "svhn"], ["train-detector"], ["eval-detector"]],
+    [
+        [],
+        ["synth"],
+        ["synth", "coco"],
+        ["synth", "svhn"],
+        ["ingest"],
+        ["ingest", "coco"],
+        ["ingest", "svhn"],
+        ["show"],
+        ["show", "coco"],
+        ["show", "svhn"],
+        ["train-detector"],
+        ["eval-detector"],
+    ],
 )
 def test_every_command_has_help(command):
     result = run_cli(*command, "--help")
@@ -301,7 +343,12 @@ def test_user_mistakes_are_one_line(tmp_path, s3):
     from jobs.cli import app
 
     result = run_cli("ingest", "coco", str(tmp_path / "nowhere"), str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nowhere" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2
+        and result.stderr.count("\n") == 1
+        and "nowhere" in result.stderr
+        and "Traceback" not in result.stderr
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     result = CliRunner().invoke(app, ["ingest", "coco", str(empty), str(tmp_path / "out")])
@@ -313,7 +360,12 @@ def test_user_mistakes_are_one_line(tmp_path, s3):
     env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret"
     bucket = s3.make_bucket("guarded")
     result = CliRunner().invoke(app, ["ingest", "svhn", f"{bucket}/svhn", str(tmp_path / "out")], env=env)
-    assert result.exit_code == 2 and "denied" in result.stderr and "wrong-secret" not in result.stderr and result.stderr.count("\n") == 1
+    assert (
+        result.exit_code == 2
+        and "denied" in result.stderr
+        and "wrong-secret" not in result.stderr
+        and result.stderr.count("\n") == 1
+    )
 
 
 def test_show_pictures_from_source_and_from_parquet(ray_cluster, coco_source, tmp_path):
@@ -331,7 +383,9 @@ def test_show_pictures_from_source_and_from_parquet(ray_cluster, coco_source, tm
     for a, b in zip(from_source, from_parquet):
         first, second = np.asarray(Image.open(a)), np.asarray(Image.open(b))
         assert first.shape == second.shape and first.std() > 10
-        assert np.abs(first.astype(int) - second.astype(int)).mean() < 2  # same drawing; crops differ by a JPEG round trip
+        assert (
+            np.abs(first.astype(int) - second.astype(int)).mean() < 2
+        )  # same drawing; crops differ by a JPEG round trip
 
     svhn_src = tmp_path / "svhn"
     write_svhn(svhn_src, format="full", seed=3, train=8, test=4)
@@ -373,7 +427,9 @@ def test_svhn_files_without_digits_are_errors_and_the_run_fails(ray_cluster, tmp
     write_cropped_mat(source / "train_32x32.mat", np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.uint8))
     result = CliRunner().invoke(app, ["ingest", "svhn", str(source), str(tmp_path / "out")])
     last = result.stderr.strip().splitlines()[-1]  # after the progress line
-    assert result.exit_code == 2 and last.startswith("pose-jobs: error: ") and "Traceback" not in result.stderr, result.stderr
+    assert result.exit_code == 2 and last.startswith("pose-jobs: error: ") and "Traceback" not in result.stderr, (
+        result.stderr
+    )
     assert f"{source}: yielded no digits or numbers; 1 error row(s) in {tmp_path / 'out'}/errors" in last
     errors = read_table(str(tmp_path / "out"), "errors").to_pylist()
     assert len(errors) == 1 and "train_32x32.mat: holds no digits" in errors[0]["reason"]
@@ -384,7 +440,9 @@ def test_a_manifest_that_does_not_balance_fails_the_run():
 
     manifest = {"dataset": "coco", "tables": {"images": {"rows": 3}},
                 "accounting": {"val": {"inputs": {"images": 2}, "accounted": {"images": 3}, "balanced": False}}}  # fmt: skip
-    with pytest.raises(UnbalancedError, match=r"out/manifest.json does not balance for val \(inputs \{'images': 2\}") as raised:
+    with pytest.raises(
+        UnbalancedError, match=r"out/manifest.json does not balance for val \(inputs \{'images': 2\}"
+    ) as raised:
         check_outcome(manifest, "src", "out")
     assert raised.value.exit_code == 1
     manifest["accounting"]["val"].update(accounted={"images": 2}, balanced=True)

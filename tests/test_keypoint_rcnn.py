@@ -30,7 +30,10 @@ from pose.models.keypoint_rcnn import (
 
 V1_NAME = "keypointrcnn_resnet50_fpn_coco-fc266e95.pth"
 LEGACY_NAME = "keypointrcnn_resnet50_fpn_coco-9f466800.pth"
-WEIGHTS = {"coco_v1": KeypointRCNN_ResNet50_FPN_Weights.COCO_V1, "legacy": KeypointRCNN_ResNet50_FPN_Weights.COCO_LEGACY}
+WEIGHTS = {
+    "coco_v1": KeypointRCNN_ResNet50_FPN_Weights.COCO_V1,
+    "legacy": KeypointRCNN_ResNet50_FPN_Weights.COCO_LEGACY,
+}
 # Small inputs and few boxes keep a forward pass near a second on one thread (the keypoint head
 # costs ~4 GFLOP per box). torchvision's builder gets the same settings.
 MINE = {"min_size": 128, "max_size": 192, "detections_per_image": 2, "proposals_per_image": 60}
@@ -77,7 +80,9 @@ def torchvision_reference(variant: str, path: str, monkeypatch) -> torch.nn.Modu
     """torchvision's keypointrcnn_resnet50_fpn(weights=<variant's enum>) with `path` as the download."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     urls = []
-    monkeypatch.setattr(torchvision_weights_api, "load_state_dict_from_url", lambda url, *a, **k: urls.append(url) or state)
+    monkeypatch.setattr(
+        torchvision_weights_api, "load_state_dict_from_url", lambda url, *a, **k: urls.append(url) or state
+    )
     model = detection.keypointrcnn_resnet50_fpn(weights=WEIGHTS[variant], **THEIRS).eval()
     assert urls and urls[0].endswith(os.path.basename(path))  # the weights came from our file, by that name
     return model
@@ -107,7 +112,9 @@ def test_published_layout():
     # torchvision's builder without weights has BatchNorm2d, but the same keys and shapes besides its counters.
     theirs = detection.keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
     counters = [k for k in theirs if k.endswith("num_batches_tracked")]
-    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in theirs.items() if k not in counters}
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        k: tuple(v.shape) for k, v in theirs.items() if k not in counters
+    }
     with pytest.raises(ValueError, match="unknown Keypoint R-CNN variant"):
         build_keypoint_rcnn("coco_v2")
 
@@ -119,7 +126,9 @@ def assert_same_detections(found: dict, expected: dict, image: np.ndarray):
     assert found["keypoints"].shape == (2, 17, 3)
     x1y1 = expected["boxes"][:, :2].numpy()
     np.testing.assert_allclose(found["boxes"][:, :2], x1y1, atol=1e-4)
-    np.testing.assert_allclose(found["boxes"][:, 2:], expected["boxes"][:, 2:].numpy() - x1y1, atol=1e-4)  # xyxy -> xywh
+    np.testing.assert_allclose(
+        found["boxes"][:, 2:], expected["boxes"][:, 2:].numpy() - x1y1, atol=1e-4
+    )  # xyxy -> xywh
     np.testing.assert_allclose(found["scores"], expected["scores"].numpy(), atol=1e-6)
     assert np.all(np.diff(found["scores"]) <= 0)  # best first
     np.testing.assert_array_equal(found["labels"], expected["labels"].numpy())
@@ -178,7 +187,9 @@ def test_state_detection_and_variant_names(models):
     assert is_keypoint_rcnn_state(state)
     # Faster R-CNN's layout: the same but for the keypoint head and predictor.
     assert not is_keypoint_rcnn_state({k: v for k, v in state.items() if not k.startswith("roi_heads.keypoint_")})
-    assert not is_keypoint_rcnn_state({"backbone.conv1.weight": torch.zeros(1), "head.final_layer.weight": torch.zeros(1)})
+    assert not is_keypoint_rcnn_state(
+        {"backbone.conv1.weight": torch.zeros(1), "head.final_layer.weight": torch.zeros(1)}
+    )
     assert variant_of_file(f"/models/{V1_NAME}") == "coco_v1"
     assert variant_of_file(LEGACY_NAME) == "legacy"
     assert variant_of_file("keypoints.pth") is None
@@ -187,8 +198,13 @@ def test_state_detection_and_variant_names(models):
 def test_wrong_files_are_one_clear_error(tmp_path, weight_files):
     bad = tmp_path / V1_NAME
     # A piece of a 91-class Faster R-CNN file.
-    torch.save({"backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7), "roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)},
-               bad)
+    torch.save(
+        {
+            "backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7),
+            "roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024),
+        },
+        bad,
+    )
     with pytest.raises(ValueError) as error:
         load_keypoint_rcnn(bad)
     message = str(error.value)

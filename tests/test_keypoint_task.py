@@ -12,6 +12,7 @@ from jobs.storage import StorageOptions
 from pose import schema
 from pose.augment import AugmentConfig, jitter_colors, normalize
 from pose.crops import CropSettings
+from pose.engine import evaluate, train_one_epoch
 from pose.heatmaps import flip_heatmaps, to_image_coordinates
 from pose.keypoint_task import (
     KeypointBatchTransform,
@@ -23,11 +24,12 @@ from pose.keypoint_task import (
     keypoint_loss,
     predict,
 )
-from pose.engine import evaluate, train_one_epoch
 from pose.synth.people import write_coco
 
 # Small and fast: a 64x96 input gives 16x24 heatmaps; with the full augmentation (the GPU recipe's).
-RECIPE = KeypointRecipe(input_size=(64, 96), sigma=1.0, batch_size=4, lr=1e-3, epochs=1, warmup_steps=0, augment=AugmentConfig())
+RECIPE = KeypointRecipe(
+    input_size=(64, 96), sigma=1.0, batch_size=4, lr=1e-3, epochs=1, warmup_steps=0, augment=AugmentConfig()
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,17 @@ def test_recipe_ties_input_heatmaps_and_augmentation_together():
 def test_cpu_recipe_is_a_cut_resnet18_and_old_runs_load_as_whole_resnets():
     recipe = KeypointRecipe()
     config = recipe.model_config()
-    assert (config.backbone, config.backbone_stages, config.deconv_layers, config.output_stride) == ("resnet18", 2, 1, 4)
+    assert (config.backbone, config.backbone_stages, config.deconv_layers, config.output_stride) == (
+        "resnet18",
+        2,
+        1,
+        4,
+    )
     assert recipe.codec().heatmap_size == (24, 32)
     assert recipe.augment.flip and recipe.augment.scale == 0 and recipe.augment.rotation_prob == 0
-    saved_before_cut_backbones = {k: v for k, v in recipe.to_dict().items() if k not in ("backbone_stages", "deconv_layers")}
+    saved_before_cut_backbones = {
+        k: v for k, v in recipe.to_dict().items() if k not in ("backbone_stages", "deconv_layers")
+    }
     assert KeypointRecipe.from_dict(saved_before_cut_backbones).model_config().backbone_stages == 4
 
 
@@ -124,7 +133,8 @@ def test_transform_shapes_and_types(crops):
     # An empty batch (Ray Data can hand one over) gives the same columns with no rows.
     empty = KeypointBatchTransform(RECIPE, train=True)(rows(crops, []))
     assert {name: (value.shape[1:], value.dtype) for name, value in empty.items()} == {
-        name: (shape[1:], dtype) for name, (shape, dtype) in expected.items()}
+        name: (shape[1:], dtype) for name, (shape, dtype) in expected.items()
+    }
     assert all(len(value) == 0 for value in empty.values())
 
 
@@ -168,7 +178,9 @@ def test_transform_is_deterministic_per_annotation_and_epoch(crops):
 
 def test_train_mode_augments_and_eval_mode_does_not(crops):
     evaluation = KeypointBatchTransform(RECIPE, train=False, seed=1)(crops)
-    np.testing.assert_array_equal(evaluation["image"], KeypointBatchTransform(RECIPE, train=False, seed=2)(crops)["image"])
+    np.testing.assert_array_equal(
+        evaluation["image"], KeypointBatchTransform(RECIPE, train=False, seed=2)(crops)["image"]
+    )
     training = KeypointBatchTransform(RECIPE, train=True)(crops)
     assert not np.array_equal(training["input_from_crop"], evaluation["input_from_crop"])
     assert not np.array_equal(training["image"], evaluation["image"])
@@ -243,15 +255,21 @@ def test_perfect_heatmaps_score_pck_1_and_ap_1(tables, crops):
     half = len(index) // 2
     # The ground truth of the images evaluated: COCO's AP counts every image of it, seen or not.
     everything = ground_truth_from_tables(tables["images"], tables["persons"])
-    ground_truth = {**everything, "images": [i for i in everything["images"] if i["id"] in keep],
-                    "annotations": [a for a in everything["annotations"] if a["image_id"] in keep]}
+    ground_truth = {
+        **everything,
+        "images": [i for i in everything["images"] if i["id"] in keep],
+        "annotations": [a for a in everything["annotations"] if a["image_id"] in keep],
+    }
     task = KeypointTask(RECIPE, ground_truth=ground_truth)
     evaluator = task.evaluator()
     task.evaluator = lambda: evaluator  # to read its instances after the pass
 
     # Two batches of rows, the second with Ray-style numpy columns.
     first = rows(crops, index[:half])
-    second = {name: np.asarray(value, dtype=object if name == "crop" else None) for name, value in rows(crops, index[half:]).items()}
+    second = {
+        name: np.asarray(value, dtype=object if name == "crop" else None)
+        for name, value in rows(crops, index[half:]).items()
+    }
     model = PerfectModel(*(KeypointBatchTransform(RECIPE, train=False)(part) for part in (first, second)))
     metrics = evaluate(model, task, [first, second], device="cpu")
     assert metrics["pck"] == 1.0
@@ -266,12 +284,16 @@ def test_perfect_heatmaps_score_pck_1_and_ap_1(tables, crops):
 
     prepared = KeypointBatchTransform(RECIPE, train=False)(first)
     keypoints, scores, heatmaps = predict(model, prepared["image"], flip_test=False, codec=RECIPE.codec())
-    assert keypoints.shape == (half, 17, 2) and scores.shape == (half, 17) and heatmaps.shape == prepared["target"].shape
+    assert (
+        keypoints.shape == (half, 17, 2) and scores.shape == (half, 17) and heatmaps.shape == prepared["target"].shape
+    )
 
     # The figures also take torch tensors (as Ray's iter_torch_batches gives them).
     figures = KeypointEvaluator(RECIPE.codec(), None)
     tensors = {name: torch.as_tensor(prepared[name]) for name in ("target", "target_weight", "image_id", "bbox")}
-    figures.update(tensors["target"], tensors["target"], tensors["target_weight"], np.zeros((half, 17, 2)), scores, tensors)
+    figures.update(
+        tensors["target"], tensors["target"], tensors["target_weight"], np.zeros((half, 17, 2)), scores, tensors
+    )
     assert figures.result()["pck"] == 1.0
 
 
@@ -281,7 +303,11 @@ def test_evaluator_scores_instances_as_simple_baselines(tables):
     heatmaps = np.zeros((2, 17, 24, 16), np.float32)
     scores = np.full((2, 17), 0.1, np.float32)
     scores[0, :4] = 0.8  # joints below 0.2 do not count
-    meta = {"image_id": np.array([1, 2]), "bbox": np.array([[0, 0, 10, 20], [5, 5, 10, 10]]), "box_score": np.array([0.5, 1.0])}
+    meta = {
+        "image_id": np.array([1, 2]),
+        "bbox": np.array([[0, 0, 10, 20], [5, 5, 10, 10]]),
+        "box_score": np.array([0.5, 1.0]),
+    }
     evaluator.update(heatmaps, heatmaps, np.ones((2, 17)), np.zeros((2, 17, 2)), scores, meta)
     results = evaluator.results_json()
     assert [r["score"] for r in results] == pytest.approx([0.4, 0.0])
@@ -358,8 +384,17 @@ def test_non_finite_loss_stops_training(crops):
 def test_evaluation_figure_shows_rows_of_four_panels(crops):
     batch = KeypointBatchTransform(RECIPE, train=False)(rows(crops, range(3)))
     predicted = batch["target"].astype(np.float32) * 0.8
-    figure = evaluation_figure(batch["image"], batch["target"], predicted, batch["keypoints"], batch["keypoints"] + 1,
-                               visible=batch["target_weight"], scores=batch["target_weight"], count=2, panel_height=128)
+    figure = evaluation_figure(
+        batch["image"],
+        batch["target"],
+        predicted,
+        batch["keypoints"],
+        batch["keypoints"] + 1,
+        visible=batch["target_weight"],
+        scores=batch["target_weight"],
+        count=2,
+        panel_height=128,
+    )
     assert isinstance(figure, Image.Image)
     assert figure.height > 2 * 128 and figure.width > 4 * 96
 

@@ -26,14 +26,18 @@ def test_pck_perfect_is_one():
 
 def test_pck_reproduces_simple_baselines_on_hand_made_heatmaps():
     # 64x48 maps: the original's norm is (h, w) / 10 = (6.4, 4.8), applied to (x, y) as is.
-    target = peaks([
-        [(10, 10), (1, 20), None, (30, 30)],
-        [(10, 10), (20, 1), (2, 2), (30, 30)],
-    ])
-    output = peaks([
-        [(13, 10), (1, 20), (5, 5), (30, 30)],
-        [(10, 13), (20, 1), (2, 2), (30, 30)],
-    ])
+    target = peaks(
+        [
+            [(10, 10), (1, 20), None, (30, 30)],
+            [(10, 10), (20, 1), (2, 2), (30, 30)],
+        ]
+    )
+    output = peaks(
+        [
+            [(13, 10), (1, 20), (5, 5), (30, 30)],
+            [(10, 13), (20, 1), (2, 2), (30, 30)],
+        ]
+    )
     output[0, 3] -= 1.5  # max -0.5 <= 0: the prediction becomes (0, 0)
     per_joint, mean, count = pck_seed(output, target)
     # joint 0: dx = 3 -> 3 / 6.4 = 0.47 hit; dy = 3 -> 3 / 4.8 = 0.63 miss.
@@ -111,11 +115,18 @@ def tiny_coco():
     for image_id, image_boxes in boxes.items():
         for box in image_boxes:
             keypoints = person(rng, *box)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                "bbox": list(box), "area": float(box[2] * box[3]),
-                "keypoints": keypoints.ravel().tolist(), "num_keypoints": int((keypoints[:, 2] > 0).sum()),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": list(box),
+                    "area": float(box[2] * box[3]),
+                    "keypoints": keypoints.ravel().tolist(),
+                    "num_keypoints": int((keypoints[:, 2] > 0).sum()),
+                }
+            )
     images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 480} for i in boxes]
     return {"images": images, "annotations": annotations, "categories": [PERSON_CATEGORY]}
 
@@ -127,7 +138,12 @@ def keypoint_results(ground_truth, shift=0.0):
         keypoints[:, 0] += shift
         keypoints[:, 2] = 1.0
         results.append(
-            {"image_id": annotation["image_id"], "category_id": 1, "keypoints": keypoints.ravel().tolist(), "score": 0.9}
+            {
+                "image_id": annotation["image_id"],
+                "category_id": 1,
+                "keypoints": keypoints.ravel().tolist(),
+                "score": 0.9,
+            }
         )
     return results
 
@@ -137,7 +153,9 @@ def test_coco_keypoint_ap_perfect_and_shifted(capsys):
     perfect = keypoint_results(ground_truth)
     stats = coco_keypoint_ap(ground_truth, perfect)
     assert set(stats) == {"ap", "ap50", "ap75", "ap_m", "ap_l", "ar", "ar50", "ar75", "ar_m", "ar_l"}
-    assert stats["ap"] == pytest.approx(1.0) and stats["ar"] == pytest.approx(1.0) and stats["ap_m"] == pytest.approx(1.0)
+    assert (
+        stats["ap"] == pytest.approx(1.0) and stats["ar"] == pytest.approx(1.0) and stats["ap_m"] == pytest.approx(1.0)
+    )
     assert "keypoints" in perfect[0] and "area" not in perfect[0]  # results are not modified
     shifted = coco_keypoint_ap(ground_truth, keypoint_results(ground_truth, shift=8.0))
     assert 0 <= shifted["ap"] < 1.0
@@ -149,7 +167,8 @@ def test_coco_keypoint_ap_perfect_and_shifted(capsys):
 def test_coco_box_ap_perfect():
     ground_truth = tiny_coco()
     results = [
-        {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9} for a in ground_truth["annotations"]
+        {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+        for a in ground_truth["annotations"]
     ]
     stats = coco_box_ap(ground_truth, results, category_ids=[1])
     assert stats["ap"] == pytest.approx(1.0) and stats["ar"] == pytest.approx(1.0)

@@ -80,7 +80,9 @@ def test_weights_file_of_a_detector_trained_from_scratch_keeps_its_batchnorm(tmp
 
 
 def test_run_folder_loads_with_its_configuration(tmp_path, s3_env):
-    config = DetectorConfig(arch=MOBILENET, num_classes=2, min_size=160, max_size=240, norm="batch", trainable_backbone_layers=6)
+    config = DetectorConfig(
+        arch=MOBILENET, num_classes=2, min_size=160, max_size=240, norm="batch", trainable_backbone_layers=6
+    )
     torch.manual_seed(0)
     model = build_detector(config)
     info = {"task": "detector", "model": config.to_dict(), "recipe": {}, "epochs": 1}
@@ -142,11 +144,15 @@ def test_published_keypoint_file_and_boxes_load_from_s3(tmp_path, s3_env):
     published.write_mmpose_checkpoint(tmp_path / name, "mmpose-rtmpose-t", 0)
     bucket = s3_env.make_bucket("published")
     write_bytes_atomic(f"{bucket}/models/{name}", (tmp_path / name).read_bytes(), s3_env.options)
-    boxes = [{"image_id": 7, "category_id": 1, "bbox": [1.0, 2.0, 30.0, 60.0], "score": 0.4},
-             {"image_id": 7, "category_id": 1, "bbox": [5.0, 5.0, 20.0, 40.0], "score": 0.9}]
+    boxes = [
+        {"image_id": 7, "category_id": 1, "bbox": [1.0, 2.0, 30.0, 60.0], "score": 0.4},
+        {"image_id": 7, "category_id": 1, "bbox": [5.0, 5.0, 20.0, 40.0], "score": 0.9},
+    ]
     write_bytes_atomic(f"{bucket}/boxes.json", json.dumps(boxes).encode(), s3_env.options)
     local, remote = load_pose_model(str(tmp_path / name)), load_pose_model(f"{bucket}/models/{name}", s3_env.options)
-    assert remote.name == local.name == "mmpose rtmpose-t 256x192 simcc" and not is_keypoint_rcnn(f"{bucket}/models/{name}", s3_env.options)
+    assert remote.name == local.name == "mmpose rtmpose-t 256x192 simcc" and not is_keypoint_rcnn(
+        f"{bucket}/models/{name}", s3_env.options
+    )
     for key, value in local.network.state_dict().items():
         assert torch.equal(value, remote.network.state_dict()[key])
     found, scores = read_box_results(f"{bucket}/boxes.json", s3_env.options)[7]
@@ -181,14 +187,29 @@ def test_wrong_published_keypoint_file_is_one_line_exit_2(tmp_path, problem):
         extra, expected = ["--keypoint-arch", "hrnet-w32"], "holds a resnet50, not a hrnet-w32"
     else:
         name = tmp_path / "run"
-        write_run(str(name), {**KeypointTask(KeypointRecipe(deconv_channels=16)).config(), "epochs": 1},
-                  KeypointTask(KeypointRecipe(deconv_channels=16)).build_model(), StorageOptions())
+        write_run(
+            str(name),
+            {**KeypointTask(KeypointRecipe(deconv_channels=16)).config(), "epochs": 1},
+            KeypointTask(KeypointRecipe(deconv_channels=16)).build_model(),
+            StorageOptions(),
+        )
         extra, expected = ["--codec", "dark"], "knows its own architecture"
     from typer.testing import CliRunner
 
     from jobs.cli import app
 
     (tmp_path / "boxes.json").write_text("[]")
-    result = CliRunner().invoke(app, ["eval-keypoints", "--data", str(tmp_path / "no-data"), "--model", str(name), "--boxes",
-                                      str(tmp_path / "boxes.json"), *extra])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval-keypoints",
+            "--data",
+            str(tmp_path / "no-data"),
+            "--model",
+            str(name),
+            "--boxes",
+            str(tmp_path / "boxes.json"),
+            *extra,
+        ],
+    )
     assert result.exit_code == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr

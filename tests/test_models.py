@@ -35,7 +35,9 @@ def test_keypoint_model_gives_stride_4_heatmaps(backbone, millions):
 
 @pytest.mark.parametrize("stages, deconv_layers, stride", [(2, 1, 4), (3, 2, 4), (2, 2, 2)])
 def test_cut_backbone_keeps_early_stages_and_fewer_deconvolutions(stages, deconv_layers, stride):
-    config = KeypointModelConfig(input_size=(64, 96), backbone_stages=stages, deconv_layers=deconv_layers, deconv_channels=64)
+    config = KeypointModelConfig(
+        input_size=(64, 96), backbone_stages=stages, deconv_layers=deconv_layers, deconv_channels=64
+    )
     model = build_keypoint_model(config).eval()
     assert list(model.backbone._modules)[-1] == f"layer{stages}"
     assert config.backbone_stride == 2 ** (stages + 1) and config.output_stride == stride
@@ -46,9 +48,13 @@ def test_cut_backbone_keeps_early_stages_and_fewer_deconvolutions(stages, deconv
         KeypointModelConfig(backbone_stages=1, deconv_layers=3)
 
 
-@pytest.mark.parametrize("stages, deconv_layers, joined", [(2, 1, ["layer1"]), (3, 2, ["layer2", "layer1"]), (4, 2, ["layer3", "layer2"])])
+@pytest.mark.parametrize(
+    "stages, deconv_layers, joined", [(2, 1, ["layer1"]), (3, 2, ["layer2", "layer1"]), (4, 2, ["layer3", "layer2"])]
+)
 def test_skips_add_each_stage_to_the_deconvolution_of_its_stride(stages, deconv_layers, joined):
-    config = KeypointModelConfig(input_size=(64, 96), backbone_stages=stages, deconv_layers=deconv_layers, deconv_channels=32, skips=True)
+    config = KeypointModelConfig(
+        input_size=(64, 96), backbone_stages=stages, deconv_layers=deconv_layers, deconv_channels=32, skips=True
+    )
     model = build_keypoint_model(config).eval()
     channels = {"layer1": 64, "layer2": 128, "layer3": 256}
     assert [lateral.in_channels for lateral in model.laterals.values()] == [channels[name] for name in joined]
@@ -122,7 +128,9 @@ def test_cut_backbone_loads_the_stages_it_keeps(tmp_path):
     torch.save(resnet.state_dict(), path)
     model = build_keypoint_model(KeypointModelConfig(backbone_stages=2, deconv_layers=1, deconv_channels=64))
     loaded = load_backbone_weights(model, path)
-    assert "layer2.1.bn2.running_var" in loaded and not any(key.startswith(("layer3.", "layer4.", "fc.")) for key in loaded)
+    assert "layer2.1.bn2.running_var" in loaded and not any(
+        key.startswith(("layer3.", "layer4.", "fc.")) for key in loaded
+    )
     torch.testing.assert_close(model.backbone.layer2[1].conv2.weight, resnet.layer2[1].conv2.weight)
 
 

@@ -6,15 +6,30 @@ from __future__ import annotations
 import pickletools
 
 import numpy as np
+import published
 import pytest
 import torch
 
-import published
-
-MMPOSE = ["mmpose-res50", "mmpose-res101", "mmpose-res152", "mmpose-hrnet-w32", "mmpose-hrnet-w48", "mmpose-rtmpose-t",
-          "mmpose-rtmpose-s", "mmpose-rtmpose-m", "mmpose-rtmpose-l", "mmpose-rtmpose-m-384x288", "mmpose-rtmpose-l-384x288"]
-RELEASES = ["release-pose_resnet_50", "release-pose_resnet_101", "release-pose_resnet_152", "release-pose_hrnet_w32",
-            "release-pose_hrnet_w48"]
+MMPOSE = [
+    "mmpose-res50",
+    "mmpose-res101",
+    "mmpose-res152",
+    "mmpose-hrnet-w32",
+    "mmpose-hrnet-w48",
+    "mmpose-rtmpose-t",
+    "mmpose-rtmpose-s",
+    "mmpose-rtmpose-m",
+    "mmpose-rtmpose-l",
+    "mmpose-rtmpose-m-384x288",
+    "mmpose-rtmpose-l-384x288",
+]
+RELEASES = [
+    "release-pose_resnet_50",
+    "release-pose_resnet_101",
+    "release-pose_resnet_152",
+    "release-pose_hrnet_w32",
+    "release-pose_hrnet_w48",
+]
 TORCHVISION = "torchvision-keypointrcnn_resnet50_fpn"
 
 
@@ -50,8 +65,9 @@ def test_manifests_agree_with_what_is_known_of_the_files():
     assert values == 59_243_498  # 59,137,258 parameters + the FrozenBatchNorm2d buffers
 
 
-@pytest.mark.parametrize("mmpose_name,release", [("mmpose-res50", "release-pose_resnet_50"),
-                                                 ("mmpose-hrnet-w32", "release-pose_hrnet_w32")])
+@pytest.mark.parametrize(
+    "mmpose_name,release", [("mmpose-res50", "release-pose_resnet_50"), ("mmpose-hrnet-w32", "release-pose_hrnet_w32")]
+)
 def test_releases_are_mmpose_layouts_without_prefixes(mmpose_name, release):
     stripped = [(key.split(".", 1)[1], shape) for key, shape in published.manifest(mmpose_name)]
     assert stripped == published.manifest(release)
@@ -122,9 +138,17 @@ def test_release_and_torchvision_files_are_bare_state_dicts(tmp_path):
     assert len(torch.load(tv, weights_only=True)) == 313
 
 
-GOLDEN_VARIANTS = ["mmpose-res50-256x192", "mmpose-hrnet-w32-256x192", "mmpose-hrnet-w32-dark-256x192",
-                   "mmpose-hrnet-w32-udp-256x192", "mmpose-hrnet-w48-384x288", "mmpose-rtmpose-t-256x192",
-                   "mmpose-rtmpose-m-256x192", "release-pose_resnet_50-256x192", "release-pose_hrnet_w32-256x192"]
+GOLDEN_VARIANTS = [
+    "mmpose-res50-256x192",
+    "mmpose-hrnet-w32-256x192",
+    "mmpose-hrnet-w32-dark-256x192",
+    "mmpose-hrnet-w32-udp-256x192",
+    "mmpose-hrnet-w48-384x288",
+    "mmpose-rtmpose-t-256x192",
+    "mmpose-rtmpose-m-256x192",
+    "release-pose_resnet_50-256x192",
+    "release-pose_hrnet_w32-256x192",
+]
 
 
 def test_every_golden_is_there():
@@ -156,7 +180,9 @@ def test_golden_is_self_consistent(variant):
     assert np.allclose(g["centers"], g["boxes"][:, :2] + g["boxes"][:, 2:] / 2, atol=1e-3)
 
 
-@pytest.mark.parametrize("variant", ["mmpose-rtmpose-t-256x192", "mmpose-res50-256x192", "release-pose_resnet_50-256x192"])
+@pytest.mark.parametrize(
+    "variant", ["mmpose-rtmpose-t-256x192", "mmpose-res50-256x192", "release-pose_resnet_50-256x192"]
+)
 def test_golden_weights_are_what_published_makes_today(variant):
     """If numpy's random streams or the value rules change, the goldens no longer describe these weights."""
     g = published.load_golden(variant)

@@ -62,20 +62,49 @@ def test_show_recipe_equals_the_reference_config(key):
         assert augment["kind"] == "mmpose"
         half, box = reference["half_body"], reference["bbox_transform"]
         assert augment["flip_prob"] == reference["flip"]["prob"]
-        assert (augment["half_body_prob"], augment["half_body_min_total"], augment["half_body_min_upper"], augment["half_body_min_lower"],
-                augment["half_body_upper_prob"], augment["half_body_padding"]) == (
-            half["prob"], half["min_total_keypoints"], half["min_upper_keypoints"], half["min_lower_keypoints"],
-            half["upper_prioritized_prob"], half["padding"])
-        assert (augment["shift_factor"], augment["shift_prob"], list(augment["scale_range"]), augment["scale_prob"],
-                augment["rotate_factor"], augment["rotate_prob"]) == (
-            box["shift_factor"], box["shift_prob"], box["scale_factor"], box["scale_prob"], box["rotate_factor"], box["rotate_prob"])
+        assert (
+            augment["half_body_prob"],
+            augment["half_body_min_total"],
+            augment["half_body_min_upper"],
+            augment["half_body_min_lower"],
+            augment["half_body_upper_prob"],
+            augment["half_body_padding"],
+        ) == (
+            half["prob"],
+            half["min_total_keypoints"],
+            half["min_upper_keypoints"],
+            half["min_lower_keypoints"],
+            half["upper_prioritized_prob"],
+            half["padding"],
+        )
+        assert (
+            augment["shift_factor"],
+            augment["shift_prob"],
+            list(augment["scale_range"]),
+            augment["scale_prob"],
+            augment["rotate_factor"],
+            augment["rotate_prob"],
+        ) == (
+            box["shift_factor"],
+            box["shift_prob"],
+            box["scale_factor"],
+            box["scale_prob"],
+            box["rotate_factor"],
+            box["rotate_prob"],
+        )
         assert shown["bgr"] is False
     else:
         assert shown["heatmap_codec"] == "msra" and shown["crop_centring"] == "release"
         assert augment["kind"] == "release"
         assert (augment["scale_factor"], augment["rotation_factor"], augment["flip"]) == (
-            reference["scale_factor"], reference["rotation_factor"], reference["flip"])
-        assert (augment["half_body_prob"], augment["half_body_joints"]) == (reference["half_body_prob"], reference["half_body_joints"])
+            reference["scale_factor"],
+            reference["rotation_factor"],
+            reference["flip"],
+        )
+        assert (augment["half_body_prob"], augment["half_body_joints"]) == (
+            reference["half_body_prob"],
+            reference["half_body_joints"],
+        )
         assert shown["bgr"] is (not reference["color_rgb"])
 
 
@@ -109,58 +138,138 @@ def test_rtmpose_m_shows_the_reference_config():
     shown = show("--recipe", "rtmpose-m", "--workers", "8")
     settings = shown["rtmpose"]
     optimizer, paramwise = reference["optimizer"], reference["paramwise_cfg"]
-    assert (shown["optimizer_type"], shown["lr"], shown["weight_decay"]) == (optimizer["type"].lower(), optimizer["lr"], optimizer["weight_decay"])
+    assert (shown["optimizer_type"], shown["lr"], shown["weight_decay"]) == (
+        optimizer["type"].lower(),
+        optimizer["lr"],
+        optimizer["weight_decay"],
+    )
     assert (settings["norm_decay_mult"], settings["bias_decay_mult"], paramwise["bypass_duplicate"]) == (
-        paramwise["norm_decay_mult"], paramwise["bias_decay_mult"], True)
+        paramwise["norm_decay_mult"],
+        paramwise["bias_decay_mult"],
+        True,
+    )
     warmup, cosine = reference["warmup"], reference["cosine"]
     assert (warmup["type"], warmup["by_epoch"], warmup["begin"]) == ("LinearLR", False, 0)
     assert (shown["warmup_steps"], shown["warmup_start_factor"]) == (warmup["end"], warmup["start_factor"])
     assert (cosine["type"], cosine["by_epoch"], cosine["convert_to_iter_based"]) == ("CosineAnnealingLR", True, True)
-    assert (settings["cosine_begin_epoch"], shown["epochs"], shown["epochs"] - settings["cosine_begin_epoch"], settings["eta_min"]) == (
-        cosine["begin"], cosine["end"], cosine["T_max"], cosine["eta_min"])
+    assert (
+        settings["cosine_begin_epoch"],
+        shown["epochs"],
+        shown["epochs"] - settings["cosine_begin_epoch"],
+        settings["eta_min"],
+    ) == (cosine["begin"], cosine["end"], cosine["T_max"], cosine["eta_min"])
     assert shown["epochs"] == reference["epochs"] and shown["schedule"] == "cosine"
-    assert (shown["batch_size"], shown["worker_batch"], shown["base_batch_size"]) == (reference["batch_size"], 256, reference["base_batch_size"])
+    assert (shown["batch_size"], shown["worker_batch"], shown["base_batch_size"]) == (
+        reference["batch_size"],
+        256,
+        reference["base_batch_size"],
+    )
     codec = reference["codec"]
     assert (codec["type"], codec["normalize"], codec["use_dark"]) == ("SimCCLabel", False, False)
     assert (shown["heatmap_codec"], shown["input_size"], settings["simcc_sigma"], settings["simcc_split_ratio"]) == (
-        "simcc", codec["input_size"], codec["sigma"], codec["simcc_split_ratio"])
+        "simcc",
+        codec["input_size"],
+        codec["sigma"],
+        codec["simcc_split_ratio"],
+    )
     assert shown["simcc_bins"] == [round(v * codec["simcc_split_ratio"]) for v in codec["input_size"]]
     loss = {**reference["loss_defaults"], **reference["loss"]}
     assert (loss["type"], loss["use_target_weight"], loss["mask"]) == ("KLDiscretLoss", True, None)
-    assert (settings["kl_beta"], settings["label_softmax"], settings["label_beta"]) == (loss["beta"], loss["label_softmax"], loss["label_beta"])
+    assert (settings["kl_beta"], settings["label_softmax"], settings["label_beta"]) == (
+        loss["beta"],
+        loss["label_softmax"],
+        loss["label_beta"],
+    )
     ema = reference["ema_hook"]
     assert (ema["type"], ema["ema_type"], ema["update_buffers"]) == ("EMAHook", "ExpMomentumEMA", True)
     assert (settings["ema_momentum"], settings["ema_gamma"]) == (ema["momentum"], reference["ema_defaults"]["gamma"])
     assert shown["epochs"] - settings["stage2_epochs"] == reference["switch_hook"]["switch_epoch"]
     init = reference["init_cfg"]
-    assert (init["type"], init["prefix"], init["checkpoint"].rsplit("/", 1)[1]) == ("Pretrained", "backbone.", settings["backbone_checkpoint"])
-    assert (shown["network"], shown["crop_centring"], shown["flip_test"], shown["bgr"]) == ("mmpose rtmpose-m 256x192 simcc", "mmpose", reference["flip_test"], False)
-    assert reference["head"]["in_channels"] == 768 and reference["backbone"]["widen_factor"] == 0.75  # RTMPose-m (pose.models.rtmpose)
+    assert (init["type"], init["prefix"], init["checkpoint"].rsplit("/", 1)[1]) == (
+        "Pretrained",
+        "backbone.",
+        settings["backbone_checkpoint"],
+    )
+    assert (shown["network"], shown["crop_centring"], shown["flip_test"], shown["bgr"]) == (
+        "mmpose rtmpose-m 256x192 simcc",
+        "mmpose",
+        reference["flip_test"],
+        False,
+    )
+    assert (
+        reference["head"]["in_channels"] == 768 and reference["backbone"]["widen_factor"] == 0.75
+    )  # RTMPose-m (pose.models.rtmpose)
     assert shown["expected_coco_ap"] == 74.6
     # the geometric steps of both stages: RandomFlip, RandomHalfBody and RandomBBoxTransform with their arguments
-    for augment, pipeline in ((shown["augment"], reference["pipeline_stage1"]), (settings["stage2_augment"], reference["pipeline_stage2"])):
+    for augment, pipeline in (
+        (shown["augment"], reference["pipeline_stage1"]),
+        (settings["stage2_augment"], reference["pipeline_stage2"]),
+    ):
         steps = {step["type"]: step for step in pipeline}
-        half, box = {**reference["half_body"], **steps["RandomHalfBody"]}, _bbox_transform(steps["RandomBBoxTransform"], reference["bbox_transform"])
+        half, box = (
+            {**reference["half_body"], **steps["RandomHalfBody"]},
+            _bbox_transform(steps["RandomBBoxTransform"], reference["bbox_transform"]),
+        )
         assert augment["kind"] == "mmpose" and augment["flip_prob"] == reference["flip"]["prob"]
-        assert (augment["half_body_prob"], augment["half_body_min_total"], augment["half_body_upper_prob"], augment["half_body_padding"]) == (
-            half["prob"], half["min_total_keypoints"], half["upper_prioritized_prob"], half["padding"])
-        assert (augment["shift_factor"], augment["shift_prob"], augment["scale_range"], augment["scale_prob"], augment["rotate_factor"],
-                augment["rotate_prob"]) == (box["shift_factor"], box["shift_prob"], box["scale_factor"], box["scale_prob"], box["rotate_factor"],
-                                            box["rotate_prob"])
+        assert (
+            augment["half_body_prob"],
+            augment["half_body_min_total"],
+            augment["half_body_upper_prob"],
+            augment["half_body_padding"],
+        ) == (half["prob"], half["min_total_keypoints"], half["upper_prioritized_prob"], half["padding"])
+        assert (
+            augment["shift_factor"],
+            augment["shift_prob"],
+            augment["scale_range"],
+            augment["scale_prob"],
+            augment["rotate_factor"],
+            augment["rotate_prob"],
+        ) == (
+            box["shift_factor"],
+            box["shift_prob"],
+            box["scale_factor"],
+            box["scale_prob"],
+            box["rotate_factor"],
+            box["rotate_prob"],
+        )
     # the pixel steps after TopdownAffine: YOLOXHSVRandomAug, then albumentations' Blur, MedianBlur, CoarseDropout
-    for pixels, pipeline in ((settings["pixel_augment"], reference["pipeline_stage1"]), (settings["stage2_pixel_augment"], reference["pipeline_stage2"])):
+    for pixels, pipeline in (
+        (settings["pixel_augment"], reference["pipeline_stage1"]),
+        (settings["stage2_pixel_augment"], reference["pipeline_stage2"]),
+    ):
         types = [step["type"] for step in pipeline]
-        assert types[types.index("TopdownAffine") + 1:] == ["mmdet.YOLOXHSVRandomAug", "Albumentation", "GenerateTarget", "PackPoseInputs"]
-        hsv = {**reference["yolox_hsv_defaults"], **{k: v for k, v in pipeline[types.index("mmdet.YOLOXHSVRandomAug")].items() if k != "type"}}
-        assert (pixels["hue_delta"], pixels["saturation_delta"], pixels["value_delta"]) == (hsv["hue_delta"], hsv["saturation_delta"], hsv["value_delta"])
+        assert types[types.index("TopdownAffine") + 1 :] == [
+            "mmdet.YOLOXHSVRandomAug",
+            "Albumentation",
+            "GenerateTarget",
+            "PackPoseInputs",
+        ]
+        hsv = {
+            **reference["yolox_hsv_defaults"],
+            **{k: v for k, v in pipeline[types.index("mmdet.YOLOXHSVRandomAug")].items() if k != "type"},
+        }
+        assert (pixels["hue_delta"], pixels["saturation_delta"], pixels["value_delta"]) == (
+            hsv["hue_delta"],
+            hsv["saturation_delta"],
+            hsv["value_delta"],
+        )
         blur, median, dropout = pipeline[types.index("Albumentation")]["transforms"]
         blur, median = {**reference["blur_defaults"], **blur}, {**reference["median_blur_defaults"], **median}
         dropout = {**reference["coarse_dropout_defaults"], **dropout}
         assert (blur["type"], median["type"], dropout["type"]) == ("Blur", "MedianBlur", "CoarseDropout")
         odd = list(range(3, blur["blur_limit"] + 1, 2))  # albumentations' to_tuple(7, 3): odd kernels 3..7
-        assert (pixels["blur_prob"], pixels["blur_kernels"], pixels["median_prob"], pixels["median_kernels"]) == (blur["p"], odd, median["p"], odd)
+        assert (pixels["blur_prob"], pixels["blur_kernels"], pixels["median_prob"], pixels["median_kernels"]) == (
+            blur["p"],
+            odd,
+            median["p"],
+            odd,
+        )
         assert (dropout["min_holes"], dropout["max_holes"], dropout["fill_value"]) == (1, 1, 0)
-        assert pixels["dropout_size"] == [dropout["min_height"], dropout["max_height"]] == [dropout["min_width"], dropout["max_width"]]
+        assert (
+            pixels["dropout_size"]
+            == [dropout["min_height"], dropout["max_height"]]
+            == [dropout["min_width"], dropout["max_width"]]
+        )
         assert pixels["dropout_prob"] == dropout["p"]
     assert (settings["pixel_augment"]["dropout_prob"], settings["stage2_pixel_augment"]["dropout_prob"]) == (1.0, 0.5)
 
@@ -187,11 +296,17 @@ def test_rtmpose_weight_decay_groups_equal_mmengines():
     assert sum(len(g["params"]) for g in groups) == len(names)
     assert {g["weight_decay"] for g in groups} == {0.0, 0.05}
     optimizer = recipe.optimizer(network)
-    assert isinstance(optimizer, torch.optim.AdamW) and [g["weight_decay"] for g in optimizer.param_groups] == [g["weight_decay"] for g in groups]
+    assert isinstance(optimizer, torch.optim.AdamW) and [g["weight_decay"] for g in optimizer.param_groups] == [
+        g["weight_decay"] for g in groups
+    ]
 
 
 def test_rtmpose_m_refuses_what_its_config_does_not_have():
-    for args, words in ((["--input-size", "384x288"], "256x192"), (["--codec", "msra"], "simcc codec"), (["--backbone", "resnet50"], "RTMPose-m")):
+    for args, words in (
+        (["--input-size", "384x288"], "256x192"),
+        (["--codec", "msra"], "simcc codec"),
+        (["--backbone", "resnet50"], "RTMPose-m"),
+    ):
         result = CliRunner().invoke(app, ["train-keypoints", "--recipe", "rtmpose-m", *args, "--show-recipe"])
         assert result.exit_code == 2 and words in result.output, result.output
     # MMPose's auto_scale_lr rule from base_batch_size 1024, as for the td-hm recipes
@@ -229,7 +344,10 @@ def test_recipe_mistakes_are_one_line():
     for args, words in (
         (["--recipe", "simple-baselines", "--backbone", "resnet18"], "resnet50, resnet101 or resnet152"),
         (["--recipe", "simple-baselines", "--codec", "dark"], "mmpose-td-hm"),
-        (["--recipe", "mmpose-td-hm", "--backbone", "resnet50", "--codec", "udp"], "no td-hm resnet50 config with the udp codec"),
+        (
+            ["--recipe", "mmpose-td-hm", "--backbone", "resnet50", "--codec", "udp"],
+            "no td-hm resnet50 config with the udp codec",
+        ),
         (["--recipe", "hrnet-w32", "--input-size", "512x384"], "256x192 and 384x288"),
         (["--recipe", "simple-baselines", "--workers", "3"], "does not divide among 3 workers"),
     ):
@@ -241,8 +359,17 @@ def test_recipe_mistakes_are_one_line():
 
 def test_cpu_recipe_is_unchanged_and_warns_with_a_resnet50(tmp_path):
     shown = show()
-    assert (shown["name"], shown["framework"], shown["backbone"], shown["input_size"], shown["batch_size"]) == ("cpu", "pose-jobs", "resnet18", [96, 128], 32)
-    result = CliRunner().invoke(app, ["train-keypoints", "--backbone", "resnet50", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")])
+    assert (shown["name"], shown["framework"], shown["backbone"], shown["input_size"], shown["batch_size"]) == (
+        "cpu",
+        "pose-jobs",
+        "resnet18",
+        [96, 128],
+        32,
+    )
+    result = CliRunner().invoke(
+        app,
+        ["train-keypoints", "--backbone", "resnet50", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")],
+    )
     assert "is the CPU recipe" in result.output and "--recipe simple-baselines" in result.output
 
 
@@ -271,14 +398,23 @@ def _train_commands() -> list[tuple[str, list[str]]]:
 
 def test_cluster_paths_train_a_reference_recipe():
     commands = _train_commands()
-    assert {where for where, _ in commands} >= {"infra/kuberay/rayjob-train-keypoints.yaml", "infra/aws/cluster.yaml", "README.md"}
+    assert {where for where, _ in commands} >= {
+        "infra/kuberay/rayjob-train-keypoints.yaml",
+        "infra/aws/cluster.yaml",
+        "README.md",
+    }
     for where, argv in commands:
-        args = argv[argv.index("train-keypoints") + 1:]
+        args = argv[argv.index("train-keypoints") + 1 :]
         assert "--recipe" in args, f"{where}: {' '.join(argv)} trains the CPU recipe without saying so"
         if args[args.index("--recipe") + 1] == "cpu" and where == "README.md":
             continue  # a CPU cluster, said in so many words (the two-node example the tests run)
         assert "--backbone-weights" in args, f"{where}: {' '.join(argv)} trains without ImageNet weights"
-        keep = [a for a in args if not a.startswith("s3://") and a not in ("--data", "--out", "--backbone-weights", "--address", "--no-wait")]
+        keep = [
+            a
+            for a in args
+            if not a.startswith("s3://")
+            and a not in ("--data", "--out", "--backbone-weights", "--address", "--no-wait")
+        ]
         keep = [a for a in keep if not a.startswith("http")]
         assert show(*keep)["framework"] != "pose-jobs"
 
@@ -287,25 +423,44 @@ def test_cluster_paths_train_a_reference_recipe():
 # Evaluation over the whole split, OKS-NMS areas, the reference recipes' boxes and weights
 
 
-
 def _person(image_id: int, annotation_id: int, x: float, y: float) -> dict:
     rng = np.random.default_rng(annotation_id)
     points = np.stack([x + rng.uniform(0, 60, 17), y + rng.uniform(0, 120, 17), np.full(17, 2.0)], 1)
-    return {"id": annotation_id, "image_id": image_id, "category_id": 1, "bbox": [x, y, 60.0, 120.0], "keypoints": points.reshape(-1).tolist(),
-            "num_keypoints": 17, "area": 5000.0, "iscrowd": 0, "segmentation": []}
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "bbox": [x, y, 60.0, 120.0],
+        "keypoints": points.reshape(-1).tolist(),
+        "num_keypoints": 17,
+        "area": 5000.0,
+        "iscrowd": 0,
+        "segmentation": [],
+    }
 
 
 def _ground_truth(images: int) -> dict:
-    return {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 200} for i in range(1, images + 1)],
-            "annotations": [_person(i, 100 + i, 20.0 + i, 30.0) for i in range(1, images + 1)],
-            "categories": [{"id": 1, "name": "person", "keypoints": [], "skeleton": []}]}
+    return {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 200} for i in range(1, images + 1)],
+        "annotations": [_person(i, 100 + i, 20.0 + i, 30.0) for i in range(1, images + 1)],
+        "categories": [{"id": 1, "name": "person", "keypoints": [], "skeleton": []}],
+    }
 
 
 def _update(evaluator: KeypointEvaluator, annotations: list[dict]) -> None:
     keypoints = np.array([np.asarray(a["keypoints"]).reshape(17, 3)[:, :2] for a in annotations])
     heatmaps = np.zeros((len(annotations), 17, 32, 24), np.float32)
-    evaluator.update(heatmaps, heatmaps, np.ones((len(annotations), 17)), keypoints, np.ones((len(annotations), 17)),
-                     {"image_id": np.array([a["image_id"] for a in annotations]), "bbox": np.array([a["bbox"] for a in annotations])})
+    evaluator.update(
+        heatmaps,
+        heatmaps,
+        np.ones((len(annotations), 17)),
+        keypoints,
+        np.ones((len(annotations), 17)),
+        {
+            "image_id": np.array([a["image_id"] for a in annotations]),
+            "bbox": np.array([a["bbox"] for a in annotations]),
+        },
+    )
 
 
 def test_images_without_predictions_count_as_misses():
@@ -351,15 +506,24 @@ def test_reference_networks_load_imagenet_weights_and_published_files():
     recipe = keypoint_recipe("mmpose-td-hm", backbone="hrnet-w32")
     network = recipe.build_network()
     # an ImageNet HRNet classifier file: the backbone's names plus the classifier's own heads
-    classifier = {key: torch.randn(value.shape) if value.is_floating_point() else value for key, value in network.backbone.state_dict().items()}
-    classifier["classifier.weight"], classifier["incre_modules.0.0.conv1.weight"] = torch.zeros(1000, 2048), torch.zeros(32, 32, 1, 1)
+    classifier = {
+        key: torch.randn(value.shape) if value.is_floating_point() else value
+        for key, value in network.backbone.state_dict().items()
+    }
+    classifier["classifier.weight"], classifier["incre_modules.0.0.conv1.weight"] = (
+        torch.zeros(1000, 2048),
+        torch.zeros(32, 32, 1, 1),
+    )
     buffer = io.BytesIO()
     torch.save(classifier, buffer)
     task = KeypointTask(recipe, backbone_weights=buffer.getvalue())
     model = task.build_model()
     assert torch.equal(model.backbone.conv1.weight, classifier["conv1.weight"])
     # the head keeps the references' initialisation: N(0, 0.001), zero bias
-    assert float(model.head.final_layer.weight.detach().std()) == pytest.approx(0.001, rel=0.2) and float(model.head.final_layer.bias.abs().max()) == 0
+    assert (
+        float(model.head.final_layer.weight.detach().std()) == pytest.approx(0.001, rel=0.2)
+        and float(model.head.final_layer.bias.abs().max()) == 0
+    )
     wrong = io.BytesIO()
     torch.save({"conv1.weight": torch.zeros(3)}, wrong)
     with pytest.raises(ValueError, match="HRNet ImageNet weights"):
@@ -385,24 +549,50 @@ def _reference_rows(count: int, seed: int = 0) -> tuple[dict, dict]:
     from pose.images import encode_jpeg
 
     rng = np.random.default_rng(seed)
-    rows = {k: [] for k in ("annotation_id", "image_id", "bbox", "keypoints", "image_from_crop", "crop", "area", "image")}
-    truth = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person", "keypoints": [], "skeleton": []}]}
+    rows = {
+        k: [] for k in ("annotation_id", "image_id", "bbox", "keypoints", "image_from_crop", "crop", "area", "image")
+    }
+    truth = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "person", "keypoints": [], "skeleton": []}],
+    }
     for i in range(count):
         image = rng.integers(0, 255, (160, 200, 3), np.uint8)
         box = np.array([40.0 + i, 20.0, 60.0, 120.0])
         keypoints = np.concatenate([rng.uniform([45, 25], [95, 135], (17, 2)), np.full((17, 1), 2.0)], 1)
         crop = cut_person_crop(image, box, keypoints)
-        for key, value in (("annotation_id", 10 + i), ("image_id", 1 + i), ("bbox", crop.bbox), ("keypoints", crop.keypoints.reshape(-1)),
-                           ("image_from_crop", crop.image_from_crop.reshape(-1)), ("crop", encode_jpeg(crop.pixels)), ("area", 5000.0),
-                           ("image", encode_jpeg(image))):
+        for key, value in (
+            ("annotation_id", 10 + i),
+            ("image_id", 1 + i),
+            ("bbox", crop.bbox),
+            ("keypoints", crop.keypoints.reshape(-1)),
+            ("image_from_crop", crop.image_from_crop.reshape(-1)),
+            ("crop", encode_jpeg(crop.pixels)),
+            ("area", 5000.0),
+            ("image", encode_jpeg(image)),
+        ):
             rows[key].append(value)
         truth["images"].append({"id": 1 + i, "file_name": f"{i}.jpg", "width": 200, "height": 160})
-        truth["annotations"].append({"id": 10 + i, "image_id": 1 + i, "category_id": 1, "bbox": box.tolist(), "keypoints": keypoints.reshape(-1).tolist(),
-                                     "num_keypoints": 17, "area": 5000.0, "iscrowd": 0, "segmentation": []})
+        truth["annotations"].append(
+            {
+                "id": 10 + i,
+                "image_id": 1 + i,
+                "category_id": 1,
+                "bbox": box.tolist(),
+                "keypoints": keypoints.reshape(-1).tolist(),
+                "num_keypoints": 17,
+                "area": 5000.0,
+                "iscrowd": 0,
+                "segmentation": [],
+            }
+        )
     return rows, truth
 
 
-@pytest.mark.parametrize("name, options", [("simple-baselines", {}), ("mmpose-td-hm", {"codec": "udp", "backbone": "hrnet-w32"})])
+@pytest.mark.parametrize(
+    "name, options", [("simple-baselines", {}), ("mmpose-td-hm", {"codec": "udp", "backbone": "hrnet-w32"})]
+)
 def test_a_reference_recipe_trains_and_validates_through_the_engine(name, options):
     """The whole reference path without Ray: rows with their image -> the reference's augmentation, warp and
     targets -> optimiser steps -> validation on the original images through the published family's chain."""
@@ -417,12 +607,16 @@ def test_a_reference_recipe_trains_and_validates_through_the_engine(name, option
     assert prepared["target"].shape == (2, 17, 64, 48) and prepared["target_weight"].shape == (2, 17)
     assert "color" not in prepared  # no colour jitter in the references
     again = prepare_reference_batch(recipe, 3, {k: v[::-1] for k, v in rows.items()}, epoch=0)
-    assert np.array_equal(again["image"][::-1], prepared["image"])  # a row's draw depends on (seed, epoch, annotation), not its place
+    assert np.array_equal(
+        again["image"][::-1], prepared["image"]
+    )  # a row's draw depends on (seed, epoch, annotation), not its place
     assert not np.array_equal(task.prepare_batch(rows, epoch=1)["image"], prepared["image"])
     # every weighted joint has a Gaussian on the map (peak 1 on the map, lower for a joint just off it); others none
     weights = prepared["target_weight"] > 0
     peaks = prepared["target"].astype(np.float32).reshape(2, 17, -1).max(-1)
-    assert weights.any() and (peaks[weights] > 0).all() and (peaks[~weights] == 0).all() and peaks.max() > 0.99  # UDP: sub-pixel centre
+    assert (
+        weights.any() and (peaks[weights] > 0).all() and (peaks[~weights] == 0).all() and peaks.max() > 0.99
+    )  # UDP: sub-pixel centre
 
     model = task.build_model()
     optimizer, scheduler = task.build_optimizer(model, steps_per_epoch=1)
@@ -458,8 +652,21 @@ def test_train_keypoints_with_a_reference_recipe_on_ray(ray_cluster, tmp_path):
     write_coco(tmp_path / "src", split="val", images=2, seed=32)
     ingest("coco", str(tmp_path / "src"), str(tmp_path / "coco"), progress=False)
     common = ["--data", str(tmp_path / "coco")]
-    result = CliRunner().invoke(app, ["train-keypoints", *common, "--out", str(tmp_path / "run"), "--recipe", "simple-baselines",
-                                      "--epochs", "1", "--batch-size", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-keypoints",
+            *common,
+            "--out",
+            str(tmp_path / "run"),
+            "--recipe",
+            "simple-baselines",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "run" / "model.json").read_text())
     assert info["recipe"]["framework"] == "simple-baselines" and info["model"]["arch"] == "resnet50"
@@ -503,28 +710,46 @@ def test_rtmpose_m_trains_through_the_engine_with_its_ema():
     assert rtmpose_augment(recipe, 389) == (recipe.augment, recipe.rtmpose.pixel_augment)
     assert rtmpose_augment(recipe, 390) == (recipe.rtmpose.stage2_augment, recipe.rtmpose.stage2_pixel_augment)
     # the pretrained CSPNeXt file: a whole MMPose checkpoint (its own heatmap head is ignored)
-    backbone = {f"backbone.{k}": torch.randn(v.shape) if v.is_floating_point() else v for k, v in recipe.build_network().backbone.state_dict().items()}
+    backbone = {
+        f"backbone.{k}": torch.randn(v.shape) if v.is_floating_point() else v
+        for k, v in recipe.build_network().backbone.state_dict().items()
+    }
     buffer = io.BytesIO()
     torch.save({"meta": {}, "state_dict": {**backbone, "head.final_layer.weight": torch.zeros(17, 768, 1, 1)}}, buffer)
     task = KeypointTask(recipe, ground_truth=truth, seed=3, backbone_weights=buffer.getvalue())
 
     prepared = task.prepare_batch(rows, epoch=0)
     assert prepared["image"].shape == (2, 256, 192, 3) and "target" not in prepared
-    assert prepared["target_x"].shape == (2, 17, 384) and prepared["target_y"].shape == (2, 17, 512) and prepared["target_x"].dtype == np.float32
+    assert (
+        prepared["target_x"].shape == (2, 17, 384)
+        and prepared["target_y"].shape == (2, 17, 512)
+        and prepared["target_x"].dtype == np.float32
+    )
     weighted = prepared["target_weight"] > 0
-    assert weighted.any() and (prepared["target_x"].max(-1)[weighted] > 0).all() and (prepared["target_x"].max(-1)[~weighted] == 0).all()
+    assert (
+        weighted.any()
+        and (prepared["target_x"].max(-1)[weighted] > 0).all()
+        and (prepared["target_x"].max(-1)[~weighted] == 0).all()
+    )
     late = task.prepare_batch(rows, epoch=recipe.epochs - 1)  # stage 2: another augmentation, the same shapes
     assert late["target_x"].shape == prepared["target_x"].shape and not np.array_equal(late["image"], prepared["image"])
 
     model = task.build_model()
     assert torch.equal(model.backbone.stem[0].conv.weight, backbone["backbone.stem.0.conv.weight"])
-    assert float(model.head.cls_x.weight.detach().std()) == pytest.approx(0.01, rel=0.1)  # RTMCCHead's init, not PyTorch's
+    assert float(model.head.cls_x.weight.detach().std()) == pytest.approx(
+        0.01, rel=0.1
+    )  # RTMCCHead's init, not PyTorch's
     optimizer, scheduler = task.build_optimizer(model, steps_per_epoch=2)
     assert task.averaged(model) is task.ema.module and task.ema.steps == 0
     # after the first step the average is the model's copy; the second moves it by MMPose's momentum at update 1
     result = train_one_epoch(model, task, [prepared], optimizer, scheduler, device="cpu")
     first = model.head.cls_x.weight.detach().clone()
-    assert result.steps == 1 and np.isfinite(result.loss) and task.ema.steps == 1 and torch.equal(task.ema.module.head.cls_x.weight, first)
+    assert (
+        result.steps == 1
+        and np.isfinite(result.loss)
+        and task.ema.steps == 1
+        and torch.equal(task.ema.module.head.cls_x.weight, first)
+    )
     train_one_epoch(model, task, [late], optimizer, scheduler, device="cpu")
     momentum = (1 - 0.0002) * np.exp(-2 / 2000) + 0.0002
     expected = first * (1 - momentum) + model.head.cls_x.weight.detach() * momentum

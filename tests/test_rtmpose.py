@@ -47,7 +47,14 @@ def test_key_and_value_counts_per_size(size):
     state = on_meta(RTMPoseConfig(size=size)).state_dict()
     keys, values = SIZES[size]
     assert len(state) == keys
-    assert sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == values
+    assert (
+        sum(
+            v.numel()
+            for k, v in state.items()
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        )
+        == values
+    )
     assert all(k.startswith(("backbone.", "head.")) for k in state)
 
 
@@ -114,25 +121,62 @@ def test_published_names_and_shapes_m_256x192():
         assert f"backbone.stage{stage}.{index}.blocks.{blocks - 1}.conv1.conv.weight" in got
         assert f"backbone.stage{stage}.{index}.blocks.{blocks}.conv1.conv.weight" not in got
     # No biases before BatchNorm, none in the head's linears (MMPose: ConvModule bias="auto", bias=False).
-    assert not [k for k in got if k.endswith(".conv.bias") or k in ("head.mlp.1.bias", "head.cls_x.bias", "head.gau.uv.bias")]
+    assert not [
+        k for k in got if k.endswith(".conv.bias") or k in ("head.mlp.1.bias", "head.cls_x.bias", "head.gau.uv.bias")
+    ]
     # The head's keys in MMPose's registration order (what a manifest lists).
     assert [k for k in got if k.startswith("head.")] == [
-        "head.final_layer.weight", "head.final_layer.bias", "head.mlp.0.g", "head.mlp.1.weight", "head.gau.gamma", "head.gau.beta",
-        "head.gau.o.weight", "head.gau.uv.weight", "head.gau.ln.g", "head.gau.res_scale.scale", "head.cls_x.weight", "head.cls_y.weight",
+        "head.final_layer.weight",
+        "head.final_layer.bias",
+        "head.mlp.0.g",
+        "head.mlp.1.weight",
+        "head.gau.gamma",
+        "head.gau.beta",
+        "head.gau.o.weight",
+        "head.gau.uv.weight",
+        "head.gau.ln.g",
+        "head.gau.res_scale.scale",
+        "head.cls_x.weight",
+        "head.cls_y.weight",
     ]
 
 
 @pytest.mark.parametrize(
     "size, input_size, expected",
     [
-        ("t", (192, 256), {"backbone.stem.0.conv.weight": (12, 3, 3, 3), "head.final_layer.weight": (17, 384, 7, 7),
-                           "backbone.stage4.2.blocks.0.conv2.depthwise_conv.conv.weight": (192, 1, 5, 5)}),
+        (
+            "t",
+            (192, 256),
+            {
+                "backbone.stem.0.conv.weight": (12, 3, 3, 3),
+                "head.final_layer.weight": (17, 384, 7, 7),
+                "backbone.stage4.2.blocks.0.conv2.depthwise_conv.conv.weight": (192, 1, 5, 5),
+            },
+        ),
         ("s", (192, 256), {"backbone.stem.2.conv.weight": (32, 16, 3, 3), "head.final_layer.weight": (17, 512, 7, 7)}),
-        ("l", (192, 256), {"backbone.stem.2.conv.weight": (64, 32, 3, 3), "head.final_layer.weight": (17, 1024, 7, 7),
-                           "backbone.stage2.1.blocks.5.conv1.conv.weight": (128, 128, 3, 3)}),
-        ("m", (288, 384), {"head.mlp.1.weight": (256, 108), "head.cls_x.weight": (576, 256), "head.cls_y.weight": (768, 256)}),
-        ("l", (288, 384), {"head.final_layer.weight": (17, 1024, 7, 7), "head.mlp.1.weight": (256, 108),
-                           "head.cls_x.weight": (576, 256)}),
+        (
+            "l",
+            (192, 256),
+            {
+                "backbone.stem.2.conv.weight": (64, 32, 3, 3),
+                "head.final_layer.weight": (17, 1024, 7, 7),
+                "backbone.stage2.1.blocks.5.conv1.conv.weight": (128, 128, 3, 3),
+            },
+        ),
+        (
+            "m",
+            (288, 384),
+            {"head.mlp.1.weight": (256, 108), "head.cls_x.weight": (576, 256), "head.cls_y.weight": (768, 256)},
+        ),
+        (
+            "l",
+            (288, 384),
+            {
+                "head.final_layer.weight": (17, 1024, 7, 7),
+                "head.mlp.1.weight": (256, 108),
+                "head.cls_x.weight": (576, 256),
+            },
+        ),
     ],
 )
 def test_names_and_shapes_of_other_sizes(size, input_size, expected):
@@ -200,8 +244,10 @@ def test_matches_mmpose_on_seeded_weights():
         "dy": [0.0884347, -0.2221629, -0.3382629, 0.2840655, -0.0282079],  # (simcc_y[0] - simcc_y[1])[::4, 250]
     }
     got = {
-        "x": simcc_x[0, ::4, 190], "y": simcc_y[0, ::4, 250],
-        "dx": (simcc_x[0] - simcc_x[1])[::4, 190], "dy": (simcc_y[0] - simcc_y[1])[::4, 250],
+        "x": simcc_x[0, ::4, 190],
+        "y": simcc_y[0, ::4, 250],
+        "dx": (simcc_x[0] - simcc_x[1])[::4, 190],
+        "dy": (simcc_y[0] - simcc_y[1])[::4, 250],
     }
     for name, values in mmpose.items():
         torch.testing.assert_close(got[name], torch.tensor(values), rtol=0, atol=1e-4, msg=name)

@@ -11,10 +11,10 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from s3server import free_ports
 
 from jobs import storage
 from jobs.storage import StorageError, StorageOptions
-from s3server import free_ports
 
 BUCKET = "storage-tests"
 
@@ -79,7 +79,9 @@ def test_list_files_recursive_with_mixed_case_suffixes(root):
     absolute_root = root if storage.is_s3(root) else os.path.abspath(root)
 
     images = storage.list_files(root, suffixes=(".jpg", ".JPEG"))
-    assert images == sorted(storage.join(absolute_root, *n.split("/")) for n in ["a.JPG", "sub/b.jpg", "sub/deeper/c.Jpeg"])
+    assert images == sorted(
+        storage.join(absolute_root, *n.split("/")) for n in ["a.JPG", "sub/b.jpg", "sub/deeper/c.Jpeg"]
+    )
     assert len(storage.list_files(root)) == 5
     if storage.is_s3(root):  # the prefix "su" is not the folder "sub"
         assert storage.list_files(storage.join(root, "su")) == []
@@ -103,7 +105,9 @@ def test_check_readable_and_writable_accept_good_locations(root):
     storage.check_readable(storage.join(root, "in"))
     storage.check_readable(storage.join(root, "in", "x.bin"))
     # The checks leave nothing behind: no created folders, no S3 probe object.
-    assert storage.list_files(root) == [storage.join(root if storage.is_s3(root) else os.path.abspath(root), "in", "x.bin")]
+    assert storage.list_files(root) == [
+        storage.join(root if storage.is_s3(root) else os.path.abspath(root), "in", "x.bin")
+    ]
 
 
 def test_missing_bucket(s3_env):
@@ -174,7 +178,9 @@ def test_unreachable_endpoint(s3_env, monkeypatch):
         storage.check_readable(url, StorageOptions(endpoint_url=endpoint, retry_seconds=1.5))
     assert time.monotonic() - started >= 1.5, "retried for the whole window"
     message = assert_one_line_naming(excinfo.value, url, s3_env.secret_key)
-    assert message.startswith(f"{url}: cannot reach endpoint {endpoint} after retrying for 1.5 s (check --endpoint-url / AWS_ENDPOINT_URL")
+    assert message.startswith(
+        f"{url}: cannot reach endpoint {endpoint} after retrying for 1.5 s (check --endpoint-url / AWS_ENDPOINT_URL"
+    )
     assert excinfo.value.exit_code == 2
 
 
@@ -182,18 +188,35 @@ def test_transient_failures_are_told_apart():
     import botocore.exceptions
 
     def client_error(status: int, code: str) -> Exception:
-        return botocore.exceptions.ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return botocore.exceptions.ClientError(
+            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+        )
 
     translated = OSError(5, "SlowDown")
     translated.__cause__ = client_error(503, "SlowDown")
-    for transient in (client_error(503, "SlowDown"), client_error(500, "InternalError"), translated, ConnectionResetError(), TimeoutError(),
-                      botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), botocore.exceptions.ConnectionClosedError(endpoint_url="http://x")):
+    for transient in (
+        client_error(503, "SlowDown"),
+        client_error(500, "InternalError"),
+        translated,
+        ConnectionResetError(),
+        TimeoutError(),
+        botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"),
+        botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"),
+    ):
         assert storage.is_transient(transient), transient
-    for lasting in (client_error(403, "AccessDenied"), client_error(404, "NoSuchBucket"), FileNotFoundError(), PermissionError(), ValueError()):
+    for lasting in (
+        client_error(403, "AccessDenied"),
+        client_error(404, "NoSuchBucket"),
+        FileNotFoundError(),
+        PermissionError(),
+        ValueError(),
+    ):
         assert not storage.is_transient(lasting), lasting
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")])
+@pytest.mark.parametrize(
+    "code, words", [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")]
+)
 def test_full_or_read_only_disk_is_one_line(tmp_path, monkeypatch, code, words):
     url = str(tmp_path / "dest" / "images" / "shard.parquet")
 

@@ -152,7 +152,9 @@ def test_reads_files_as_matlab_writes_them(byteorder, compress, count):
     np.testing.assert_array_equal(_stream_all(data, chunk=2), pixels)
 
 
-@pytest.mark.parametrize("reader", [svhn.cropped_digit_count, svhn.read_cropped_labels, lambda f: list(svhn.iter_cropped_digits(f))])
+@pytest.mark.parametrize(
+    "reader", [svhn.cropped_digit_count, svhn.read_cropped_labels, lambda f: list(svhn.iter_cropped_digits(f))]
+)
 def test_broken_files_raise_format_errors_naming_the_file(tmp_path, reader):
     pixels, labels = _random_digits(50)
     data = _mat_bytes(pixels, labels)
@@ -203,7 +205,9 @@ def test_digit_from_label():
 NUMBERS = [
     NumberAnnotation("1.png", (DigitBox(246.0, 77.0, 81.0, 219.0, 1), DigitBox(323.0, 81.0, 96.0, 219.0, 9))),
     NumberAnnotation("2.png", (DigitBox(77.0, 29.0, 23.0, 32.0, 10),)),
-    NumberAnnotation("3.png", tuple(DigitBox(17.0 + 9 * i, 5.0, 8.5, 15.0, label) for i, label in enumerate((4, 10, 7, 2, 3)))),
+    NumberAnnotation(
+        "3.png", tuple(DigitBox(17.0 + 9 * i, 5.0, 8.5, 15.0, label) for i, label in enumerate((4, 10, 7, 2, 3)))
+    ),
     NumberAnnotation("10.png", (DigitBox(1.0, 2.0, 3.0, 4.0, 6),)),
 ]
 

@@ -77,7 +77,9 @@ def test_write_svhn_cropped_files_load(tmp_path):
         np.testing.assert_array_equal(svhn.read_cropped_labels(file), loaded["y"].ravel())
     # Each split has its own random stream: a different test count leaves train unchanged.
     digits.write_svhn(tmp_path / "again", "cropped", seed=5, train=120, test=10)
-    assert (tmp_path / "again" / "train_32x32.mat").read_bytes()[128:] == (tmp_path / "train_32x32.mat").read_bytes()[128:]
+    assert (tmp_path / "again" / "train_32x32.mat").read_bytes()[128:] == (tmp_path / "train_32x32.mat").read_bytes()[
+        128:
+    ]
     assert not (tmp_path / "again" / "extra_32x32.mat").exists()
 
 
@@ -85,7 +87,13 @@ def test_write_svhn_full_files_load(tmp_path):
     summary = digits.write_svhn(tmp_path, "full", seed=2, train=12, test=4)
     assert summary["counts"] == {"train": 12, "test": 4}
     assert summary["files"] == ["train/digitStruct.mat", "test/digitStruct.mat"]
-    assert sorted(path.name for path in (tmp_path / "test").iterdir()) == ["1.png", "2.png", "3.png", "4.png", "digitStruct.mat"]
+    assert sorted(path.name for path in (tmp_path / "test").iterdir()) == [
+        "1.png",
+        "2.png",
+        "3.png",
+        "4.png",
+        "digitStruct.mat",
+    ]
     with h5py.File(tmp_path / "train" / "digitStruct.mat", "r") as f:
         assert f["digitStruct/name"].shape == (12, 1)
     numbers = svhn.read_digit_struct(tmp_path / "train" / "digitStruct.mat")

@@ -21,7 +21,9 @@ from pose.synth.people import render_scene, write_coco
 
 IMAGES = 40
 # pycocotools' decode trips over numpy 2's copy keyword; harmless, and not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 JOINT = {name: index for index, name in enumerate(JOINT_NAMES)}
 
 
@@ -45,10 +47,29 @@ def test_json_has_coco_structure(written):
     assert summary["images"] == len(document["images"]) == IMAGES
     assert summary["annotations"] == len(document["annotations"]) == summary["persons"] + summary["crowds"]
     for image in document["images"]:
-        assert list(image) == ["license", "file_name", "coco_url", "height", "width", "date_captured", "flickr_url", "id"]
+        assert list(image) == [
+            "license",
+            "file_name",
+            "coco_url",
+            "height",
+            "width",
+            "date_captured",
+            "flickr_url",
+            "id",
+        ]
         assert image["file_name"] == f"{image['id']:012d}.jpg"
     for annotation in document["annotations"]:
-        assert list(annotation) == ["segmentation", "num_keypoints", "area", "iscrowd", "keypoints", "image_id", "bbox", "category_id", "id"]
+        assert list(annotation) == [
+            "segmentation",
+            "num_keypoints",
+            "area",
+            "iscrowd",
+            "keypoints",
+            "image_id",
+            "bbox",
+            "category_id",
+            "id",
+        ]
         assert annotation["category_id"] == 1 and annotation["image_id"] in coco.imgs
     image_ids = [image["id"] for image in document["images"]]
     annotation_ids = [annotation["id"] for annotation in document["annotations"]]
@@ -161,15 +182,25 @@ def test_archives_have_the_public_bucket_layout(tmp_path):
     with zipfile.ZipFile(tmp_path / "annotations_trainval2017.zip") as archive:
         train_json = archive.read("annotations/person_keypoints_train2017.json")
     val = write_coco(tmp_path, split="val", images=2, seed=5, archives=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations_trainval2017.zip", "train2017.zip", "val2017.zip"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "annotations_trainval2017.zip",
+        "train2017.zip",
+        "val2017.zip",
+    ]
     assert train["annotation_file"] == val["annotation_file"] == str(tmp_path / "annotations_trainval2017.zip")
 
     with zipfile.ZipFile(tmp_path / "annotations_trainval2017.zip") as archive:
         infos = {info.filename: info for info in archive.infolist()}
-        assert sorted(infos) == ["annotations/person_keypoints_train2017.json", "annotations/person_keypoints_val2017.json"]
+        assert sorted(infos) == [
+            "annotations/person_keypoints_train2017.json",
+            "annotations/person_keypoints_val2017.json",
+        ]
         assert all(info.compress_type == zipfile.ZIP_DEFLATED for info in infos.values())
         assert archive.read("annotations/person_keypoints_train2017.json") == train_json  # kept as it was
-        documents = {split: json.loads(archive.read(f"annotations/person_keypoints_{split}2017.json")) for split in ("train", "val")}
+        documents = {
+            split: json.loads(archive.read(f"annotations/person_keypoints_{split}2017.json"))
+            for split in ("train", "val")
+        }
     train_ids = {image["id"] for image in documents["train"]["images"]}
     val_ids = {image["id"] for image in documents["val"]["images"]}
     assert len(train_ids) == 3 and len(val_ids) == 2 and not train_ids & val_ids
@@ -192,7 +223,9 @@ def test_unknown_split_is_refused(tmp_path):
 # --- Visibility follows the picture: single people in controlled poses --------------------
 
 
-def _paint_alone(pose: people.Pose, occluder: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, people.Figure, np.ndarray]:
+def _paint_alone(
+    pose: people.Pose, occluder: tuple[float, float, float, float] | None = None
+) -> tuple[np.ndarray, people.Figure, np.ndarray]:
     """One person, 300 px tall, on a plain background; optionally a box (x0, y0, x1, y1) in front.
 
     Returns keypoints (17, 3), the figure and the label buffer.
@@ -213,8 +246,11 @@ def _paint_alone(pose: people.Pose, occluder: tuple[float, float, float, float] 
 def test_a_person_facing_the_camera_shows_every_joint_with_their_left_on_the_image_right():
     keypoints, _, _ = _paint_alone(people.Pose(yaw=0.0))
     assert np.all(keypoints[:, 2] == 2)
-    for left, right in ((JOINT["left_shoulder"], JOINT["right_shoulder"]), (JOINT["left_hip"], JOINT["right_hip"]),
-                        (JOINT["left_eye"], JOINT["right_eye"])):
+    for left, right in (
+        (JOINT["left_shoulder"], JOINT["right_shoulder"]),
+        (JOINT["left_hip"], JOINT["right_hip"]),
+        (JOINT["left_eye"], JOINT["right_eye"]),
+    ):
         assert keypoints[left, 0] > keypoints[right, 0]
 
 
@@ -248,7 +284,13 @@ def test_an_object_in_front_hides_the_joints_it_covers():
 
 
 def test_an_arm_behind_the_back_is_hidden_by_the_torso():
-    pose = people.Pose(yaw=180.0, arm_elevation=(30.0, 10.0), arm_azimuth=(0.0, 20.0), elbow_flex=(110.0, 15.0), elbow_roll=(40.0, 20.0))
+    pose = people.Pose(
+        yaw=180.0,
+        arm_elevation=(30.0, 10.0),
+        arm_azimuth=(0.0, 20.0),
+        elbow_flex=(110.0, 15.0),
+        elbow_roll=(40.0, 20.0),
+    )
     back_view, _, _ = _paint_alone(pose)
     # Seen from behind, a left hand folded across the belly is behind the torso.
     assert back_view[JOINT["left_wrist"], 2] == 1
@@ -260,5 +302,7 @@ def test_segmentation_covers_the_painted_person():
     _, figure, labels = _paint_alone(people.Pose(yaw=30.0, arm_elevation=(90.0, 140.0)))
     annotation = people.person_annotation(figure, 1, labels)
     drawn = (labels >> 6) == 1
-    outlined = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(annotation["segmentation"], *labels.shape))).astype(bool)
+    outlined = mask_utils.decode(
+        mask_utils.merge(mask_utils.frPyObjects(annotation["segmentation"], *labels.shape))
+    ).astype(bool)
     assert (drawn & outlined).sum() / (drawn | outlined).sum() > 0.95

@@ -103,7 +103,12 @@ def test_predictor_maps_keypoints_back_to_the_image():
     image[118:122, 148:152] = 255  # spot centred at (149.5, 119.5)
     box = np.array([[100.0, 50.0, 100.0, 140.0]])
     for centring in ("mmpose", "pose-jobs", "udp"):
-        model = NormalisedPoseModel(name="peaks", crop=CropConvention((96, 128), 1.25, centring), network=_FixedPeaks(), decoder=_ArgmaxDecoder())
+        model = NormalisedPoseModel(
+            name="peaks",
+            crop=CropConvention((96, 128), 1.25, centring),
+            network=_FixedPeaks(),
+            decoder=_ArgmaxDecoder(),
+        )
         found = TopDownPredictor(model, flip_test=False)(image, box, np.array([0.9]))
         assert found["keypoints"].shape == (1, 17, 3) and list(found["kept"]) == [0]
         np.testing.assert_allclose(found["keypoints"][0, :, :2], np.tile([149.5, 119.5], (17, 1)), atol=3.0)

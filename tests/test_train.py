@@ -16,10 +16,18 @@ import pytest
 import torch
 
 from jobs.ingest import ingest
-from jobs.storage import exists, join, list_files, read_bytes
 from jobs.models import load_model_info
 from jobs.runtime import keeps_free
-from jobs.train import TrainError, TrainSettings, cpu_share, feed_workers, gpu_worker_cpus, run_training, worker_resources
+from jobs.storage import exists, join, list_files, read_bytes
+from jobs.train import (
+    TrainError,
+    TrainSettings,
+    cpu_share,
+    feed_workers,
+    gpu_worker_cpus,
+    run_training,
+    worker_resources,
+)
 from pose.digit_task import DigitRecipe, DigitTask
 from pose.models.digits import DigitModelConfig
 from pose.synth.digits import write_svhn
@@ -53,7 +61,12 @@ def test_two_workers_checkpoint_to_s3_and_loss_falls(svhn_data, s3, capfd):
     assert info["epochs"] == 3 and info["task"] == "svhn"
     # The recipe's batch is the global one: 2 workers take half each, for the steps 1 worker runs.
     assert all((m["global_batch"], m["worker_batch"], m["steps"]) == (32, 16, SVHN_STEPS) for m in lines)
-    assert (info["global_batch"], info["workers"], info["worker_batch"], info["steps_per_epoch"]) == (32, 2, 16, SVHN_STEPS)
+    assert (info["global_batch"], info["workers"], info["worker_batch"], info["steps_per_epoch"]) == (
+        32,
+        2,
+        16,
+        SVHN_STEPS,
+    )
     assert (info["requested_epochs"], info["total_steps"]) == (3, 3 * SVHN_STEPS)
     checkpoints = [u for u in list_files(out, s3.options) if "/checkpoint_" in u and u.endswith("checkpoint.pt")]
     assert checkpoints, "checkpoints are written to the S3 run folder"
@@ -75,8 +88,22 @@ def test_two_workers_checkpoint_to_s3_and_loss_falls(svhn_data, s3, capfd):
 def test_killed_run_resumes_and_each_epoch_appears_once(svhn_data, tmp_path):
     out = tmp_path / "run"
     command = [
-        str(Path(sys.executable).with_name("pose-jobs")), "train-svhn", "--data", svhn_data, "--out", str(out),
-        "--workers", "2", "--epochs", "3", "--min-steps", "0", "--batch-size", "32", "--width", "1",
+        str(Path(sys.executable).with_name("pose-jobs")),
+        "train-svhn",
+        "--data",
+        svhn_data,
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--epochs",
+        "3",
+        "--min-steps",
+        "0",
+        "--batch-size",
+        "32",
+        "--width",
+        "1",
     ]
     # Both runs stream the rows from storage every epoch (the path of a set too large to hold).
     env = {**os.environ, "POSE_JOBS_CACHE_FRACTION": "0"}
@@ -89,7 +116,8 @@ def test_killed_run_resumes_and_each_epoch_appears_once(svhn_data, tmp_path):
         os.killpg(job.pid, signal.SIGKILL)  # the job's own process group only
         job.wait()
     assert list(out.glob("checkpoint_*")) and not (out / "model.pt").exists(), (
-        f"expected to kill the run after its first checkpoint and before its end; its log:\n{log.read_text()[-2000:]}")
+        f"expected to kill the run after its first checkpoint and before its end; its log:\n{log.read_text()[-2000:]}"
+    )
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -154,13 +182,27 @@ def test_cpu_share_leaves_a_whole_cpu_on_some_node_wherever_ray_places_the_worke
     # reading tasks nowhere to run (the job hung); four 16-CPU nodes the same at 15.75.
     assert cpu_share(2, [2.0, 2.0]) == 1.0 and cpu_share(4, [16.0] * 4) == 15.0
     for workers in range(1, 6):
-        for nodes in ([2.0], [2.0, 2.0], [3.0, 3.0], [2.0, 4.0], [4.0, 4.0, 4.0], [16.0, 16.0], [2.0, 16.0], [1.0, 3.0, 8.0]):
+        for nodes in (
+            [2.0],
+            [2.0, 2.0],
+            [3.0, 3.0],
+            [2.0, 4.0],
+            [4.0, 4.0, 4.0],
+            [16.0, 16.0],
+            [2.0, 16.0],
+            [1.0, 3.0, 8.0],
+        ):
             share = cpu_share(workers, nodes)
             capacities = [int(n / share + 1e-9) for n in nodes]
             placements = list(_placements(workers, capacities))
             assert placements, (workers, nodes, share)
             for placement in placements:  # brute force, against keeps_free's counting argument
-                assert any(n - k * share >= 1.0 - 1e-9 for n, k in zip(nodes, placement)), (workers, nodes, share, placement)
+                assert any(n - k * share >= 1.0 - 1e-9 for n, k in zip(nodes, placement)), (
+                    workers,
+                    nodes,
+                    share,
+                    placement,
+                )
             assert keeps_free(share, workers, nodes, 1.0)
     assert not keeps_free(1.5, 2, [2.0, 2.0], 1.0) and not keeps_free(15.75, 4, [16.0] * 4, 1.0)
 
@@ -181,18 +223,32 @@ def test_gpu_workers_reserve_their_nodes_cpus_for_feed_processes():
 def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)  # a relative --out must land here, not in a Ray worker's own directory
-    run_training(DigitTask(DigitRecipe(model=TINY.model, epochs=1, min_steps=0, batch_size=32)), TrainSettings(data=svhn_data, out="run", workers=1), 1)
+    run_training(
+        DigitTask(DigitRecipe(model=TINY.model, epochs=1, min_steps=0, batch_size=32)),
+        TrainSettings(data=svhn_data, out="run", workers=1),
+        1,
+    )
     assert (out / "model.pt").exists()
     # One worker: the same global batch and optimiser steps as the two-worker run above.
     metrics = json.loads((out / "metrics.jsonl").read_text())
     assert (metrics["global_batch"], metrics["worker_batch"], metrics["steps"]) == (32, 32, SVHN_STEPS)
     executable = str(Path(sys.executable).with_name("pose-jobs"))
-    result = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(out), "--json"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [executable, "eval-svhn", "--data", svhn_data, "--model", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     figures = json.loads(result.stdout)
     assert figures["samples"] == 200 and 0 <= figures["accuracy"] <= 1 and len(figures["per_class"]) == 10
     assert sum(map(sum, figures["confusion"])) == 200
     assert all(Path(p).exists() for p in figures["pictures"])
-    missing = subprocess.run([executable, "eval-svhn", "--data", svhn_data, "--model", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [executable, "eval-svhn", "--data", svhn_data, "--model", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "not a trained model folder" in missing.stderr
 
 
@@ -212,14 +268,21 @@ def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):
     tiny = ["--epochs", "1", "--batch-size", "8", "--input-size", "64x96"]
 
     # The feed processes that GPU workers use, forced on a CPU worker: the run trains and evaluates.
-    result = subprocess.run([executable, "train-keypoints", *common, "--out", str(tmp_path / "fed"), *tiny, "--feed-workers", "2"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [executable, "train-keypoints", *common, "--out", str(tmp_path / "fed"), *tiny, "--feed-workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     fed = json.loads((tmp_path / "fed" / "model.json").read_text())["final"]
     assert fed["epoch"] == 1 and fed["loss"] > 0 and 0 <= fed["val_pck"] <= 1
     assert (fed["global_batch"], fed["worker_batch"]) == (8, 8) and fed["steps"] > 0
     result = subprocess.run(
         [executable, "train-keypoints", *common, "--out", str(tmp_path / "run"), "--workers", "2", *tiny],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -229,8 +292,21 @@ def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):
 
     results_file = tmp_path / "results.json"
     result = subprocess.run(
-        [executable, "eval-keypoints", *common, "--model", str(tmp_path / "run"), "--results", str(results_file), "--json", "--pictures", str(tmp_path / "pictures")],
-        capture_output=True, text=True, timeout=300,
+        [
+            executable,
+            "eval-keypoints",
+            *common,
+            "--model",
+            str(tmp_path / "run"),
+            "--results",
+            str(results_file),
+            "--json",
+            "--pictures",
+            str(tmp_path / "pictures"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout)

@@ -5,11 +5,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pose.geometry import (_AB_BITS, _INTER_BITS, _INTER_TAB_SIZE, _REMAP_COEF_BITS, _saturate_int32, crop_affine, warp_affine_opencv,
-                           warp_image)
+from pose.geometry import (
+    _AB_BITS,
+    _INTER_BITS,
+    _INTER_TAB_SIZE,
+    _REMAP_COEF_BITS,
+    _saturate_int32,
+    crop_affine,
+    warp_affine_opencv,
+    warp_image,
+)
 
 # The goldens with warps: crops cut by the frameworks' own code (other golden files hold other outputs).
-GOLDENS = [path for path in sorted((Path(__file__).parent / "data" / "goldens").glob("*.npz")) if "warps" in np.load(path).files]
+GOLDENS = [
+    path
+    for path in sorted((Path(__file__).parent / "data" / "goldens").glob("*.npz"))
+    if "warps" in np.load(path).files
+]
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -63,7 +75,10 @@ def reference_warp(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int
     )
     # Indices of the neighbours, clamped into the image (their weight is 0 where clamping changed them).
     cols = (np.clip(col, 0, width - 1).astype(np.intp), np.clip(col + 1, 0, width - 1).astype(np.intp))
-    rows = (np.clip(row, 0, height - 1).astype(np.intp) * width, np.clip(row + 1, 0, height - 1).astype(np.intp) * width)
+    rows = (
+        np.clip(row, 0, height - 1).astype(np.intp) * width,
+        np.clip(row + 1, 0, height - 1).astype(np.intp) * width,
+    )
 
     pixels = image.reshape(height * width, 3)
     total = None
@@ -182,16 +197,27 @@ def _random_matrix(rng: np.random.Generator, kind: int, height: int, width: int)
         sx, sy = rng.choice([-1, 1], 2) * np.exp(rng.uniform(-2, 2, 2))
         return np.array([[sx, 0.0, rng.uniform(-80, 80)], [0.0, sy, rng.uniform(-80, 80)]])
     if kind == 2:  # sub-pixel shifts on the 1/32 grid and next to it
-        return np.eye(2, 3) + np.hstack([np.zeros((2, 2)), rng.integers(-96, 96, (2, 1)) / 32 + rng.choice([0, 1e-9, -1e-9])])
+        return np.eye(2, 3) + np.hstack(
+            [np.zeros((2, 2)), rng.integers(-96, 96, (2, 1)) / 32 + rng.choice([0, 1e-9, -1e-9])]
+        )
     if kind == 3:  # any matrix, from tiny to huge entries
         return rng.normal(size=(2, 3)) * 10.0 ** rng.integers(-6, 7)
     if kind == 4:  # far outside the image, up to where OpenCV's int32 positions wrap around
-        return np.array([[1.0, rng.uniform(-0.3, 0.3), 10.0 ** rng.uniform(2, 8) * rng.choice([-1, 1])],
-                         [rng.uniform(-0.3, 0.3), 1.0, 10.0 ** rng.uniform(0, 8) * rng.choice([-1, 1])]])
+        return np.array(
+            [
+                [1.0, rng.uniform(-0.3, 0.3), 10.0 ** rng.uniform(2, 8) * rng.choice([-1, 1])],
+                [rng.uniform(-0.3, 0.3), 1.0, 10.0 ** rng.uniform(0, 8) * rng.choice([-1, 1])],
+            ]
+        )
     if kind == 5:  # singular and nearly singular: OpenCV's zero inverse, or huge positions
         a, b = rng.normal(size=2)
         return np.array([[a, b, rng.normal()], [2 * a, 2 * b + rng.choice([0.0, 1e-12]), rng.normal()]])
-    return np.array([[rng.choice([1e-7, 1e-3, 1e3, 1e7]), rng.normal(), 5.0], [rng.normal(), rng.choice([1e-7, 1e-3, 1e3, 1e7]), 3.0]])
+    return np.array(
+        [
+            [rng.choice([1e-7, 1e-3, 1e3, 1e7]), rng.normal(), 5.0],
+            [rng.normal(), rng.choice([1e-7, 1e-3, 1e3, 1e7]), 3.0],
+        ]
+    )
 
 
 def test_matches_the_reference_on_thousands_of_random_warps():
@@ -220,8 +246,15 @@ def test_crop_shaped_warps_of_a_photo_sized_image():
     # The size the training feed cuts: 640x480 -> 192x256, rotated, zoomed, at and past the border.
     rng = np.random.default_rng(11)
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    for center, scale, rotation in [((320, 240), 200, 0), ((30, 450), 350, 35), ((600, 20), 90, -120), ((320, 240), 1500, 170)]:
-        matrix = crop_affine(np.array(center, float), np.array([scale * 0.75, scale]), (192, 256), rotation_deg=rotation)
+    for center, scale, rotation in [
+        ((320, 240), 200, 0),
+        ((30, 450), 350, 35),
+        ((600, 20), 90, -120),
+        ((320, 240), 1500, 170),
+    ]:
+        matrix = crop_affine(
+            np.array(center, float), np.array([scale * 0.75, scale]), (192, 256), rotation_deg=rotation
+        )
         for source in (image, image[:, ::-1]):
             expected = reference_warp(np.ascontiguousarray(source), matrix, (192, 256))
             np.testing.assert_array_equal(warp_affine_opencv(source, matrix, (192, 256)), expected)
@@ -233,4 +266,6 @@ def test_pixels_beyond_opencvs_int16_coordinates():
     image = np.random.default_rng(3).integers(0, 256, (2, 33000, 3), dtype=np.uint8)
     for tx in (-32700.0, -32760.3, -32900.0, 5.0):
         matrix = np.array([[1.0, 0, tx], [0, 1.0, 0]])
-        np.testing.assert_array_equal(warp_affine_opencv(image, matrix, (300, 2)), reference_warp(image, matrix, (300, 2)))
+        np.testing.assert_array_equal(
+            warp_affine_opencv(image, matrix, (300, 2)), reference_warp(image, matrix, (300, 2))
+        )

@@ -66,8 +66,28 @@ def persons() -> tuple[np.ndarray, np.ndarray]:
     0: all 17 joints labelled (half body possible, either half); 1: only the 11 upper-body joints
     (half body always the upper half); 2: 8 joints, its box past the right border (no half body,
     the clean-bbox clipping)."""
-    layout = np.array([(0, 10), (6, 5), (-6, 5), (12, 8), (-12, 8), (25, 40), (-25, 40), (35, 70), (-35, 70),
-                       (40, 95), (-40, 95), (15, 100), (-15, 100), (18, 150), (-18, 150), (20, 185), (-20, 185)], float)
+    layout = np.array(
+        [
+            (0, 10),
+            (6, 5),
+            (-6, 5),
+            (12, 8),
+            (-12, 8),
+            (25, 40),
+            (-25, 40),
+            (35, 70),
+            (-35, 70),
+            (40, 95),
+            (-40, 95),
+            (15, 100),
+            (-15, 100),
+            (18, 150),
+            (-18, 150),
+            (20, 185),
+            (-20, 185),
+        ],
+        float,
+    )
     boxes = np.array([[100.0, 30.0, 90.0, 190.0], [20.0, 60.0, 70.5, 110.0], [262.0, 70.0, 80.0, 150.0]])
     keypoints = np.zeros((3, 17, 3))
     keypoints[0, :, :2] = layout + (145, 30)
@@ -85,13 +105,22 @@ def synthetic_image() -> np.ndarray:
     """(240, 320, 3) uint8: smooth stripes and rings, so that bilinear sampling shows in every pixel."""
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
     r = np.hypot(x - 150, y - 110)
-    return np.stack([127 + 120 * np.sin(x / 7.0 + y / 23.0), 127 + 120 * np.cos(r / 5.0), (x * 0.6 + y * 0.3) % 256],
-                    axis=-1).astype(np.uint8)
+    return np.stack(
+        [127 + 120 * np.sin(x / 7.0 + y / 23.0), 127 + 120 * np.cos(r / 5.0), (x * 0.6 + y * 0.3) % 256], axis=-1
+    ).astype(np.uint8)
 
 
 def annotation(box: np.ndarray, keypoints: np.ndarray, index: int) -> dict:
-    return {"bbox": [float(v) for v in box], "keypoints": [float(v) for v in keypoints.reshape(-1)], "area": float(box[2] * box[3]),
-            "num_keypoints": int((keypoints[:, 2] > 0).sum()), "image_id": 1, "id": index + 1, "category_id": 1, "iscrowd": 0}
+    return {
+        "bbox": [float(v) for v in box],
+        "keypoints": [float(v) for v in keypoints.reshape(-1)],
+        "area": float(box[2] * box[3]),
+        "num_keypoints": int((keypoints[:, 2] > 0).sum()),
+        "image_id": 1,
+        "id": index + 1,
+        "category_id": 1,
+        "iscrowd": 0,
+    }
 
 
 # ---- the releases ---------------------------------------------------------------------------------
@@ -112,7 +141,9 @@ class _ReleaseRun:
             from config import update_config
 
             cfg = default_cfg.clone()
-            update_config(cfg, types.SimpleNamespace(cfg=str(root / experiment), opts=[], modelDir="", logDir="", dataDir=""))
+            update_config(
+                cfg, types.SimpleNamespace(cfg=str(root / experiment), opts=[], modelDir="", logDir="", dataDir="")
+            )
         else:  # Simple Baselines: easydict
             from core.config import config as cfg
             from core.config import update_config
@@ -148,17 +179,22 @@ class _ReleaseRun:
         joints_module.fliplr_joints = recording_flip
         if hasattr(COCODataset, "half_body_transform"):
             stub.half_body_transform = types.MethodType(recording_half, stub)
-        joints_module.cv2 = types.SimpleNamespace(**{k: getattr(joints_module.cv2, k) for k in dir(joints_module.cv2) if k.isupper()},
-                                                  imread=lambda *a, **k: self.image.copy(), warpAffine=joints_module.cv2.warpAffine,
-                                                  cvtColor=joints_module.cv2.cvtColor)
+        joints_module.cv2 = types.SimpleNamespace(
+            **{k: getattr(joints_module.cv2, k) for k in dir(joints_module.cv2) if k.isupper()},
+            imread=lambda *a, **k: self.image.copy(),
+            warpAffine=joints_module.cv2.warpAffine,
+            cvtColor=joints_module.cv2.cvtColor,
+        )
 
     def records(self, boxes: np.ndarray, keypoints: np.ndarray) -> list[dict]:
         """The release's training records of the persons (`_load_coco_keypoint_annotation_kernal`)."""
         anns = [annotation(b, k, i) for i, (b, k) in enumerate(zip(boxes, keypoints))]
         stub = self.stub
-        stub.coco = types.SimpleNamespace(loadImgs=lambda i: [{"width": WIDTH, "height": HEIGHT}],
-                                          getAnnIds=lambda imgIds, iscrowd: list(range(len(anns))),
-                                          loadAnns=lambda ids: [copy.deepcopy(anns[i]) for i in ids])
+        stub.coco = types.SimpleNamespace(
+            loadImgs=lambda i: [{"width": WIDTH, "height": HEIGHT}],
+            getAnnIds=lambda imgIds, iscrowd: list(range(len(anns))),
+            loadAnns=lambda ids: [copy.deepcopy(anns[i]) for i in ids],
+        )
         stub._coco_ind_to_class_ind = {1: 1}
         stub.image_path_from_index = lambda index: "memory.jpg"
         return stub._load_coco_keypoint_annotation_kernal(1)
@@ -167,11 +203,20 @@ class _ReleaseRun:
         self.flipped, self.half = False, None
         self.stub.db = [record]
         image, _, _, meta = self.stub[0]
-        upper = self.half is not None and np.allclose(self.half, record["joints_3d"][:11][record["joints_3d_vis"][:11, 0] > 0, :2]
-                                                       .astype(np.float32).mean(0))
-        return {"center": np.asarray(meta["center"], np.float64), "scale": np.asarray(meta["scale"], np.float32) * np.float32(200),
-                "rotation": float(meta["rotation"]), "flip": self.flipped, "half": self.half is not None, "upper": bool(upper),
-                "image": image, "keypoints": meta["joints"][:, :2].astype(np.float32), "visible": meta["joints_vis"][:, 0].astype(np.float32)}
+        upper = self.half is not None and np.allclose(
+            self.half, record["joints_3d"][:11][record["joints_3d_vis"][:11, 0] > 0, :2].astype(np.float32).mean(0)
+        )
+        return {
+            "center": np.asarray(meta["center"], np.float64),
+            "scale": np.asarray(meta["scale"], np.float32) * np.float32(200),
+            "rotation": float(meta["rotation"]),
+            "flip": self.flipped,
+            "half": self.half is not None,
+            "upper": bool(upper),
+            "image": image,
+            "keypoints": meta["joints"][:, :2].astype(np.float32),
+            "visible": meta["joints_vis"][:, 0].astype(np.float32),
+        }
 
 
 # ---- MMPose ---------------------------------------------------------------------------------------
@@ -184,10 +229,17 @@ class _MMPoseRun:
     def __init__(self, image: np.ndarray, input_size: tuple[int, int], use_udp: bool):
         from mmpose.datasets.datasets.base.base_coco_style_dataset import BaseCocoStyleDataset
         from mmpose.datasets.datasets.utils import parse_pose_metainfo
-        from mmpose.datasets.transforms import (GetBBoxCenterScale, RandomBBoxTransform, RandomFlip, RandomHalfBody,
-                                                TopdownAffine)
+        from mmpose.datasets.transforms import (
+            GetBBoxCenterScale,
+            RandomBBoxTransform,
+            RandomFlip,
+            RandomHalfBody,
+            TopdownAffine,
+        )
 
-        self.metainfo = parse_pose_metainfo({"from_file": str(MMPOSE_SRC / "mmpose/.mim/configs/_base_/datasets/coco.py")})
+        self.metainfo = parse_pose_metainfo(
+            {"from_file": str(MMPOSE_SRC / "mmpose/.mim/configs/_base_/datasets/coco.py")}
+        )
         self.parse = BaseCocoStyleDataset.parse_data_info
         self.center_scale = GetBBoxCenterScale()
         self.flip, self.half, self.bbox = RandomFlip(direction="horizontal"), RandomHalfBody(), RandomBBoxTransform()
@@ -195,10 +247,16 @@ class _MMPoseRun:
         self.image = image
 
     def info(self, box: np.ndarray, keypoints: np.ndarray) -> dict:
-        raw = {"raw_ann_info": annotation(box, keypoints, 0), "raw_img_info": {"width": WIDTH, "height": HEIGHT, "img_path": ""}}
+        raw = {
+            "raw_ann_info": annotation(box, keypoints, 0),
+            "raw_img_info": {"width": WIDTH, "height": HEIGHT, "img_path": ""},
+        }
         info = self.parse(None, raw)
-        info.update(flip_indices=self.metainfo["flip_indices"], upper_body_ids=self.metainfo["upper_body_ids"],
-                    lower_body_ids=self.metainfo["lower_body_ids"])
+        info.update(
+            flip_indices=self.metainfo["flip_indices"],
+            upper_body_ids=self.metainfo["upper_body_ids"],
+            lower_body_ids=self.metainfo["lower_body_ids"],
+        )
         return self.center_scale(info)
 
     def draw(self, info: dict, image: np.ndarray) -> dict:
@@ -212,10 +270,17 @@ class _MMPoseRun:
         upper_ids = [i for i in self.metainfo["upper_body_ids"] if visible[i]]
         upper = half and np.array_equal(results["bbox_center"][0], results["keypoints"][0][upper_ids].mean(axis=0))
         results = self.affine(self.bbox(results))
-        return {"center": results["input_center"].astype(np.float64), "scale": results["input_scale"].astype(np.float64),
-                "rotation": float(results["bbox_rotation"][0]), "flip": bool(results["flip"]), "half": half, "upper": bool(upper),
-                "image": results["img"], "keypoints": results["transformed_keypoints"][0, :, :2].astype(np.float32),
-                "visible": results["keypoints_visible"][0].astype(np.float32)}
+        return {
+            "center": results["input_center"].astype(np.float64),
+            "scale": results["input_scale"].astype(np.float64),
+            "rotation": float(results["bbox_rotation"][0]),
+            "flip": bool(results["flip"]),
+            "half": half,
+            "upper": bool(upper),
+            "image": results["img"],
+            "keypoints": results["transformed_keypoints"][0, :, :2].astype(np.float32),
+            "visible": results["keypoints_visible"][0].astype(np.float32),
+        }
 
 
 # ---- the files ------------------------------------------------------------------------------------
@@ -228,9 +293,15 @@ def statistics(draws: list[dict]) -> dict[str, np.ndarray]:
     cdf = np.array([(values[:, i][None, :] <= points[i][:, None]).mean(axis=1) for i in range(values.shape[1])])
     half = np.array([d["half"] for d in draws])
     upper = np.array([d["upper"] for d in draws])
-    return {"points": points, "cdf": cdf, "flip_rate": np.mean([d["flip"] for d in draws]), "half_rate": half.mean(),
-            "upper_share": upper[half].mean() if half.any() else np.float64(np.nan),
-            "rotation_rate": np.mean([d["rotation"] != 0 for d in draws]), "draws": np.int64(len(draws))}
+    return {
+        "points": points,
+        "cdf": cdf,
+        "flip_rate": np.mean([d["flip"] for d in draws]),
+        "half_rate": half.mean(),
+        "upper_share": upper[half].mean() if half.any() else np.float64(np.nan),
+        "rotation_rate": np.mean([d["rotation"] != 0 for d in draws]),
+        "draws": np.int64(len(draws)),
+    }
 
 
 def mmdet_yolox_hsv():
@@ -246,7 +317,9 @@ def mmdet_yolox_hsv():
     [node] = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "YOLOXHSVRandomAug"]
     node.decorator_list = []  # TRANSFORMS.register_module()
     namespace = {"np": np, "cv2": cv2, "BaseTransform": BaseTransform, "cache_randomness": cache_randomness}
-    exec(compile(ast.Module(body=[node], type_ignores=[]), "mmdet/datasets/transforms/transforms.py", "exec"), namespace)  # noqa: S102
+    exec(
+        compile(ast.Module(body=[node], type_ignores=[]), "mmdet/datasets/transforms/transforms.py", "exec"), namespace
+    )  # noqa: S102
     return namespace["YOLOXHSVRandomAug"]
 
 
@@ -271,34 +344,57 @@ def rtmpose_pixels() -> dict[str, np.ndarray]:
     for _ in range(6):
         for image in images:
             state = np.random.get_state()
-            gains.append(hsv._get_hsv_gains.__wrapped__(hsv) if hasattr(hsv._get_hsv_gains, "__wrapped__") else hsv._get_hsv_gains())
+            gains.append(
+                hsv._get_hsv_gains.__wrapped__(hsv)
+                if hasattr(hsv._get_hsv_gains, "__wrapped__")
+                else hsv._get_hsv_gains()
+            )
             np.random.set_state(state)
             result = hsv.transform({"img": np.ascontiguousarray(image[..., ::-1])})
             shifted.append(result["img"][..., ::-1])
     out["hsv_gains"], out["hsv_images"] = np.array(gains, np.int64), np.stack(shifted)
-    out["hsv_round_trip"] = np.stack([cv2.cvtColor(cv2.cvtColor(i, cv2.COLOR_RGB2HSV), cv2.COLOR_HSV2RGB) for i in images])
+    out["hsv_round_trip"] = np.stack(
+        [cv2.cvtColor(cv2.cvtColor(i, cv2.COLOR_RGB2HSV), cv2.COLOR_HSV2RGB) for i in images]
+    )
     out["hsv_of_images"] = np.stack([cv2.cvtColor(i, cv2.COLOR_RGB2HSV) for i in images])
     # every hue, saturations in steps of 5, a few values (the grid itself is rebuilt by the test: HSV_GRID)
-    grid = np.stack(np.meshgrid(np.arange(180), HSV_GRID_S, HSV_GRID_V, indexing="ij"), -1).reshape(-1, 1, 3).astype(np.uint8)
+    grid = (
+        np.stack(np.meshgrid(np.arange(180), HSV_GRID_S, HSV_GRID_V, indexing="ij"), -1)
+        .reshape(-1, 1, 3)
+        .astype(np.uint8)
+    )
     out["rgb_of_hsv_grid"] = cv2.cvtColor(grid, cv2.COLOR_HSV2RGB)[:, 0]
     for k in (3, 5, 7):
         out[f"blur_{k}"] = np.stack([albumentations.Blur(blur_limit=(k, k), p=1.0)(image=i)["image"] for i in images])
-        out[f"median_{k}"] = np.stack([albumentations.MedianBlur(blur_limit=(k, k), p=1.0)(image=i)["image"] for i in images])
+        out[f"median_{k}"] = np.stack(
+            [albumentations.MedianBlur(blur_limit=(k, k), p=1.0)(image=i)["image"] for i in images]
+        )
 
     # sampling, DRAWS each: the gains, the albumentations steps of stage 1 (CoarseDropout p=1) on a 192x256 crop
     np.random.seed(1)
-    draws = np.array([hsv._get_hsv_gains.__wrapped__(hsv) if hasattr(hsv._get_hsv_gains, "__wrapped__") else hsv._get_hsv_gains()
-                      for _ in range(DRAWS)])
+    draws = np.array(
+        [
+            hsv._get_hsv_gains.__wrapped__(hsv) if hasattr(hsv._get_hsv_gains, "__wrapped__") else hsv._get_hsv_gains()
+            for _ in range(DRAWS)
+        ]
+    )
     out["gains_draws"] = draws.astype(np.int8)
     random.seed(2)
     crop = np.zeros((256, 192, 3), np.uint8)
     blur, median = albumentations.Blur(p=0.1), albumentations.MedianBlur(p=0.1)
-    dropout = albumentations.CoarseDropout(max_holes=1, max_height=0.4, max_width=0.4, min_holes=1, min_height=0.2, min_width=0.2, p=1.0)
+    dropout = albumentations.CoarseDropout(
+        max_holes=1, max_height=0.4, max_width=0.4, min_holes=1, min_height=0.2, min_width=0.2, p=1.0
+    )
     out["blur_kernels"] = np.array([blur.get_params()["ksize"] for _ in range(DRAWS)], np.uint8)
     out["median_kernels"] = np.array([median.get_params()["ksize"] for _ in range(DRAWS)], np.uint8)
-    holes = np.array([dropout.get_params_dependent_on_targets({"image": crop})["holes"][0] for _ in range(DRAWS)])  # x1, y1, x2, y2
+    holes = np.array(
+        [dropout.get_params_dependent_on_targets({"image": crop})["holes"][0] for _ in range(DRAWS)]
+    )  # x1, y1, x2, y2
     out["holes"] = np.concatenate([holes[:, :2], holes[:, 2:] - holes[:, :2]], 1).astype(np.uint8)  # x, y, w, h
-    out["config"] = np.array("albumentations 1.3.1 (Blur, MedianBlur, CoarseDropout), mmdet 3.3.0 YOLOXHSVRandomAug, OpenCV " + cv2.__version__)
+    out["config"] = np.array(
+        "albumentations 1.3.1 (Blur, MedianBlur, CoarseDropout), mmdet 3.3.0 YOLOXHSVRandomAug, OpenCV "
+        + cv2.__version__
+    )
     return out
 
 
@@ -314,8 +410,10 @@ def main() -> None:
     files: dict[str, dict] = {"augment_boxes": {"image": image, "boxes": boxes, "keypoints": keypoints}}
     tiny = np.zeros((2, 2, 3), np.uint8)  # the statistics need no pixels: a tiny image makes the draws cheap
 
-    releases = {"simple_baselines": ("sb", "experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml"),
-                "hrnet": ("hr", "experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml")}
+    releases = {
+        "simple_baselines": ("sb", "experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml"),
+        "hrnet": ("hr", "experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml"),
+    }
     for family, (folder, experiment) in releases.items():
         with release_lib(RELEASES / folder):
             run = _ReleaseRun(RELEASES / folder, experiment, image, STATS_SIZE)
@@ -323,9 +421,17 @@ def main() -> None:
             files["augment_boxes"][f"{family}_centers"] = np.array([r["center"] for r in records], np.float64)
             files["augment_boxes"][f"{family}_scales"] = np.array([r["scale"] for r in records], np.float64)
             config = run.dataset_cfg
-            stats: dict[str, np.ndarray] = {"config": np.array([config.SCALE_FACTOR, config.ROT_FACTOR, float(config.FLIP),
-                                                                 float(getattr(config, "PROB_HALF_BODY", 0.0)),
-                                                                 float(getattr(config, "NUM_JOINTS_HALF_BODY", 0))])}
+            stats: dict[str, np.ndarray] = {
+                "config": np.array(
+                    [
+                        config.SCALE_FACTOR,
+                        config.ROT_FACTOR,
+                        float(config.FLIP),
+                        float(getattr(config, "PROB_HALF_BODY", 0.0)),
+                        float(getattr(config, "NUM_JOINTS_HALF_BODY", 0)),
+                    ]
+                )
+            }
             random.seed(0)
             np.random.seed(0)
             run.image = tiny.repeat(HEIGHT // 2, 0).repeat(WIDTH // 2, 1)  # the width counts for the flip
@@ -363,12 +469,18 @@ def main() -> None:
 def crops(draws: list[dict]) -> dict[str, np.ndarray]:
     """The exactness file: drawn parameters and the pixels and keypoints cut from
     `augment_boxes.npz`'s image, draw by draw; the person of each draw is its index // 4."""
-    return {"person": np.repeat(np.arange(len(draws) // 4), 4), "input_size": np.array(CROP_SIZE),
-            "centers": np.array([d["center"] for d in draws]), "scales": np.array([d["scale"] for d in draws], np.float64),
-            "rotations": np.array([d["rotation"] for d in draws]), "flips": np.array([d["flip"] for d in draws]),
-            "halves": np.array([d["half"] for d in draws]), "crops": np.array([d["image"] for d in draws], np.uint8),
-            "keypoints": np.array([d["keypoints"] for d in draws], np.float32),
-            "visible": np.array([d["visible"] for d in draws], np.float32)}
+    return {
+        "person": np.repeat(np.arange(len(draws) // 4), 4),
+        "input_size": np.array(CROP_SIZE),
+        "centers": np.array([d["center"] for d in draws]),
+        "scales": np.array([d["scale"] for d in draws], np.float64),
+        "rotations": np.array([d["rotation"] for d in draws]),
+        "flips": np.array([d["flip"] for d in draws]),
+        "halves": np.array([d["half"] for d in draws]),
+        "crops": np.array([d["image"] for d in draws], np.uint8),
+        "keypoints": np.array([d["keypoints"] for d in draws], np.float32),
+        "visible": np.array([d["visible"] for d in draws], np.float32),
+    }
 
 
 if __name__ == "__main__":

@@ -73,23 +73,75 @@ SEED = 0
 
 # variant -> (framework, config or experiment yaml, manifest, image index, boxes used)
 VARIANTS = {
-    "mmpose-res50-256x192": ("mmpose", "topdown_heatmap/coco/td-hm_res50_8xb64-210e_coco-256x192.py", "mmpose-res50", 0, 2),
-    "mmpose-hrnet-w32-256x192": ("mmpose", "topdown_heatmap/coco/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py", "mmpose-hrnet-w32", 1, 2),
-    "mmpose-hrnet-w32-dark-256x192": ("mmpose", "topdown_heatmap/coco/td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192.py",
-                                      "mmpose-hrnet-w32", 0, 2),
-    "mmpose-hrnet-w32-udp-256x192": ("mmpose", "topdown_heatmap/coco/td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192.py",
-                                     "mmpose-hrnet-w32", 1, 2),
-    "mmpose-hrnet-w48-384x288": ("mmpose", "topdown_heatmap/coco/td-hm_hrnet-w48_8xb32-210e_coco-384x288.py", "mmpose-hrnet-w48", 0, 1),
-    "mmpose-rtmpose-t-256x192": ("mmpose", "rtmpose/coco/rtmpose-t_8xb256-420e_coco-256x192.py", "mmpose-rtmpose-t", 1, 3),
-    "mmpose-rtmpose-m-256x192": ("mmpose", "rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py", "mmpose-rtmpose-m", 0, 3),
-    "release-pose_resnet_50-256x192": ("simple-baselines", "experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml",
-                                       "release-pose_resnet_50", 1, 2),
-    "release-pose_hrnet_w32-256x192": ("hrnet", "experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml", "release-pose_hrnet_w32", 0, 2),
+    "mmpose-res50-256x192": (
+        "mmpose",
+        "topdown_heatmap/coco/td-hm_res50_8xb64-210e_coco-256x192.py",
+        "mmpose-res50",
+        0,
+        2,
+    ),
+    "mmpose-hrnet-w32-256x192": (
+        "mmpose",
+        "topdown_heatmap/coco/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py",
+        "mmpose-hrnet-w32",
+        1,
+        2,
+    ),
+    "mmpose-hrnet-w32-dark-256x192": (
+        "mmpose",
+        "topdown_heatmap/coco/td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192.py",
+        "mmpose-hrnet-w32",
+        0,
+        2,
+    ),
+    "mmpose-hrnet-w32-udp-256x192": (
+        "mmpose",
+        "topdown_heatmap/coco/td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192.py",
+        "mmpose-hrnet-w32",
+        1,
+        2,
+    ),
+    "mmpose-hrnet-w48-384x288": (
+        "mmpose",
+        "topdown_heatmap/coco/td-hm_hrnet-w48_8xb32-210e_coco-384x288.py",
+        "mmpose-hrnet-w48",
+        0,
+        1,
+    ),
+    "mmpose-rtmpose-t-256x192": (
+        "mmpose",
+        "rtmpose/coco/rtmpose-t_8xb256-420e_coco-256x192.py",
+        "mmpose-rtmpose-t",
+        1,
+        3,
+    ),
+    "mmpose-rtmpose-m-256x192": (
+        "mmpose",
+        "rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py",
+        "mmpose-rtmpose-m",
+        0,
+        3,
+    ),
+    "release-pose_resnet_50-256x192": (
+        "simple-baselines",
+        "experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml",
+        "release-pose_resnet_50",
+        1,
+        2,
+    ),
+    "release-pose_hrnet_w32-256x192": (
+        "hrnet",
+        "experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml",
+        "release-pose_hrnet_w32",
+        0,
+        2,
+    ),
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: two smooth synthetic scenes and their person boxes
+
 
 def scenes() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Two (image (240, 320, 3) uint8 RGB, boxes (3, 4) COCO xywh float64, scores (3,)) from pose-jobs'
@@ -117,6 +169,7 @@ def scenes() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 # ---------------------------------------------------------------------------------------------
 # MMPose
+
 
 def install_import_stubs() -> None:
     """Empty stand-ins for modules MMPose imports at module level but never calls here."""
@@ -161,9 +214,8 @@ def run_mmpose(config: str, weights: str, image: np.ndarray, boxes: np.ndarray) 
     """MMPose's own top-down inference on RGB `image` and COCO `boxes` (P, 4), with what it computed on the way."""
     sys.path.insert(0, str(MMPOSE_SRC))
     install_import_stubs()
-    from mmengine.config import Config
-
     import mmpose.datasets.transforms.topdown_transforms as topdown_transforms
+    from mmengine.config import Config
     from mmpose.apis import inference_topdown, init_model
 
     cfg = Config.fromfile(str(CONFIGS / config))
@@ -223,6 +275,7 @@ def run_mmpose(config: str, weights: str, image: np.ndarray, boxes: np.ndarray) 
 # ---------------------------------------------------------------------------------------------
 # The original releases
 
+
 @contextlib.contextmanager
 def release_lib(root: Path):
     """Import the release's `lib/` (top-level `models`, `core`, `utils`, ... clash between the two
@@ -231,12 +284,17 @@ def release_lib(root: Path):
 
     names = {p.stem for p in (root / "lib").iterdir()}
     sys.path.insert(0, str(root / "lib"))
-    for name in ("cpu_nms", "gpu_nms"):  # Cython/CUDA extensions (never built here) that dataset/coco.py imports for its NMS
+    for name in (
+        "cpu_nms",
+        "gpu_nms",
+    ):  # Cython/CUDA extensions (never built here) that dataset/coco.py imports for its NMS
         stub = types.ModuleType(f"nms.{name}")
         setattr(stub, name, None)
         sys.modules[f"nms.{name}"] = stub
     load = yaml.load
-    yaml.load = lambda stream, Loader=yaml.SafeLoader: load(stream, Loader=Loader)  # 2018 code passes no Loader (PyYAML 6)
+    yaml.load = lambda stream, Loader=yaml.SafeLoader: load(
+        stream, Loader=Loader
+    )  # 2018 code passes no Loader (PyYAML 6)
     try:
         yield
     finally:
@@ -274,7 +332,9 @@ def run_release(kind: str, experiment: str, weights: str, image: np.ndarray, box
             from utils.transforms import flip_back, get_affine_transform
 
             cfg = default_cfg.clone()
-            update_config(cfg, types.SimpleNamespace(cfg=str(root / experiment), opts=[], modelDir="", logDir="", dataDir=""))
+            update_config(
+                cfg, types.SimpleNamespace(cfg=str(root / experiment), opts=[], modelDir="", logDir="", dataDir="")
+            )
             color_rgb = cfg.DATASET.COLOR_RGB
 
         model = get_pose_net(cfg, is_train=False)
@@ -309,11 +369,13 @@ def run_release(kind: str, experiment: str, weights: str, image: np.ndarray, box
         c, s = np.stack(centers), np.stack(scales)
         preds, maxvals = get_final_preds(cfg, averaged.clone().numpy(), c, s)
 
-    repo = {"simple-baselines": "microsoft/human-pose-estimation.pytorch@49f3f44",
-            "hrnet": "leoxiaobin/deep-high-resolution-net.pytorch@6f69e46"}
+    repo = {
+        "simple-baselines": "microsoft/human-pose-estimation.pytorch@49f3f44",
+        "hrnet": "leoxiaobin/deep-high-resolution-net.pytorch@6f69e46",
+    }
     return {
         "framework": f"{repo[kind]} lib/ functions as validate() calls them, {experiment}, FLIP_TEST and SHIFT_HEATMAP on, "
-                     f"network input {'RGB' if color_rgb else 'BGR'}; scales in the release's units (pixels / 200)",
+        f"network input {'RGB' if color_rgb else 'BGR'}; scales in the release's units (pixels / 200)",
         "centers": c.astype(np.float64),
         "scales": s.astype(np.float64),
         "warps": np.stack(warps).astype(np.float64),
@@ -327,6 +389,7 @@ def run_release(kind: str, experiment: str, weights: str, image: np.ndarray, box
 
 # ---------------------------------------------------------------------------------------------
 
+
 def check_not_degenerate(variant: str, golden: dict) -> None:
     """Random weights are useful only if the output depends on the image: the maps are not
     constant and the arg-max positions differ between the crops."""
@@ -334,7 +397,9 @@ def check_not_degenerate(variant: str, golden: dict) -> None:
     flat = maps.reshape(len(maps), maps.shape[1], -1)
     assert np.all(flat.std(axis=-1) > 1e-4), f"{variant}: a constant output map"
     peaks = flat.argmax(-1)
-    assert len(maps) == 1 or any((peaks[0] != peaks[i]).mean() > 0.5 for i in range(1, len(maps))), f"{variant}: same peaks"
+    assert len(maps) == 1 or any((peaks[0] != peaks[i]).mean() > 0.5 for i in range(1, len(maps))), (
+        f"{variant}: same peaks"
+    )
     print(f"  output mean {maps.mean():+.3f} std {maps.std():.3f}; scores {golden['keypoint_scores'].mean():.3f}")
 
 
@@ -347,8 +412,14 @@ def make(variant: str, out_dir: Path) -> Path:
         golden = run_mmpose(config, weights, image, boxes)
     else:
         golden = run_release(framework, config, weights, image, boxes)
-    golden.update(image=image, boxes=boxes, box_scores=box_scores, weights_name=weights, seed=np.int64(SEED),
-                  weights_sha256=published.state_dict_digest(published.random_state_dict(weights, SEED)))
+    golden.update(
+        image=image,
+        boxes=boxes,
+        box_scores=box_scores,
+        weights_name=weights,
+        seed=np.int64(SEED),
+        weights_sha256=published.state_dict_digest(published.random_state_dict(weights, SEED)),
+    )
     check_not_degenerate(variant, golden)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{variant}.npz"

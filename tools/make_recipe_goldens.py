@@ -46,16 +46,24 @@ OUT = Path(__file__).resolve().parents[1] / "tests/data/goldens/recipes.json"
 MMDET = Path("/tmp/mmref/mmdet/mmdet")  # mmdet 3.3.0's wheel, unpacked: YOLOXHSVRandomAug's defaults
 ALBUMENTATIONS = Path("/tmp/mmref/alb/albumentations")  # albumentations 1.3.1's wheel, unpacked
 RTMPOSE_M = MMPOSE / ".mim/configs/body_2d_keypoint/rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py"
-MMPOSE_ARCH = {"resnet50": "res50", "resnet101": "res101", "resnet152": "res152", "hrnet-w32": "hrnet-w32", "hrnet-w48": "hrnet-w48"}
+MMPOSE_ARCH = {
+    "resnet50": "res50",
+    "resnet101": "res101",
+    "resnet152": "res152",
+    "hrnet-w32": "hrnet-w32",
+    "hrnet-w48": "hrnet-w48",
+}
 
 
-def transform_defaults(name: str, source: str = "datasets/transforms/common_transforms.py", root: Path = MMPOSE) -> dict:
+def transform_defaults(
+    name: str, source: str = "datasets/transforms/common_transforms.py", root: Path = MMPOSE
+) -> dict:
     """The keyword defaults of the __init__ of class `name` in `source` under `root` (MMPose's), read from its source."""
     tree = ast.parse((root / source).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == name:
             init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-            names = [a.arg for a in init.args.args][-len(init.args.defaults):]
+            names = [a.arg for a in init.args.args][-len(init.args.defaults) :]
             return {n: ast.literal_eval(d) for n, d in zip(names, init.args.defaults)}
     raise KeyError(name)
 
@@ -187,9 +195,15 @@ def rtmpose_values() -> dict:
         "base_batch_size": cfg.auto_scale_lr.base_batch_size,
         "codec": _plain(cfg.codec),
         "loss": _plain(head.loss),
-        "head": {"in_channels": head.in_channels, "out_channels": head.out_channels, "input_size": list(head.input_size),
-                 "in_featuremap_size": list(head.in_featuremap_size), "simcc_split_ratio": head.simcc_split_ratio,
-                 "final_layer_kernel_size": head.final_layer_kernel_size, "gau_cfg": _plain(head.gau_cfg)},
+        "head": {
+            "in_channels": head.in_channels,
+            "out_channels": head.out_channels,
+            "input_size": list(head.input_size),
+            "in_featuremap_size": list(head.in_featuremap_size),
+            "simcc_split_ratio": head.simcc_split_ratio,
+            "final_layer_kernel_size": head.final_layer_kernel_size,
+            "gau_cfg": _plain(head.gau_cfg),
+        },
         "backbone": {k: _plain(v) for k, v in cfg.model.backbone.items() if k != "init_cfg"},
         "init_cfg": _plain(cfg.model.backbone.init_cfg),
         "flip_test": cfg.model.test_cfg.flip_test,
@@ -205,7 +219,9 @@ def rtmpose_values() -> dict:
         "yolox_hsv_defaults": transform_defaults("YOLOXHSVRandomAug", "datasets/transforms/transforms.py", MMDET),
         "blur_defaults": transform_defaults("Blur", "augmentations/blur/transforms.py", ALBUMENTATIONS),
         "median_blur_defaults": transform_defaults("MedianBlur", "augmentations/blur/transforms.py", ALBUMENTATIONS),
-        "coarse_dropout_defaults": transform_defaults("CoarseDropout", "augmentations/dropout/coarse_dropout.py", ALBUMENTATIONS),
+        "coarse_dropout_defaults": transform_defaults(
+            "CoarseDropout", "augmentations/dropout/coarse_dropout.py", ALBUMENTATIONS
+        ),
         "decay_free_parameters": rtmpose_decay_free(cfg),
     }
 
@@ -285,8 +301,13 @@ def rtmpose_ema(steps: int = 5) -> dict:
 
 
 def main() -> None:
-    goldens = {"mmpose-learning-rates": {"config": "td-hm_res50_8xb64-210e_coco-256x192.py", "epoch_length": 4,
-                                         "rates": mmpose_learning_rates("td-hm_res50_8xb64-210e_coco-256x192.py", 4)}}
+    goldens = {
+        "mmpose-learning-rates": {
+            "config": "td-hm_res50_8xb64-210e_coco-256x192.py",
+            "epoch_length": 4,
+            "rates": mmpose_learning_rates("td-hm_res50_8xb64-210e_coco-256x192.py", 4),
+        }
+    }
     for size in ("256x192", "384x288"):
         for arch in ("resnet50", "resnet101", "resnet152"):
             goldens[f"simple-baselines/{arch}/{size}/msra"] = release_values("simple-baselines", arch, size)
@@ -298,7 +319,11 @@ def main() -> None:
                 if values is not None:
                     goldens[f"mmpose-td-hm/{arch}/{size}/{codec}"] = values
     goldens["rtmpose-m/rtmpose-m/256x192/simcc"] = rtmpose_values()
-    goldens["rtmpose-learning-rates"] = {"config": RTMPOSE_M.name, "epoch_length": 5, "rates": rtmpose_learning_rates(5)}
+    goldens["rtmpose-learning-rates"] = {
+        "config": RTMPOSE_M.name,
+        "epoch_length": 5,
+        "rates": rtmpose_learning_rates(5),
+    }
     goldens["rtmpose-ema"] = rtmpose_ema()
     OUT.write_text(json.dumps(goldens, indent=1, sort_keys=True) + "\n")
     print(f"{len(goldens) - 3} recipes, two learning-rate curves and an EMA run -> {OUT}")

@@ -59,8 +59,9 @@ SIZES = {
 }
 
 
-def keypoints_for(input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def keypoints_for(
+    input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """keypoints (NUM_SAMPLES, NUM_JOINTS, 2) float64 in input pixels and visible (NUM_SAMPLES, NUM_JOINTS) float32.
 
     Samples 0-3 hold, along x and y in turn (the other coordinate inside), the cases where the targets' rules
@@ -75,9 +76,34 @@ def keypoints_for(input_size: tuple[int, int], heatmap_size: tuple[int, int], si
     r = 3 * sigma
     udp = (input_size[0] - 1) / (w - 1)
     units = [
-        3.5, 3.5 - 2**-20, 10.0, 0.0, 0.5, 0.5 - 2**-20, -0.49, -1.2, -1.5, -1.5 + 2**-20, -1.6,
-        -r - 1.0, -r - 1.5, -r - 1.5 + 2**-18, -r - 2.0, -r - 2.5, -r - 2.5 + 2**-18, -r - 0.9, -r - 1.1, w - 0.5, w,
-        w + r - 1, w + r - 0.5, w + r - 0.5 - 2**-18, w + r, -20.0, w + 30.0, 0.5 - 2**-25,
+        3.5,
+        3.5 - 2**-20,
+        10.0,
+        0.0,
+        0.5,
+        0.5 - 2**-20,
+        -0.49,
+        -1.2,
+        -1.5,
+        -1.5 + 2**-20,
+        -1.6,
+        -r - 1.0,
+        -r - 1.5,
+        -r - 1.5 + 2**-18,
+        -r - 2.0,
+        -r - 2.5,
+        -r - 2.5 + 2**-18,
+        -r - 0.9,
+        -r - 1.1,
+        w - 0.5,
+        w,
+        w + r - 1,
+        w + r - 0.5,
+        w + r - 0.5 - 2**-18,
+        w + r,
+        -20.0,
+        w + 30.0,
+        0.5 - 2**-25,
     ]
     specials = [u * stride for u in units] + [u * udp for u in (w - 1, w + r - 0.5, -r - 1.5, -0.5)]
     keypoints = np.zeros((NUM_SAMPLES, NUM_JOINTS, 2))
@@ -96,7 +122,9 @@ def keypoints_for(input_size: tuple[int, int], heatmap_size: tuple[int, int], si
     return keypoints, visible
 
 
-def mmpose_targets(keypoints: np.ndarray, visible: np.ndarray, input_size, heatmap_size, sigma) -> dict[str, np.ndarray]:
+def mmpose_targets(
+    keypoints: np.ndarray, visible: np.ndarray, input_size, heatmap_size, sigma
+) -> dict[str, np.ndarray]:
     """MMPose's encoders on float32 keypoints, one sample at a time -> heatmaps (N, K, h, w) and weights (N, K)."""
     from mmpose.codecs import MSRAHeatmap, UDPHeatmap
 
@@ -107,14 +135,17 @@ def mmpose_targets(keypoints: np.ndarray, visible: np.ndarray, input_size, heatm
     }
     out = {}
     for name, codec in codecs.items():
-        encoded = [codec.encode(keypoints[i:i + 1].astype(np.float32), visible[i:i + 1]) for i in range(len(keypoints))]
+        encoded = [
+            codec.encode(keypoints[i : i + 1].astype(np.float32), visible[i : i + 1]) for i in range(len(keypoints))
+        ]
         out[f"{name}_heatmaps"] = np.stack([e["heatmaps"] for e in encoded])
         out[f"{name}_weights"] = np.concatenate([e["keypoint_weights"] for e in encoded])
     return out
 
 
-def release_targets(release: str, keypoints: np.ndarray, visible: np.ndarray, input_size, heatmap_size,
-                    sigma) -> dict[str, np.ndarray]:
+def release_targets(
+    release: str, keypoints: np.ndarray, visible: np.ndarray, input_size, heatmap_size, sigma
+) -> dict[str, np.ndarray]:
     """`JointsDataset.generate_target` of a release ("sb" or "hr" under RELEASES) on float64 joints."""
     lib = RELEASES / release / "lib"
     sys.path.insert(0, str(lib))
@@ -124,8 +155,14 @@ def release_targets(release: str, keypoints: np.ndarray, visible: np.ndarray, in
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(lib))
-    dataset = types.SimpleNamespace(num_joints=NUM_JOINTS, target_type="gaussian", image_size=np.array(input_size),
-                                    heatmap_size=np.array(heatmap_size), sigma=sigma, use_different_joints_weight=False)
+    dataset = types.SimpleNamespace(
+        num_joints=NUM_JOINTS,
+        target_type="gaussian",
+        image_size=np.array(input_size),
+        heatmap_size=np.array(heatmap_size),
+        sigma=sigma,
+        use_different_joints_weight=False,
+    )
     heatmaps, weights = [], []
     for joints_xy, vis in zip(keypoints, visible):
         joints = np.zeros((NUM_JOINTS, 3))
@@ -138,7 +175,11 @@ def release_targets(release: str, keypoints: np.ndarray, visible: np.ndarray, in
     return {"heatmaps": np.stack(heatmaps), "weights": np.stack(weights)}
 
 
-SIMCC = {"input_size": (192, 256), "sigma": (4.9, 5.66), "simcc_split_ratio": 2.0}  # rtmpose-m_8xb256-420e_coco-256x192.py
+SIMCC = {
+    "input_size": (192, 256),
+    "sigma": (4.9, 5.66),
+    "simcc_split_ratio": 2.0,
+}  # rtmpose-m_8xb256-420e_coco-256x192.py
 SIMCC_SAMPLES = 6
 
 
@@ -156,11 +197,32 @@ def simcc_keypoints_for(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     visible[4:] = rng.random((2, NUM_JOINTS)) > 0.15
     for axis, size, sigma in ((0, w, SIMCC["sigma"][0]), (1, h, SIMCC["sigma"][1])):
         bins = 2 * size
-        last_in, first_out = np.floor(bins + 3 * sigma - 1e-9), -np.floor(3 * sigma + 1) - 1  # mu - 3s < bins; mu + 3s + 1 >= 0
-        cases = [10.25, 10.75, 11.25, 0.25, -0.25, size - 0.25, size, last_in / 2, (last_in + 1) / 2, (first_out + 1) / 2,
-                 first_out / 2, -100.0, size + 100.0, 0.0, size - 0.5, 3.0 + 2**-20, 3.0 - 2**-20, 5.25 + 2**-18]
-        flat = keypoints[2 * axis:2 * axis + 2].reshape(-1, 2)
-        flat[:len(cases), axis] = cases
+        last_in, first_out = (
+            np.floor(bins + 3 * sigma - 1e-9),
+            -np.floor(3 * sigma + 1) - 1,
+        )  # mu - 3s < bins; mu + 3s + 1 >= 0
+        cases = [
+            10.25,
+            10.75,
+            11.25,
+            0.25,
+            -0.25,
+            size - 0.25,
+            size,
+            last_in / 2,
+            (last_in + 1) / 2,
+            (first_out + 1) / 2,
+            first_out / 2,
+            -100.0,
+            size + 100.0,
+            0.0,
+            size - 0.5,
+            3.0 + 2**-20,
+            3.0 - 2**-20,
+            5.25 + 2**-18,
+        ]
+        flat = keypoints[2 * axis : 2 * axis + 2].reshape(-1, 2)
+        flat[: len(cases), axis] = cases
     visible[1, 16] = visible[3, 16] = 0  # an invisible joint inside: no labels, weight stays 0
     return keypoints, visible
 
@@ -170,12 +232,19 @@ def mmpose_simcc_labels(keypoints: np.ndarray, visible: np.ndarray) -> dict[str,
     sample at a time on float32 keypoints, as RTMPose's `GenerateTarget` calls it."""
     from mmpose.codecs import SimCCLabel
 
-    codec = SimCCLabel(input_size=SIMCC["input_size"], sigma=SIMCC["sigma"], simcc_split_ratio=SIMCC["simcc_split_ratio"],
-                       normalize=False, use_dark=False)
-    encoded = [codec.encode(keypoints[i:i + 1].astype(np.float32), visible[i:i + 1]) for i in range(len(keypoints))]
-    return {"x_labels": np.concatenate([e["keypoint_x_labels"] for e in encoded]),
-            "y_labels": np.concatenate([e["keypoint_y_labels"] for e in encoded]),
-            "weights": np.concatenate([e["keypoint_weights"] for e in encoded])}
+    codec = SimCCLabel(
+        input_size=SIMCC["input_size"],
+        sigma=SIMCC["sigma"],
+        simcc_split_ratio=SIMCC["simcc_split_ratio"],
+        normalize=False,
+        use_dark=False,
+    )
+    encoded = [codec.encode(keypoints[i : i + 1].astype(np.float32), visible[i : i + 1]) for i in range(len(keypoints))]
+    return {
+        "x_labels": np.concatenate([e["keypoint_x_labels"] for e in encoded]),
+        "y_labels": np.concatenate([e["keypoint_y_labels"] for e in encoded]),
+        "weights": np.concatenate([e["keypoint_weights"] for e in encoded]),
+    }
 
 
 def mmpose_kl_loss(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -189,7 +258,7 @@ def mmpose_kl_loss(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
     codec = SimCCLabel(input_size=(48, 64), sigma=(4.9, 5.66), simcc_split_ratio=2.0, normalize=False)
     joints = rng.uniform(-5, (53, 69), (4, NUM_JOINTS, 2)).astype(np.float32)
-    encoded = [codec.encode(joints[i:i + 1], np.ones((1, NUM_JOINTS), np.float32)) for i in range(4)]
+    encoded = [codec.encode(joints[i : i + 1], np.ones((1, NUM_JOINTS), np.float32)) for i in range(4)]
     labels_x = np.concatenate([e["keypoint_x_labels"] for e in encoded])
     labels_y = np.concatenate([e["keypoint_y_labels"] for e in encoded])
     weights = (rng.random((4, NUM_JOINTS)) > 0.2).astype(np.float32)
@@ -198,9 +267,15 @@ def mmpose_kl_loss(rng: np.random.Generator) -> dict[str, np.ndarray]:
     t = torch.from_numpy
     rtmpose = KLDiscretLoss(use_target_weight=True, beta=10.0, label_softmax=True)
     plain = KLDiscretLoss()
-    return {"logits_x": logits_x, "logits_y": logits_y, "labels_x": labels_x, "labels_y": labels_y, "weights": weights,
-            "loss": np.float32(rtmpose((t(logits_x), t(logits_y)), (t(labels_x), t(labels_y)), t(weights)).item()),
-            "loss_defaults": np.float32(plain((t(logits_x), t(logits_y)), (t(labels_x), t(labels_y)), t(weights)).item())}
+    return {
+        "logits_x": logits_x,
+        "logits_y": logits_y,
+        "labels_x": labels_x,
+        "labels_y": labels_y,
+        "weights": weights,
+        "loss": np.float32(rtmpose((t(logits_x), t(logits_y)), (t(labels_x), t(labels_y)), t(weights)).item()),
+        "loss_defaults": np.float32(plain((t(logits_x), t(logits_y)), (t(labels_x), t(labels_y)), t(weights)).item()),
+    }
 
 
 def run_mmpose_under_numpy1(numpy1: str, inputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
@@ -280,30 +355,44 @@ def main() -> None:
         from mmpose.codecs import MSRAHeatmap
 
         codec = MSRAHeatmap(input_size=input_size, heatmap_size=heatmap_size, sigma=sigma)
-        encoded = [codec.encode(keypoints[i:i + 1], visible[i:i + 1]) for i in range(len(keypoints))]
-        mmpose_float64 = {"heatmaps": np.stack([e["heatmaps"] for e in encoded]),
-                          "weights": np.concatenate([e["keypoint_weights"] for e in encoded])}
+        encoded = [codec.encode(keypoints[i : i + 1], visible[i : i + 1]) for i in range(len(keypoints))]
+        mmpose_float64 = {
+            "heatmaps": np.stack([e["heatmaps"] for e in encoded]),
+            "weights": np.concatenate([e["keypoint_weights"] for e in encoded]),
+        }
         report = {
             "numpy 1 == numpy 2 (msra, dark, weights)": all(
-                np.array_equal(ours[k], numpy2[k]) for k in ours if k != "udp_heatmaps"),
-            "udp heatmaps numpy 2 - numpy 1, max |diff|": float(np.abs(numpy2["udp_heatmaps"] - ours["udp_heatmaps"]).max()),
+                np.array_equal(ours[k], numpy2[k]) for k in ours if k != "udp_heatmaps"
+            ),
+            "udp heatmaps numpy 2 - numpy 1, max |diff|": float(
+                np.abs(numpy2["udp_heatmaps"] - ours["udp_heatmaps"]).max()
+            ),
             "udp heatmaps differing values": int((numpy2["udp_heatmaps"] != ours["udp_heatmaps"]).sum()),
             "sb == hr": all(np.array_equal(sb[k], hr[k]) for k in sb),
             "sb == mmpose msra on float64 keypoints": all(np.array_equal(sb[k], mmpose_float64[k]) for k in sb),
             "sb != mmpose msra on float32 keypoints (joints)": int(
-                (sb["heatmaps"] != ours["msra_heatmaps"]).any(axis=(2, 3)).sum()),
+                (sb["heatmaps"] != ours["msra_heatmaps"]).any(axis=(2, 3)).sum()
+            ),
         }
         print(size, json.dumps(report, indent=1))
         path = GOLDENS / f"targets_{size}.npz"
         np.savez_compressed(
-            path, keypoints=keypoints, visible=visible, input_size=np.array(input_size), heatmap_size=np.array(heatmap_size),
-            sigma=np.array(sigma), **{k: v[:DARK_SAMPLES] if k == "dark_heatmaps" else v for k, v in ours.items()},
+            path,
+            keypoints=keypoints,
+            visible=visible,
+            input_size=np.array(input_size),
+            heatmap_size=np.array(heatmap_size),
+            sigma=np.array(sigma),
+            **{k: v[:DARK_SAMPLES] if k == "dark_heatmaps" else v for k, v in ours.items()},
             udp_heatmaps_numpy2_minus_numpy1=numpy2["udp_heatmaps"] - ours["udp_heatmaps"],
-            release_heatmaps=sb["heatmaps"], release_weights=sb["weights"],
-            source=np.array("MMPose 1.3.2 codecs (numpy 1.26 and 2); Simple Baselines 49f3f44 / HRNet 6f69e46 "
-                            "lib/dataset/JointsDataset.py generate_target"))
+            release_heatmaps=sb["heatmaps"],
+            release_weights=sb["weights"],
+            source=np.array(
+                "MMPose 1.3.2 codecs (numpy 1.26 and 2); Simple Baselines 49f3f44 / HRNet 6f69e46 "
+                "lib/dataset/JointsDataset.py generate_target"
+            ),
+        )
         print(path, path.stat().st_size, "bytes")
-
 
 
 def write_simcc(inputs: tuple[np.ndarray, np.ndarray], numpy1: dict[str, np.ndarray]) -> None:
@@ -312,18 +401,27 @@ def write_simcc(inputs: tuple[np.ndarray, np.ndarray], numpy1: dict[str, np.ndar
     numpy2 = mmpose_simcc_labels(keypoints, visible)
     report = {
         "weights numpy 1 == numpy 2": bool(np.array_equal(numpy1["weights"], numpy2["weights"])),
-        "labels numpy 2 - numpy 1, max |diff|": max(float(np.abs(numpy2[k] - numpy1[k]).max()) for k in ("x_labels", "y_labels")),
+        "labels numpy 2 - numpy 1, max |diff|": max(
+            float(np.abs(numpy2[k] - numpy1[k]).max()) for k in ("x_labels", "y_labels")
+        ),
         "joints with weight 0 (visible)": int(((numpy1["weights"] == 0) & (visible > 0)).sum()),
     }
     print("simcc", json.dumps(report, indent=1))
     loss = mmpose_kl_loss(np.random.default_rng(8))
     path = GOLDENS / "targets_simcc_256x192.npz"
     np.savez_compressed(
-        path, keypoints=keypoints, visible=visible, input_size=np.array(SIMCC["input_size"]), sigma=np.array(SIMCC["sigma"]),
-        split_ratio=np.array(SIMCC["simcc_split_ratio"]), **numpy1,
-        x_labels_numpy2_minus_numpy1=numpy2["x_labels"] - numpy1["x_labels"], y_labels_numpy2_minus_numpy1=numpy2["y_labels"] - numpy1["y_labels"],
+        path,
+        keypoints=keypoints,
+        visible=visible,
+        input_size=np.array(SIMCC["input_size"]),
+        sigma=np.array(SIMCC["sigma"]),
+        split_ratio=np.array(SIMCC["simcc_split_ratio"]),
+        **numpy1,
+        x_labels_numpy2_minus_numpy1=numpy2["x_labels"] - numpy1["x_labels"],
+        y_labels_numpy2_minus_numpy1=numpy2["y_labels"] - numpy1["y_labels"],
         **{f"kl_{k}": v for k, v in loss.items()},
-        source=np.array("MMPose 1.3.2 SimCCLabel.encode (numpy 1.26 and 2), KLDiscretLoss (torch)"))
+        source=np.array("MMPose 1.3.2 SimCCLabel.encode (numpy 1.26 and 2), KLDiscretLoss (torch)"),
+    )
     print(path, path.stat().st_size, "bytes")
 
 

@@ -15,8 +15,9 @@ import json
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import numpy as np
 
@@ -60,11 +61,15 @@ def load_keypoints_json(fileobj: BinaryIO, name: str) -> dict:
     for key in ("images", "annotations"):
         repeated = _repeated_ids(document[key])
         if repeated:
-            shown = ", ".join(str(i) for i in repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+            shown = ", ".join(str(i) for i in repeated[:10]) + (
+                f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+            )
             raise CocoFormatError(f"{name}: '{key}' repeats id {shown} (COCO ids are unique; each id must appear once)")
     person = [c for c in document["categories"] if c.get("name") == "person"]
     if not person or len(person[0].get("keypoints", [])) != NUM_JOINTS:
-        raise CocoFormatError(f"{name}: no 'person' category with {NUM_JOINTS} keypoints (is this a person_keypoints file?)")
+        raise CocoFormatError(
+            f"{name}: no 'person' category with {NUM_JOINTS} keypoints (is this a person_keypoints file?)"
+        )
     return document
 
 
@@ -92,7 +97,9 @@ def person_problem(annotation: dict, width: int, height: int, tolerance: float =
         return f"bbox {bbox!r} has a negative size"
     keypoints = annotation.get("keypoints", [0] * NUM_JOINTS * 3)
     if not (isinstance(keypoints, list) and len(keypoints) == NUM_JOINTS * 3):
-        return f"keypoints has {len(keypoints) if isinstance(keypoints, list) else '?'} values, expected {NUM_JOINTS * 3}"
+        return (
+            f"keypoints has {len(keypoints) if isinstance(keypoints, list) else '?'} values, expected {NUM_JOINTS * 3}"
+        )
     points = np.asarray(keypoints, dtype=np.float64).reshape(NUM_JOINTS, 3)
     if not np.all(np.isin(points[:, 2], (0, 1, 2))):
         return f"keypoint visibility flags {points[:, 2].tolist()} are not all 0, 1 or 2"
@@ -126,7 +133,9 @@ def index_zip(fileobj: BinaryIO, name: str) -> dict[str, ZipMember]:
     try:
         with zipfile.ZipFile(fileobj) as archive:
             return {
-                info.filename: ZipMember(info.filename, info.header_offset, info.compress_type, info.compress_size, info.file_size)
+                info.filename: ZipMember(
+                    info.filename, info.header_offset, info.compress_type, info.compress_size, info.file_size
+                )
                 for info in archive.infolist()
                 if not info.is_dir()
             }

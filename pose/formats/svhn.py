@@ -25,8 +25,9 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -82,8 +83,18 @@ _MI_COMPRESSED = 15
 # miXXX type codes of numeric data, as numpy dtype codes (byte order added per file).
 _MI_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
 # mxXXX array classes that hold plain numbers (mxDOUBLE_CLASS = 6 ... mxUINT64_CLASS = 15).
-_MX_NUMERIC = {6: "double", 7: "single", 8: "int8", 9: "uint8", 10: "int16", 11: "uint16",
-               12: "int32", 13: "uint32", 14: "int64", 15: "uint64"}
+_MX_NUMERIC = {
+    6: "double",
+    7: "single",
+    8: "int8",
+    9: "uint8",
+    10: "int16",
+    11: "uint16",
+    12: "int32",
+    13: "uint32",
+    14: "int64",
+    15: "uint64",
+}
 _MX_NAMES = {1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", **_MX_NUMERIC}
 _COMPLEX_FLAG = 0x800
 
@@ -120,7 +131,7 @@ class _BlockReader:
             )
         in_block = offset - self._block_start
         if 0 <= in_block and in_block + n <= len(self._block):
-            return self._block[in_block:in_block + n]
+            return self._block[in_block : in_block + n]
         length = n if n >= _HEADER_BLOCK else min(_HEADER_BLOCK, self.size - offset)
         self.fileobj.seek(offset)
         data = self.fileobj.read(length)
@@ -183,11 +194,10 @@ class _InflatedElement:
                 piece = self._inflate.decompress(self._pending, n - filled)
             except zlib.error as err:
                 raise SvhnFormatError(
-                    f"{self.reader.file_name}: corrupt compressed data in the element at byte "
-                    f"{self.start - 8}: {err}"
+                    f"{self.reader.file_name}: corrupt compressed data in the element at byte {self.start - 8}: {err}"
                 ) from err
             self._pending = self._inflate.unconsumed_tail
-            view[filled:filled + len(piece)] = piece
+            view[filled : filled + len(piece)] = piece
             filled += len(piece)
             if not piece and not self._pending and (self._inflate.eof or self._next_input >= self.end):
                 raise SvhnFormatError(
@@ -220,7 +230,7 @@ def _parse_tag(raw: bytes, byteorder: str) -> tuple[int, int, bytes | None]:
     first, second = struct.unpack(byteorder + "II", raw)
     if first >> 16:  # small element: count and type share the first word, data the second
         count = first >> 16
-        return first & 0xFFFF, count, raw[4:4 + count]
+        return first & 0xFFFF, count, raw[4 : 4 + count]
     return first, second, None
 
 
@@ -360,8 +370,9 @@ def read_cropped_labels(fileobj: BinaryIO) -> np.ndarray:
 def _read_labels(header: _MatrixHeader, source, file_name: str) -> np.ndarray:
     count = int(np.prod(header.dims))
     if header.class_name not in _MX_NUMERIC.values() or sum(d != 1 for d in header.dims) > 1:
-        raise SvhnFormatError(f"{file_name}: y is a {header.class_name} array of dimensions "
-                              f"{header.dims}; expected numbers (N, 1)")
+        raise SvhnFormatError(
+            f"{file_name}: y is a {header.class_name} array of dimensions {header.dims}; expected numbers (N, 1)"
+        )
     if header.data_bytes != count * header.dtype.itemsize:
         raise SvhnFormatError(f"{file_name}: y holds {header.data_bytes} bytes, not {count} values")
     raw = header.small_data if header.small_data is not None else source.read(header.data_bytes)
@@ -575,7 +586,9 @@ def _read_digit_struct(h5file: h5py.File, image: bytes | np.memmap) -> list[Numb
             try:
                 field_id = h5py.h5d.open(box_group, field.encode())
             except KeyError:
-                raise SvhnFormatError(f"digitStruct.bbox of entry {index + 1} ({name}) has no field {field!r}") from None
+                raise SvhnFormatError(
+                    f"digitStruct.bbox of entry {index + 1} ({name}) has no field {field!r}"
+                ) from None
             if field == _BOX_FIELDS[0]:
                 digit_count = int(np.prod(field_id.shape))
                 several = field_id.get_type().get_class() == h5py.h5t.REFERENCE
@@ -637,8 +650,10 @@ def write_digit_struct(path, numbers: Sequence[NumberAnnotation]) -> None:
                 if len(values) == 1:
                     writer.dataset(box_group, np.full((1, 1), values[0]), "double", name=field)
                 else:
-                    value_refs = [writer.ref(writer.dataset(writer.refs_group, np.full((1, 1), value), "double"))
-                                  for value in values]
+                    value_refs = [
+                        writer.ref(writer.dataset(writer.refs_group, np.full((1, 1), value), "double"))
+                        for value in values
+                    ]
                     writer.ref_dataset(box_group, field, value_refs)
             box_refs.append(writer.ref(box_group))
 
@@ -680,8 +695,10 @@ class _MatlabObjectWriter:
         """A dataset of `values` under `parent_id` (named by #refs# order unless `name`)."""
         values = np.ascontiguousarray(values)
         dataset_id = h5py.h5d.create(
-            parent_id, name.encode() if name else self.next_refs_name(),
-            h5py.h5t.py_create(values.dtype.newbyteorder("<")), h5py.h5s.create_simple(values.shape),
+            parent_id,
+            name.encode() if name else self.next_refs_name(),
+            h5py.h5t.py_create(values.dtype.newbyteorder("<")),
+            h5py.h5s.create_simple(values.shape),
         )
         dataset_id.write(h5py.h5s.ALL, h5py.h5s.ALL, values)
         self.class_attribute(dataset_id, matlab_class)
@@ -690,7 +707,9 @@ class _MatlabObjectWriter:
     def ref_dataset(self, parent_id, name: str, refs: list) -> None:
         """A (len(refs), 1) dataset of object references: a non-scalar struct's field."""
         values = np.array(refs, dtype=h5py.ref_dtype).reshape(-1, 1)
-        dataset_id = h5py.h5d.create(parent_id, name.encode(), h5py.h5t.STD_REF_OBJ, h5py.h5s.create_simple(values.shape))
+        dataset_id = h5py.h5d.create(
+            parent_id, name.encode(), h5py.h5t.STD_REF_OBJ, h5py.h5s.create_simple(values.shape)
+        )
         dataset_id.write(h5py.h5s.ALL, h5py.h5s.ALL, values)
 
     def struct_group(self, parent_id, fields: Sequence[str], name: str | None = None):

@@ -1,7 +1,13 @@
 """Neural networks: the top-down keypoint heatmap models and the SVHN digit classifiers."""
 
 from pose.models.digits import DigitModelConfig, build_digit_model
-from pose.models.keypoints import KeypointModelConfig, KeypointNet, SeedKeypointNet, build_keypoint_model, load_backbone_weights
+from pose.models.keypoints import (
+    KeypointModelConfig,
+    KeypointNet,
+    SeedKeypointNet,
+    build_keypoint_model,
+    load_backbone_weights,
+)
 
 __all__ = [
     "DigitModelConfig",

@@ -88,22 +88,26 @@ class DetectorConfig:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown detector arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.num_classes < 2:
-            raise ValueError(f"a detector needs background and at least one class (num_classes ≥ 2), got {self.num_classes}")
+            raise ValueError(
+                f"a detector needs background and at least one class (num_classes ≥ 2), got {self.num_classes}"
+            )
         most = backbone_stages(self.arch)
         if not 0 <= self.trainable_backbone_layers <= most:
-            raise ValueError(f"{self.arch} has {most} backbone stages; trainable_backbone_layers must be in [0, {most}], got {self.trainable_backbone_layers}")
+            raise ValueError(
+                f"{self.arch} has {most} backbone stages; trainable_backbone_layers must be in [0, {most}], got {self.trainable_backbone_layers}"
+            )
         if self.norm not in ("frozen", "batch"):
-            raise ValueError(f"detector norm must be 'frozen' (start from weights) or 'batch' (from scratch), got {self.norm!r}")
+            raise ValueError(
+                f"detector norm must be 'frozen' (start from weights) or 'batch' (from scratch), got {self.norm!r}"
+            )
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values, saved next to the weights."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DetectorConfig":
+    def from_dict(cls, values: dict) -> DetectorConfig:
         return cls(**values)
-
-
 
     def category_names(self) -> tuple[str, ...]:
         """Label i -> name: COCO's names for 91 classes, ("__background__", "person") for 2."""
@@ -138,7 +142,10 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
     if config.arch == "fasterrcnn_resnet50_fpn":
         # As torchvision's fasterrcnn_resnet50_fpn(weights=COCO_V1).
         backbone = resnet_fpn_backbone(
-            backbone_name="resnet50", weights=None, norm_layer=norm_layer, trainable_layers=config.trainable_backbone_layers
+            backbone_name="resnet50",
+            weights=None,
+            norm_layer=norm_layer,
+            trainable_layers=config.trainable_backbone_layers,
         )
         model = FasterRCNN(backbone, config.num_classes, **options)
         # The COCO_V1 weights come from Detectron, whose frozen BatchNorm had no eps.
@@ -158,7 +165,9 @@ def build_detector(config: DetectorConfig = DetectorConfig()) -> FasterRCNN:
         model = FasterRCNN(backbone, config.num_classes, rpn_anchor_generator=anchors, rpn_score_thresh=0.05, **options)
     else:
         # v2 keeps ordinary BatchNorm even with weights; only the freezing of early stages differs.
-        model = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=config.num_classes, **options)
+        model = fasterrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=config.num_classes, **options
+        )
         trainable = ("layer4", "layer3", "layer2", "layer1", "conv1")[: config.trainable_backbone_layers]
         trainable += ("bn1",) if config.trainable_backbone_layers == 5 else ()
         for name, parameter in model.backbone.body.named_parameters():
@@ -177,9 +186,13 @@ def load_detector_weights(model: FasterRCNN, path_or_fileobj) -> None:
     arch and the first mismatches. BatchNorm `num_batches_tracked` counters may be absent or extra.
     """
     config = getattr(model, "config", None)
-    arch = f"{config.arch}, {config.num_classes} classes" if isinstance(config, DetectorConfig) else type(model).__name__
+    arch = (
+        f"{config.arch}, {config.num_classes} classes" if isinstance(config, DetectorConfig) else type(model).__name__
+    )
     where = f"detector weights {weights_name(path_or_fileobj)} ({arch})"
-    state = read_state_dict(path_or_fileobj, where, "a detector state_dict", "torchvision's fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
+    state = read_state_dict(
+        path_or_fileobj, where, "a detector state_dict", "torchvision's fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+    )
     state = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
     expected = {key: value for key, value in model.state_dict().items() if not key.endswith("num_batches_tracked")}
     check_fits(state, expected, where)
@@ -198,9 +211,13 @@ def person_detector_from_coco(coco_model: FasterRCNN, config_person: DetectorCon
     """
     coco_config = getattr(coco_model, "config", None)
     if config_person.num_classes != 2:
-        raise ValueError(f"a person detector has 2 classes (background, person), got num_classes={config_person.num_classes}")
+        raise ValueError(
+            f"a person detector has 2 classes (background, person), got num_classes={config_person.num_classes}"
+        )
     if isinstance(coco_config, DetectorConfig) and coco_config.arch != config_person.arch:
-        raise ValueError(f"the COCO detector is a {coco_config.arch}, the person detector a {config_person.arch}; use the same arch")
+        raise ValueError(
+            f"the COCO detector is a {coco_config.arch}, the person detector a {config_person.arch}; use the same arch"
+        )
     state = coco_model.state_dict()
     kept_rows = {
         "roi_heads.box_predictor.cls_score": slice(0, 2),  # one logit per class

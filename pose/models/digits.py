@@ -34,7 +34,7 @@ class DigitModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DigitModelConfig":
+    def from_dict(cls, values: dict) -> DigitModelConfig:
         return cls(**values)
 
 
@@ -92,8 +92,14 @@ class SeedDigitNet(nn.Module):
     def __init__(self, dropout: float = 0.5, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 5), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 32 → 28 → 14
-            nn.Conv2d(16, 32, 5), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 14 → 10 → 5
+            nn.Conv2d(3, 16, 5),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 32 → 28 → 14
+            nn.Conv2d(16, 32, 5),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 14 → 10 → 5
         )
         self.classifier = nn.Sequential(
             nn.Linear(32 * 5 * 5, 1000), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(1000, num_classes)

@@ -80,8 +80,12 @@ class HRModule(nn.Module):
             row = []
             for j in range(len(channels)):
                 if j > i:
-                    row.append(nn.Sequential(*_conv_bn(channels[j], channels[i], 1, 1, relu=False),
-                                             nn.Upsample(scale_factor=2 ** (j - i), mode="nearest")))
+                    row.append(
+                        nn.Sequential(
+                            *_conv_bn(channels[j], channels[i], 1, 1, relu=False),
+                            nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"),
+                        )
+                    )
                 elif j == i:
                     row.append(None)  # the branch itself; None keeps MMPose's indices in the keys
                 else:
@@ -176,8 +180,10 @@ class HRNetPose(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
         if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-            raise ValueError(f"HRNet input {height}x{width}: height and width must be multiples of {INPUT_MULTIPLE} "
-                             "(its coarsest branch is at stride 32), e.g. 256x192 or 384x288")
+            raise ValueError(
+                f"HRNet input {height}x{width}: height and width must be multiples of {INPUT_MULTIPLE} "
+                "(its coarsest branch is at stride 32), e.g. 256x192 or 384x288"
+            )
         return self.head(self.backbone(images))
 
 
@@ -200,18 +206,29 @@ def hrnet_keys_from_release(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     Anything else that does not map onto HRNet-W32/W48 raises ValueError naming the first mismatches.
     """
     if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     final = state.get("final_layer.weight")
     if final is None or final.dim() != 4:
-        raise ValueError("not an HRNet release state_dict: no 4-d final_layer.weight "
-                         f"(first keys: {', '.join(list(state)[:3]) or 'none'})")
+        raise ValueError(
+            "not an HRNet release state_dict: no 4-d final_layer.weight "
+            f"(first keys: {', '.join(list(state)[:3]) or 'none'})"
+        )
     width, num_joints = int(final.shape[1]), int(final.shape[0])
     if width not in WIDTHS:  # e.g. 256: a Simple Baselines release, whose head follows deconvolutions
-        raise ValueError(f"not an HRNet-W32/W48 release state_dict: final_layer.weight takes {width} channels, not 32 or 48")
-    renamed = {("head." if key.startswith("final_layer.") else "backbone.") + key: value for key, value in state.items()}
+        raise ValueError(
+            f"not an HRNet-W32/W48 release state_dict: final_layer.weight takes {width} channels, not 32 or 48"
+        )
+    renamed = {
+        ("head." if key.startswith("final_layer.") else "backbone.") + key: value for key, value in state.items()
+    }
     with torch.device("meta"):  # only the keys and shapes are needed
         expected = HRNetPose(width, num_joints).state_dict()
-    check_fits(renamed, expected, f"HRNet-W{width} release state_dict", optional=lambda key: key.endswith("num_batches_tracked"))
+    check_fits(
+        renamed,
+        expected,
+        f"HRNet-W{width} release state_dict",
+        optional=lambda key: key.endswith("num_batches_tracked"),
+    )
     return {key: renamed[key] if key in renamed else torch.zeros((), dtype=torch.long) for key in expected}
 
 
@@ -231,7 +248,7 @@ def load_imagenet_hrnet(model: HRNetPose, path_or_fileobj) -> list[str]:
     where = f"HRNet ImageNet weights {weights_name(path_or_fileobj)} (hrnet-w{model.width})"
     state = read_state_dict(path_or_fileobj, where, "an ImageNet HRNet state_dict", "hrnet_w32-36af842e.pth")
     if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     state = {key: value for key, value in state.items() if not key.startswith(_CLASSIFIER_ONLY)}
     check_fits(state, model.backbone.state_dict(), where, optional=lambda key: key.endswith("num_batches_tracked"))
     model.backbone.load_state_dict(state, strict=False)

@@ -67,7 +67,9 @@ def is_keypoint_rcnn_state(state: dict) -> bool:
     predictor (`roi_heads.keypoint_predictor.kps_score_lowres.*`) and a torchvision detector's
     backbone (`backbone.body.*`)."""
     keys = [key for key in state if isinstance(key, str)]
-    return any(key.startswith(_KEYPOINT_PREDICTOR) for key in keys) and any(key.startswith("backbone.body.") for key in keys)
+    return any(key.startswith(_KEYPOINT_PREDICTOR) for key in keys) and any(
+        key.startswith("backbone.body.") for key in keys
+    )
 
 
 def build_keypoint_rcnn(
@@ -92,7 +94,9 @@ def build_keypoint_rcnn(
     """
     if variant not in VARIANT_EPS:
         raise ValueError(f"unknown Keypoint R-CNN variant {variant!r}; choose one of {', '.join(VARIANT_EPS)}")
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3
+    )
     model = KeypointRCNN(
         backbone,
         num_classes=2,
@@ -138,7 +142,9 @@ def load_keypoint_rcnn(path_or_fileobj, variant: str | None = None, **options) -
                 f"pass variant= one of {', '.join(VARIANT_EPS)}"
             )
     if variant not in VARIANT_EPS:
-        raise ValueError(f"Keypoint R-CNN weights {name}: unknown variant {variant!r}; choose one of {', '.join(VARIANT_EPS)}")
+        raise ValueError(
+            f"Keypoint R-CNN weights {name}: unknown variant {variant!r}; choose one of {', '.join(VARIANT_EPS)}"
+        )
     where = f"Keypoint R-CNN weights {name} ({variant})"
     example = "torchvision's keypointrcnn_resnet50_fpn_coco-fc266e95.pth"
     state = read_state_dict(path_or_fileobj, where, "a Keypoint R-CNN state_dict", example)
@@ -164,7 +170,9 @@ def detect_with_keypoints(model: KeypointRCNN, images: list, device=None) -> lis
     results = []
     for output in run_by_size(model, images, device):
         # torchvision's third keypoint column is a constant visibility 1; the confidence replaces it.
-        keypoints = torch.cat([output["keypoints"][..., :2].float(), output["keypoints_scores"][..., None].float()], dim=-1)
+        keypoints = torch.cat(
+            [output["keypoints"][..., :2].float(), output["keypoints_scores"][..., None].float()], dim=-1
+        )
         results.append(
             {
                 "boxes": box_convert(output["boxes"].float(), "xyxy", "xywh").cpu().numpy().astype(np.float32),

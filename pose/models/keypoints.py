@@ -48,7 +48,9 @@ class KeypointModelConfig:
         if not 1 <= self.backbone_stages <= 4:
             raise ValueError(f"backbone_stages {self.backbone_stages}: a ResNet has stages 1 to 4")
         if self.backbone_stride % 2**self.deconv_layers:
-            raise ValueError(f"{self.deconv_layers} deconvolutions cannot upsample a stride-{self.backbone_stride} backbone")
+            raise ValueError(
+                f"{self.deconv_layers} deconvolutions cannot upsample a stride-{self.backbone_stride} backbone"
+            )
         # JSON gives lists back; keep the field a hashable tuple.
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
 
@@ -71,7 +73,7 @@ class KeypointModelConfig:
         return {**asdict(self), "input_size": list(self.input_size)}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "KeypointModelConfig":
+    def from_dict(cls, values: dict) -> KeypointModelConfig:
         return cls(**values)
 
 
@@ -110,7 +112,9 @@ class KeypointNet(nn.Module):
             stage = config.backbone_stages - 1 - index  # layerN at stride 2 ** (N + 1); the stem's maxpool is stage 0
             if config.skips and stage >= 1:
                 source = self.lateral_sources[str(3 * index)] = f"layer{stage}"
-                laterals[str(3 * index)] = nn.Conv2d(_stage_channels(getattr(self.backbone, source)), channels, kernel_size=1, bias=False)
+                laterals[str(3 * index)] = nn.Conv2d(
+                    _stage_channels(getattr(self.backbone, source)), channels, kernel_size=1, bias=False
+                )
         self.deconv = nn.Sequential(*layers)
         # By the index in `deconv` of the deconvolution they join; `lateral_sources`: the stage each reads.
         self.laterals = nn.ModuleDict(laterals)
@@ -145,7 +149,7 @@ def build_keypoint_model(config: KeypointModelConfig = KeypointModelConfig()) ->
     return model
 
 
-def load_backbone_weights(model: "KeypointNet | SimpleBaselineNet", path_or_fileobj) -> list[str]:
+def load_backbone_weights(model: KeypointNet | SimpleBaselineNet, path_or_fileobj) -> list[str]:
     """Load an ImageNet torchvision ResNet state_dict file (e.g. `resnet50-0676ba61.pth`) into
     `model.backbone`, ignoring the classifier (`fc.*`). Returns the loaded key names.
 
@@ -155,7 +159,9 @@ def load_backbone_weights(model: "KeypointNet | SimpleBaselineNet", path_or_file
     """
     arch = model.config.backbone if hasattr(model, "config") else type(model).__name__
     where = f"backbone weights {weights_name(path_or_fileobj)} ({arch})"
-    state = read_state_dict(path_or_fileobj, where, "a torchvision ResNet state_dict", "torchvision's resnet18-f37072fd.pth")
+    state = read_state_dict(
+        path_or_fileobj, where, "a torchvision ResNet state_dict", "torchvision's resnet18-f37072fd.pth"
+    )
     kept = tuple(f"{name}." for name in model.backbone._modules)  # a cut backbone ignores the later stages too
     state = {key: value for key, value in state.items() if key.startswith(kept)}
     check_fits(state, model.backbone.state_dict(), where, optional=lambda key: key.endswith("num_batches_tracked"))
@@ -171,7 +177,11 @@ class SimpleBaselineHead(nn.Module):
         super().__init__()
         layers = []
         for _ in range(3):
-            layers += [nn.ConvTranspose2d(in_channels, channels, 4, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(in_channels, channels, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            ]
             in_channels = channels
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(channels, num_joints, 1)
@@ -208,7 +218,11 @@ class SeedKeypointNet(nn.Module):
         super().__init__()
 
         def conv(cin, cout, kernel, stride):
-            return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         def deconv(cin, cout):
             return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]

@@ -40,7 +40,12 @@ SIZE_FACTORS: dict[str, tuple[float, float]] = {
 }
 
 # CSPNeXt-P5 before scaling: per stage (in channels, out channels, CSP blocks, residual blocks, SPP).
-P5_STAGES = ((64, 128, 3, True, False), (128, 256, 6, True, False), (256, 512, 6, True, False), (512, 1024, 3, False, True))
+P5_STAGES = (
+    (64, 128, 3, True, False),
+    (128, 256, 6, True, False),
+    (256, 512, 6, True, False),
+    (512, 1024, 3, False, True),
+)
 
 # The configs' norm_cfg is SyncBN with its defaults, i.e. torch's BatchNorm eps and momentum (not
 # the 1e-3 / 0.03 that CSPNeXt's own default norm_cfg would give); at inference SyncBN is BatchNorm.
@@ -201,8 +206,14 @@ class CSPNeXt(nn.Module):
         super().__init__()
         c1, c2, c3 = config.stem_channels
         self.stem = nn.Sequential(ConvBN(3, c1, 3, stride=2), ConvBN(c1, c2, 3), ConvBN(c2, c3, 3))
-        for i, ((cin, cout), depth, (*_, residual, spp)) in enumerate(zip(config.stage_channels, config.stage_depths, P5_STAGES)):
-            layers = [ConvBN(cin, cout, 3, stride=2)] + ([SPPBottleneck(cout)] if spp else []) + [CSPLayer(cout, depth, residual)]
+        for i, ((cin, cout), depth, (*_, residual, spp)) in enumerate(
+            zip(config.stage_channels, config.stage_depths, P5_STAGES)
+        ):
+            layers = (
+                [ConvBN(cin, cout, 3, stride=2)]
+                + ([SPPBottleneck(cout)] if spp else [])
+                + [CSPLayer(cout, depth, residual)]
+            )
             self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,14 +318,16 @@ def load_rtmpose_state_dict(model: RTMPose, state: dict[str, torch.Tensor], wher
     """
     cfg = model.config
     try:
-        check_fits(state, model.state_dict(), f"{where} (for RTMPose-{cfg.size} {cfg.input_size[1]}x{cfg.input_size[0]})")
+        check_fits(
+            state, model.state_dict(), f"{where} (for RTMPose-{cfg.size} {cfg.input_size[1]}x{cfg.input_size[0]})"
+        )
     except ValueError as exc:
         raise ValueError(f"{exc}{_what_it_looks_like(state, cfg.split_ratio)}") from None
     model.load_state_dict(state, strict=True)
 
 
 def _what_it_looks_like(state: dict, split_ratio: float) -> str:
-    """"; it looks like RTMPose-l 384x288" when the head's shapes name a known size, else ""."""
+    """ "; it looks like RTMPose-l 384x288" when the head's shapes name a known size, else ""."""
     final, cls_x, cls_y = (state.get(f"head.{name}.weight") for name in ("final_layer", "cls_x", "cls_y"))
     if not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in (final, cls_x, cls_y)):
         return ""

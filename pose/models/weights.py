@@ -27,13 +27,17 @@ def read_state_dict(path_or_fileobj, where: str, kind: str, example: str) -> dic
     try:
         state = torch.load(path_or_fileobj, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not a state_dict file"
-        raise ValueError(f"{where}: not a readable torch state_dict ({type(exc).__name__}); expected a file like {example}") from None
+        raise ValueError(
+            f"{where}: not a readable torch state_dict ({type(exc).__name__}); expected a file like {example}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{where}: expected a dict of tensors ({kind}), got {type(state).__name__}")
     return state
 
 
-def check_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str, *, optional=lambda key: False) -> None:
+def check_fits(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str, *, optional=lambda key: False
+) -> None:
     """Raise ValueError unless `state` has exactly the keys and shapes of `expected` (keys for which
     `optional(key)` is true may be absent)."""
     missing = [key for key in expected if key not in state and not optional(key)]

@@ -75,7 +75,7 @@ def _font_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _glyphs(font_file: str, digit_height: int) -> tuple[_Glyph, ...]:
     """The ten digits of a font, rasterised so that "0" is `digit_height` pixels tall."""
     path = os.fspath(_font_dir() / font_file)
@@ -179,15 +179,17 @@ def _render(
     ink_left = min(x for _, x, _ in placed) - pad
     ink_top = min(y for _, _, y in placed) - pad
     layout = np.zeros(
-        (max(y + g.mask.shape[0] for g, _, y in placed) - ink_top + pad,
-         max(x + g.mask.shape[1] for g, x, _ in placed) - ink_left + pad),
+        (
+            max(y + g.mask.shape[0] for g, _, y in placed) - ink_top + pad,
+            max(x + g.mask.shape[1] for g, x, _ in placed) - ink_left + pad,
+        ),
         dtype=np.uint8,
     )
     glyph_boxes = []  # (left, top, right, bottom) of each digit's ink in the layout
     for glyph, x, y in placed:
         glyph_height_px, glyph_width_px = glyph.mask.shape
         left, top = x - ink_left, y - ink_top
-        region = layout[top:top + glyph_height_px, left:left + glyph_width_px]
+        region = layout[top : top + glyph_height_px, left : left + glyph_width_px]
         np.maximum(region, glyph.mask, out=region)  # overlapping digits (tight tracking) merge
         glyph_boxes.append((left, top, left + glyph_width_px, top + glyph_height_px))
 
@@ -205,7 +207,9 @@ def _render(
     height = int(np.ceil(np.ptp(ink_corners[:, 1]) + margins[1] + margins[3]))
     inverse = np.linalg.inv(warp)
     ink = Image.fromarray(layout).transform(
-        (width, height), Image.Transform.PERSPECTIVE, tuple((inverse / inverse[2, 2]).ravel()[:8]),
+        (width, height),
+        Image.Transform.PERSPECTIVE,
+        tuple((inverse / inverse[2, 2]).ravel()[:8]),
         resample=Image.Resampling.BILINEAR,
     )
     coverage = np.asarray(ink, dtype=np.float32) / 255.0
@@ -221,11 +225,22 @@ def _render(
     if rng.random() < 0.6:
         plate_colour, ink_colour = _colour_pair(rng)
         border = rng.uniform(0.15, 0.6, size=2) * glyph_height
-        plate = _apply(warp, _corners(number_box[0] - border[0], number_box[1] - border[1],
-                                      number_box[2] + border[0], number_box[3] + border[1]))
+        plate = _apply(
+            warp,
+            _corners(
+                number_box[0] - border[0],
+                number_box[1] - border[1],
+                number_box[2] + border[0],
+                number_box[3] + border[1],
+            ),
+        )
         outline = tuple(int(c) for c in rng.uniform(0, 255, size=3)) if rng.random() < 0.4 else None
-        draw.polygon([tuple(p) for p in plate], fill=tuple(int(c) for c in plate_colour), outline=outline,
-                     width=max(1, round(0.06 * digit_height)))
+        draw.polygon(
+            [tuple(p) for p in plate],
+            fill=tuple(int(c) for c in plate_colour),
+            outline=outline,
+            width=max(1, round(0.06 * digit_height)),
+        )
     background = np.asarray(scene, dtype=np.float32)
     background = background + rng.uniform(0, 30) * _low_frequency_noise(rng, width, height, 6)[..., None]
 
@@ -239,7 +254,8 @@ def _render(
     direction = rng.normal(size=2)
     direction *= rng.uniform(0.0, 0.5) / (np.hypot(*direction) * max(width, height))
     ramp = (np.arange(width, dtype=np.float32)[None, :] - width / 2) * direction[0] + (
-        np.arange(height, dtype=np.float32)[:, None] - height / 2) * direction[1]
+        np.arange(height, dtype=np.float32)[:, None] - height / 2
+    ) * direction[1]
     photo *= (rng.uniform(0.8, 1.1) + ramp)[..., None]
 
     boxes = []
@@ -250,8 +266,11 @@ def _render(
     image = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
     if rng.random() < 0.15:  # something in front of the number: a wire, a branch, a pole
         xy = rng.uniform(0, 1, size=4) * [width, height, width, height]
-        ImageDraw.Draw(image).line(list(xy), fill=tuple(int(c) for c in rng.uniform(0, 255, size=3)),
-                                   width=max(1, int(rng.uniform(0.03, 0.1) * digit_height)))
+        ImageDraw.Draw(image).line(
+            list(xy),
+            fill=tuple(int(c) for c in rng.uniform(0, 255, size=3)),
+            width=max(1, int(rng.uniform(0.03, 0.1) * digit_height)),
+        )
     return image, boxes
 
 
@@ -330,11 +349,17 @@ def _crop_square(image: Image.Image, window: tuple[float, float, float, float], 
     pad = int(np.ceil(max(0.0, -left, -top, right - image.width, bottom - image.height)))
     if pad:
         image = Image.fromarray(np.pad(np.asarray(image), ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
-    return image.resize((size, size), Image.Resampling.BILINEAR, box=(left + pad, top + pad, right + pad, bottom + pad),
-                        reducing_gap=None)
+    return image.resize(
+        (size, size),
+        Image.Resampling.BILINEAR,
+        box=(left + pad, top + pad, right + pad, bottom + pad),
+        reducing_gap=None,
+    )
 
 
-def write_svhn(dest, format: str = "cropped", seed: int = 0, train: int = 2000, test: int = 500, extra: int = 0) -> dict:
+def write_svhn(
+    dest, format: str = "cropped", seed: int = 0, train: int = 2000, test: int = 500, extra: int = 0
+) -> dict:
     """Write a synthetic SVHN into the local folder `dest`, in the real layout of one format.
 
     format "cropped" (SVHN format 2): dest/{train,test,extra}_32x32.mat with X and y; the counts
@@ -369,11 +394,21 @@ def write_svhn(dest, format: str = "cropped", seed: int = 0, train: int = 2000, 
                 name = f"{index}.png"
                 Image.fromarray(image).save(folder / name, compress_level=1)
                 # SVHN's boxes are whole pixels.
-                numbers.append(svhn.NumberAnnotation(name, tuple(
-                    svhn.DigitBox(float(round(left)), float(round(top)), float(round(width)), float(round(height)),
-                                  label_of_digit(digit))
-                    for digit, (left, top, width, height) in zip(digits, boxes)
-                )))
+                numbers.append(
+                    svhn.NumberAnnotation(
+                        name,
+                        tuple(
+                            svhn.DigitBox(
+                                float(round(left)),
+                                float(round(top)),
+                                float(round(width)),
+                                float(round(height)),
+                                label_of_digit(digit),
+                            )
+                            for digit, (left, top, width, height) in zip(digits, boxes)
+                        ),
+                    )
+                )
             svhn.write_digit_struct(folder / "digitStruct.mat", numbers)
             summary["files"].append(f"{split}/digitStruct.mat")
             summary["digits"][split] = sum(len(number.boxes) for number in numbers)

@@ -73,7 +73,18 @@ JPEG_QUALITY = 90
 _ZIP_DATE_TIME = (2017, 9, 1, 0, 0, 0)
 
 # COCO-like image sizes (width, height) and how often they occur: longest side mostly 640.
-IMAGE_SIZES = ((640, 480), (480, 640), (640, 427), (427, 640), (500, 375), (375, 500), (640, 360), (640, 512), (612, 612), (640, 425))
+IMAGE_SIZES = (
+    (640, 480),
+    (480, 640),
+    (640, 427),
+    (427, 640),
+    (500, 375),
+    (375, 500),
+    (640, 360),
+    (640, 512),
+    (612, 612),
+    (640, 425),
+)
 _IMAGE_SIZE_WEIGHTS = (0.30, 0.10, 0.20, 0.08, 0.07, 0.03, 0.07, 0.05, 0.05, 0.05)
 
 # How many (non-crowd) people an image has: 0 to 6, some images empty.
@@ -105,10 +116,29 @@ _SIDE_SIGN = (1.0, -1.0)  # +X is the person's left
 
 # Skin tones from very light to very dark, hair colours (dark ones listed more than once, as
 # they are more common).
-SKIN_TONES = ((255, 224, 196), (241, 204, 170), (234, 192, 134), (224, 172, 105), (198, 134, 66),
-              (161, 102, 60), (141, 85, 36), (105, 66, 40), (75, 48, 32))
-HAIR_COLOURS = ((20, 17, 15), (20, 17, 15), (45, 30, 20), (45, 30, 20), (80, 55, 35), (120, 80, 45),
-                (190, 150, 90), (150, 60, 30), (150, 150, 150), (225, 225, 220))
+SKIN_TONES = (
+    (255, 224, 196),
+    (241, 204, 170),
+    (234, 192, 134),
+    (224, 172, 105),
+    (198, 134, 66),
+    (161, 102, 60),
+    (141, 85, 36),
+    (105, 66, 40),
+    (75, 48, 32),
+)
+HAIR_COLOURS = (
+    (20, 17, 15),
+    (20, 17, 15),
+    (45, 30, 20),
+    (45, 30, 20),
+    (80, 55, 35),
+    (120, 80, 45),
+    (190, 150, 90),
+    (150, 60, 30),
+    (150, 150, 150),
+    (225, 225, 220),
+)
 TROUSER_COLOURS = ((40, 60, 110), (55, 75, 130), (25, 25, 30), (180, 160, 120), (110, 110, 115), (70, 50, 40))
 
 Colour = tuple[int, int, int]
@@ -147,6 +177,7 @@ class BodyShape:
 
 def sample_body_shape(rng: np.random.Generator) -> BodyShape:
     """A random adult or child build: lengths within +-7%, girth from slim to heavy."""
+
     def jitter(value: float) -> float:
         return value * rng.uniform(0.93, 1.07)
 
@@ -291,14 +322,22 @@ def sample_pose(rng: np.random.Generator, family: str | None = None) -> Pose:
     else:  # lying down or upside down in a cartwheel
         roll = u(60, 100) * rng.choice((-1, 1))
     return Pose(
-        arm_elevation=tuple(arm_elevation), arm_azimuth=tuple(arm_azimuth),
-        elbow_flex=tuple(elbow_flex), elbow_roll=tuple(elbow_roll),
-        leg_elevation=tuple(leg_elevation), leg_azimuth=tuple(leg_azimuth), knee_flex=tuple(knee_flex),
-        torso_pitch=float(torso_pitch), torso_roll=float(torso_roll), torso_twist=float(torso_twist),
+        arm_elevation=tuple(arm_elevation),
+        arm_azimuth=tuple(arm_azimuth),
+        elbow_flex=tuple(elbow_flex),
+        elbow_roll=tuple(elbow_roll),
+        leg_elevation=tuple(leg_elevation),
+        leg_azimuth=tuple(leg_azimuth),
+        knee_flex=tuple(knee_flex),
+        torso_pitch=float(torso_pitch),
+        torso_roll=float(torso_roll),
+        torso_twist=float(torso_twist),
         head_yaw=float(np.clip(rng.normal(0, 25), -70, 70)),
         head_pitch=float(np.clip(rng.normal(0, 10), -30, 30)),
         head_roll=float(rng.normal(0, 8)),
-        yaw=float(yaw), elevation=float(u(-5, 20)), roll=float(roll),
+        yaw=float(yaw),
+        elevation=float(u(-5, 20)),
+        roll=float(roll),
     )
 
 
@@ -371,7 +410,9 @@ def pose_skeleton(body: BodyShape, pose: Pose) -> Skeleton3D:
     pelvis = np.zeros(3)
     hips = np.array([pelvis + _SIDE_SIGN[side] * body.hip_half_width * x_axis for side in (LEFT, RIGHT)])
     neck_base = pelvis + torso_rotation @ (body.torso_length * y_axis)
-    shoulders = np.array([neck_base + torso_rotation @ (_SIDE_SIGN[side] * body.shoulder_half_width * x_axis) for side in (LEFT, RIGHT)])
+    shoulders = np.array(
+        [neck_base + torso_rotation @ (_SIDE_SIGN[side] * body.shoulder_half_width * x_axis) for side in (LEFT, RIGHT)]
+    )
     neck_top = neck_base + torso_rotation @ (body.neck_length * y_axis)
     head_center = neck_top + head_rotation @ (body.head_radius * np.array([0.0, 0.8, 0.12]))
 
@@ -411,31 +452,49 @@ def pose_skeleton(body: BodyShape, pose: Pose) -> Skeleton3D:
 
     # COCO order: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles.
     radius = body.head_radius
-    joints = np.array([
-        head_center + head_rotation @ (radius * _NOSE_TIP),
-        *(head_center + head_rotation @ (radius * direction) for direction in _EYE_DIRECTIONS),
-        *(head_center + head_rotation @ (radius * direction) for direction in _EAR_DIRECTIONS),
-        *shoulders, *elbows, *wrists, *hips, *knees, *ankles,
-    ])
+    joints = np.array(
+        [
+            head_center + head_rotation @ (radius * _NOSE_TIP),
+            *(head_center + head_rotation @ (radius * direction) for direction in _EYE_DIRECTIONS),
+            *(head_center + head_rotation @ (radius * direction) for direction in _EAR_DIRECTIONS),
+            *shoulders,
+            *elbows,
+            *wrists,
+            *hips,
+            *knees,
+            *ankles,
+        ]
+    )
 
     # The torso as four rectangular cross-sections, (height, half width, half depth): just below
     # the hip line (pelvis frame), then the waistband, the waist and a little above the shoulder
     # line (torso frame); the parts between them are painted as their convex hulls.
     half_depth = body.torso_depth / 2
     sections = []
-    for level, (height, half_width, depth_factor) in enumerate((
+    for level, (height, half_width, depth_factor) in enumerate(
+        (
             (-0.035, body.hip_half_width + 0.035, 1.0),
             (0.12 * body.torso_length, body.hip_half_width + 0.03, 1.0),
             (0.5 * body.torso_length, body.hip_half_width + 0.015, 0.95),
-            (body.torso_length + 0.02, body.shoulder_half_width + 0.025, 0.9))):
+            (body.torso_length + 0.02, body.shoulder_half_width + 0.025, 0.9),
+        )
+    ):
         frame = np.eye(3) if level == 0 else torso_rotation
-        corners = [[sx * half_width, height, sz * half_depth * depth_factor] for sx in (-1.0, 1.0) for sz in (-1.0, 1.0)]
+        corners = [
+            [sx * half_width, height, sz * half_depth * depth_factor] for sx in (-1.0, 1.0) for sz in (-1.0, 1.0)
+        ]
         sections.append(pelvis + np.array(corners) @ frame.T)
     return Skeleton3D(
-        joints=joints, torso_sections=np.array(sections), neck_base=neck_base, neck_top=neck_top,
-        head_center=head_center, head_rotation=head_rotation,
+        joints=joints,
+        torso_sections=np.array(sections),
+        neck_base=neck_base,
+        neck_top=neck_top,
+        head_center=head_center,
+        head_rotation=head_rotation,
         nose_root=head_center + head_rotation @ (radius * _NOSE_ROOT),
-        hand_ends=np.array(hand_ends), heels=np.array(heels), toes=np.array(toes),
+        hand_ends=np.array(hand_ends),
+        heels=np.array(heels),
+        toes=np.array(toes),
     )
 
 
@@ -478,7 +537,11 @@ def sample_clothing(rng: np.random.Generator) -> Clothing:
     if rng.random() < 0.2:  # white, black or grey shirts are common
         grey = int(rng.choice((235, 30, 128)))
         shirt = (grey, grey, grey)
-    trousers = TROUSER_COLOURS[rng.integers(len(TROUSER_COLOURS))] if rng.random() < 0.7 else _random_colour(rng, value=(0.15, 0.7))
+    trousers = (
+        TROUSER_COLOURS[rng.integers(len(TROUSER_COLOURS))]
+        if rng.random() < 0.7
+        else _random_colour(rng, value=(0.15, 0.7))
+    )
     shoes = (30, 30, 30) if rng.random() < 0.5 else _random_colour(rng)
     return Clothing(
         skin=_jitter_colour(rng, SKIN_TONES[rng.integers(len(SKIN_TONES))]),
@@ -550,19 +613,32 @@ class Figure:
 
 def _projected_extent(skeleton: Skeleton3D, body: BodyShape, rotation: np.ndarray) -> tuple[float, float, float, float]:
     """Bounds (x0, y0, x1, y1) of the figure at 1 px per unit with the pelvis at the origin."""
-    points = np.concatenate([skeleton.joints, skeleton.torso_sections.reshape(-1, 3), skeleton.hand_ends, skeleton.heels, skeleton.toes,
-                             skeleton.head_center[None]])
+    points = np.concatenate(
+        [
+            skeleton.joints,
+            skeleton.torso_sections.reshape(-1, 3),
+            skeleton.hand_ends,
+            skeleton.heels,
+            skeleton.toes,
+            skeleton.head_center[None],
+        ]
+    )
     camera = points @ rotation.T
     x, y = camera[:, 0], -camera[:, 1]
     radius = body.head_radius
     head_x, head_y = camera[-1, 0], -camera[-1, 1]
     pad = body.thigh_width / 2
-    return (min(x.min() - pad, head_x - radius), min(y.min() - pad, head_y - radius),
-            max(x.max() + pad, head_x + radius), max(y.max() + pad, head_y + radius))
+    return (
+        min(x.min() - pad, head_x - radius),
+        min(y.min() - pad, head_y - radius),
+        max(x.max() + pad, head_x + radius),
+        max(y.max() + pad, head_y + radius),
+    )
 
 
-def build_figure(body: BodyShape, pose: Pose, clothing: Clothing, scale: float, offset: np.ndarray,
-                 light: np.ndarray) -> Figure:
+def build_figure(
+    body: BodyShape, pose: Pose, clothing: Clothing, scale: float, offset: np.ndarray, light: np.ndarray
+) -> Figure:
     """Project a posed body into the image and list its parts in painting order.
 
     scale: pixels per body-height unit; offset: (2,) image position of the pelvis; light: (3,)
@@ -580,18 +656,24 @@ def build_figure(body: BodyShape, pose: Pose, clothing: Clothing, scale: float, 
     torso_xy = torso_xy.reshape(4, 4, 2)
     torso_center_depth = float(torso_depth.mean())
     # Trousers up to the waistband, the shirt above.
-    parts: list[Part] = [Part(TORSO, torso_center_depth, colour, "polygon", _convex_hull(np.concatenate(torso_xy[level:level + 2])))
-                         for level, colour in enumerate((clothing.trousers, clothing.shirt, clothing.shirt))]
+    parts: list[Part] = [
+        Part(TORSO, torso_center_depth, colour, "polygon", _convex_hull(np.concatenate(torso_xy[level : level + 2])))
+        for level, colour in enumerate((clothing.trousers, clothing.shirt, clothing.shirt))
+    ]
 
     def width(value: float) -> float:
         return max(1.3, value * scale)  # below ~1 px PIL drops the polygon
 
-    def segment(part_id: int, start: np.ndarray, end: np.ndarray, widths: tuple[float, float], colour: Colour, bias: float = 0.0):
+    def segment(
+        part_id: int, start: np.ndarray, end: np.ndarray, widths: tuple[float, float], colour: Colour, bias: float = 0.0
+    ):
         (xy, depth) = to_image(np.stack([start, end]))
         # Limbs behind the torso are in shadow: a cue to depth, as on real people.
         if depth.mean() < torso_center_depth - 0.03:
             colour = _shade(colour, 0.8)
-        parts.append(Part(part_id, float(depth.mean()) + bias, colour, "segment", xy, (width(widths[0]), width(widths[1]))))
+        parts.append(
+            Part(part_id, float(depth.mean()) + bias, colour, "segment", xy, (width(widths[0]), width(widths[1])))
+        )
 
     arm_colour = (clothing.shirt, clothing.shirt if clothing.long_sleeves else clothing.skin)
     leg_colour = (clothing.trousers, clothing.trousers if clothing.long_trousers else clothing.skin)
@@ -600,31 +682,80 @@ def build_figure(body: BodyShape, pose: Pose, clothing: Clothing, scale: float, 
         shoulder, elbow, wrist = joints[5 + side], joints[7 + side], joints[9 + side]
         hip, knee, ankle = joints[11 + side], joints[13 + side], joints[15 + side]
         # Small biases settle ties with the torso: arms in front of it, thighs under the shirt.
-        segment(UPPER_ARM[side], shoulder, elbow, (body.upper_arm_width, body.upper_arm_width * 0.9), arm_colour[0], 0.01)
+        segment(
+            UPPER_ARM[side], shoulder, elbow, (body.upper_arm_width, body.upper_arm_width * 0.9), arm_colour[0], 0.01
+        )
         segment(FOREARM[side], elbow, wrist, (body.forearm_width, body.forearm_width * 0.8), arm_colour[1], 0.012)
-        segment(HAND[side], wrist, skeleton.hand_ends[side], (body.forearm_width * 0.85, body.forearm_width * 0.7), clothing.skin, 0.014)
+        segment(
+            HAND[side],
+            wrist,
+            skeleton.hand_ends[side],
+            (body.forearm_width * 0.85, body.forearm_width * 0.7),
+            clothing.skin,
+            0.014,
+        )
         segment(THIGH[side], hip, knee, (body.thigh_width, body.thigh_width * 0.8), leg_colour[0], -0.005)
         segment(SHIN[side], knee, ankle, (body.shin_width, body.shin_width * 0.75), leg_colour[1], 0.0)
-        segment(FOOT[side], skeleton.heels[side], skeleton.toes[side], (body.shin_width * 0.7, body.shin_width * 0.55), clothing.shoes, 0.001)
-    segment(NECK, skeleton.neck_base, skeleton.head_center, (body.neck_width, body.neck_width), _shade(clothing.skin, 0.9), -0.02)
+        segment(
+            FOOT[side],
+            skeleton.heels[side],
+            skeleton.toes[side],
+            (body.shin_width * 0.7, body.shin_width * 0.55),
+            clothing.shoes,
+            0.001,
+        )
+    segment(
+        NECK,
+        skeleton.neck_base,
+        skeleton.head_center,
+        (body.neck_width, body.neck_width),
+        _shade(clothing.skin, 0.9),
+        -0.02,
+    )
 
     head_xy, head_depth = to_image(skeleton.head_center)
     head_radius = body.head_radius * scale
     camera_from_head = rotation @ skeleton.head_rotation
-    parts.append(Part(HEAD, float(head_depth[0]) + 0.03, clothing.skin, "head", head_xy,
-                      head=HeadLook(max(head_radius, 1.5), camera_from_head, clothing.skin, clothing.hair, clothing.hair_extent, light)))
+    parts.append(
+        Part(
+            HEAD,
+            float(head_depth[0]) + 0.03,
+            clothing.skin,
+            "head",
+            head_xy,
+            head=HeadLook(
+                max(head_radius, 1.5), camera_from_head, clothing.skin, clothing.hair, clothing.hair_extent, light
+            ),
+        )
+    )
     # Nose and ears are painted just behind the head when they face away (so only what sticks
     # out of the sphere shows) and just in front when they face the camera.
     head_depth_sorted = float(head_depth[0]) + 0.03
     nose_facing = (camera_from_head @ _unit(_NOSE_TIP))[2]
     (nose_xy, _) = to_image(np.stack([skeleton.nose_root, joints[0]]))
-    parts.append(Part(NOSE, head_depth_sorted + (0.001 if nose_facing > 0 else -0.001), _shade(clothing.skin, 0.85), "segment",
-                      nose_xy, (width(0.2 * body.head_radius), width(0.16 * body.head_radius))))
+    parts.append(
+        Part(
+            NOSE,
+            head_depth_sorted + (0.001 if nose_facing > 0 else -0.001),
+            _shade(clothing.skin, 0.85),
+            "segment",
+            nose_xy,
+            (width(0.2 * body.head_radius), width(0.16 * body.head_radius)),
+        )
+    )
     ear_facing = _EAR_DIRECTIONS @ camera_from_head.T[:, 2]
     for side in (LEFT, RIGHT):
         order = 0.001 if ear_facing[side] > 0 else -0.001
-        parts.append(Part(EAR[side], head_depth_sorted + order, _shade(clothing.skin, 0.9), "ellipse", keypoints[3 + side][None],
-                          (max(0.8, 0.22 * head_radius), max(1.0, 0.32 * head_radius))))
+        parts.append(
+            Part(
+                EAR[side],
+                head_depth_sorted + order,
+                _shade(clothing.skin, 0.9),
+                "ellipse",
+                keypoints[3 + side][None],
+                (max(0.8, 0.22 * head_radius), max(1.0, 0.32 * head_radius)),
+            )
+        )
     parts.sort(key=lambda part: part.depth)
 
     # Which parts show each joint. Face points show on the head only where the head's surface
@@ -660,7 +791,12 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
     def half(sequence):
         hull: list[tuple[float, float]] = []
         for p in sequence:
-            while len(hull) >= 2 and (hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1]) - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0]) <= 0:
+            while (
+                len(hull) >= 2
+                and (hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
+                - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])
+                <= 0
+            ):
                 hull.pop()
             hull.append(p)
         return hull
@@ -697,8 +833,16 @@ class Canvas:
         self._rgb.ellipse(box, fill=colour)
         self._label.ellipse(box, fill=label)
 
-    def segment(self, start: np.ndarray, end: np.ndarray, start_width: float, end_width: float, colour: Colour, label: int,
-                outline: Colour | None = None) -> None:
+    def segment(
+        self,
+        start: np.ndarray,
+        end: np.ndarray,
+        start_width: float,
+        end_width: float,
+        colour: Colour,
+        label: int,
+        outline: Colour | None = None,
+    ) -> None:
         """A tapered limb with round ends; with `outline`, a 1 px darker rim (so that an arm in front
         of a shirt of the same colour still shows, as folds and shadows show it on real people)."""
         for kind, coordinates in _tapered_shapes(start, end, start_width, end_width):
@@ -708,22 +852,35 @@ class Canvas:
             for kind, coordinates in _tapered_shapes(start, end, start_width - 2, end_width - 2):
                 getattr(self._rgb, kind)(coordinates, fill=colour)
 
-    def paste(self, patch: np.ndarray, alpha: np.ndarray, covered: np.ndarray, corner: tuple[int, int], label: int) -> None:
+    def paste(
+        self, patch: np.ndarray, alpha: np.ndarray, covered: np.ndarray, corner: tuple[int, int], label: int
+    ) -> None:
         """Blend an (h, w, 3) uint8 patch with (h, w) alpha in [0, 1]; label its `covered` pixels."""
         self.image.paste(Image.fromarray(patch), corner, Image.fromarray((alpha * 255).astype(np.uint8)))
-        self.labels.paste(label, (corner[0], corner[1], corner[0] + patch.shape[1], corner[1] + patch.shape[0]),
-                          Image.fromarray(covered.astype(np.uint8) * 255))
+        self.labels.paste(
+            label,
+            (corner[0], corner[1], corner[0] + patch.shape[1], corner[1] + patch.shape[0]),
+            Image.fromarray(covered.astype(np.uint8) * 255),
+        )
 
 
-def _tapered_shapes(start: np.ndarray, end: np.ndarray, start_width: float, end_width: float) -> list[tuple[str, list[float]]]:
+def _tapered_shapes(
+    start: np.ndarray, end: np.ndarray, start_width: float, end_width: float
+) -> list[tuple[str, list[float]]]:
     """PIL shapes of a tapered segment with round ends: ("polygon" | "ellipse", coordinates)."""
     shapes = []
     direction = end - start
     length = float(np.hypot(*direction))
     if length > 1e-6:
         normal = np.array([-direction[1], direction[0]]) / length
-        quad = np.array([start + normal * start_width / 2, end + normal * end_width / 2,
-                         end - normal * end_width / 2, start - normal * start_width / 2])
+        quad = np.array(
+            [
+                start + normal * start_width / 2,
+                end + normal * end_width / 2,
+                end - normal * end_width / 2,
+                start - normal * start_width / 2,
+            ]
+        )
         shapes.append(("polygon", quad.ravel().tolist()))
     for (x, y), radius in ((start, start_width / 2), (end, end_width / 2)):
         shapes.append(("ellipse", [x - radius, y - radius, x + radius, y + radius]))
@@ -830,10 +987,14 @@ def paint_background(rng: np.random.Generator, width: int, height: int) -> Image
             draw.ellipse([x, y, x + size, y + size * rng.uniform(0.3, 1.5)], fill=colour)
         elif kind == 2:
             angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 7))))
-            draw.polygon(np.stack([x + size * np.cos(angles), y + size * np.sin(angles)], 1).ravel().tolist(), fill=colour)
+            draw.polygon(
+                np.stack([x + size * np.cos(angles), y + size * np.sin(angles)], 1).ravel().tolist(), fill=colour
+            )
         else:
             angle = rng.uniform(0, 2 * np.pi)
-            draw.line([x, y, x + size * np.cos(angle), y + size * np.sin(angle)], fill=colour, width=int(rng.integers(2, 16)))
+            draw.line(
+                [x, y, x + size * np.cos(angle), y + size * np.sin(angle)], fill=colour, width=int(rng.integers(2, 16))
+            )
     return image
 
 
@@ -842,7 +1003,9 @@ def _rectangle(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
 
 
-def paint_occluder(canvas: Canvas, rng: np.random.Generator, anchor_x: float, base_y: float, size: float, label: int) -> None:
+def paint_occluder(
+    canvas: Canvas, rng: np.random.Generator, anchor_x: float, base_y: float, size: float, label: int
+) -> None:
     """An object in front of people, standing on base_y around anchor_x, about `size` px tall:
     a box or crate, a pole, a table, a bush or a sign on a post."""
     colour = _random_colour(rng, (0.1, 0.8), (0.2, 0.9))
@@ -926,7 +1089,10 @@ def keypoint_visibility(figure: Figure, person_slot: int, labels: np.ndarray) ->
         if not (0 <= x < width and 0 <= y < height) or (x == 0 and y == 0):
             continue
         owners = figure.joint_owners[joint]
-        shown = any(label >> _PART_BITS == person_slot and label & ((1 << _PART_BITS) - 1) in owners for label in around[joint].tolist())
+        shown = any(
+            label >> _PART_BITS == person_slot and label & ((1 << _PART_BITS) - 1) in owners
+            for label in around[joint].tolist()
+        )
         result[joint] = (x, y, 2 if shown else 1)
     return result
 
@@ -941,7 +1107,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     if len(rows) == 0:
         return []
     y0, x0 = rows[0], cols[0]
-    crop = np.pad(mask[y0:rows[-1] + 1, x0:cols[-1] + 1], 1).astype(np.float32)
+    crop = np.pad(mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1], 1).astype(np.float32)
     polygons = []
     for line in contourpy.contour_generator(z=crop, line_type="Separate").lines(0.5):
         ring = _simplify_ring(line, _POLYGON_TOLERANCE)
@@ -969,7 +1135,7 @@ def _simplify_ring(ring: np.ndarray, tolerance: float) -> np.ndarray:
         if last <= first + 1:
             continue
         start, chord = ring[first], ring[last] - ring[first]
-        inner = ring[first + 1:last] - start
+        inner = ring[first + 1 : last] - start
         chord_length = float(np.hypot(*chord))
         if chord_length == 0:
             distance = np.hypot(inner[:, 0], inner[:, 1])
@@ -1042,16 +1208,21 @@ def _person_height(rng: np.random.Generator, image_height: int) -> float:
     """Standing height in px: small, medium or large (then usually cut by the image border)."""
     kind = rng.random()
     if kind < 0.35:
-        return float(np.exp(rng.uniform(np.log(MIN_PERSON_HEIGHT), np.log(max(MIN_PERSON_HEIGHT + 1, 0.35 * image_height)))))
+        return float(
+            np.exp(rng.uniform(np.log(MIN_PERSON_HEIGHT), np.log(max(MIN_PERSON_HEIGHT + 1, 0.35 * image_height))))
+        )
     if kind < 0.85:
         return float(rng.uniform(0.35, 0.85) * image_height)
     return float(rng.uniform(0.85, 1.4) * image_height)
 
 
-def _place_figure(rng: np.random.Generator, width: int, height: int, standing_height: float, centre_x: float,
-                  light: np.ndarray) -> Figure:
+def _place_figure(
+    rng: np.random.Generator, width: int, height: int, standing_height: float, centre_x: float, light: np.ndarray
+) -> Figure:
     """A random person of `standing_height` px with its box centred near centre_x."""
-    figure = build_figure(sample_body_shape(rng), sample_pose(rng), sample_clothing(rng), standing_height, np.zeros(2), light)
+    figure = build_figure(
+        sample_body_shape(rng), sample_pose(rng), sample_clothing(rng), standing_height, np.zeros(2), light
+    )
     x0, y0, x1, y1 = figure.box
     figure_height = y1 - y0
     if figure_height < 0.85 * height:
@@ -1077,12 +1248,19 @@ def _crowd_figures(rng: np.random.Generator, width: int, height: int, light: np.
             pose = sample_pose(rng, family=str(rng.choice(("standing", "walking", "arms_raised"))))
             scale = person_height * rng.uniform(0.85, 1.15)
             figure = build_figure(sample_body_shape(rng), pose, sample_clothing(rng), scale, np.zeros(2), light)
-            figures.append(figure.moved(np.array([x + rng.uniform(-2, 2), row_base + rng.uniform(-2, 2) - figure.box[3]])))
+            figures.append(
+                figure.moved(np.array([x + rng.uniform(-2, 2), row_base + rng.uniform(-2, 2) - figure.box[3]]))
+            )
     return figures
 
 
-def render_scene(rng: np.random.Generator, width: int | None = None, height: int | None = None,
-                 max_people: int = 6, crowd_probability: float = 0.08) -> tuple[np.ndarray, list[dict]]:
+def render_scene(
+    rng: np.random.Generator,
+    width: int | None = None,
+    height: int | None = None,
+    max_people: int = 6,
+    crowd_probability: float = 0.08,
+) -> tuple[np.ndarray, list[dict]]:
     """Paint one scene and annotate it.
 
     width, height: image size in px (a random COCO-like size when None). max_people: the most
@@ -1099,13 +1277,17 @@ def render_scene(rng: np.random.Generator, width: int | None = None, height: int
     light = _unit(np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.0, 0.8), 1.0]))
 
     crowd = _crowd_figures(rng, width, height, light) if rng.random() < crowd_probability else []
-    weights = np.array([*_PEOPLE_COUNT_WEIGHTS, *[_PEOPLE_COUNT_WEIGHTS[-1]] * max(0, max_people - 6)][:max_people + 1])
+    weights = np.array(
+        [*_PEOPLE_COUNT_WEIGHTS, *[_PEOPLE_COUNT_WEIGHTS[-1]] * max(0, max_people - 6)][: max_people + 1]
+    )
     count = int(rng.choice(len(weights), p=weights / weights.sum()))
     figures: list[Figure] = []
     for _ in range(count):
         if figures and rng.random() < 0.4:  # people in groups, overlapping
             neighbour = figures[int(rng.integers(len(figures)))]
-            centre_x = (neighbour.box[0] + neighbour.box[2]) / 2 + rng.normal(0, 0.5) * (neighbour.box[2] - neighbour.box[0])
+            centre_x = (neighbour.box[0] + neighbour.box[2]) / 2 + rng.normal(0, 0.5) * (
+                neighbour.box[2] - neighbour.box[0]
+            )
         else:
             centre_x = rng.uniform(-0.05, 1.05) * width
         figures.append(_place_figure(rng, width, height, _person_height(rng, height), centre_x, light))
@@ -1116,7 +1298,9 @@ def render_scene(rng: np.random.Generator, width: int | None = None, height: int
     for _ in range(min(_MAX_OCCLUDERS, int(rng.poisson(0.8)))):
         if figures and rng.random() < 0.8:
             x0, y0, x1, y1 = figures[int(rng.integers(len(figures)))].box
-            occluders.append((y1 + rng.uniform(1, 0.2 * (y1 - y0) + 2), rng.uniform(x0, x1), rng.uniform(0.25, 0.7) * (y1 - y0)))
+            occluders.append(
+                (y1 + rng.uniform(1, 0.2 * (y1 - y0) + 2), rng.uniform(x0, x1), rng.uniform(0.25, 0.7) * (y1 - y0))
+            )
         else:
             occluders.append((rng.uniform(0.5, 1.1) * height, rng.uniform(0, width), rng.uniform(0.1, 0.4) * height))
 
@@ -1176,7 +1360,9 @@ def _document(split: str, images: list[dict], annotations: list[dict], seed: int
             "contributor": "pose-jobs synthetic world",
             "date_created": "2017/09/01",
         },
-        "licenses": [{"url": "https://creativecommons.org/publicdomain/zero/1.0/", "id": 1, "name": "CC0 1.0 (synthetic images)"}],
+        "licenses": [
+            {"url": "https://creativecommons.org/publicdomain/zero/1.0/", "id": 1, "name": "CC0 1.0 (synthetic images)"}
+        ],
         "images": images,
         "annotations": annotations,
         "categories": [PERSON_CATEGORY],
@@ -1219,7 +1405,9 @@ def _write_annotation_archive(archive: Path, member: str, document_bytes: bytes)
     _replace_atomically(archive, write)
 
 
-def write_coco(dest: str | Path, split: str = "train", images: int = 100, seed: int = 0, archives: bool = False) -> dict:
+def write_coco(
+    dest: str | Path, split: str = "train", images: int = 100, seed: int = 0, archives: bool = False
+) -> dict:
     """Write `images` synthetic images of `split` and their person keypoints in the COCO 2017 layout.
 
     Folders (archives=False): dest/annotations/person_keypoints_{split}2017.json and
@@ -1252,9 +1440,15 @@ def write_coco(dest: str | Path, split: str = "train", images: int = 100, seed: 
             image_entries.append(entry)
             for number, annotation in enumerate(scene_annotations):
                 # COCO's key order: segmentation, num_keypoints, area, iscrowd, keypoints, image_id, bbox, category_id, id.
-                annotations.append({**{k: annotation[k] for k in ("segmentation", "num_keypoints", "area", "iscrowd", "keypoints")},
-                                    "image_id": image_id, "bbox": annotation["bbox"], "category_id": annotation["category_id"],
-                                    "id": image_id * _ANNOTATIONS_PER_IMAGE_ID + number})
+                annotations.append(
+                    {
+                        **{k: annotation[k] for k in ("segmentation", "num_keypoints", "area", "iscrowd", "keypoints")},
+                        "image_id": image_id,
+                        "bbox": annotation["bbox"],
+                        "category_id": annotation["category_id"],
+                        "id": image_id * _ANNOTATIONS_PER_IMAGE_ID + number,
+                    }
+                )
                 counts["crowds" if annotation["iscrowd"] else "persons"] += 1
                 counts["keypoints"] += annotation["num_keypoints"]
             yield entry["file_name"], encode_jpeg(pixels, quality=JPEG_QUALITY)
