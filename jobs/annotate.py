@@ -63,6 +63,7 @@ from jobs.storage import (
     write_parquet_atomic,
 )
 from pose import schema
+from pose.errors import UserError
 from pose.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from pose.joints import NUM_JOINTS, PERSON_CATEGORY
 
@@ -79,7 +80,7 @@ MAX_BLOCKS = 20_000  # input blocks of one run: past this, blocks hold more than
 ONEDNN_CACHE_ENTRIES = "16"
 
 
-class AnnotateError(Exception):
+class AnnotateError(UserError):
     """A user mistake found before any work starts (no images at SRC, ...): one line, no traceback."""
 
 

@@ -103,28 +103,9 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from jobs.annotate import AnnotateError
-        from jobs.ingest import IngestError
-        from jobs.models import ModelError
-        from jobs.runtime import StallError
-        from jobs.storage import StorageError
-        from jobs.train import TrainError
-        from pose.formats.coco import CocoFormatError
-        from pose.formats.svhn import SvhnFormatError
-        from pose.recipes import RecipeError
+        from pose.errors import UserError
 
-        one_line_errors = (
-            AnnotateError,
-            IngestError,
-            ModelError,
-            StorageError,
-            TrainError,
-            CocoFormatError,
-            SvhnFormatError,
-            FileNotFoundError,
-            RecipeError,
-            StallError,
-        )
+        one_line_errors = (UserError, FileNotFoundError)
         _raise_task_errors_as_they_are()
         if not kwargs.get("verbose"):
             _quiet_ray_data_reports_of(one_line_errors)

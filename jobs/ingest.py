@@ -43,6 +43,7 @@ from jobs.storage import (
 )
 from pose import schema
 from pose.crops import CropSettings, cut_person_crop, square_digit_crop
+from pose.errors import UserError
 from pose.formats import coco, svhn
 from pose.images import ImageDecodeError, decode_image, encode_jpeg
 
@@ -57,7 +58,7 @@ INPUT_TABLES = {"images": "images", "persons": "annotations", "numbers": "number
 ERROR_KINDS = {"image": "images", "annotation": "annotations", "digit": "digits", "number": "numbers", "file": "files"}
 
 
-class IngestError(Exception):
+class IngestError(UserError):
     """A user mistake found before any work starts (no dataset at SRC, ...): one line, no traceback."""
 
 

@@ -16,12 +16,13 @@ import io
 import json
 
 from jobs.storage import StorageOptions, exists, join, read_bytes
+from pose.errors import UserError
 
 # The seed's detector; what a bare COCO weight file is taken for unless told otherwise.
 DEFAULT_COCO_ARCH = "fasterrcnn_resnet50_fpn"
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """A model the user pointed at cannot be used (missing, wrong task, wrong file): one line."""
 
 

@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from pose.errors import UserError
+
 # Ray reads this at import time of its usage-stats module: set it before `import ray` anywhere.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -139,10 +141,8 @@ def keeps_free(cpus: float, workers: int, node_cpus: list[float], keep: float) -
     return not starved
 
 
-class StallError(RuntimeError):
+class StallError(UserError):
     """A job that waited for resources no node had free, with nothing moving, for the stall limit."""
-
-    exit_code = 2
 
 
 # How long a job may make no progress while Ray waits for resources that no node has free, with

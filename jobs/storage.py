@@ -44,6 +44,8 @@ import pyarrow.parquet as pq
 import s3fs
 from fsspec.implementations.local import LocalFileSystem
 
+from pose.errors import UserError
+
 S3_PREFIX = "s3://"
 # Range-read size for open_input on S3: big enough for throughput, small enough that a Parquet
 # footer or a JPEG header does not pull s3fs's default 50 MiB.
@@ -58,10 +60,8 @@ RETRY_FIRST_WAIT_S = 0.5
 RETRY_LONGEST_WAIT_S = 10.0
 
 
-class StorageError(Exception):
+class StorageError(UserError):
     """A storage problem the user can fix. The message is one line: the URL, what is wrong, the fix."""
-
-    exit_code = 2  # the command line's exit status for it
 
 
 class StorageUnavailable(StorageError):

@@ -29,11 +29,13 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
+from pose.errors import UserError
+
 JOB_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}  # Ray itself sets PYTHONUNBUFFERED and RAY_ADDRESS for the driver
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     """A user mistake talking to a cluster (no such job, no or wrong token, nothing listening): one line."""
 
 

@@ -44,12 +44,13 @@ from jobs.storage import (
     write_bytes_atomic,
 )
 from pose.engine import BatchPlan, batch_plan
+from pose.errors import UserError
 from pose.feed import BatchFeed
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """A user mistake found before training starts (no data, impossible resources): one line."""
 
 

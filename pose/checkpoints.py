@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pose.errors import UserError
 from pose.joints import NUM_JOINTS
 from pose.topdown import CropConvention
 
@@ -47,7 +48,7 @@ CODECS: tuple[Codec, ...] = ("msra", "dark", "udp", "simcc")
 RESNET_DEPTHS = {6: "resnet50", 23: "resnet101", 36: "resnet152"}  # blocks in layer3
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used as asked: one line, naming the file."""
 
 

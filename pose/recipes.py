@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from pose.errors import UserError
 from pose.keypoint_task import KeypointRecipe
 
 RECIPES = ("cpu", "simple-baselines", "mmpose-td-hm", "hrnet-w32", "hrnet-w48", "rtmpose-m")
@@ -107,7 +108,7 @@ EXPECTED_AP = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe asked for with settings its reference does not have: one line."""
 
 

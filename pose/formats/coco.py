@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from pose.errors import UserError
 from pose.joints import JOINT_NAMES, NUM_JOINTS
 
 SPLITS = ("train", "val")
@@ -40,7 +41,7 @@ def image_archive(split: str) -> str:
     return f"{split}2017.zip"
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(UserError, ValueError):
     """A COCO file is not what COCO publishes; the message names the file and the problem."""
 
 

@@ -33,13 +33,15 @@ import h5py
 import numpy as np
 import scipy.io
 
+from pose.errors import UserError
+
 CROPPED_SIZE = 32
 _CHANNELS = 3
 _IMAGE_BYTES = CROPPED_SIZE * CROPPED_SIZE * _CHANNELS  # one uint8 image of X
 _ZERO_LABEL = 10
 
 
-class SvhnFormatError(ValueError):
+class SvhnFormatError(UserError, ValueError):
     """A file is not what an SVHN reader expects; the message names the file and the problem."""
 
 
