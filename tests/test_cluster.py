@@ -167,8 +167,10 @@ def test_two_workers_train_on_two_equal_nodes(cluster, s3, tmp_path):
         client.upload_file(str(path), "equal", f"src/{path.name}")
     ingest = run_cli(cluster, "ingest", "svhn", f"{bucket}/src", f"{bucket}/svhn", "--address", cluster.dashboard_url)
     assert ingest.returncode == 0, ingest.stderr[-3000:]
-    train = run_cli(cluster, "train-svhn", "--data", f"{bucket}/svhn", "--out", f"{bucket}/runs/svhn", "--workers", "2",
-                    "--epochs", "1", "--min-steps", "0", "--batch-size", "64", "--address", cluster.dashboard_url, timeout=900)  # fmt: skip
+    train_args = ["train-svhn", "--data", f"{bucket}/svhn", "--out", f"{bucket}/runs/svhn", "--workers", "2",
+                  "--epochs", "1", "--min-steps", "0", "--batch-size", "64",
+                  "--address", cluster.dashboard_url]  # fmt: skip
+    train = run_cli(cluster, *train_args, timeout=900)
     assert train.returncode == 0, train.stderr[-3000:] + train.stdout[-3000:]
     assert "{'CPU': 1.0}" in train.stdout + train.stderr
     assert [m["epoch"] for m in read_metrics(s3, f"{bucket}/runs/svhn")] == [1]
@@ -229,9 +231,8 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     followed = run_cli(cluster, "jobs", "logs", job_id, "--follow", "--address", cluster.dashboard_url, timeout=1500)
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     metrics = read_metrics(s3, out)
-    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[0] == first[
-        0
-    ]  # epoch 2 resumed from epoch 1's checkpoint
+    # Epoch 2 resumed from epoch 1's checkpoint: epoch 1 is the one trained before the node was lost.
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[0] == first[0]
     assert set(metrics[-1]["nodes"]) == {head, replacement.node_id}
     model = json.loads(client.get_object(Bucket="cluster", Key="runs/keypoints/model.json")["Body"].read())
     assert model["epochs"] == 2

@@ -165,7 +165,8 @@ def mounted(*arguments: str):
     result = subprocess.run(["mount", *arguments], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(
-            f"cannot mount here ({result.stderr.strip() or 'mount failed'}): the injected errno tests in test_storage.py cover it"
+            f"cannot mount here ({result.stderr.strip() or 'mount failed'}): "
+            "the injected errno tests in test_storage.py cover it"
         )
     try:
         yield target
