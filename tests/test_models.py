@@ -160,9 +160,9 @@ def test_backbone_rejects_wrong_or_missing_files_naming_them(tmp_path):
     [
         (DigitModelConfig(), 0.30),  # WRN-10-2
         (DigitModelConfig(depth=16, width=4, dropout=0.3), 2.75),  # WRN-16-4: 2.7 M in the WRN paper
-        (DigitModelConfig(arch="seed"), 0.83),
+        (DigitModelConfig(arch="small-cnn"), 0.83),
     ],
-    ids=["wrn-10-2", "wrn-16-4", "seed"],
+    ids=["wrn-10-2", "wrn-16-4", "small-cnn"],
 )
 def test_digit_models_give_ten_logits(config, millions):
     model = build_digit_model(config).eval()
@@ -176,6 +176,15 @@ def test_digit_config_round_trips_and_checks_depth():
     assert DigitModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="6n"):
         DigitModelConfig(depth=12)
+
+
+def test_digit_config_reads_the_old_name_of_the_small_cnn():
+    """A model.json written when the small CNN was called "seed" still loads, as "small-cnn"."""
+    saved = {"arch": "seed", "depth": 10, "width": 2, "dropout": 0.0}
+    assert DigitModelConfig.from_dict(saved).arch == "small-cnn"
+    assert saved["arch"] == "seed"  # the caller's dict is left as it was
+    with pytest.raises(ValueError, match="unknown digit model arch 'seed'"):
+        DigitModelConfig(arch="seed")
 
 
 def test_saved_digit_weights_reload_to_identical_outputs(tmp_path):

@@ -1,4 +1,4 @@
-"""SVHN digit classifiers: a small wide ResNet, and the seed project's two-conv CNN as a baseline.
+"""SVHN digit classifiers: a small wide ResNet, and a small two-conv CNN as a baseline.
 
 Both map (N, 3, 32, 32) float images to (N, 10) logits, class i = digit i (SVHN's label 10 is
 already 0 in the `digits` table).
@@ -15,18 +15,20 @@ import torch
 from torch import nn
 
 NUM_CLASSES = 10
+ARCHITECTURES = ("wrn", "small-cnn")
+RENAMED_ARCHITECTURES = {"seed": "small-cnn"}  # the name older model.json files hold
 
 
 @dataclass(frozen=True)
 class DigitModelConfig:
-    arch: str = "wrn"  # "wrn" (wide ResNet) | "seed" (the seed's CNN, fixed: ignores the fields below)
+    arch: str = "wrn"  # "wrn" (wide ResNet) | "small-cnn" (SmallDigitCNN, fixed: ignores the fields below)
     depth: int = 10  # WRN depth 6n + 4: n residual blocks in each of 3 stages (10 → 1, 16 → 2)
     width: int = 2  # WRN widening factor k: stages of 16k, 32k, 64k channels
     dropout: float = 0.0  # between the two convs of each block (the WRN paper uses 0.4 on SVHN)
 
     def __post_init__(self):
-        if self.arch not in ("wrn", "seed"):
-            raise ValueError(f"unknown digit model arch {self.arch!r}; choose 'wrn' or 'seed'")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown digit model arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.arch == "wrn" and (self.depth - 4) % 6 != 0:
             raise ValueError(f"wide ResNet depth must be 6n + 4 (10, 16, 22, 28), got {self.depth}")
 
@@ -35,6 +37,9 @@ class DigitModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DigitModelConfig:
+        """The config of a saved model.json; runs saved before the rename say "seed" for "small-cnn"."""
+        values = dict(values)
+        values["arch"] = RENAMED_ARCHITECTURES.get(values.get("arch", "wrn"), values.get("arch", "wrn"))
         return cls(**values)
 
 
@@ -85,9 +90,9 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-class SeedDigitNet(nn.Module):
-    """The seed's chapter-2 CNN (92.1 % on SVHN test): Conv(3→16, 5x5) BN ReLU MaxPool →
-    Conv(16→32, 5x5) BN ReLU MaxPool → Linear(800→1000) ReLU Dropout → Linear(1000→10)."""
+class SmallDigitCNN(nn.Module):
+    """A plain two-conv baseline: Conv(3→16, 5x5) BN ReLU MaxPool → Conv(16→32, 5x5) BN ReLU
+    MaxPool → Linear(800→1000) ReLU Dropout → Linear(1000→10)."""
 
     def __init__(self, dropout: float = 0.5, num_classes: int = NUM_CLASSES):
         super().__init__()
@@ -111,6 +116,6 @@ class SeedDigitNet(nn.Module):
 
 def build_digit_model(config: DigitModelConfig = DigitModelConfig()) -> nn.Module:
     """(N, 3, 32, 32) float images → (N, 10) logits."""
-    if config.arch == "seed":
-        return SeedDigitNet()
+    if config.arch == "small-cnn":
+        return SmallDigitCNN()
     return WideResNet(config.depth, config.width, config.dropout)
