@@ -2,7 +2,8 @@
 network in eval mode (evaluation, annotation, pictures).
 
 A *run folder* is what `jobs/train.py` leaves in `--out` (local or s3://): `model.json` (task,
-recipe, model configuration, final figures) and `model.pt` (a plain state_dict). A detector can
+recipe, model configuration, final figures) and `model.pt` (a plain state_dict); `save_run` writes
+one and `load_run` reads one back, for the runner, the tests and the benchmarks alike. A detector can
 also be one of torchvision's published COCO weight files (`*.pth`, local or s3://), e.g.
 `fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`: nothing is ever downloaded.
 
@@ -15,10 +16,10 @@ from __future__ import annotations
 import io
 import json
 
-from jobs.storage import StorageOptions, exists, join, read_bytes
+from jobs.storage import StorageOptions, exists, join, read_bytes, write_bytes_atomic
 from pose.errors import UserError
 
-# The seed's detector; what a bare COCO weight file is taken for unless told otherwise.
+# torchvision's original COCO detector: what a bare COCO weight file is taken for unless told otherwise.
 DEFAULT_COCO_ARCH = "fasterrcnn_resnet50_fpn"
 
 
@@ -26,14 +27,30 @@ class ModelError(UserError):
     """A model the user pointed at cannot be used (missing, wrong task, wrong file): one line."""
 
 
-def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) -> tuple[dict, dict]:
-    """(model.json content, state_dict) of a run folder; weights loaded with weights_only=True."""
+def save_run(folder: str, info: dict, state_dict: dict, options: StorageOptions = StorageOptions()) -> str:
+    """Write a run folder (local or s3://): `model.pt` (`state_dict`, tensors moved to the CPU) and
+    `model.json` (`info`: at least "task", and what that task needs to rebuild the model: "recipe"
+    for svhn and keypoints, "model" for a detector). Each file is written atomically, weights
+    first, so that a folder with a model.json is a finished one. Returns `folder`."""
     import torch
 
-    info_url, weights_url = join(model_dir, "model.json"), join(model_dir, "model.pt")
+    buffer = io.BytesIO()
+    torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, buffer)
+    write_bytes_atomic(join(folder, "model.pt"), buffer.getvalue(), options)
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(join(folder, "model.json"), text.encode(), options)
+    return folder
+
+
+def load_run(folder: str, options: StorageOptions = StorageOptions()) -> tuple[dict, dict]:
+    """(model.json content, state_dict on the CPU) of a run folder written by `save_run`, local or
+    s3://; the weights are loaded with weights_only=True."""
+    import torch
+
+    info_url, weights_url = join(folder, "model.json"), join(folder, "model.pt")
     if not exists(info_url, options) or not exists(weights_url, options):
         raise ModelError(
-            f"{model_dir}: not a trained model folder (expected model.pt and model.json; did training finish?)"
+            f"{folder}: not a trained model folder (expected model.pt and model.json; did training finish?)"
         )
     info = json.loads(read_bytes(info_url, options))
     state = torch.load(io.BytesIO(read_bytes(weights_url, options)), map_location="cpu", weights_only=True)
@@ -41,7 +58,7 @@ def load_model_info(model_dir: str, options: StorageOptions = StorageOptions()) 
 
 
 def _run_of_task(model_dir: str, task: str, options: StorageOptions) -> tuple[dict, dict]:
-    info, state = load_model_info(model_dir, options)
+    info, state = load_run(model_dir, options)
     if info.get("task") != task:
         raise ModelError(f"{model_dir}: holds a '{info.get('task')}' model, not a '{task}' model")
     return info, state
@@ -126,7 +143,8 @@ def load_keypoint_rcnn_file(spec: str, options: StorageOptions = StorageOptions(
 
     if arch is not None and arch not in KEYPOINT_RCNN_VARIANTS:
         raise ModelError(
-            f"{spec}: a torchvision Keypoint R-CNN; --keypoint-arch takes {' or '.join(KEYPOINT_RCNN_VARIANTS)} for it, not {arch!r}"
+            f"{spec}: a torchvision Keypoint R-CNN; --keypoint-arch takes {' or '.join(KEYPOINT_RCNN_VARIANTS)} "
+            f"for it, not {arch!r}"
         )
     buffer = io.BytesIO(read_bytes(spec, options))
     buffer.name = spec
@@ -146,7 +164,7 @@ def load_detector(spec: str, options: StorageOptions = StorageOptions(), arch: s
 
     spec: a `train-detector` run folder (its model.json names the architecture and configuration;
     `arch`, if given, must agree), or a state_dict file (`.pth` / `.pt`) such as torchvision's
-    published COCO weights: built as `arch` (default: the seed's fasterrcnn_resnet50_fpn) with as
+    published COCO weights: built as `arch` (default: torchvision's original fasterrcnn_resnet50_fpn) with as
     many classes as the file's box classifier has (91 for COCO's files), with trainable BatchNorm
     when the file has BatchNorm counters, and torchvision's default input size.
     """

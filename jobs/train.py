@@ -1,11 +1,12 @@
 """Training on Ray Train: one runner for every model.
 
-A *task* (`pose.digit_task.DigitTask`, `pose.keypoint_task.KeypointTask`, `pose.detector_task.DetectorTask`) knows its model, its
-optimiser, how to turn a batch of Parquet rows into tensors and how to evaluate; this module knows
-Ray: workers and their resources, data sharding, checkpoints in object storage, resuming, and the
-files a run leaves in `--out`:
+A *task* (`pose.digit_task.DigitTask`, `pose.keypoint_task.KeypointTask`,
+`pose.detector_task.DetectorTask`) knows its model, its optimiser, how to turn a batch of Parquet
+rows into tensors and how to evaluate; this module knows Ray: workers and their resources, data
+sharding, checkpoints in object storage, resuming, and the files a run leaves in `--out`:
 
-  OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s, the batch plan, Ray node of each rank)
+  OUT/metrics.jsonl     one line per epoch (loss, lr, validation figures, samples/s, the batch plan,
+                        Ray node of each rank)
   OUT/curves.png        the training curves
   OUT/model.pt          the final weights: a plain state_dict, `torch.load(..., weights_only=True)`
   OUT/model.json        what model it is (task, recipe, epochs and optimiser steps, batch plan, final figures)
@@ -92,7 +93,8 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
     if use_gpu:
         if total_gpus < workers:
             raise TrainError(
-                f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; use fewer workers or --no-gpu"
+                f"--workers {workers} with GPUs needs {workers} GPUs, but the cluster has {total_gpus:g}; "
+                "use fewer workers or --no-gpu"
             )
         return True, {"GPU": 1, "CPU": cpus_per_worker or gpu_worker_cpus(ray.nodes(), total_cpus, workers)}
     node_cpus = alive_node_cpus()
@@ -110,8 +112,8 @@ def worker_resources(workers: int, use_gpu: bool | None, cpus_per_worker: float 
         share, workers, node_cpus, keep=1.0
     ):
         raise TrainError(
-            f"--workers {workers} x {cpus_per_worker:g} CPUs can leave no node of the cluster {nodes} a whole CPU for reading "
-            f"the data: Ray would wait forever; use --cpus-per-worker {share:.3g} or fewer workers"
+            f"--workers {workers} x {cpus_per_worker:g} CPUs can leave no node of the cluster {nodes} a whole CPU "
+            f"for reading the data: Ray would wait forever; use --cpus-per-worker {share:.3g} or fewer workers"
         )
     return False, {"CPU": cpus_per_worker}
 
@@ -247,11 +249,14 @@ def run_training(
         datasets={"train": train, "val": val},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
+    stretched = (
+        f" ({requested_epochs} asked, stretched to the recipe minimum steps)" if epochs != requested_epochs else ""
+    )
     print(
         f"{task.name}: {train_rows} training rows{' (held in the object store)' if cached is not None else ''}, "
         f"{plan.describe()}, on {'GPU' if use_gpu else 'CPU'} "
         f"({resources}), {epochs} epochs = {epochs * plan.steps_per_epoch} optimiser steps"
-        f"{f' ({requested_epochs} asked, stretched to the recipe minimum steps)' if epochs != requested_epochs else ''} -> {settings.out}",
+        f"{stretched} -> {settings.out}",
         file=sys.stderr,
     )
     with (
@@ -270,10 +275,10 @@ def _cache_if_small(datasets: list, files: list[str], filesystem, strip) -> list
     (`POSE_JOBS_CACHE_FRACTION`, default 0.1; 0 never), else None: each epoch then streams them from
     storage again.
 
-    Every epoch runs a dataset's plan again (read, hold-out filter) before its first batch: seconds
-    on a small cluster, which for a small set (2,000 digits: 14 steps of 128) cost several times its
-    steps; a held set costs only the split. A tenth leaves room for rows that decode larger than
-    their compressed files and for everything else the store holds; a larger set streams.
+    Every epoch runs a streamed dataset's plan again (read, hold-out filter) before its first batch,
+    a fixed cost that can outweigh a small set's few optimiser steps; a held set costs only the
+    split. A tenth leaves room for rows that decode larger than their compressed files and for
+    everything else the store holds; a larger set streams.
     """
     import ray
 
@@ -527,13 +532,10 @@ def _write_model(
     out: str,
     options: StorageOptions,
 ) -> None:
-    """model.pt (the weights) and model.json: the task's config, the epochs trained (and asked for),
-    the optimiser steps, the batch plan and the last epoch's figures."""
-    import torch
+    """The run folder (`jobs.models.save_run`): the weights, and the task's config, the epochs
+    trained (and asked for), the optimiser steps, the batch plan and the last epoch's figures."""
+    from jobs.models import save_run
 
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    write_bytes_atomic(join(out, "model.pt"), buffer.getvalue(), options)
     info = {
         **task.config(),
         "epochs": epochs,
@@ -545,4 +547,4 @@ def _write_model(
         "steps_per_epoch": plan.steps_per_epoch,
         "final": history[-1] if history else {},
     }
-    write_bytes_atomic(join(out, "model.json"), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), options)
+    save_run(out, info, model.state_dict(), options)
