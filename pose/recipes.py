@@ -341,3 +341,31 @@ def _rtmpose_m(backbone: str | None, input_size: str | None, codec: str | None) 
             stage2_pixel_augment=RTMPosePixelAugment(dropout_prob=0.5),
         ),
     )
+
+
+def detector_recipe(
+    arch: str | None = None,
+    *,
+    fine_tune: bool = False,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    min_size: int | None = None,
+):
+    """The person detector's `DetectorRecipe` for `arch` (default: fasterrcnn_mobilenet_v3_large_fpn):
+    `DetectorRecipe.fine_tune` when training starts from COCO weights, else `from_scratch`; then the
+    user's `epochs`, `batch_size`, `lr` and `min_size` (the short side images are resized to; the
+    long side's limit keeps its ratio to it), each None for the recipe's. Raises RecipeError for an
+    unknown architecture."""
+    from pose.detector_task import DetectorRecipe
+    from pose.models.detector import ARCHITECTURES
+
+    arch = arch or "fasterrcnn_mobilenet_v3_large_fpn"
+    if arch not in ARCHITECTURES:
+        raise RecipeError(f"detector architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    recipe = DetectorRecipe.fine_tune(arch) if fine_tune else DetectorRecipe.from_scratch(arch)
+    changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    if min_size:
+        model = recipe.model
+        changes["model"] = replace(model, min_size=min_size, max_size=round(min_size * model.max_size / model.min_size))
+    return replace(recipe, **changes)
