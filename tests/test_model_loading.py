@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.models import ModelError, load_detector, load_keypoint_model
-from jobs.storage import StorageOptions, join, write_bytes_atomic
+from jobs.models import ModelError, load_detector, load_keypoint_model, save_run
+from jobs.storage import write_bytes_atomic
 from pose.keypoint_task import KeypointRecipe, KeypointTask
 from pose.models.detector import DetectorConfig, build_detector, detect
 
@@ -40,20 +40,6 @@ def state_bytes(model: torch.nn.Module) -> bytes:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()
-
-
-def write_run(folder: str, info: dict, model: torch.nn.Module, options) -> None:
-    """A run folder as jobs/train.py leaves it: model.json and model.pt."""
-    write_bytes_atomic(join(folder, "model.json"), json.dumps(info).encode(), options)
-    write_bytes_atomic(join(folder, "model.pt"), state_bytes(model), options)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_weights_file_loads_by_path_and_by_s3_url(tmp_path, s3_env):
@@ -88,7 +74,7 @@ def test_run_folder_loads_with_its_configuration(tmp_path, s3_env):
     info = {"task": "detector", "model": config.to_dict(), "recipe": {}, "epochs": 1}
     url = s3_env.make_bucket("runs") + "/detector"
     for folder in (str(tmp_path / "run"), url):
-        write_run(folder, info, model, s3_env.options)
+        save_run(folder, info, model.state_dict(), s3_env.options)
         loaded = load_detector(folder, s3_env.options)
         assert loaded.config == config and not loaded.training
         assert_same_detections(model, loaded)
@@ -109,7 +95,7 @@ def test_wrong_detector_is_one_clear_error(tmp_path, s3_env, problem):
         expected = r"\(fasterrcnn_resnet50_fpn, 2 classes\): does not match the model.*pass the architecture"
     elif problem == "other task":
         spec = str(tmp_path / "run")
-        write_run(spec, {"task": "svhn", "recipe": {}}, torch.nn.Linear(2, 2), s3_env.options)
+        save_run(spec, {"task": "svhn", "recipe": {}}, torch.nn.Linear(2, 2).state_dict(), s3_env.options)
         expected = "holds a 'svhn' model, not a 'detector' model"
     else:
         arch, expected = "yolo", "unknown detector architecture 'yolo'"
@@ -122,7 +108,7 @@ def test_keypoint_run_folder_loads_to_the_same_outputs(tmp_path):
     task = KeypointTask(KeypointRecipe(backbone="resnet18", deconv_channels=32))
     torch.manual_seed(0)
     model = task.build_model().eval()
-    write_run(str(tmp_path), {**task.config(), "epochs": 1}, model, StorageOptions())
+    save_run(str(tmp_path), {**task.config(), "epochs": 1}, model.state_dict())
     loaded, recipe = load_keypoint_model(str(tmp_path))
     assert recipe == task.recipe and not loaded.training
     images = torch.randn(2, 3, 128, 96)
@@ -187,12 +173,8 @@ def test_wrong_published_keypoint_file_is_one_line_exit_2(tmp_path, problem):
         extra, expected = ["--keypoint-arch", "hrnet-w32"], "holds a resnet50, not a hrnet-w32"
     else:
         name = tmp_path / "run"
-        write_run(
-            str(name),
-            {**KeypointTask(KeypointRecipe(deconv_channels=16)).config(), "epochs": 1},
-            KeypointTask(KeypointRecipe(deconv_channels=16)).build_model(),
-            StorageOptions(),
-        )
+        task = KeypointTask(KeypointRecipe(deconv_channels=16))
+        save_run(str(name), {**task.config(), "epochs": 1}, task.build_model().state_dict())
         extra, expected = ["--codec", "dark"], "knows its own architecture"
     from typer.testing import CliRunner
 

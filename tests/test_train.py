@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from jobs.ingest import ingest
-from jobs.models import load_model_info
+from jobs.models import load_run
 from jobs.runtime import keeps_free
 from jobs.storage import exists, join, list_files, read_bytes
 from jobs.train import (
@@ -75,7 +75,7 @@ def test_two_workers_checkpoint_to_s3_and_loss_falls(svhn_data, s3, capfd, monke
     assert exists(join(out, "curves.png"), s3.options)
 
     # The final model loads without Ray, weights only, and equals the last checkpoint's weights.
-    info, state = load_model_info(out, s3.options)
+    info, state = load_run(out, s3.options)
     model = DigitTask(DigitRecipe.from_dict(info["recipe"])).build_model()
     model.load_state_dict(state)
     last = sorted(checkpoints)[-1]
