@@ -1,6 +1,6 @@
 """The top-down keypoint task between a `person_crops` batch and the figures: the training recipe,
 the batch transforms (the CPU recipe's from the stored crops, the reference recipes' from the
-original images), the loss, prediction with flip test, the evaluators (the seed's PCK and COCO AP)
+original images), the loss, prediction with flip test, the evaluators (PCK at 0.5 on the heatmaps, and COCO AP)
 and the evaluation picture. `pose.engine` trains and evaluates any task; `pose.recipes` names the
 reference recipes.
 
@@ -40,8 +40,7 @@ from pose.precision import Precision
 from pose.topdown import instance_score
 
 # Flip with the joint swap and colour jitter only: the CPU recipe's budget ends long before the
-# model fits its training data, and geometric jitter measured slower there (rotation 30 degrees,
-# scale 25 %, half body p 0.1: PCK 0.43 against 0.50 after 4 of 8 epochs on the synthetic people).
+# model fits its training data, and geometric jitter makes it learn more slowly within that budget.
 CPU_AUGMENT = AugmentConfig(scale=0.0, rotation=0.0, rotation_prob=0.0, half_body_prob=0.0)
 
 
@@ -115,11 +114,11 @@ class KeypointRecipe:
     """How to train a top-down keypoint model: network, input, targets, optimiser, schedule, augmentation.
 
     `framework` says whose pipeline the recipe reproduces:
-    - "pose-jobs" (the defaults, `--recipe cpu`): for training from scratch in about 20 minutes on 2 CPU cores
-      with native bf16 (`pose.precision`): a ResNet-18 cut after `layer2` (stride 8) with one 64-channel
-      deconvolution to stride-4 heatmaps, 128x96 input, a global batch of 32, AdamW 2e-3 with a cosine over 12 epochs. It reads the
-      stored person crops (`person_crops`), encodes pose-jobs' unbiased targets (`pose.heatmaps`) and keeps the
-      flip and colour jitter but not the scale, rotation and half-body jitter, which only slow fitting at that
+    - "pose-jobs" (the defaults, `--recipe cpu`): for training from scratch in minutes on a few CPU cores (bf16 where
+      they compute it natively, `pose.precision`): a ResNet-18 cut after `layer2` (stride 8) with one 64-channel
+      deconvolution to stride-4 heatmaps, 128x96 input, a global batch of 32, AdamW 2e-3 with a cosine over 12 epochs.
+      It reads the stored person crops (`person_crops`), encodes pose-jobs' unbiased targets (`pose.heatmaps`) and keeps
+      the flip and colour jitter but not the scale, rotation and half-body jitter, which only slow fitting at that
       budget (`CPU_AUGMENT`).
     - "simple-baselines", "hrnet", "mmpose": the reference's own pipeline, point by point (`pose.recipes` names
       them and docs/recipes.md lists every setting with its source): the network under MMPose's state_dict names
@@ -245,11 +244,11 @@ class KeypointRecipe:
 
     def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
         """The learning-rate schedule, stepped once per optimiser step: a linear warm-up over `warmup_steps` (from
-        `warmup_start_factor` x lr as MMPose's LinearLR by iteration, else (step + 1) / warmup_steps), then a cosine to 0 over the remaining steps of
-        `epochs`, or a division by 10 at each epoch of `lr_steps` (MultiStepLR by epoch). RTMPose (`rtmpose`): lr
-        until `cosine_begin_epoch`, then a cosine from lr to the absolute `eta_min` at the end of `epochs`, by
-        iteration (mmengine's CosineAnnealingLR converted to iterations). Its state_dict is the step count, so a
-        resumed run continues the same curve."""
+        `warmup_start_factor` x lr as MMPose's LinearLR by iteration, else (step + 1) / warmup_steps), then a cosine to
+        0 over the remaining steps of `epochs`, or a division by 10 at each epoch of `lr_steps` (MultiStepLR by epoch).
+        RTMPose (`rtmpose`): lr until `cosine_begin_epoch`, then a cosine from lr to the absolute `eta_min` at the end
+        of `epochs`, by iteration (mmengine's CosineAnnealingLR converted to iterations). Its state_dict is the step
+        count, so a resumed run continues the same curve."""
         total = max(1, self.epochs * steps_per_epoch)
         # pose-jobs' ramp is kept within the first half of a short run; LinearLR always runs its iterations
         warmup = min(self.warmup_steps, total // 2) if self.warmup_start_factor is None else self.warmup_steps
@@ -559,7 +558,7 @@ def _numpy(values) -> np.ndarray:
 class KeypointEvaluator:
     """The validation metrics over a whole split, fed batch by batch.
 
-    - PCK: the seed's heatmap accuracy (`pose.metrics.PckAccumulator`), summed over all batches.
+    - PCK: Simple Baselines' heatmap accuracy at 0.5 (`pose.metrics.PckAccumulator`), summed over all batches.
     - COCO keypoint AP/AR by pycocotools, with the instances scored as Simple Baselines does:
       box score (1.0 for ground-truth boxes) x the mean confidence of the joints above
       `joint_threshold`; OKS-NMS (`nms_threshold`) within each image before COCOeval, on the areas of
@@ -776,9 +775,9 @@ def prepare_reference_batch(recipe: KeypointRecipe, seed: int, batch: dict, epoc
     recipe does. Returns image (N, h, w, 3) uint8 RGB, target (N, K, h', w') float16, target_weight (N, K).
 
     RTMPose (`recipe.rtmpose`): the steps of the pipeline of `epoch` (`rtmpose_augment`: stage 2 for the last
-    `stage2_epochs`), the pixel steps drawn after the geometric ones from the same generator and applied to the
-    crop (`pose.augment.sample_pixel_ops`, `apply_pixel_ops`), and SimCC labels as target_x (N, K, Wx) and target_y (N, K, Wy) float32 instead of
-    target (float16 would round the labels that the KL loss softmaxes at beta 10)."""
+    `stage2_epochs`), the pixel steps drawn after the geometric ones from the same generator and applied to the crop
+    (`pose.augment.sample_pixel_ops`, `apply_pixel_ops`), and SimCC labels as target_x (N, K, Wx) and target_y (N, K,
+    Wy) float32 instead of target (float16 would round the labels that the KL loss softmaxes at beta 10)."""
     from pose.augment import (
         MMPoseAugment,
         apply_pixel_ops,
@@ -855,8 +854,8 @@ def rtmpose_augment(recipe: KeypointRecipe, epoch: int) -> tuple:
 
 
 class KeypointTask:
-    """The top-down keypoint model on `person_crops`: train on `train`, validate on `val` with the
-    seed's PCK and COCO AP (ground-truth boxes). Batches are transformed in the training worker,
+    """The top-down keypoint model on `person_crops`: train on `train`, validate on `val` with
+    PCK at 0.5 on the heatmaps and COCO AP (ground-truth boxes). Batches are transformed in the training worker,
     with randomness from (seed, epoch, annotation id), so runs and resumed runs see the same data."""
 
     name = "keypoints"

@@ -1,4 +1,4 @@
-"""Metrics: the seed's heatmap PCK, OKS and OKS-NMS, COCO AP through pycocotools, and
+"""Metrics: PCK on heatmaps (Simple Baselines' accuracy), OKS and OKS-NMS, COCO AP through pycocotools, and
 classification accuracy.
 
 Keypoints are `(x, y)` pixels in COCO's joint order (`pose.joints`); COCO-style arrays are
@@ -30,7 +30,7 @@ def _argmax_joints(heatmaps: np.ndarray) -> np.ndarray:
 def _pck_counts(
     output_heatmaps: np.ndarray, target_heatmaps: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-joint (hits, valid) counts (K,) of the seed's PCK over a batch (N, K, h, w)."""
+    """Per-joint (hits, valid) counts (K,) of the heatmap PCK over a batch (N, K, h, w)."""
     output_heatmaps, target_heatmaps = np.asarray(output_heatmaps), np.asarray(target_heatmaps)
     h, w = output_heatmaps.shape[2:]
     predicted, true = _argmax_joints(output_heatmaps), _argmax_joints(target_heatmaps)
@@ -53,7 +53,7 @@ def _pck_from_counts(hits: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, f
 def pck_seed(
     output_heatmaps: np.ndarray, target_heatmaps: np.ndarray, threshold: float = 0.5
 ) -> tuple[np.ndarray, float, int]:
-    """The seed's "accuracy": Simple Baselines' `lib/core/evaluate.py::accuracy` on heatmaps.
+    """PCK on heatmaps: Simple Baselines' `lib/core/evaluate.py::accuracy`.
 
     output_heatmaps, target_heatmaps: (N, K, h, w). Both the prediction and the truth are the
     integer argmax of their heatmaps (not the float keypoints). A joint is correct when the
@@ -71,8 +71,7 @@ class PckAccumulator:
 
     Per-joint hit and valid counts are summed over batches, and the result is computed from the
     totals, so it equals `pck_seed` on all samples as one batch. (Averaging per-batch results
-    instead would weight small batches and rare joints wrongly, and the seed's single logged batch
-    of 16 was noisy.)
+    instead would weight small batches and rare joints wrongly.)
     """
 
     def __init__(self, threshold: float = 0.5):
