@@ -142,6 +142,16 @@ class S3TestServer:
                 raise
         return f"s3://{name}"
 
+    def upload(self, folder: Path, url: str) -> None:
+        """Copy every file under local `folder` to `url` (an s3:// bucket or prefix), keeping the
+        relative paths, through the admin client (independent of the code under test)."""
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        client = self.client()
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                key = "/".join(part for part in (prefix.strip("/"), path.relative_to(folder).as_posix()) if part)
+                client.upload_file(str(path), bucket, key)
+
     def start(self) -> None:
         """Start weed and wait until S3 answers; retried on fresh ports if one was taken meanwhile."""
         weed = find_weed()

@@ -38,16 +38,6 @@ def parameter_shapes(model: torch.nn.Module) -> dict:
     return {key: value.shape for key, value in model.state_dict().items() if not key.endswith("num_batches_tracked")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """On a busy machine, torch's default intra-op threads spin against each other: a small forward
-    pass goes from 0.25 s to 3 s on two shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def resnet_weight_files(tmp_path_factory) -> dict[str, str]:
     """State_dict files of the two untrained ResNet-50 detectors, by arch (about 170 MB each)."""
@@ -144,10 +134,15 @@ def test_resnet_weight_files_load_into_their_arch(resnet_weight_files):
 
 def test_state_dict_without_batchnorm_counters_loads(tmp_path):
     # torchvision's published files predate or omit BatchNorm's num_batches_tracked.
-    model = small_mobilenet()
+    model = small_mobilenet(norm="batch")  # a model with counters, a file without
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save(state, tmp_path / "old.pth")
-    load_detector_weights(small_mobilenet(seed=1), tmp_path / "old.pth")
+    fresh = small_mobilenet(seed=1, norm="batch")
+    assert not all(torch.equal(fresh.state_dict()[key], value) for key, value in state.items())
+    load_detector_weights(fresh, tmp_path / "old.pth")
+    loaded = fresh.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in state.items())
+    assert any(key.endswith("num_batches_tracked") for key in loaded)  # the model keeps its own counters
 
 
 def test_v1_weights_do_not_load_into_v2_arch(resnet_weight_files):

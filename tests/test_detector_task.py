@@ -51,14 +51,6 @@ def red_pixels_box(image: np.ndarray) -> list[float]:
     ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_flip_moves_each_box_with_its_pixels():
     image = scene([(10, 20, 30, 40)])
     flipped, boxes = horizontal_flip(image, np.array([[10.0, 20, 30, 40]]))
