@@ -227,8 +227,8 @@ def keypoint_rows(workdir: Path, images: int, with_images: bool) -> tuple[pa.Tab
 def ingested_rows(data: str, task, with_images: bool) -> pa.Table:
     """The train rows of `task.table` in the ingest output `data`; with `with_images`, each with its
     original image's bytes (`image`), read from the `images` table's sources as train-keypoints does."""
+    from jobs.datasets import read_table
     from jobs.detector_data import add_image_bytes, image_sources
-    from jobs.ingest import read_table
     from jobs.storage import StorageOptions
 
     options = StorageOptions()

@@ -42,7 +42,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.ingest import UnbalancedError, manifest_created, read_commit_markers, read_image_source, read_table
+from jobs import shards
+from jobs.datasets import is_ingested, read_image_source, read_manifest, read_table
 from jobs.runtime import Progress, StallWatch, alive_node_cpus, cpu_share, init_ray
 from jobs.storage import (
     StorageError,
@@ -60,7 +61,6 @@ from jobs.storage import (
     read_bytes,
     remove_stale_temporaries,
     write_bytes_atomic,
-    write_parquet_atomic,
 )
 from pose import schema
 from pose.errors import UserError
@@ -74,9 +74,9 @@ IN_FLIGHT_BYTES = 512 * 2**20  # the pipeline's data in Ray's object store, at m
 MAX_BLOCKS = 20_000  # input blocks of one run: past this, blocks hold more than one detector batch
 # oneDNN (torch's CPU convolutions) keeps each kernel it builds, per layer and input shape, up to
 # 1,024 of them. The detector sees many image sizes and the keypoint model many person counts, so
-# on one thread an actor grew from about 0.84 to 1.1 GB over its first few hundred images; with 16
-# kept it stays near 0.9 GB, at no measured cost in speed (building a kernel is cheap next to
-# running it). Read once, when a process builds its first kernel; a value set by the user wins.
+# an actor's memory would grow with every new shape; 16 kept bounds it, and building a kernel is
+# cheap next to running it. Read once, when a process builds its first kernel; a value set by the
+# user wins.
 ONEDNN_CACHE_ENTRIES = "16"
 
 
@@ -187,13 +187,13 @@ def image_ids(paths: list[str], root: str) -> list[int]:
 def plan_annotate(src: str, dest: str, options: StorageOptions, shard_images: int = SHARD_IMAGES) -> Plan:
     """List SRC in a fixed order (an ingested table by split and image id, files by path) and cut
     it into shards of `shard_images`. Files under DST are left out, so DST may lie inside SRC."""
-    ingested = exists(join(src, "manifest.json"), options)
+    ingested = is_ingested(src, options)
     if ingested:
-        manifest = json.loads(read_bytes(join(src, "manifest.json"), options))
-        files = manifest.get("tables", {}).get("images", {}).get("files", [])
+        files = read_manifest(src, options).get("tables", {}).get("images", {}).get("files", [])
         if not files:
             raise AnnotateError(
-                f"{src}: an ingested dataset without an images table (annotate reads `pose-jobs ingest coco` output or a folder of images)"
+                f"{src}: an ingested dataset without an images table "
+                "(annotate reads `pose-jobs ingest coco` output or a folder of images)"
             )
         splits = tuple(sorted({name.split("/")[1] for name in files}))
         table = read_table(src, "images", splits, options, columns=["image_id", "split", "source"]).sort_by(
@@ -679,12 +679,11 @@ def plan_resources(
     model batched across the images of many detector calls. On CPUs (unless `keypoint_actors` is
     set) one pool of actors runs both models, one actor per core on one torch thread each: the
     keypoint model costs a tenth of the detector there, and a pool of its own would hold a thread
-    that competes with the detectors for the cores (annotate at 0.72 of the model-only limit with
-    2 detector + 1 keypoint actors on 2 cores, 0.81 with 2 actors running both). That pool's actors
-    also read and decode their images. Actors reserve just under the cluster's CPUs between them,
-    leaving a reading task's CPUs free on some node wherever Ray places them (`node_cpus`, the CPUs
-    of each node; default one node of `cpus`), so that reading tasks and Ray Data's own small tasks
-    always find room (Ray would otherwise wait forever for a CPU)."""
+    that competes with the detectors for the cores (`benchmarks/annotate.py` times both plans).
+    That pool's actors also read and decode their images. Actors reserve just under the cluster's
+    CPUs between them, leaving a reading task's CPUs free on some node wherever Ray places them
+    (`node_cpus`, the CPUs of each node; default one node of `cpus`), so that reading tasks and Ray
+    Data's own small tasks always find room (Ray would otherwise wait forever for a CPU)."""
     use_gpu = gpus > 0 if settings.use_gpu is None else settings.use_gpu
     if use_gpu and gpus <= 0:
         raise AnnotateError("--gpu asked for, but the Ray cluster has no GPUs (leave it out to run on CPUs)")
@@ -744,13 +743,15 @@ def run_annotate(
     if rcnn:
         if settings.boxes is not None or settings.detector is not None:
             raise AnnotateError(
-                f"{settings.keypoints}: a torchvision Keypoint R-CNN finds its own persons; leave out --detector and --boxes"
+                f"{settings.keypoints}: a torchvision Keypoint R-CNN finds its own persons; "
+                "leave out --detector and --boxes"
             )
         load_keypoint_rcnn_file(settings.keypoints, options, settings.keypoint_arch)
         category_names = PERSON_CATEGORY_NAMES
     elif (settings.boxes is None) == (settings.detector is None):
         raise AnnotateError(
-            "give either --detector (a model finds the persons) or --boxes (a COCO box results file), not both or neither"
+            "give either --detector (a model finds the persons) or --boxes (a COCO box results file), "
+            "not both or neither"
         )
     elif settings.boxes is None:
         detector = load_detector(settings.detector, options, settings.detector_arch)
@@ -773,12 +774,9 @@ def run_annotate(
         "schema_version": schema.SCHEMA_VERSION,
     }
     for shard in plan.shards:
-        content = json.dumps(
-            {"unit": shard.unit, "items": shard.items, "settings": fingerprinted}, sort_keys=True, default=str
-        )
-        shard.fingerprint = hashlib.sha256(content.encode()).hexdigest()[:32]
-    committed = read_commit_markers(dest, options)
-    pending = [s for s in plan.shards if committed.get(s.unit, {}).get("fingerprint") != s.fingerprint]
+        shard.fingerprint = shards.fingerprint({"unit": shard.unit, "items": shard.items, "settings": fingerprinted})
+    committed = shards.read_commit_markers(dest, options)
+    pending = shards.pending(plan.shards, committed)
 
     if pending:
         init_ray(address, verbose=verbose)
@@ -803,14 +801,29 @@ def run_annotate(
         if visualize
         else []
     )
-    manifest = _manifest(plan, dest, options, markers, fingerprinted, results, pictures)
-    write_bytes_atomic(
-        join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options
+    annotated = sum(markers[unit]["tables"]["annotations"]["rows"] for unit in markers)
+    failed = sum(markers[unit]["tables"]["errors"]["rows"] for unit in markers)
+    manifest = shards.write_manifest(
+        dest,
+        options,
+        job="annotate",
+        source=plan.source,
+        settings=fingerprinted,
+        markers=markers,
+        results={name: {"entries": n} for name, n in results.items()},
+        pictures=pictures,
+        images={
+            "listed": plan.images,
+            "annotated": annotated,
+            "errors": failed,
+            "balanced": annotated + failed == plan.images,
+        },
     )
     images = manifest["images"]
     if not images["balanced"]:
-        raise UnbalancedError(
-            f"{dest}/manifest.json does not balance: {images['listed']} images listed, {images['annotated']} annotated and {images['errors']} in errors"
+        raise shards.UnbalancedError(
+            f"{dest}/manifest.json does not balance: {images['listed']} images listed, "
+            f"{images['annotated']} annotated and {images['errors']} in errors"
         )
     return manifest
 
@@ -882,9 +895,9 @@ def _stream(
         )
 
     if resources.combined:
-        # The actors read and decode their own images (a few ms each, against about half a second
-        # of model time on a CPU): no reading tasks, whose worker processes cost about 0.1 GB each
-        # and Ray's per-task overhead, and no decoded pixels through the object store.
+        # The actors read and decode their own images (cheap next to the models on a CPU): no
+        # reading tasks, whose worker processes cost memory each and Ray's per-task overhead, and no
+        # decoded pixels through the object store.
         arguments = {"detector": detector, "keypoints": keypoints, "read": read, "crops": crops}
         dataset = on_actors(
             dataset, DetectorAndKeypoints, arguments, resources.detector_batch, resources.detector_actors
@@ -930,16 +943,17 @@ def _stream(
 
 
 def write_shard(unit: str, tables: dict[str, list[dict]], dest: str, options: StorageOptions, fingerprint: str) -> dict:
-    """Write a complete shard's tables (rows in image id order), then its commit marker; return the marker."""
-    marker = {"unit": unit, "fingerprint": fingerprint, "tables": {}, "images": 0}
-    for name in ("annotations", "errors"):
-        rows = sorted(tables[name], key=lambda r: r["item"] if name == "errors" else r["image_id"])
-        path = f"{name}/{unit}.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema.TABLES[name]), join(dest, path), options)
-        marker["tables"][name] = {"path": path, "rows": len(rows)}
-        marker["images"] += len(rows)
-    write_bytes_atomic(join(dest, "_commits", f"{unit}.json"), json.dumps(marker, sort_keys=True).encode(), options)
-    return marker
+    """Commit a complete shard (`jobs.shards.commit_shard`): its tables, rows in image id order, then
+    its marker, which also counts the shard's images; return the marker."""
+    paths = {
+        name: (
+            f"{name}/{unit}.parquet",
+            sorted(tables[name], key=lambda r: r["item"] if name == "errors" else r["image_id"]),
+        )
+        for name in ("annotations", "errors")
+    }
+    images = sum(len(rows) for _, rows in paths.values())
+    return shards.commit_shard(dest, options, unit, fingerprint, paths, images=images)
 
 
 def _annotation_tables(dest: str, options: StorageOptions, markers: dict[str, dict]):
@@ -1010,43 +1024,6 @@ def draw_pictures(
             write_bytes_atomic(join(dest, path), encode_png(np.asarray(picture)), options)
             written.append(path)
     return written
-
-
-def _manifest(
-    plan: Plan,
-    dest: str,
-    options: StorageOptions,
-    markers: dict[str, dict],
-    settings: dict,
-    results: dict,
-    pictures: list[str],
-) -> dict:
-    """Counts and files; `created` is kept from an earlier run so that re-running a finished job
-    rewrites the same bytes."""
-    tables: dict[str, dict] = {}
-    for unit in sorted(markers):
-        for name, table in markers[unit]["tables"].items():
-            entry = tables.setdefault(name, {"rows": 0, "files": []})
-            entry["rows"] += table["rows"]
-            entry["files"].append(table["path"])
-    annotated, failed = tables.get("annotations", {}).get("rows", 0), tables.get("errors", {}).get("rows", 0)
-    return {
-        "schema_version": schema.SCHEMA_VERSION,
-        "job": "annotate",
-        "source": plan.source,
-        "created": manifest_created(dest, options),
-        "settings": settings,
-        "tables": tables,
-        "results": {name: {"entries": n} for name, n in results.items()},
-        "pictures": pictures,
-        "images": {
-            "listed": plan.images,
-            "annotated": annotated,
-            "errors": failed,
-            "balanced": annotated + failed == plan.images,
-        },
-        "shards": len(markers),
-    }
 
 
 def annotate(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from jobs.ingest import read_image_source, read_table
+from jobs.datasets import read_image_source, read_table
 from jobs.storage import StorageOptions
 
 # What the detector needs of an `images` row.

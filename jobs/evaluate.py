@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.ingest import read_table
+from jobs.datasets import read_image_source, read_table
 from jobs.models import load_digit_model, load_keypoint_model
 from jobs.storage import StorageOptions, exists, is_s3, join, write_bytes_atomic
 from pose.draw import stacked
@@ -88,7 +88,7 @@ def evaluate_keypoints(
 ) -> dict:
     """COCO keypoint AP/AR of a keypoint model on one split, top-down from its images
     (`evaluate_topdown`: ground-truth boxes, or `boxes` by image id); for a train-keypoints run
-    with ground-truth boxes also the seed's PCK on the stored person crops and a picture of inputs,
+    with ground-truth boxes also the heatmap PCK on the stored person crops and a picture of inputs,
     true and predicted heatmaps (`crop_pck`)."""
     figures = evaluate_topdown(
         data, model_spec, split, options, overrides=overrides, boxes=boxes, results_file=results_file
@@ -100,9 +100,9 @@ def evaluate_keypoints(
 
 
 def crop_pck(data: str, model_dir: str, split: str, options: StorageOptions, pictures: Path | None = None) -> dict:
-    """The seed's PCK (heatmaps against targets, flip test) of a train-keypoints run on the stored
-    `person_crops` of a split, as training validates, and a picture of the first batch's inputs,
-    true and predicted heatmaps: {"pck", "pictures"}."""
+    """The heatmap PCK (`pose.metrics.PckAccumulator`: predicted against target peaks, flip test) of a
+    train-keypoints run on the stored `person_crops` of a split, as training validates, and a picture
+    of the first batch's inputs, true and predicted heatmaps: {"pck", "pictures"}."""
     from pose.keypoint_task import KeypointBatchTransform, KeypointEvaluator, evaluation_figure, predict
 
     model, recipe = load_keypoint_model(model_dir, options)
@@ -243,7 +243,6 @@ def evaluate_topdown(
     """
     import json
 
-    from jobs.ingest import read_image_source
     from jobs.models import ModelError, is_keypoint_rcnn, load_keypoint_rcnn_file, load_pose_model
     from pose.images import decode_image
     from pose.joints import PERSON_CATEGORY

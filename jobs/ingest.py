@@ -11,21 +11,21 @@ shard writes its own Parquet files under fixed names, then a commit marker:
 A re-run skips shards whose marker matches (same inputs, same settings), so it is idempotent and
 resumes after a crash; files are written whole (rename locally, single PUT on S3), so a killed
 run never leaves a half file under a final name, and `manifest.json` lists only committed shards.
+That protocol, shared with annotate, is `jobs.shards`; reading the tables back is `jobs.datasets`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import io
 import json
 import pickle
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
+from jobs import shards
+from jobs.datasets import SVHN_SPLITS, load_coco_annotations
 from jobs.runtime import Progress, StallWatch, init_ray
+from jobs.shards import UnbalancedError
 from jobs.storage import (
     StorageError,
     StorageOptions,
@@ -34,23 +34,19 @@ from jobs.storage import (
     check_writable,
     exists,
     join,
-    list_files,
     open_input,
     read_bytes,
     remove_stale_temporaries,
-    write_bytes_atomic,
-    write_parquet_atomic,
 )
 from pose import schema
-from pose.crops import CropSettings, cut_person_crop, square_digit_crop
+from pose.crops import CropSettings, person_crop_row, square_digit_crop
 from pose.errors import UserError
 from pose.formats import coco, svhn
-from pose.images import ImageDecodeError, decode_image, encode_jpeg
+from pose.images import ImageDecodeError, decode_image
 
 COCO_SHARD_IMAGES = 128
 SVHN_CROPPED_SHARD_DIGITS = 16384
 SVHN_FULL_SHARD_NUMBERS = 512
-SVHN_SPLITS = ("train", "test", "extra")
 
 
 # Which output table holds each kind of input item, and which error kind records its loss.
@@ -93,7 +89,7 @@ def plan_coco(
     """Read each split's annotation file and the image archive's directory; cut shards."""
     plan = Plan("coco", src)
     for split in splits:
-        document, annotation_source = _load_coco_annotations(src, split, options)
+        document, annotation_source = load_coco_annotations(src, split, options)
         if document is None:
             continue
         folder, archive = join(src, coco.image_folder(split)), join(src, coco.image_archive(split))
@@ -101,7 +97,8 @@ def plan_coco(
         if not exists(folder, options):
             if not exists(archive, options):
                 raise IngestError(
-                    f"{src}: split '{split}' has annotations but neither {coco.image_folder(split)}/ nor {coco.image_archive(split)}"
+                    f"{src}: split '{split}' has annotations but neither {coco.image_folder(split)}/ "
+                    f"nor {coco.image_archive(split)}"
                 )
             with open_input(archive, options) as handle:
                 members = coco.index_zip(handle, archive)
@@ -137,24 +134,6 @@ def plan_coco(
             f"or {coco.ANNOTATION_ARCHIVE})"
         )
     return plan
-
-
-def _load_coco_annotations(src: str, split: str, options: StorageOptions) -> tuple[dict | None, str]:
-    """The split's annotation document from the unpacked file or the published archive."""
-    path = join(src, coco.annotation_member(split))
-    if exists(path, options):
-        with open_input(path, options) as handle:
-            return coco.load_keypoints_json(handle, path), path
-    archive = join(src, coco.ANNOTATION_ARCHIVE)
-    if exists(archive, options):
-        with open_input(archive, options) as handle:
-            members = coco.index_zip(handle, archive)
-            member = members.get(coco.annotation_member(split))
-            if member is not None:
-                source = f"{archive}!{member.name}"
-                data = coco.read_zip_member(handle, member)
-                return coco.load_keypoints_json(io.BytesIO(data), source), source
-    return None, path
 
 
 def plan_svhn(
@@ -215,7 +194,8 @@ def plan_svhn(
             plan.inputs[split] = counts
     if not plan.shards:
         raise IngestError(
-            f"{src}: no SVHN files found (expected {{train,test,extra}}_32x32.mat or {{train,test,extra}}/digitStruct.mat)"
+            f"{src}: no SVHN files found "
+            "(expected {train,test,extra}_32x32.mat or {train,test,extra}/digitStruct.mat)"
         )
     return plan
 
@@ -338,21 +318,7 @@ def _coco_image_rows(
         )
         if iscrowd or num_keypoints == 0 or bbox[2] < 1 or bbox[3] < 1:
             continue
-        person = cut_person_crop(pixels, bbox, keypoints.reshape(-1, 3), crop)
-        tables["person_crops"].append(
-            {
-                "annotation_id": int(annotation["id"]),
-                "image_id": image_id,
-                "split": split,
-                "crop": encode_jpeg(person.pixels, quality=92),
-                "crop_width": crop.width,
-                "crop_height": crop.height,
-                "bbox": person.bbox.astype(np.float32).tolist(),
-                "keypoints": person.keypoints.astype(np.float32).reshape(-1).tolist(),
-                "image_from_crop": person.image_from_crop.reshape(-1).tolist(),
-                "area": float(annotation.get("area", bbox[2] * bbox[3])),
-            }
-        )
+        tables["person_crops"].append(person_crop_row(pixels, annotation, image_id, split, crop))
 
 
 def svhn_cropped_tables(shard: Shard, options: StorageOptions) -> dict[str, list[dict]]:
@@ -469,25 +435,21 @@ def process_shard(shard: Shard, dest: str, options: StorageOptions, crop: CropSe
         tables = svhn_full_tables(shard, options)
     else:
         tables = {"errors": shard.payload["errors"]}
-    marker = {"unit": shard.unit, "split": shard.split, "fingerprint": shard.fingerprint, "tables": {}, "accounted": {}}
-    for name, rows in tables.items():
-        path = f"{name}/{shard.split}/{shard.unit}.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema.TABLES[name]), join(dest, path), options)
-        marker["tables"][name] = {"path": path, "rows": len(rows)}
     # Every input item of the shard lands in exactly one output row or one error row: count both
     # sides by the kind of input item, for the manifest to check against the planned inputs.
+    accounted: dict[str, int] = {}
     input_tables = dict(INPUT_TABLES, digits="digits") if shard.kind == "svhn-cropped" else INPUT_TABLES
     for table, kind in input_tables.items():
         if table in tables:
-            marker["accounted"][kind] = marker["accounted"].get(kind, 0) + len(tables[table])
+            accounted[kind] = accounted.get(kind, 0) + len(tables[table])
     for row in tables.get("errors", []):
         kind = ERROR_KINDS.get(row["kind"])
         if kind:
-            marker["accounted"][kind] = marker["accounted"].get(kind, 0) + 1
-    write_bytes_atomic(
-        join(dest, "_commits", f"{shard.unit}.json"), json.dumps(marker, sort_keys=True).encode(), options
+            accounted[kind] = accounted.get(kind, 0) + 1
+    paths = {name: (f"{name}/{shard.split}/{shard.unit}.parquet", rows) for name, rows in tables.items()}
+    return shards.commit_shard(
+        dest, options, shard.unit, shard.fingerprint, paths, split=shard.split, accounted=accounted
     )
-    return marker
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,9 +475,11 @@ def run_ingest(
         else {"schema_version": schema.SCHEMA_VERSION}
     )
     for shard in plan.shards:
-        shard.fingerprint = _fingerprint(shard, settings)
-    committed = read_commit_markers(dest, options)
-    pending = [s for s in plan.shards if committed.get(s.unit, {}).get("fingerprint") != s.fingerprint]
+        shard.fingerprint = shards.fingerprint(
+            {"unit": shard.unit, "kind": shard.kind, "payload": shard.payload, "settings": settings}
+        )
+    committed = shards.read_commit_markers(dest, options)
+    pending = shards.pending(plan.shards, committed)
 
     if pending:
         init_ray(address, verbose=verbose)
@@ -536,11 +500,17 @@ def run_ingest(
                 if meter:
                     meter.advance(1, marker["tables"].get(_item_unit(plan.dataset), {}).get("rows", 0))
 
-    manifest = _manifest(plan, dest, options, {s.unit: committed[s.unit] for s in plan.shards}, settings)
-    write_bytes_atomic(
-        join(dest, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), options
+    markers = {s.unit: committed[s.unit] for s in plan.shards}
+    return shards.write_manifest(
+        dest,
+        options,
+        job="ingest",
+        source=plan.source,
+        settings=settings,
+        markers=markers,
+        dataset=plan.dataset,
+        accounting=_accounting(plan, markers),
     )
-    return manifest
 
 
 def _process_row(row: dict, dest: str, options: StorageOptions, crop: CropSettings) -> dict:
@@ -553,54 +523,13 @@ def _item_unit(dataset: str) -> str:
     return "images" if dataset == "coco" else "digits"
 
 
-def _fingerprint(shard: Shard, settings: dict) -> str:
-    content = json.dumps(
-        {"unit": shard.unit, "kind": shard.kind, "payload": shard.payload, "settings": settings},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(content.encode()).hexdigest()[:32]
-
-
-def manifest_created(dest: str, options: StorageOptions) -> str:
-    """When DEST's output was first made: kept from an earlier manifest, so re-runs leave it as is."""
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    previous = join(dest, "manifest.json")
-    if exists(previous, options):
-        try:
-            created = json.loads(read_bytes(previous, options)).get("created", created)
-        except (ValueError, StorageError):
-            pass
-    return created
-
-
-def read_commit_markers(dest: str, options: StorageOptions) -> dict[str, dict]:
-    """unit -> commit marker of every shard committed under DEST/_commits (ingest and annotate)."""
-    folder = join(dest, "_commits")
-    if not exists(folder, options):
-        return {}
-    markers = {}
-    for path in list_files(folder, options, suffixes=(".json",)):
-        marker = json.loads(read_bytes(path, options))
-        markers[marker["unit"]] = marker
-    return markers
-
-
-def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str, dict], settings: dict) -> dict:
-    """Tables, row counts and the input accounting; `created` is kept from an earlier run so that
-    re-running over a finished DEST rewrites the same bytes."""
-    tables: dict[str, dict] = {}
+def _accounting(plan: Plan, markers: dict[str, dict]) -> dict[str, dict]:
+    """Per split: the planned input counts, those the committed shards account for, and whether they agree."""
     accounted: dict[str, dict[str, int]] = {}
-    for unit in sorted(markers):
-        marker = markers[unit]
-        for name, table in marker["tables"].items():
-            entry = tables.setdefault(name, {"rows": 0, "files": []})
-            entry["rows"] += table["rows"]
-            entry["files"].append(table["path"])
+    for marker in markers.values():
         for kind, count in marker["accounted"].items():
             split_counts = accounted.setdefault(marker["split"], {})
             split_counts[kind] = split_counts.get(kind, 0) + count
-
     accounting = {}
     for split, inputs in sorted(plan.inputs.items()):
         found = accounted.get(split, {})
@@ -611,71 +540,7 @@ def _manifest(plan: Plan, dest: str, options: StorageOptions, markers: dict[str,
             "accounted": found,
             "balanced": all(found.get(kind, 0) == n for kind, n in counted.items()),
         }
-
-    return {
-        "schema_version": schema.SCHEMA_VERSION,
-        "dataset": plan.dataset,
-        "source": _redact(plan.source),
-        "created": manifest_created(dest, options),
-        "settings": settings,
-        "tables": tables,
-        "accounting": accounting,
-        "shards": len(markers),
-    }
-
-
-def _redact(url: str) -> str:
-    """Drop any user:secret@ part of a URL before it is written anywhere."""
-    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://{rest.split('@', 1)[1]}"
-    return url
-
-
-def table_files(
-    data: str, table: str, splits: tuple[str, ...], options: StorageOptions = StorageOptions()
-) -> list[str]:
-    """The committed Parquet files of an ingested `table` for these splits, as the manifest lists them."""
-    manifest_url = join(data, "manifest.json")
-    if not exists(manifest_url, options):
-        raise IngestError(f"{data}: no manifest.json here (run `pose-jobs ingest` first, and point at its DEST)")
-    manifest = json.loads(read_bytes(manifest_url, options))
-    files = manifest["tables"].get(table, {}).get("files", [])
-    return [join(data, name) for name in files if name.split("/")[1] in splits]
-
-
-def read_table(
-    data: str,
-    table: str,
-    splits: tuple[str, ...],
-    options: StorageOptions = StorageOptions(),
-    columns: list[str] | None = None,
-    *,
-    required: bool = True,
-) -> pa.Table | None:
-    """An ingested table's rows for some splits, read in this process (evaluation, pictures).
-    Without rows: an IngestError when `required`, else None."""
-    import pyarrow.parquet as pq
-
-    parts = []
-    for url in table_files(data, table, splits, options):
-        with open_input(url, options) as handle:
-            parts.append(pq.read_table(handle, columns=columns))
-    if not parts:
-        if required:
-            raise IngestError(f"{data}: no '{table}' rows for splits {', '.join(splits)}")
-        return None
-    return pa.concat_tables(parts)
-
-
-def read_image_source(source: str, options: StorageOptions = StorageOptions()) -> bytes:
-    """Bytes of an image named as the `images` table's `source` records it: a local path, an
-    s3:// URL, or "archive.zip!member" (a member read in place, by byte range on S3)."""
-    if "!" in source:
-        archive, member = source.split("!", 1)
-        with open_input(archive, options) as handle:
-            return coco.read_archive_member(handle, archive, member)
-    return read_bytes(source, options)
+    return accounting
 
 
 def ingest(
@@ -712,12 +577,6 @@ def ingest(
     manifest = run_ingest(plan, dest, options, crop, address=address, verbose=verbose, progress=progress)
     check_outcome(manifest, src, dest)
     return manifest
-
-
-class UnbalancedError(IngestError):
-    """The output does not account for every input: a bug, not the user's to fix."""
-
-    exit_code = 1
 
 
 def check_outcome(manifest: dict, src: str, dest: str) -> None:

@@ -1,26 +1,29 @@
 """`pose-jobs show`: pictures of a dataset, from its source files or from ingested Parquet.
 
 COCO: each picture is the image with its person boxes, skeletons and joint names (occluded joints
-hollow), beside the person crops that training reads (chapter 1 of the seed). SVHN: a grid of
+hollow), beside the person crops that keypoint training reads. SVHN: a grid of
 labelled digits per split, and full-number images with their digit boxes.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from jobs.ingest import read_image_source, read_table
+from jobs.datasets import (
+    SVHN_SPLITS,
+    coco_image_source,
+    is_ingested,
+    load_coco_annotations,
+    read_image_source,
+    read_manifest,
+    read_table,
+)
 from jobs.storage import StorageOptions, exists, join, open_input, read_bytes
 from pose import draw
 from pose.formats import coco, svhn
 from pose.images import decode_image
-
-
-def _is_ingested(src: str, options: StorageOptions) -> bool:
-    return exists(join(src, "manifest.json"), options)
 
 
 def show_coco(
@@ -34,7 +37,7 @@ def show_coco(
 ) -> list[Path]:
     """Write one PNG per image: persons drawn on the image, then their crops. Returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    if _is_ingested(src, options):
+    if is_ingested(src, options):
         examples = _coco_examples_from_parquet(src, options, split, images, image_ids)
     else:
         examples = _coco_examples_from_source(src, options, split, images, image_ids)
@@ -67,22 +70,16 @@ def _pick(ids: list[int], count: int, wanted: list[int] | None) -> list[int]:
 
 
 def _coco_examples_from_source(src, options, split, count, wanted):
-    from jobs.ingest import _load_coco_annotations  # the same discovery as ingest: folder or archive
     from pose.crops import cut_person_crop
 
-    document, annotation_file = _load_coco_annotations(src, split, options)
+    document, _ = load_coco_annotations(src, split, options)  # the same discovery as ingest: folder or archive
     if document is None:
         raise FileNotFoundError(f"{src}: no annotations for split '{split}'")
     grouped = coco.annotations_by_image(document["annotations"])
     by_id = {int(i["id"]): i for i in document["images"]}
     with_people = [i for i in sorted(by_id) if grouped.get(i)]
-    folder = join(src, coco.image_folder(split))
     for image_id in _pick(with_people, count, wanted):
-        image = by_id[image_id]
-        if exists(folder, options):
-            source = join(folder, image["file_name"])
-        else:
-            source = f"{join(src, coco.image_archive(split))}!{coco.image_folder(split)}/{image['file_name']}"
+        source = coco_image_source(src, split, by_id[image_id]["file_name"], options)
         pixels = decode_image(read_image_source(source, options), exif_transpose=False)
         persons = grouped.get(image_id, [])
         crops = []
@@ -139,8 +136,8 @@ def show_svhn(
 
 
 def _svhn_examples(src, options, digit_count, number_count):
-    if _is_ingested(src, options):
-        manifest = json.loads(read_bytes(join(src, "manifest.json"), options))
+    if is_ingested(src, options):
+        manifest = read_manifest(src, options)
         for split in sorted(manifest["accounting"]):
             table = read_table(src, "digits", (split,), options, columns=["label", "pixels"], required=False)
             rows = table.slice(0, digit_count).to_pylist() if table is not None else []
@@ -157,8 +154,6 @@ def _svhn_examples(src, options, digit_count, number_count):
                     number_examples.append((decode_image(row["image"]), boxes, [b["label"] for b in row["boxes"]]))
             yield split, pixels, [r["label"] for r in rows], number_examples
         return
-    from jobs.ingest import SVHN_SPLITS
-
     for split in SVHN_SPLITS:
         pixels, labels, number_examples = np.zeros((0, 32, 32, 3), np.uint8), [], []
         mat = join(src, f"{split}_32x32.mat")

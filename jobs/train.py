@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from jobs.ingest import table_files
+from jobs.datasets import table_files
 from jobs.runtime import StallWatch, alive_node_cpus, cpu_share, fits, init_ray, keeps_free
 from jobs.storage import (
     StorageOptions,

@@ -44,8 +44,9 @@ from jobs.annotate import (
     read_images,
     write_shard,
 )
+from jobs.datasets import read_table
 from jobs.runtime import keeps_free
-from jobs.storage import StorageOptions, filesystem, join, open_input, read_bytes
+from jobs.storage import StorageOptions, filesystem, join, read_bytes
 from pose import schema
 from pose.keypoint_task import KeypointRecipe
 from pose.metrics import coco_box_ap, coco_keypoint_ap
@@ -54,15 +55,6 @@ from pose.models.keypoints import build_keypoint_model
 
 DOG = 18  # a COCO category id, to have objects that are not persons
 WIDTH, HEIGHT = 64, 96  # every good test image, as displayed: the same size, so batches pad alike
-
-
-def read_table(dest: str, table: str, options: StorageOptions = StorageOptions()) -> pa.Table:
-    manifest = json.loads(read_bytes(join(dest, "manifest.json"), options))
-    parts = []
-    for name in manifest["tables"][table]["files"]:
-        with open_input(join(dest, name), options) as handle:
-            parts.append(pq.read_table(handle))
-    return pa.concat_tables(parts)
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +337,10 @@ def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path
         "errors": len(bad),
         "balanced": True,
     }
-    annotations, errors = read_table(dest, "annotations", s3.options), read_table(dest, "errors", s3.options)
+    annotations, errors = (
+        read_table(dest, "annotations", options=s3.options),
+        read_table(dest, "errors", options=s3.options),
+    )
     by_source = {row["source"][len(src) + 1 :]: row for row in annotations.to_pylist()}
     failed = {row["source"][len(src) + 1 :]: row for row in errors.to_pylist()}
     assert set(by_source) == listed - bad and set(failed) == bad  # each file once, on one side
@@ -385,7 +380,8 @@ def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path
 
     # Re-running over a finished DST does no work and changes no row.
     again = annotate(src, dest, settings, s3.options, visualize=3, progress=False)
-    assert again["images"] == manifest["images"] and read_table(dest, "annotations", s3.options).equals(annotations)
+    assert again["images"] == manifest["images"]
+    assert read_table(dest, "annotations", options=s3.options).equals(annotations)
 
 
 def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):

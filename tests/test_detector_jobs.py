@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.ingest import ingest, read_table
+from jobs.datasets import read_image_source, read_table
+from jobs.ingest import ingest
 from jobs.storage import filesystem, write_bytes_atomic
 from pose.detector_task import SCRATCH_DETECTOR, DetectorRecipe, DetectorTask
 from pose.keypoint_task import KeypointRecipe, KeypointTask
@@ -182,7 +183,6 @@ def test_keypoint_rcnn_evaluates_with_its_own_persons(coco_on_s3, s3, tmp_path, 
     )
     assert 0 <= figures["ap"] <= 1 and {e["image_id"] for e in entries} <= set(images)
     first = read_table(coco_on_s3, "images", ("val",), s3.options).sort_by("image_id").slice(0, 1).to_pylist()[0]
-    from jobs.ingest import read_image_source
     from pose.images import decode_image
 
     own = detect_with_keypoints(

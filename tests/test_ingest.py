@@ -18,22 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.io
 
+from jobs.datasets import read_table
 from jobs.ingest import ingest
-from jobs.storage import StorageOptions, filesystem, join, list_files, open_input, read_bytes
+from jobs.storage import StorageOptions, filesystem, join, list_files, read_bytes
 from pose.crops import cut_person_crop
 from pose.images import decode_image
 from pose.synth.digits import write_svhn
 from pose.synth.people import write_coco
-
-
-def read_table(dest: str, table: str, options: StorageOptions = StorageOptions()) -> pa.Table:
-    """A table as the manifest lists it (only committed shards)."""
-    manifest = json.loads(read_bytes(join(dest, "manifest.json"), options))
-    parts = []
-    for name in manifest["tables"][table]["files"]:
-        with open_input(join(dest, name), options) as handle:
-            parts.append(pq.read_table(handle))
-    return pa.concat_tables(parts)
 
 
 def upload(folder: Path, bucket_url: str, options: StorageOptions) -> None:
@@ -152,6 +143,17 @@ def test_coco_rerun_changes_nothing(ray_cluster, coco_source, tmp_path):
     untouched = [p for p in after if after[p][0] == before[p][0]]
     assert len(untouched) == len(after) - 1  # only manifest.json is rewritten, with the same bytes
 
+    # A DEST whose manifest has the layout from before ingest named its job is resumed as well:
+    # no shard is redone, and the manifest is rewritten in the current layout.
+    manifest_path = dest / "manifest.json"
+    current = manifest_path.read_bytes()
+    assert json.loads(current)["job"] == "ingest"
+    manifest_path.write_text(json.dumps({k: v for k, v in json.loads(current).items() if k != "job"}))
+    ingest("coco", str(src), str(dest), shard_size=4, progress=False)
+    final = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.rglob("*") if p.is_file()}
+    assert {p: final[p] for p in final if p != manifest_path} == {p: after[p] for p in after if p != manifest_path}
+    assert manifest_path.read_bytes() == current
+
 
 def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
     """The published layout (zips), read in place from S3, gives the same rows as local folders."""
@@ -170,7 +172,9 @@ def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
 
     for table, key in (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id")):
         remote = (
-            read_table(s3_dest, table, s3.options).sort_by(key).drop_columns(["source"] if table == "images" else [])
+            read_table(s3_dest, table, options=s3.options)
+            .sort_by(key)
+            .drop_columns(["source"] if table == "images" else [])
         )
         local = read_table(local_dest, table).sort_by(key).drop_columns(["source"] if table == "images" else [])
         assert remote.num_rows == local.num_rows > 0
@@ -178,7 +182,7 @@ def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
             assert remote.drop_columns(["crop"]).equals(local.drop_columns(["crop"]))
         else:
             assert remote.equals(local), table
-    sources = read_table(s3_dest, "images", s3.options)["source"].to_pylist()
+    sources = read_table(s3_dest, "images", options=s3.options)["source"].to_pylist()
     assert all(
         s.startswith(f"{src}/train2017.zip!train2017/") or s.startswith(f"{src}/val2017.zip!val2017/") for s in sources
     )
@@ -282,7 +286,7 @@ def test_svhn_both_formats_from_s3(ray_cluster, s3, tmp_path):
     manifest = ingest("svhn", src, dest, s3.options, shard_size=128, progress=False)
     assert manifest["accounting"]["train"]["balanced"] and manifest["accounting"]["test"]["balanced"]
 
-    digits = read_table(dest, "digits", s3.options)
+    digits = read_table(dest, "digits", options=s3.options)
     mat = scipy.io.loadmat(cropped / "train_32x32.mat")
     train_cropped = digits.filter(pa.compute.equal(digits["source"], f"{src}/train_32x32.mat")).sort_by("index")
     assert train_cropped.num_rows == 300
@@ -292,14 +296,14 @@ def test_svhn_both_formats_from_s3(ray_cluster, s3, tmp_path):
         pixels = np.frombuffer(train_cropped["pixels"][i].as_py(), np.uint8).reshape(32, 32, 3)
         np.testing.assert_array_equal(pixels, mat["X"][:, :, :, i])
 
-    numbers = read_table(dest, "numbers", s3.options)
+    numbers = read_table(dest, "numbers", options=s3.options)
     assert numbers.num_rows == 30
     total_boxes = sum(len(b) for b in numbers["boxes"].to_pylist())
     from_full = digits.filter(pa.compute.invert(pa.compute.ends_with(digits["source"], ".mat")))
     assert from_full.num_rows == total_boxes
     assert all(len(r["digits"]) == len(r["boxes"]) for r in numbers.to_pylist())
 
-    errors = read_table(dest, "errors", s3.options).to_pylist()
+    errors = read_table(dest, "errors", options=s3.options).to_pylist()
     broken = [r for r in errors if r["kind"] == "file"]
     assert len(broken) == 1 and "extra_32x32.mat" in broken[0]["reason"] + broken[0]["source"]
 
@@ -436,10 +440,11 @@ def test_svhn_files_without_digits_are_errors_and_the_run_fails(ray_cluster, tmp
 
 
 def test_a_manifest_that_does_not_balance_fails_the_run():
-    from jobs.ingest import UnbalancedError, check_outcome
+    from jobs.ingest import check_outcome
+    from jobs.shards import UnbalancedError
 
-    manifest = {"dataset": "coco", "tables": {"images": {"rows": 3}},
-                "accounting": {"val": {"inputs": {"images": 2}, "accounted": {"images": 3}, "balanced": False}}}  # fmt: skip
+    accounting = {"val": {"inputs": {"images": 2}, "accounted": {"images": 3}, "balanced": False}}
+    manifest = {"dataset": "coco", "tables": {"images": {"rows": 3}}, "accounting": accounting}
     with pytest.raises(
         UnbalancedError, match=r"out/manifest.json does not balance for val \(inputs \{'images': 2\}"
     ) as raised:
