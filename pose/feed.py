@@ -68,12 +68,10 @@ class BatchFeed:
     """Prepares training batches ahead of the step: `prepare(batch, epoch)` (a task's
     `prepare_batch`) on `workers` threads, or on `workers` processes when `processes`.
 
-    Threads share the GIL: the keypoint batch (JPEG decode, affine warp, colour jitter, heatmaps)
-    scaled to only about 470 crops/s on 4 to 14 threads of a 16-core machine, against the 3,400
-    crops/s a H200 trains at. Processes scale with the cores; `prepare` and its owner are pickled
-    once into each process (spawned, not forked: the parent may hold CUDA), batches go there and
-    results come back pickled. Use as a context manager, or `close()`; the processes live across
-    epochs."""
+    Threads share the GIL, so the keypoint batch (JPEG decode, affine warp, colour jitter, heatmaps) stops scaling after
+    a few threads, far below what a GPU trains at. Processes scale with the cores; `prepare` and its owner are pickled
+    once into each process (spawned, not forked: the parent may hold CUDA), batches go there and results come back
+    pickled. Use as a context manager, or `close()`; the processes live across epochs."""
 
     def __init__(
         self, prepare: Callable[[dict, int], dict], workers: int, processes: bool = False, ahead: int | None = None

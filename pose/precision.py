@@ -4,8 +4,7 @@ where the hardware runs them fast, float32 otherwise.
 - On a GPU: bf16 autocast and channels-last for every model.
 - On a CPU with native bf16 (AVX512-BF16 or AMX: AMD Zen 4 and later, Intel Cooper Lake,
   Sapphire Rapids and later): bf16 autocast and channels-last for the models that gain from them
-  (a task's `cpu_bf16`), through oneDNN. On 2 Zen 4 cores the CPU keypoint model's training step
-  runs twice as fast as in float32 (`benchmarks/train.py`).
+  (a task's `cpu_bf16`), through oneDNN (docs/benchmarks.md has the figures).
 - On other CPUs: float32, since bf16 there is emulated and slower.
 
 Parameters, gradients and optimiser state stay float32 in every case (autocast only lowers the
@@ -69,9 +68,8 @@ def training_precision(device: torch.device | str, setting: str = "auto", task=N
 
 def inference_precision(device: torch.device | str, setting: str = "auto") -> Precision:
     """The precision of the models' forward passes in `annotate`. "auto": bf16 autocast and
-    channels-last on CPUs with native bf16 (2 Zen 4 cores: the CPU keypoint model 2.2x, the
-    MobileNetV3 detector 1.5x as fast; `benchmarks/annotate_device.py --device cpu`), float32 on
-    other CPUs and, until bf16 inference is measured there, on GPUs. "bf16" or "fp32" force one."""
+    channels-last on CPUs with native bf16, float32 on other CPUs and on GPUs (bf16 inference has not
+    been compared with float32 there). "bf16" or "fp32" force one."""
     device = _checked(device, setting)
     fast = setting == "bf16" or (setting == "auto" and device.type == "cpu" and cpu_has_bf16())
     return Precision(torch.bfloat16 if fast else None, channels_last=fast)

@@ -1,9 +1,7 @@
 """Person detection: torchvision's Faster R-CNN detectors, built offline, loaded from weight files.
 
-The seed's chapter 3 ran torchvision's COCO-trained `fasterrcnn_resnet50_fpn` and drew every class
-scoring ≥ 0.8. Here a detector either keeps COCO's 91 classes (torchvision's weight files) or has 2
-(background, person), fine-tuned from a 91-class one (`person_detector_from_coco`). Its person boxes
-feed the top-down keypoint model.
+A detector either keeps COCO's 91 classes (torchvision's weight files) or has 2 (background, person), fine-tuned from a
+91-class one (`person_detector_from_coco`). Its person boxes feed the top-down keypoint model.
 
 Coordinates: the rest of the project, COCO files and `detect`'s output use COCO boxes
 `[x, y, w, h]` in pixels of the original image (origin at the top-left corner of the top-left
@@ -56,8 +54,8 @@ def backbone_stages(arch: str) -> int:
 class DetectorConfig:
     """A Faster R-CNN detector. Saved next to its weights (`to_dict`), so a file can be rebuilt.
 
-    arch: "fasterrcnn_mobilenet_v3_large_fpn" for CPU work and quick fine-tuning;
-    "fasterrcnn_resnet50_fpn" is the seed's detector; "fasterrcnn_resnet50_fpn_v2" is the most
+    arch: "fasterrcnn_mobilenet_v3_large_fpn" for CPU work and quick fine-tuning; "fasterrcnn_resnet50_fpn" is
+    torchvision's original COCO detector (the default for a bare .pth file); "fasterrcnn_resnet50_fpn_v2" is the most
     accurate, for GPU runs where detection quality bounds keypoint AP.
     """
 
@@ -65,7 +63,7 @@ class DetectorConfig:
     num_classes: int = 91  # 91: COCO's classes (torchvision's weight files); 2: background + person
     min_size: int = 512  # the model resizes each image so its short side is min_size ...
     max_size: int = 853  # ... and its long side at most max_size (torchvision's default: 800, 1333)
-    score_threshold: float = 0.05  # boxes below are dropped at inference (the seed's 0.8 is for drawing)
+    score_threshold: float = 0.05  # boxes below are dropped at inference (pictures draw only the confident ones)
     detections_per_image: int = 100
     # RPN proposals per image that reach the box head at inference (torchvision: 1000; its 320-px
     # mobilenet: 150). On a CPU the box head on 1000 proposals is most of the mobilenet's time.
@@ -94,7 +92,8 @@ class DetectorConfig:
         most = backbone_stages(self.arch)
         if not 0 <= self.trainable_backbone_layers <= most:
             raise ValueError(
-                f"{self.arch} has {most} backbone stages; trainable_backbone_layers must be in [0, {most}], got {self.trainable_backbone_layers}"
+                f"{self.arch} has {most} backbone stages; trainable_backbone_layers must be in [0, {most}], "
+                f"got {self.trainable_backbone_layers}"
             )
         if self.norm not in ("frozen", "batch"):
             raise ValueError(

@@ -1,4 +1,4 @@
-"""Top-down keypoint models: Simple Baselines (a ResNet with a deconvolution head) and the seed's toy CNN.
+"""Top-down keypoint models: Simple Baselines (a ResNet with a deconvolution head) and a small baseline CNN.
 
 Both map a normalised person image (N, 3, H, W) to 17 heatmaps (N, 17, H/4, W/4): 256x192 in,
 64x48 out. How heatmap pixels map to input pixels is the heatmap codec's business, not the model's.
@@ -206,12 +206,12 @@ class SimpleBaselineNet(nn.Module):
 
 
 class SeedKeypointNet(nn.Module):
-    """The seed project's chapter-4 CNN, kept as a baseline to compare against.
+    """A small plain CNN (three strided convolutions, two deconvolutions), kept as a baseline to compare against.
 
     Conv(3→64, 7x7, s2) BN ReLU MaxPool(s2) → Conv(64→128, 5x5, s2) BN ReLU → Conv(128→256, 5x5, s2)
     BN ReLU → 2 x [ConvTranspose(256, 4x4, s2) BN ReLU] → Conv 1x1 (256→17).
-    The seed's notes do not give the strides of the 5x5 convs; stride 2 on both is the reading under
-    which its 256x192 input gives its 64x48 heatmaps (stride 16 down, 4 up: output stride 4).
+    Stride 2 on both 5x5 convolutions makes a 256x192 input give 64x48 heatmaps (stride 16 down, 4 up:
+    output stride 4), as the Simple Baselines net does.
     """
 
     def __init__(self, num_joints: int = 17):
