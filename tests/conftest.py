@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 server (SeaweedFS on 127.0.0.1) and a local Ray for the whole test session.
+"""Shared fixtures: a real S3 server (SeaweedFS on 127.0.0.1, `s3.upload` copies a folder to it),
+a local Ray for the whole test session, and tiny untrained models saved as run folders.
 
 `make test` runs the suite on two pytest-xdist workers, a file at a time (`--dist loadfile`): each
 worker is its own test session, with its own S3 server, its own Ray and its own Ray temp directory,
@@ -112,3 +113,35 @@ def ray_cluster(s3):
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+# A COCO category id that is not a person: `tiny_models`' detector also finds dogs.
+DOG = 18
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[str, str]:
+    """(detector, keypoint model) run folders, as train-detector / train-keypoints leave them:
+    untrained and small (inputs of 96-160 pixels, 40 proposals, 16 deconvolution channels), with
+    the detector's person and dog logits raised so that it reports both in every image."""
+    import torch
+
+    from jobs.models import save_run
+    from pose.keypoint_task import KeypointRecipe
+    from pose.models.detector import DetectorConfig, build_detector
+    from pose.models.keypoints import build_keypoint_model
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    config = DetectorConfig(min_size=96, max_size=160, proposals_per_image=40, detections_per_image=6)
+    detector = build_detector(config)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.bias[1] = 6.0
+        detector.roi_heads.box_predictor.cls_score.bias[DOG] = 5.0
+    recipe = KeypointRecipe(input_size=(64, 96), deconv_channels=16)
+    keypoints = build_keypoint_model(recipe.model_config())
+    keypoint_info = {"task": "keypoints", "recipe": recipe.to_dict(), "model": recipe.model_config().to_dict()}
+    return (
+        save_run(str(root / "detector"), {"task": "detector", "model": config.to_dict()}, detector.state_dict()),
+        save_run(str(root / "keypoints"), keypoint_info, keypoints.state_dict()),
+    )
