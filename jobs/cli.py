@@ -1,4 +1,12 @@
-"""`pose-jobs`: one command line for every job. Runs on a local Ray unless given a cluster address."""
+"""`pose-jobs`: one command line for every job. Runs on a local Ray unless given a cluster address.
+
+Each command parses its options, calls one library function and prints the result. Options that
+several commands take are declared once below. A job command marked `@submittable` also takes
+`--address` and `--no-wait`: given a Ray dashboard address it is submitted to that cluster as a Ray
+Job (jobs/submit.py) instead of running here. A `pose.errors.UserError`, also one raised inside a
+Ray task, is printed as one line with its exit code (`@user_errors`); anything else is a bug and
+shows its traceback.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from typing import Annotated
 import typer
 
 import jobs.runtime  # noqa: F401  (sets RAY_USAGE_STATS_ENABLED before anything imports Ray)
+from pose.errors import UserError
 
 # Ray Data wraps an exception raised in a task in its own UserCodeException, and the original
 # (a StorageError, say) does not survive the trip to the driver; raised as it is, it arrives as
@@ -55,17 +64,79 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(show_app, name="show")
 app.add_typer(jobs_app, name="jobs")
 
-# Options shared by every command that touches storage or Ray.
+
+# ---------------------------------------------------------------------------------------------
+# Choices
+
+
+class Split(str, Enum):  # COCO's splits
+    train = "train"
+    val = "val"
+
+
+class SvhnSplit(str, Enum):
+    train = "train"
+    test = "test"
+    extra = "extra"
+
+
+class SvhnFormat(str, Enum):
+    cropped = "cropped"
+    full = "full"
+
+
+class KeypointRecipeName(str, Enum):  # pose.recipes.RECIPES
+    cpu = "cpu"  # pose.keypoint_task.KeypointRecipe(): from scratch on a few CPU cores
+    simple_baselines = "simple-baselines"  # the Simple Baselines release's COCO configs
+    mmpose_td_hm = "mmpose-td-hm"  # MMPose 1.x td-hm configs (ResNet, HRNet; msra, dark, udp)
+    hrnet_w32 = "hrnet-w32"  # the HRNet release's COCO configs
+    hrnet_w48 = "hrnet-w48"
+    rtmpose_m = "rtmpose-m"  # MMPose 1.x rtmpose-m_8xb256-420e_coco-256x192.py
+
+
+class Precision(str, Enum):  # pose.precision.PRECISIONS
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+# ---------------------------------------------------------------------------------------------
+# Options that several commands take, declared once. A name means one thing everywhere; where a
+# command needs another meaning (`--data` of SVHN or COCO), the alias is named after it.
+
 EndpointOption = Annotated[
     str | None,
     typer.Option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS).", show_default=False),
 ]
 AnonOption = Annotated[bool, typer.Option("--anon", help="Unsigned S3 requests, for public buckets such as COCO's.")]
+StorageRetryOption = Annotated[
+    float | None,
+    typer.Option(
+        "--storage-retry-seconds",
+        min=0,
+        help="How long each S3 request retries connection errors, timeouts, 5xx and SlowDown, backing off "
+        "exponentially, before the job gives up (default: 120); a re-run resumes.",
+        show_default=False,
+    ),
+]
 AddressOption = Annotated[
     str | None,
     typer.Option(
         "--address",
-        help="Ray cluster: its dashboard, http://HEAD:8265, runs this command there as a Ray Job; a GCS address, HOST:6379, is joined from here (default: a local Ray started quietly).",
+        help="Ray cluster: its dashboard, http://HEAD:8265, runs this command there as a Ray Job; a GCS address, "
+        "HOST:6379, is joined from here (default: a local Ray started quietly).",
+        envvar="RAY_ADDRESS",
+        show_default=False,
+    ),
+]
+# For a command that itself uses no Ray (evaluation runs in one process): only a dashboard does
+# something. Inside a submitted job RAY_ADDRESS holds the GCS address, which must then be ignored.
+SubmitAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="A Ray cluster's dashboard, http://HEAD:8265: run this command there as a Ray Job (the command "
+        "itself uses no Ray: any other address is ignored; default: run here).",
         envvar="RAY_ADDRESS",
         show_default=False,
     ),
@@ -76,7 +147,8 @@ NoWaitOption = Annotated[
         "--no-wait", help="With a dashboard --address: print the job id and return (pose-jobs jobs ... follows it)."
     ),
 ]
-ShardOption = Annotated[
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
+IngestShardOption = Annotated[
     int | None,
     typer.Option(
         "--shard-size",
@@ -85,34 +157,178 @@ ShardOption = Annotated[
         show_default=False,
     ),
 ]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and progress bars.")]
-StorageRetryOption = Annotated[
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")]
+PicturesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pictures",
+        help="Folder or s3:// prefix for the PNGs (default: the run folder; for a weights file, here).",
+        show_default=False,
+    ),
+]
+SvhnDataOption = Annotated[str, typer.Option("--data", help="Ingested SVHN (the DEST of `pose-jobs ingest svhn`).")]
+CocoDataOption = Annotated[str, typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`).")]
+RunOutOption = Annotated[
+    str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")
+]
+CocoSplitOption = Annotated[Split, typer.Option("--split", help="Which COCO split.")]
+SvhnSplitOption = Annotated[SvhnSplit, typer.Option("--split", help="Which SVHN split.")]
+SynthSeedOption = Annotated[int, typer.Option("--seed", help="Random seed: the same seed writes the same bytes.")]
+TrainSeedOption = Annotated[int, typer.Option("--seed", help="Seed for weights, data order and augmentation.")]
+
+# Training
+WorkersOption = Annotated[
+    int, typer.Option("--workers", min=1, help="Ray Train workers (DDP). On CPU they share the cores.")
+]
+GpuOption = Annotated[
+    bool | None,
+    typer.Option("--gpu/--no-gpu", help="Use GPUs (default: when the cluster has them).", show_default=False),
+]
+CpusOption = Annotated[
     float | None,
     typer.Option(
-        "--storage-retry-seconds",
+        "--cpus-per-worker",
+        min=0.01,
+        help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data; with GPUs, the "
+        "node's CPUs per GPU but one, for the feed processes).",
+        show_default=False,
+    ),
+]
+FeedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--feed-workers",
         min=0,
-        help="How long each S3 request retries connection errors, timeouts, 5xx and SlowDown, backing off exponentially, before the job gives up (default: 120); a re-run resumes.",
+        help="Processes per worker that prepare batches ahead of the step (default: on GPUs, the worker's CPUs "
+        "but one, for keypoints and the detector; 0 on CPUs).",
+        show_default=False,
+    ),
+]
+TrainPrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="auto: bf16 autocast and channels-last on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX) for "
+        "the models that gain from it, fp32 elsewhere; bf16 or fp32 to force one.",
+    ),
+]
+EpochsOption = Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs (default: the recipe's).")]
+LrOption = Annotated[
+    float | None,
+    typer.Option(
+        "--lr", help="Peak learning rate (default: the recipe's, scaled with --batch-size).", show_default=False
+    ),
+]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Global batch, split over the workers; the learning rate scales linearly with it (default: the recipe's).",
+        show_default=False,
+    ),
+]
+
+# Models
+KeypointsOption = Annotated[
+    str,
+    typer.Option(
+        "--keypoints",
+        help="A train-keypoints run folder, or a published checkpoint file: MMPose SimpleBaseline / HRNet / "
+        "RTMPose (COCO 17 joints), a Simple Baselines or HRNet release, or torchvision's Keypoint R-CNN (then no "
+        "--detector) (local or s3://).",
+        show_default=False,
+    ),
+]
+KeypointArchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--keypoint-arch",
+        help="What a published keypoint file holds: resnet50|101|152, hrnet-w32|w48, rtmpose-t|s|m|l, "
+        "keypointrcnn-coco-v1|legacy (default: read from the file and its name).",
+        show_default=False,
+    ),
+]
+InputSizeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size",
+        help="The keypoint model's input size. Training: the recipe's (cpu: WxH, multiples of the backbone's "
+        "stride, e.g. 96x128; the reference recipes: 256x192 or 384x288 as their configs name them); a published "
+        "file: WxH as 192x256 (default: from the file name's 256x192 / 384x288, else 192x256).",
+        show_default=False,
+    ),
+]
+CodecOption = Annotated[
+    str | None,
+    typer.Option(
+        "--codec",
+        help="The heatmap codec: msra | dark | udp. Training: mmpose-td-hm's (default msra); a published file: "
+        "from its name (RTMPose: simcc).",
+        show_default=False,
+    ),
+]
+DetectorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--detector",
+        help="Person boxes from this detector: a train-detector run folder, or a torchvision Faster R-CNN .pth "
+        "(local or s3://).",
+        show_default=False,
+    ),
+]
+DetectorArchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--detector-arch",
+        help="fasterrcnn_mobilenet_v3_large_fpn | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2: the one "
+        "to train (default: fasterrcnn_mobilenet_v3_large_fpn), or what a .pth file holds (default: "
+        "fasterrcnn_resnet50_fpn; a run folder knows its own).",
+        show_default=False,
+    ),
+]
+BoxesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--boxes",
+        help="Person boxes from a COCO box results JSON (local or s3://) instead of a detector, e.g. COCO's "
+        "published detections or an eval-detector --results file.",
+        show_default=False,
+    ),
+]
+ResultsOption = Annotated[
+    str | None,
+    typer.Option("--results", help="Write the COCO results JSON here (local or s3://).", show_default=False),
+]
+InitWeightsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--init-weights",
+        help="Start the whole network from a published file of the recipe's network (local or s3://): "
+        "train-keypoints: MMPose td-hm, pose_resnet_*.pth.tar, pose_hrnet_*.pth; train-detector: torchvision's "
+        "COCO weights for --detector-arch (default: from scratch).",
         show_default=False,
     ),
 ]
 
 
+# ---------------------------------------------------------------------------------------------
+# User errors and cluster submission
+
+
 def user_errors(command):
-    """Turn the user mistakes every job can make into one line on stderr and exit code 2, also
-    when raised inside a Ray task; storage that stays unavailable is one line and exit code 1."""
+    """Turn a `UserError` (a mistake the user can fix, or storage that stays unavailable) into one
+    line on stderr and its exit code, also when raised inside a Ray task."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from pose.errors import UserError
-
-        one_line_errors = (UserError, FileNotFoundError)
         _raise_task_errors_as_they_are()
         if not kwargs.get("verbose"):
-            _quiet_ray_data_reports_of(one_line_errors)
+            _quiet_ray_data_reports_of((UserError,))
         try:
             return command(*args, **kwargs)
         except Exception as raised:
-            error = _one_line_error(raised, one_line_errors)
+            error = _one_line_error(raised, (UserError,))
             if error is None:
                 raise
             # Our messages are one line; Ray Data appends its retry advice to a task's exception.
@@ -187,6 +403,38 @@ def _raise_task_errors_as_they_are() -> None:
         sys.modules["ray.data"].DataContext.get_current().raise_original_map_exception = True
 
 
+def submittable(command):
+    """Mark a job command that can run on a cluster. It gains --no-wait and, unless it takes an
+    `address` itself (to join a cluster's GCS from here), --address. Given a dashboard address, the
+    command line (without --address and --no-wait) is submitted as a Ray Job and the command exits
+    with the job's status (jobs/submit.py); otherwise the command runs here."""
+    signature = inspect.signature(command, eval_str=True)
+    joins = "address" in signature.parameters
+
+    @functools.wraps(command)
+    def wrapper(*args, address: str | None = None, no_wait: bool = False, typer_context: typer.Context, **kwargs):
+        from jobs.submit import command_line, is_dashboard_address, submit
+
+        if not is_dashboard_address(address):
+            return command(*args, **({"address": address} if joins else {}), **kwargs)
+        values = {**kwargs, "address": address, "no_wait": no_wait}
+        argv, warnings = command_line(typer_context, values, drop=("address", "no_wait"))
+        for warning in warnings:
+            typer.echo(f"pose-jobs: warning: {warning}", err=True)
+        raise typer.Exit(submit(address, argv, wait=not no_wait))
+
+    # typer reads a command's parameters from its signature: add the cluster options and the context.
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter("no_wait", keyword, default=False, annotation=NoWaitOption),
+        inspect.Parameter("typer_context", keyword, annotation=typer.Context),
+    ]
+    if not joins:
+        extra.insert(0, inspect.Parameter("address", keyword, default=None, annotation=SubmitAddressOption))
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    return wrapper
+
+
 def storage_options(endpoint_url: str | None, anon: bool, retry_seconds: float | None = None):
     from jobs.storage import DEFAULT_RETRY_SECONDS, StorageOptions
 
@@ -197,29 +445,47 @@ def storage_options(endpoint_url: str | None, anon: bool, retry_seconds: float |
     )
 
 
-class Split(str, Enum):
-    train = "train"
-    val = "val"
+def pictures_folder(pictures: str | None) -> str | Path | None:
+    """--pictures as jobs.evaluate takes it: an s3:// prefix as is, a local folder as a Path."""
+    from jobs.storage import is_s3
+
+    return pictures if pictures is None or is_s3(pictures) else Path(pictures)
 
 
-class SvhnFormat(str, Enum):
-    cropped = "cropped"
-    full = "full"
+def keypoint_overrides(arch: str | None, input_size: str | None, codec: str | None):
+    """The `pose.checkpoints.Overrides` of --keypoint-arch, --input-size and --codec."""
+    from pose.checkpoints import Overrides
+
+    size = None
+    if input_size:
+        try:
+            size = tuple(int(v) for v in input_size.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 2:
+            raise typer.BadParameter(f"{input_size!r}: expected WxH, e.g. 192x256", param_hint="--input-size")
+    return Overrides(arch, size, codec)
 
 
-class KeypointRecipeName(str, Enum):  # pose.recipes.RECIPES
-    cpu = "cpu"  # pose.keypoint_task.KeypointRecipe(): from scratch on a few CPU cores
-    simple_baselines = "simple-baselines"  # the Simple Baselines release's COCO configs
-    mmpose_td_hm = "mmpose-td-hm"  # MMPose 1.x td-hm configs (ResNet, HRNet; msra, dark, udp)
-    hrnet_w32 = "hrnet-w32"  # the HRNet release's COCO configs
-    hrnet_w48 = "hrnet-w48"
-    rtmpose_m = "rtmpose-m"  # MMPose 1.x rtmpose-m_8xb256-420e_coco-256x192.py
+def train_settings(data, out, workers, seed, gpu, cpus_per_worker, feed_workers, precision, options):
+    from jobs.train import TrainSettings
+
+    return TrainSettings(
+        data=data,
+        out=out,
+        workers=workers,
+        seed=seed,
+        use_gpu=gpu,
+        cpus_per_worker=cpus_per_worker,
+        feed_workers=feed_workers,
+        precision=precision.value,
+        options=options,
+    )
 
 
-class Precision(str, Enum):  # pose.precision.PRECISIONS
-    auto = "auto"
-    bf16 = "bf16"
-    fp32 = "fp32"
+def figure_text(value: float | None) -> str:
+    """A figure of a run with 4 decimals, or "?" when the run did not report it."""
+    return "?" if value is None else f"{value:.4f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,9 +495,9 @@ class Precision(str, Enum):  # pose.precision.PRECISIONS
 @synth_app.command("coco")
 def synth_coco(
     dest: Annotated[Path, typer.Argument(help="Folder to write the COCO 2017 layout into.")],
-    split: Annotated[Split, typer.Option(help="Which split to write.")] = Split.train,
+    split: CocoSplitOption = Split.train,
     images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 100,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    seed: SynthSeedOption = 0,
     archives: Annotated[
         bool,
         typer.Option(
@@ -255,7 +521,7 @@ def synth_svhn(
             "--format", help="cropped: {split}_32x32.mat (format 2); full: PNGs + digitStruct.mat (format 1)."
         ),
     ] = SvhnFormat.cropped,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SynthSeedOption = 0,
     train: Annotated[int, typer.Option(min=0, help="Training examples (digits or numbers).")] = 2000,
     test: Annotated[int, typer.Option(min=0, help="Test examples.")] = 500,
     extra: Annotated[int, typer.Option(min=0, help="Extra examples (0: no extra split).")] = 0,
@@ -271,7 +537,8 @@ def synth_svhn(
 # ingest
 
 
-def _print_manifest(manifest: dict) -> None:
+def _print_manifest(source: str, dest: str, manifest: dict) -> None:
+    typer.echo(f"ingested {source} -> {dest}")
     for split, entry in manifest["accounting"].items():
         inputs = ", ".join(f"{n} {k}" for k, n in entry["inputs"].items())
         state = "all accounted for" if entry["balanced"] else "NOT BALANCED"
@@ -282,6 +549,7 @@ def _print_manifest(manifest: dict) -> None:
 
 @ingest_app.command("coco")
 @user_errors
+@submittable
 def ingest_coco(
     src: Annotated[
         str,
@@ -291,9 +559,9 @@ def ingest_coco(
     ],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
     split: Annotated[
-        list[Split] | None, typer.Option(help="Only these splits (repeatable). Default: all found.")
+        list[Split] | None, typer.Option("--split", help="Only these splits (repeatable). Default: all found.")
     ] = None,
-    shard_size: ShardOption = None,
+    shard_size: IngestShardOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     storage_retry_seconds: StorageRetryOption = None,
@@ -303,32 +571,27 @@ def ingest_coco(
     """COCO keypoints -> images, persons, person_crops and errors tables + manifest.json."""
     from jobs.ingest import ingest
 
+    options = storage_options(endpoint_url, anon, storage_retry_seconds)
     splits = tuple(s.value for s in split) if split else None
     manifest = ingest(
-        "coco",
-        src,
-        dest,
-        storage_options(endpoint_url, anon, storage_retry_seconds),
-        splits=splits,
-        shard_size=shard_size,
-        address=address,
-        verbose=verbose,
+        "coco", src, dest, options, splits=splits, shard_size=shard_size, address=address, verbose=verbose
     )
-    typer.echo(f"ingested {src} -> {dest}")
-    _print_manifest(manifest)
+    _print_manifest(src, dest, manifest)
 
 
 @ingest_app.command("svhn")
 @user_errors
+@submittable
 def ingest_svhn(
     src: Annotated[
         str,
         typer.Argument(
-            help="SVHN folder or s3:// prefix with {train,test,extra}_32x32.mat and/or {train,test,extra}/digitStruct.mat."
+            help="SVHN folder or s3:// prefix with {train,test,extra}_32x32.mat and/or "
+            "{train,test,extra}/digitStruct.mat."
         ),
     ],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
-    shard_size: ShardOption = None,
+    shard_size: IngestShardOption = None,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     storage_retry_seconds: StorageRetryOption = None,
@@ -338,155 +601,21 @@ def ingest_svhn(
     """SVHN (format 2 and/or format 1) -> digits, numbers and errors tables + manifest.json."""
     from jobs.ingest import ingest
 
-    manifest = ingest(
-        "svhn",
-        src,
-        dest,
-        storage_options(endpoint_url, anon, storage_retry_seconds),
-        shard_size=shard_size,
-        address=address,
-        verbose=verbose,
-    )
-    typer.echo(f"ingested {src} -> {dest}")
-    _print_manifest(manifest)
+    options = storage_options(endpoint_url, anon, storage_retry_seconds)
+    manifest = ingest("svhn", src, dest, options, shard_size=shard_size, address=address, verbose=verbose)
+    _print_manifest(src, dest, manifest)
 
 
 # ---------------------------------------------------------------------------------------------
 # train / eval
 
-WorkersOption = Annotated[
-    int, typer.Option("--workers", min=1, help="Ray Train workers (DDP). On CPU they share the cores.")
-]
-GpuOption = Annotated[
-    bool | None,
-    typer.Option("--gpu/--no-gpu", help="Train on GPUs (default: when the cluster has them).", show_default=False),
-]
-InferenceGpuOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--gpu/--no-gpu", help="Run the models on GPUs (default: when the cluster has them).", show_default=False
-    ),
-]
-CpusOption = Annotated[
-    float | None,
-    typer.Option(
-        "--cpus-per-worker",
-        min=0.01,
-        help="CPUs Ray reserves per worker (default: share the cluster's, one kept for data; with GPUs, the node's CPUs per GPU but one, for the feed processes).",
-        show_default=False,
-    ),
-]
-FeedOption = Annotated[
-    int | None,
-    typer.Option(
-        "--feed-workers",
-        min=0,
-        help="Processes per worker that prepare batches ahead of the step (default: on GPUs, the worker's CPUs but one, for keypoints and the detector; 0 on CPUs).",
-        show_default=False,
-    ),
-]
-PrecisionOption = Annotated[
-    Precision,
-    typer.Option(
-        "--precision",
-        help="auto: bf16 autocast and channels-last on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX) for the models that gain from it, fp32 elsewhere; bf16 or fp32 to force one.",
-    ),
-]
-SeedOption = Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")]
-KeypointsOption = Annotated[
-    str,
-    typer.Option(
-        "--keypoints",
-        help="A train-keypoints run folder, or a published checkpoint file: MMPose SimpleBaseline / HRNet / RTMPose (COCO 17 joints), "
-        "a Simple Baselines or HRNet release, or torchvision's Keypoint R-CNN (then no --detector) (local or s3://).",
-        show_default=False,
-    ),
-]
-KeypointArchOption = Annotated[
-    str | None,
-    typer.Option(
-        "--keypoint-arch",
-        help="What a published keypoint file holds: resnet50|101|152, hrnet-w32|w48, rtmpose-t|s|m|l, "
-        "keypointrcnn-coco-v1|legacy (default: read from the file and its name).",
-        show_default=False,
-    ),
-]
-ModelInputOption = Annotated[
-    str | None,
-    typer.Option(
-        "--input-size",
-        help="A published heatmap model's input, WxH as 192x256 (default: from the file name's 256x192 / 384x288, else 192x256).",
-        show_default=False,
-    ),
-]
-CodecOption = Annotated[
-    str | None,
-    typer.Option(
-        "--codec",
-        help="A published heatmap model's decoding: msra | dark | udp (default: from the file name; RTMPose: simcc).",
-        show_default=False,
-    ),
-]
-
-
-def keypoint_overrides(arch: str | None, input_size: str | None, codec: str | None):
-    """The `pose.checkpoints.Overrides` of --keypoint-arch, --input-size and --codec."""
-    from pose.checkpoints import Overrides
-
-    size = None
-    if input_size:
-        try:
-            size = tuple(int(v) for v in input_size.lower().split("x"))
-        except ValueError:
-            size = ()
-        if len(size) != 2:
-            raise typer.BadParameter(f"{input_size!r}: expected WxH, e.g. 192x256", param_hint="--input-size")
-    return Overrides(arch, size, codec)
-
-
-DetectorArchOption = Annotated[
-    str | None,
-    typer.Option(
-        "--detector-arch",
-        help="fasterrcnn_mobilenet_v3_large_fpn | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 (default: the run's; for a .pth file fasterrcnn_resnet50_fpn).",
-        show_default=False,
-    ),
-]
-
-
-def _train_settings(
-    data,
-    out,
-    workers,
-    seed,
-    gpu,
-    cpus_per_worker,
-    endpoint_url,
-    anon,
-    feed_workers=None,
-    precision=Precision.auto,
-    retry_seconds=None,
-):
-    from jobs.train import TrainSettings
-
-    return TrainSettings(
-        data=data,
-        out=out,
-        workers=workers,
-        seed=seed,
-        use_gpu=gpu,
-        cpus_per_worker=cpus_per_worker,
-        feed_workers=feed_workers,
-        precision=precision.value,
-        options=storage_options(endpoint_url, anon, retry_seconds),
-    )
-
 
 @app.command("train-svhn")
 @user_errors
+@submittable
 def train_svhn(
-    data: Annotated[str, typer.Option("--data", help="Ingested SVHN (the DEST of `pose-jobs ingest svhn`).")],
-    out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
+    data: SvhnDataOption,
+    out: RunOutOption,
     workers: WorkersOption = 1,
     epochs: Annotated[
         int, typer.Option(min=1, help="At least this many epochs (a small set gets more: --min-steps).")
@@ -495,7 +624,8 @@ def train_svhn(
         int,
         typer.Option(
             min=0,
-            help="At least this many optimiser steps: the epochs of a small set are stretched to reach them (0: exactly --epochs).",
+            help="At least this many optimiser steps: the epochs of a small set are stretched to reach them "
+            "(0: exactly --epochs).",
         ),
     ] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Global batch, split over the workers.")] = 128,
@@ -505,13 +635,13 @@ def train_svhn(
             help="Peak learning rate at a global batch of 256 (one-cycle cosine); scaled linearly with --batch-size."
         ),
     ] = 0.2,
-    arch: Annotated[str, typer.Option(help="wrn (wide ResNet) or seed (the seed's two-conv CNN).")] = "wrn",
+    arch: Annotated[str, typer.Option(help="wrn (a wide ResNet) or small-cnn (a plain two-conv CNN).")] = "wrn",
     depth: Annotated[int, typer.Option(help="Wide ResNet depth (6n+4).")] = 10,
     width: Annotated[int, typer.Option(help="Wide ResNet widening factor.")] = 2,
-    seed: SeedOption = 0,
+    seed: TrainSeedOption = 0,
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
-    precision: PrecisionOption = Precision.auto,
+    precision: TrainPrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     storage_retry_seconds: StorageRetryOption = None,
@@ -520,12 +650,11 @@ def train_svhn(
 ) -> None:
     """Train the SVHN digit classifier (wide ResNet) with Ray Train; resumes when re-run.
 
-    A run lasts at least --epochs epochs and at least --min-steps optimiser steps. With the
-    defaults, `pose-jobs synth svhn`'s 2,000 digits train for 143 epochs (2,002 steps), SVHN's
-    73,257 for 8 epochs (4,344 steps).
+    A run lasts at least --epochs epochs and at least --min-steps optimiser steps, so a small
+    training set gets more epochs than a large one.
     """
-    from jobs.train import run_training
-    from pose.digit_task import DigitRecipe, DigitTask
+    from jobs.trainers import train_digit_model
+    from pose.digit_task import DigitRecipe
     from pose.models.digits import DigitModelConfig
 
     recipe = DigitRecipe(
@@ -535,49 +664,38 @@ def train_svhn(
         batch_size=batch_size,
         lr=lr,
     )
-    settings = _train_settings(
-        data,
-        out,
-        workers,
-        seed,
-        gpu,
-        cpus_per_worker,
-        endpoint_url,
-        anon,
-        precision=precision,
-        retry_seconds=storage_retry_seconds,
-    )
-    info = run_training(DigitTask(recipe), settings, epochs, address=address, verbose=verbose)
+    options = storage_options(endpoint_url, anon, storage_retry_seconds)
+    settings = train_settings(data, out, workers, seed, gpu, cpus_per_worker, None, precision, options)
+    info = train_digit_model(recipe, settings, address=address, verbose=verbose)
+    accuracy = figure_text(info["final"].get("val_accuracy"))
+    steps = info.get("total_steps", "?")
     typer.echo(
-        f"trained {info['task']} for {info['epochs']} epochs ({info.get('total_steps', '?')} optimiser steps): validation accuracy {info['final'].get('val_accuracy', float('nan')):.4f} -> {out}"
+        f"trained {info['task']} for {info['epochs']} epochs ({steps} optimiser steps): "
+        f"validation accuracy {accuracy} -> {out}"
     )
 
 
 @app.command("eval-svhn")
 @user_errors
+@submittable
 def eval_svhn(
-    data: Annotated[str, typer.Option("--data", help="Ingested SVHN.")],
+    data: SvhnDataOption,
     model: Annotated[str, typer.Option("--model", help="A run folder from train-svhn.")],
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    pictures: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder for the confusion matrix and prediction grid PNGs (default: the model folder when local)."
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
+    split: SvhnSplitOption = SvhnSplit.test,
+    pictures: PicturesOption = None,
+    as_json: JsonOption = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
-    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
-    """Accuracy, per-class accuracy, confusion matrix and a grid of predictions on the test split."""
+    """Accuracy, per-class accuracy, confusion matrix and a grid of predictions on a split."""
     from jobs.evaluate import evaluate_svhn
 
-    figures = evaluate_svhn(data, model, split, storage_options(endpoint_url, anon), pictures)
+    options = storage_options(endpoint_url, anon)
+    figures = evaluate_svhn(data, model, split.value, options, pictures_folder(pictures))
     if as_json:
         typer.echo(json.dumps(figures))
         return
-    typer.echo(f"SVHN {split}: accuracy {figures['accuracy']:.4f} on {figures['samples']} digits")
+    typer.echo(f"SVHN {split.value}: accuracy {figures['accuracy']:.4f} on {figures['samples']} digits")
     typer.echo("  digit   " + "  ".join(f"{d:>5}" for d in range(10)))
     typer.echo("  acc     " + "  ".join(f"{a:5.3f}" for a in figures["per_class"]))
     for path in figures.get("pictures", []):
@@ -586,6 +704,7 @@ def eval_svhn(
 
 @app.command("train-keypoints")
 @user_errors
+@submittable
 def train_keypoints(
     data: Annotated[
         str | None,
@@ -606,51 +725,29 @@ def train_keypoints(
         KeypointRecipeName,
         typer.Option(
             "--recipe",
-            help="cpu: from scratch on a few CPU cores (ResNet-18 cut after layer2, 128x96). The reference recipes, each equal to "
-            "its source (docs/recipes.md; give ImageNet weights with --backbone-weights): simple-baselines (ResNet-50/101/152), "
-            "mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), hrnet-w32, hrnet-w48; rtmpose-m (MMPose's RTMPose-m config; "
-            "--backbone-weights: an MMPose CSPNeXt-m file).",
+            help="cpu: from scratch on a few CPU cores (ResNet-18 cut after layer2, 128x96). The reference "
+            "recipes, each equal to its source (docs/recipes.md; give ImageNet weights with --backbone-weights): "
+            "simple-baselines (ResNet-50/101/152), mmpose-td-hm (ResNet, HRNet; --codec msra|dark|udp), "
+            "hrnet-w32, hrnet-w48; rtmpose-m (MMPose's RTMPose-m config; --backbone-weights: an MMPose CSPNeXt-m "
+            "file).",
         ),
     ] = KeypointRecipeName.cpu,
     show_recipe: Annotated[
         bool, typer.Option("--show-recipe", help="Print every resolved setting of the recipe as JSON and exit.")
     ] = False,
-    epochs: Annotated[
-        int | None, typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Global batch, split over the workers; the learning rate scales linearly with it (default: the recipe's).",
-            show_default=False,
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(help="Peak learning rate (default: the recipe's, scaled with --batch-size).", show_default=False),
-    ] = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
     backbone: Annotated[
         str | None,
         typer.Option(
-            help="cpu: resnet18 | resnet34 | resnet50; simple-baselines: resnet50 | resnet101 | resnet152; mmpose-td-hm: those or "
-            "hrnet-w32 | hrnet-w48 (default: the recipe's).",
+            help="cpu: resnet18 | resnet34 | resnet50; simple-baselines: resnet50 | resnet101 | resnet152; "
+            "mmpose-td-hm: those or hrnet-w32 | hrnet-w48 (default: the recipe's).",
             show_default=False,
         ),
     ] = None,
-    input_size: Annotated[
-        str | None,
-        typer.Option(
-            "--input-size",
-            help="cpu: model input WxH, multiples of the backbone's stride, e.g. 96x128; the reference recipes: 256x192 "
-            "or 384x288 (default: the recipe's).",
-            show_default=False,
-        ),
-    ] = None,
-    codec: Annotated[
-        str | None,
-        typer.Option("--codec", help="mmpose-td-hm's heatmap codec: msra (default) | dark | udp.", show_default=False),
-    ] = None,
+    input_size: InputSizeOption = None,
+    codec: CodecOption = None,
     backbone_weights: Annotated[
         str | None,
         typer.Option(
@@ -659,20 +756,12 @@ def train_keypoints(
             show_default=False,
         ),
     ] = None,
-    init_weights: Annotated[
-        str | None,
-        typer.Option(
-            "--init-weights",
-            help="Start the whole network from a published keypoint file of the recipe's network (MMPose td-hm, "
-            "pose_resnet_*.pth.tar, pose_hrnet_*.pth; local or s3://).",
-            show_default=False,
-        ),
-    ] = None,
-    seed: SeedOption = 0,
+    init_weights: InitWeightsOption = None,
+    seed: TrainSeedOption = 0,
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
     feed_workers: FeedOption = None,
-    precision: PrecisionOption = Precision.auto,
+    precision: TrainPrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     storage_retry_seconds: StorageRetryOption = None,
@@ -680,9 +769,7 @@ def train_keypoints(
     verbose: VerboseOption = False,
 ) -> None:
     """Train the top-down heatmap keypoint model with Ray Train, on a named recipe."""
-    from jobs.evaluate import keypoint_ground_truth
-    from jobs.train import run_training
-    from pose.keypoint_task import KeypointTask
+    from jobs.trainers import train_keypoint_model
     from pose.recipes import describe, keypoint_recipe
 
     recipe = keypoint_recipe(
@@ -702,139 +789,71 @@ def train_keypoints(
             raise typer.BadParameter("required to train (only --show-recipe runs without it)", param_hint=name)
     if recipe.framework == "pose-jobs" and recipe.backbone == "resnet50":
         typer.echo(
-            "pose-jobs: warning: --recipe cpu with a ResNet-50 is the CPU recipe (cut after layer2, one deconvolution, pose-jobs' "
-            "targets); for Simple Baselines use --recipe simple-baselines",
+            "pose-jobs: warning: --recipe cpu with a ResNet-50 is the CPU recipe (cut after layer2, one "
+            "deconvolution, pose-jobs' targets); for Simple Baselines use --recipe simple-baselines",
             err=True,
         )
     options = storage_options(endpoint_url, anon, storage_retry_seconds)
-    from jobs.storage import read_bytes
-
-    weights = read_bytes(backbone_weights, options) if backbone_weights else None
-    initial = (init_weights, read_bytes(init_weights, options)) if init_weights else None
-    settings = _train_settings(
-        data,
-        out,
-        workers,
-        seed,
-        gpu,
-        cpus_per_worker,
-        endpoint_url,
-        anon,
-        feed_workers,
-        precision,
-        storage_retry_seconds,
-    )
-    task = KeypointTask(
+    settings = train_settings(data, out, workers, seed, gpu, cpus_per_worker, feed_workers, precision, options)
+    info = train_keypoint_model(
         recipe,
-        ground_truth=keypoint_ground_truth(data, "val", options),
-        seed=seed,
-        backbone_weights=weights,
-        init_weights=initial,
+        settings,
+        backbone_weights=backbone_weights,
+        init_weights=init_weights,
+        address=address,
+        verbose=verbose,
     )
-    if weights is not None or initial is not None:
-        try:
-            task.build_model()  # a wrong file is one clear line now, not a worker traceback later
-        except ValueError as error:
-            raise typer.BadParameter(
-                str(error), param_hint="--init-weights" if initial else "--backbone-weights"
-            ) from None
-    prepare = None
-    if recipe.framework != "pose-jobs":  # the reference recipes warp the original images, as their references do
-        from jobs.detector_data import image_sources, rows_with_images
-
-        sources = image_sources(data, ("train", "val"), options)
-        prepare = functools.partial(rows_with_images, sources=sources, options=options)
-    info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
     final = info["final"]
-    typer.echo(
-        f"trained keypoints for {info['epochs']} epochs: PCK {final.get('val_pck', float('nan')):.4f}  AP {final.get('val_ap', float('nan')):.4f} -> {out}"
-    )
+    pck, ap = figure_text(final.get("val_pck")), figure_text(final.get("val_ap"))
+    typer.echo(f"trained keypoints for {info['epochs']} epochs: PCK {pck}  AP {ap} -> {out}")
 
 
 @app.command("eval-keypoints")
 @user_errors
+@submittable
 def eval_keypoints(
-    data: Annotated[str, typer.Option("--data", help="Ingested COCO.")],
+    data: CocoDataOption,
     model: Annotated[
         str,
         typer.Option(
             "--model", help="A train-keypoints run folder, or a published checkpoint file (see annotate --keypoints)."
         ),
     ],
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
-    results: Annotated[
-        str | None,
-        typer.Option("--results", help="Write the COCO results JSON here (local or s3://).", show_default=False),
-    ] = None,
-    pictures: Annotated[
-        Path | None, typer.Option(help="Folder for the PNG of inputs, true and predicted heatmaps.")
-    ] = None,
-    detector: Annotated[
-        str | None,
-        typer.Option(
-            "--detector",
-            help="Score with this detector's person boxes: a train-detector run folder or a .pth weights file.",
-            show_default=False,
-        ),
-    ] = None,
+    split: CocoSplitOption = Split.val,
+    results: ResultsOption = None,
+    pictures: PicturesOption = None,
+    detector: DetectorOption = None,
     detector_arch: DetectorArchOption = None,
-    boxes: Annotated[
-        str | None,
-        typer.Option(
-            "--boxes",
-            help="Score with the person boxes of this COCO box results JSON (local or s3://), e.g. eval-detector --results.",
-            show_default=False,
-        ),
-    ] = None,
+    boxes: BoxesOption = None,
     keypoint_arch: KeypointArchOption = None,
-    input_size: ModelInputOption = None,
+    input_size: InputSizeOption = None,
     codec: CodecOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
+    as_json: JsonOption = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
-    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
     """COCO keypoint AP/AR (pycocotools, flip test) on a split, top-down from the ground-truth boxes
     (default) or from a detector's boxes (--detector, --boxes); with a train-keypoints run and
-    ground-truth boxes also the seed's PCK, on the stored person crops."""
-    from jobs.annotate import boxes_by_image
-    from jobs.evaluate import detect_split, evaluate_keypoints
-    from jobs.storage import read_bytes
+    ground-truth boxes also PCK on the stored person crops."""
+    from jobs.boxes import given_person_boxes
+    from jobs.evaluate import evaluate_keypoints
 
     if detector and boxes:
         raise typer.BadParameter("give --detector or --boxes, not both", param_hint="--boxes")
     options = storage_options(endpoint_url, anon)
-    box_figures = {}
-    person_boxes = None
-    if boxes:
-        try:
-            person_boxes = json.loads(read_bytes(boxes, options))
-        except ValueError:
-            raise typer.BadParameter(f"{boxes}: not a JSON file", param_hint="--boxes") from None
-        if not isinstance(person_boxes, list) or not all(
-            isinstance(r, dict) and {"image_id", "bbox"} <= set(r) for r in person_boxes
-        ):
-            raise typer.BadParameter(
-                f"{boxes}: expected a COCO box results list [{{image_id, category_id, bbox, score}}, ...]",
-                param_hint="--boxes",
-            )
-    elif detector:
-        from jobs.models import load_detector
-
-        found, _ = detect_split(load_detector(detector, options, detector_arch), data, split, options)
-        person_boxes = found.results
-        box_figures = {f"box_{k}": v for k, v in found.result().items() if k in ("ap", "ap50", "ar")}
-    given = boxes_by_image(person_boxes) if person_boxes is not None else None
     overrides = keypoint_overrides(keypoint_arch, input_size, codec)
-    figures = {
-        **evaluate_keypoints(data, model, split, options, pictures, results, boxes=given, overrides=overrides),
-        **box_figures,
-    }
+    given, box_figures = given_person_boxes(
+        data, split.value, options, boxes=boxes, detector=detector, detector_arch=detector_arch
+    )
+    figures = evaluate_keypoints(
+        data, model, split.value, options, pictures_folder(pictures), results, boxes=given, overrides=overrides
+    )
+    figures.update(box_figures)
     if as_json:
         typer.echo(json.dumps(figures))
         return
-    source = "ground-truth boxes" if person_boxes is None else f"boxes of {detector or boxes}"
-    typer.echo(f"keypoints on {split} ({figures['instances']} persons, {source}, flip test):")
+    source = "ground-truth boxes" if given is None else f"boxes of {detector or boxes}"
+    typer.echo(f"keypoints on {split.value} ({figures['instances']} persons, {source}, flip test):")
     for key in ("pck", "ap", "ap50", "ap75", "ap_m", "ap_l", "ar", *box_figures):
         if key in figures:
             typer.echo(f"  {key:<9} {figures[key]:.4f}")
@@ -844,24 +863,14 @@ def eval_keypoints(
 
 @app.command("train-detector")
 @user_errors
+@submittable
 def train_detector(
-    data: Annotated[str, typer.Option("--data", help="Ingested COCO (the DEST of `pose-jobs ingest coco`).")],
-    out: Annotated[str, typer.Option("--out", help="Run folder or s3:// prefix: checkpoints, metrics, curves, model.")],
+    data: CocoDataOption,
+    out: RunOutOption,
     workers: WorkersOption = 1,
-    epochs: Annotated[
-        int | None, typer.Option(min=1, help="Epochs (default: the recipe's).", show_default=False)
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Images per step over all workers, split between them (default: the recipe's).",
-            show_default=False,
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate (default: the recipe's).", show_default=False)
-    ] = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
     min_size: Annotated[
         int | None,
         typer.Option(
@@ -872,19 +881,12 @@ def train_detector(
         ),
     ] = None,
     detector_arch: DetectorArchOption = None,
-    init_weights: Annotated[
-        str | None,
-        typer.Option(
-            "--init-weights",
-            help="Fine-tune from torchvision's COCO weights for the arch: a .pth file or s3:// URL (default: train from scratch).",
-            show_default=False,
-        ),
-    ] = None,
-    seed: SeedOption = 0,
+    init_weights: InitWeightsOption = None,
+    seed: TrainSeedOption = 0,
     gpu: GpuOption = None,
     cpus_per_worker: CpusOption = None,
     feed_workers: FeedOption = None,
-    precision: PrecisionOption = Precision.auto,
+    precision: TrainPrecisionOption = Precision.auto,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
     storage_retry_seconds: StorageRetryOption = None,
@@ -892,92 +894,50 @@ def train_detector(
     verbose: VerboseOption = False,
 ) -> None:
     """Train the person detector (Faster R-CNN, 2 classes) with Ray Train; resumes when re-run."""
-    from dataclasses import replace
+    from jobs.trainers import train_person_detector
+    from pose.recipes import detector_recipe
 
-    from jobs.detector_data import detector_rows, person_boxes_by_image
-    from jobs.evaluate import keypoint_ground_truth
-    from jobs.storage import read_bytes
-    from jobs.train import run_training
-    from pose.detector_task import DetectorRecipe, DetectorTask
-    from pose.models.detector import ARCHITECTURES
-
-    arch = detector_arch or "fasterrcnn_mobilenet_v3_large_fpn"
-    if arch not in ARCHITECTURES:
-        raise typer.BadParameter(f"{arch!r}: choose one of {', '.join(ARCHITECTURES)}", param_hint="--detector-arch")
-    recipe = DetectorRecipe.fine_tune(arch) if init_weights else DetectorRecipe.from_scratch(arch)
-    changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
-    if min_size:
-        changes["model"] = replace(
-            recipe.model, min_size=min_size, max_size=round(min_size * recipe.model.max_size / recipe.model.min_size)
-        )
-    recipe = replace(recipe, **changes)
+    recipe = detector_recipe(
+        detector_arch, fine_tune=bool(init_weights), epochs=epochs, batch_size=batch_size, lr=lr, min_size=min_size
+    )
     options = storage_options(endpoint_url, anon, storage_retry_seconds)
-    weights = read_bytes(init_weights, options) if init_weights else None
-    task = DetectorTask(
-        recipe, ground_truth=keypoint_ground_truth(data, "val", options), seed=seed, init_weights=weights
-    )
-    if weights is not None:
-        try:
-            task.build_model()  # a wrong file is one clear line now, not a worker traceback later
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--init-weights") from None
-    boxes = person_boxes_by_image(data, (*task.train_splits, task.val_split), options)
-    settings = _train_settings(
-        data,
-        out,
-        workers,
-        seed,
-        gpu,
-        cpus_per_worker,
-        endpoint_url,
-        anon,
-        feed_workers,
-        precision,
-        storage_retry_seconds,
-    )
-    prepare = functools.partial(detector_rows, boxes=boxes, options=options)
-    info = run_training(task, settings, recipe.epochs, address=address, verbose=verbose, prepare_rows=prepare)
+    settings = train_settings(data, out, workers, seed, gpu, cpus_per_worker, feed_workers, precision, options)
+    info = train_person_detector(recipe, settings, init_weights=init_weights, address=address, verbose=verbose)
     final = info["final"]
-    typer.echo(
-        f"trained detector for {info['epochs']} epochs: box AP {final.get('val_ap', float('nan')):.4f}  AP50 {final.get('val_ap50', float('nan')):.4f} -> {out}"
-    )
+    ap, ap50 = figure_text(final.get("val_ap")), figure_text(final.get("val_ap50"))
+    typer.echo(f"trained detector for {info['epochs']} epochs: box AP {ap}  AP50 {ap50} -> {out}")
 
 
 @app.command("eval-detector")
 @user_errors
+@submittable
 def eval_detector(
-    data: Annotated[str, typer.Option("--data", help="Ingested COCO.")],
+    data: CocoDataOption,
     model: Annotated[
         str,
         typer.Option(
             "--model", help="A run folder from train-detector, or a detector weights file (.pth, local or s3://)."
         ),
     ],
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    split: CocoSplitOption = Split.val,
     detector_arch: DetectorArchOption = None,
-    results: Annotated[
-        str | None,
-        typer.Option("--results", help="Write the COCO box results JSON here (local or s3://).", show_default=False),
-    ] = None,
-    pictures: Annotated[
-        Path | None,
-        typer.Option(help="Folder for the PNG of detections (default: the run folder).", show_default=False),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
+    results: ResultsOption = None,
+    pictures: PicturesOption = None,
+    as_json: JsonOption = False,
     endpoint_url: EndpointOption = None,
     anon: AnonOption = False,
-    address: AddressOption = None,  # evaluation runs in this process; a dashboard address submits it
 ) -> None:
     """COCO person box AP/AR (pycocotools, crowds ignored) of a detector on a split, and a picture."""
     from jobs.evaluate import evaluate_detector
 
+    options = storage_options(endpoint_url, anon)
     figures = evaluate_detector(
-        data, model, split, storage_options(endpoint_url, anon), pictures, results, arch=detector_arch
+        data, model, split.value, options, pictures_folder(pictures), results, arch=detector_arch
     )
     if as_json:
         typer.echo(json.dumps(figures))
         return
-    typer.echo(f"person boxes on {split} ({figures['images']} images, {figures['detections']} detections):")
+    typer.echo(f"person boxes on {split.value} ({figures['images']} images, {figures['detections']} detections):")
     names = {
         "ap": "AP @[.50:.95]",
         "ap50": "AP @.50",
@@ -999,45 +959,25 @@ def eval_detector(
 
 @app.command("annotate")
 @user_errors
+@submittable
 def annotate(
     src: Annotated[
         str,
         typer.Argument(
-            help="Images: a folder or s3://bucket/prefix (jpg, jpeg, png, webp, bmp, tif, tiff, gif; any case; sub-folders too), or an ingested COCO DEST."
+            help="Images: a folder or s3://bucket/prefix (jpg, jpeg, png, webp, bmp, tif, tiff, gif; any case; "
+            "sub-folders too), or an ingested COCO DEST."
         ),
     ],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
     keypoints: KeypointsOption,
-    detector: Annotated[
-        str | None,
-        typer.Option(
-            "--detector",
-            help="A train-detector run folder, or a torchvision Faster R-CNN .pth (local or s3://).",
-            show_default=False,
-        ),
-    ] = None,
-    boxes: Annotated[
-        str | None,
-        typer.Option(
-            "--boxes",
-            help="Person boxes from a COCO box results JSON (local or s3://) instead of a detector, "
-            "e.g. COCO's published detections or results/boxes.json of an earlier run.",
-            show_default=False,
-        ),
-    ] = None,
+    detector: DetectorOption = None,
+    boxes: BoxesOption = None,
     box_threshold: Annotated[
         float, typer.Option(help="With --boxes: boxes scoring less get no keypoints (0: all, as the COCO protocol).")
     ] = 0.0,
-    detector_arch: Annotated[
-        str | None,
-        typer.Option(
-            "--detector-arch",
-            help="Architecture of a bare .pth detector file (default: fasterrcnn_resnet50_fpn).",
-            show_default=False,
-        ),
-    ] = None,
+    detector_arch: DetectorArchOption = None,
     keypoint_arch: KeypointArchOption = None,
-    input_size: ModelInputOption = None,
+    input_size: InputSizeOption = None,
     codec: CodecOption = None,
     person_threshold: Annotated[float, typer.Option(help="Person boxes scoring less get no keypoints.")] = 0.3,
     max_persons: Annotated[
@@ -1077,16 +1017,18 @@ def annotate(
         int | None,
         typer.Option(
             min=1,
-            help="Keypoint-model actors (default: one per GPU; on CPU none: the detector actors run it; set it to give it a pool of its own).",
+            help="Keypoint-model actors (default: one per GPU; on CPU none: the detector actors run it; set it to "
+            "give it a pool of its own).",
             show_default=False,
         ),
     ] = None,
-    gpu: InferenceGpuOption = None,
+    gpu: GpuOption = None,
     precision: Annotated[
         Precision,
         typer.Option(
             "--precision",
-            help="The models' arithmetic. auto: bf16 autocast and channels-last on CPUs with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs and on GPUs.",
+            help="The models' arithmetic. auto: bf16 autocast and channels-last on CPUs with native bf16 "
+            "(AVX512-BF16, AMX), fp32 on other CPUs and on GPUs.",
         ),
     ] = Precision.auto,
     endpoint_url: EndpointOption = None,
@@ -1095,7 +1037,8 @@ def annotate(
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Detect every object and every person's 17 keypoints in a bucket of images -> Parquet, COCO results, pictures."""
+    """Detect every object and every person's 17 keypoints in a bucket of images -> Parquet, COCO results,
+    pictures."""
     from jobs.annotate import AnnotateSettings
     from jobs.annotate import annotate as run
 
@@ -1120,15 +1063,8 @@ def annotate(
         use_gpu=gpu,
         precision=precision.value,
     )
-    manifest = run(
-        src,
-        dest,
-        settings,
-        storage_options(endpoint_url, anon, storage_retry_seconds),
-        visualize=visualize,
-        address=address,
-        verbose=verbose,
-    )
+    options = storage_options(endpoint_url, anon, storage_retry_seconds)
+    manifest = run(src, dest, settings, options, visualize=visualize, address=address, verbose=verbose)
     images = manifest["images"]
     state = "all accounted for" if images["balanced"] else "NOT BALANCED"
     typer.echo(f"annotated {src} -> {dest}")
@@ -1145,8 +1081,9 @@ def annotate(
 
 @app.command()
 @user_errors
+@submittable
 def demo(
-    out: Annotated[Path, typer.Option(help="Where everything goes.")] = Path("demo-out"),
+    out: Annotated[str, typer.Option("--out", help="Local folder where everything goes.")] = "demo-out",
     quick: Annotated[bool, typer.Option("--quick", help="Small data: a run of a few minutes.")] = False,
     detector: Annotated[
         str | None,
@@ -1167,12 +1104,13 @@ def demo(
     address: AddressOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """The main job on the embedded default: synthesise -> ingest -> train the three models -> evaluate -> annotate, then a summary."""
+    """Synthesise -> ingest -> train the three models briefly -> evaluate -> annotate, on a local Ray and
+    local storage, then a summary of the figures and where everything is."""
     from jobs.demo import DemoSizes, run_demo
 
     started = time.perf_counter()
     summary = run_demo(
-        out,
+        Path(out),
         DemoSizes.quick() if quick else DemoSizes(),
         detector=detector,
         keypoints=keypoints,
@@ -1190,12 +1128,16 @@ def demo(
 # show
 
 
+class NothingToShow(UserError):
+    """The source holds nothing to draw (no such split, image id or digits)."""
+
+
 @show_app.command("coco")
 @user_errors
 def show_coco(
     src: Annotated[str, typer.Argument(help="COCO root (annotations + images, folders or zips) or an ingested DEST.")],
     out: Annotated[Path, typer.Argument(help="Folder for the PNGs.")],
-    split: Annotated[Split, typer.Option(help="Which split.")] = Split.train,
+    split: CocoSplitOption = Split.train,
     images: Annotated[int, typer.Option(min=1, help="How many images (the first ones with people).")] = 4,
     image_id: Annotated[list[int] | None, typer.Option(help="Draw these image ids instead (repeatable).")] = None,
     endpoint_url: EndpointOption = None,
@@ -1204,9 +1146,12 @@ def show_coco(
     """Images with person boxes, skeletons and named joints, beside each person's crop."""
     from jobs.show import show_coco as run
 
-    for path in run(
-        src, out, storage_options(endpoint_url, anon), split=split.value, images=images, image_ids=image_id
-    ):
+    options = storage_options(endpoint_url, anon)
+    try:
+        paths = run(src, out, options, split=split.value, images=images, image_ids=image_id)
+    except FileNotFoundError as error:  # jobs/show.py's "nothing to draw"; storage raises StorageError
+        raise NothingToShow(str(error)) from None
+    for path in paths:
         typer.echo(str(path))
 
 
@@ -1223,69 +1168,19 @@ def show_svhn(
     """A grid of labelled digits per split, and full-number images with their digit boxes."""
     from jobs.show import show_svhn as run
 
-    for path in run(src, out, storage_options(endpoint_url, anon), digits=digits, numbers=numbers):
+    options = storage_options(endpoint_url, anon)
+    try:
+        paths = run(src, out, options, digits=digits, numbers=numbers)
+    except FileNotFoundError as error:  # jobs/show.py's "nothing to draw"; storage raises StorageError
+        raise NothingToShow(str(error)) from None
+    for path in paths:
         typer.echo(str(path))
-
-
-# ---------------------------------------------------------------------------------------------
-# Running on a cluster: every job command (one with an `address` parameter), whichever module adds
-# it, takes --no-wait and, given a Ray dashboard address, is submitted there as a Ray Job.
-
-
-def cluster_errors(command):
-    """Trouble talking to a cluster (no token, wrong token, unknown job): one line, exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from jobs.submit import SubmitError
-
-        try:
-            return command(*args, **kwargs)
-        except SubmitError as error:
-            typer.echo(f"pose-jobs: error: {error}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def cluster_submission(command):
-    """Given a dashboard address, submit the command line (without --address and --no-wait) as a
-    Ray Job and exit with the job's status (jobs/submit.py); otherwise run the command here."""
-
-    @functools.wraps(command)
-    @cluster_errors
-    def wrapper(*args, no_wait: bool = False, typer_context: typer.Context, **kwargs):
-        from jobs.submit import command_line, is_dashboard_address, submit
-
-        if not is_dashboard_address(kwargs.get("address")):
-            return command(*args, **kwargs)
-        argv, warnings = command_line(typer_context, kwargs, drop=("address", "no_wait"))
-        for warning in warnings:
-            typer.echo(f"pose-jobs: warning: {warning}", err=True)
-        raise typer.Exit(submit(kwargs["address"], argv, wait=not no_wait))
-
-    # typer reads a command's parameters from its signature: add --no-wait and the context to it.
-    signature = inspect.signature(command, eval_str=True)
-    extra = [
-        inspect.Parameter("no_wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoWaitOption),
-        inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
-    ]
-    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
-    return wrapper
-
-
-def _submittable_everywhere(typer_app: typer.Typer) -> None:
-    for info in typer_app.registered_commands:
-        if "address" in inspect.signature(info.callback).parameters:
-            info.callback = cluster_submission(info.callback)
-    for group in typer_app.registered_groups:
-        _submittable_everywhere(group.typer_instance)
 
 
 # ---------------------------------------------------------------------------------------------
 # jobs: the Ray Jobs of a cluster (submitted with a dashboard --address)
 
-# Not named `address`: these commands talk to the Jobs API, they are never submitted themselves.
+# Not `submittable`: these commands talk to the Jobs API, they are never submitted themselves.
 ClusterOption = Annotated[
     str | None,
     typer.Option(
@@ -1296,19 +1191,18 @@ JobIdArgument = Annotated[str, typer.Argument(help="The job's id (as `pose-jobs 
 
 
 @jobs_app.command("list")
-@cluster_errors
+@user_errors
 def jobs_list(cluster: ClusterOption = None) -> None:
     """The cluster's jobs, oldest first: id, status, start time, command."""
     from jobs.submit import format_time, list_jobs
 
     for job in list_jobs(cluster):
-        typer.echo(
-            f"{job.submission_id or job.job_id:<48} {job.status.value:<9} {format_time(job.start_time)}  {job.entrypoint}"
-        )
+        job_id = job.submission_id or job.job_id
+        typer.echo(f"{job_id:<48} {job.status.value:<9} {format_time(job.start_time)}  {job.entrypoint}")
 
 
 @jobs_app.command("status")
-@cluster_errors
+@user_errors
 def jobs_status(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
     """One job: status, times, command, and Ray's message; exits 0 when it succeeded or runs, else its exit code."""
     from jobs.submit import TERMINAL, exit_code, format_time, job_info
@@ -1324,7 +1218,7 @@ def jobs_status(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
 
 
 @jobs_app.command("logs")
-@cluster_errors
+@user_errors
 def jobs_logs(
     job_id: JobIdArgument,
     follow: Annotated[
@@ -1339,17 +1233,13 @@ def jobs_logs(
 
 
 @jobs_app.command("stop")
-@cluster_errors
+@user_errors
 def jobs_stop(job_id: JobIdArgument, cluster: ClusterOption = None) -> None:
     """Stop a running job (its driver gets SIGTERM, then SIGKILL)."""
     from jobs.submit import stop_job
 
     stopped = stop_job(cluster, job_id)
     typer.echo(f"{job_id}: {'stopping' if stopped else 'had already ended'}")
-
-
-# Last, once every command is registered.
-_submittable_everywhere(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point
