@@ -1,9 +1,10 @@
-"""`pose-jobs demo`: the main job on the embedded default (local Ray, local storage, synthetic data).
+"""`pose-jobs demo`: every stage once on a local Ray, local storage and synthetic data.
 
 synthesise -> ingest -> pictures -> train the three models briefly (digits, keypoints, person
 detector) -> evaluate -> annotate a bucket of synthetic images with the detector and the keypoint
-model, with a summary of the figures and where everything is. The training here is short, to show the pipeline; the README
-gives the recipes and the figures of full runs.
+model, with a summary of the figures and where everything is. Each stage calls the library
+function its `pose-jobs` command calls (jobs/trainers.py for training). The training here is
+short, to show the pipeline; docs/training.md gives the recipes of full runs.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class DemoSizes:
 # Published files that make the annotation step meaningful (trained for minutes here, the demo's own
 # models find almost nothing); none can be downloaded here, the user brings them.
 PUBLISHED_EXAMPLE = (
-    "--detector fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --keypoints td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth "
-    "(MMPose HRNet-W32), or --keypoints keypointrcnn_resnet50_fpn_coco-fc266e95.pth alone (torchvision Keypoint R-CNN)"
+    "--detector fasterrcnn_resnet50_fpn_coco-258fb6c6.pth "
+    "--keypoints td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth (MMPose HRNet-W32), "
+    "or --keypoints keypointrcnn_resnet50_fpn_coco-fc266e95.pth alone (torchvision Keypoint R-CNN)"
 )
 
 
@@ -98,76 +100,49 @@ def run_demo(
     show_svhn(str(out / "svhn"), pictures, digits=100, numbers=6)
 
     started = stage("train the SVHN digit model (Ray Train, 2 workers)")
-    from dataclasses import replace
+    from jobs.evaluate import evaluate_detector, evaluate_keypoints, evaluate_svhn
+    from jobs.train import TrainSettings
+    from jobs.trainers import train_digit_model, train_keypoint_model, train_person_detector
+    from pose.digit_task import DigitRecipe
+    from pose.recipes import detector_recipe, keypoint_recipe
 
-    from jobs.evaluate import evaluate_keypoints, evaluate_svhn, keypoint_ground_truth
-    from jobs.train import TrainSettings, run_training
-    from pose.digit_task import DigitRecipe, DigitTask
-    from pose.keypoint_task import KeypointRecipe, KeypointTask
-
+    coco, svhn, options = str(out / "coco"), str(out / "svhn"), StorageOptions()
+    runs = {name: str(out / "runs" / name) for name in ("svhn", "keypoints", "detector")}
     digit_recipe = DigitRecipe(epochs=sizes.svhn_epochs, min_steps=0)  # a brief run: exactly these epochs
-    run_training(
-        DigitTask(digit_recipe),
-        TrainSettings(data=str(out / "svhn"), out=str(out / "runs" / "svhn"), workers=2),
-        digit_recipe.epochs,
-        address=address,
-        verbose=verbose,
-    )
-    digits = evaluate_svhn(str(out / "svhn"), str(out / "runs" / "svhn"), "test", StorageOptions(), pictures)
+    settings = TrainSettings(data=svhn, out=runs["svhn"], workers=2)
+    train_digit_model(digit_recipe, settings, address=address, verbose=verbose)
+    digits = evaluate_svhn(svhn, runs["svhn"], "test", options, pictures)
     summary.append(
         (
             "svhn",
-            f"test accuracy {digits['accuracy']:.4f} on {digits['samples']} digits after {digit_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s)",
+            f"test accuracy {digits['accuracy']:.4f} on {digits['samples']} digits after {digit_recipe.epochs} "
+            f"epochs ({time.perf_counter() - started:.0f} s)",
         )
     )
 
     started = stage("train the keypoint model (Ray Train, 2 workers)")
-    keypoint_recipe = replace(KeypointRecipe(), epochs=sizes.keypoint_epochs)
-    task = KeypointTask(keypoint_recipe, ground_truth=keypoint_ground_truth(str(out / "coco"), "val", StorageOptions()))
-    run_training(
-        task,
-        TrainSettings(data=str(out / "coco"), out=str(out / "runs" / "keypoints"), workers=2),
-        keypoint_recipe.epochs,
-        address=address,
-        verbose=verbose,
-    )
-    keypoints = evaluate_keypoints(
-        str(out / "coco"), str(out / "runs" / "keypoints"), "val", StorageOptions(), pictures
-    )
+    recipe = keypoint_recipe("cpu", epochs=sizes.keypoint_epochs)
+    settings = TrainSettings(data=coco, out=runs["keypoints"], workers=2)
+    train_keypoint_model(recipe, settings, address=address, verbose=verbose)
+    figures = evaluate_keypoints(coco, runs["keypoints"], "val", options, pictures)
     summary.append(
         (
             "keypoints",
-            f"val PCK {keypoints['pck']:.3f}, AP {keypoints['ap']:.3f} after {keypoint_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README for full runs)",
+            f"val PCK {figures['pck']:.3f}, AP {figures['ap']:.3f} after {recipe.epochs} epochs "
+            f"({time.perf_counter() - started:.0f} s; short: see docs/training.md for full runs)",
         )
     )
 
     started = stage("train the person detector (Ray Train, 2 workers)")
-    import functools
-
-    from jobs.annotate import AnnotateSettings, annotate
-    from jobs.detector_data import detector_rows, person_boxes_by_image
-    from jobs.evaluate import evaluate_detector
-    from pose.detector_task import DetectorRecipe, DetectorTask
-
-    coco, options = str(out / "coco"), StorageOptions()
-    detector_recipe = DetectorRecipe.from_scratch(epochs=sizes.detector_epochs)
-    detector_task = DetectorTask(detector_recipe, ground_truth=keypoint_ground_truth(coco, "val", options))
-    boxes = person_boxes_by_image(coco, (*detector_task.train_splits, detector_task.val_split), options)
-    prepare = functools.partial(detector_rows, boxes=boxes, options=options)
-    detector_dir = str(out / "runs" / "detector")
-    run_training(
-        detector_task,
-        TrainSettings(data=coco, out=detector_dir, workers=2),
-        detector_recipe.epochs,
-        address=address,
-        verbose=verbose,
-        prepare_rows=prepare,
-    )
-    boxes_figures = evaluate_detector(coco, detector_dir, "val", options, pictures)
+    recipe = detector_recipe(epochs=sizes.detector_epochs)
+    settings = TrainSettings(data=coco, out=runs["detector"], workers=2)
+    train_person_detector(recipe, settings, address=address, verbose=verbose)
+    figures = evaluate_detector(coco, runs["detector"], "val", options, pictures)
     summary.append(
         (
             "detector",
-            f"val person box AP {boxes_figures['ap']:.3f}, AP50 {boxes_figures['ap50']:.3f} after {detector_recipe.epochs} epochs ({time.perf_counter() - started:.0f} s; short: see README)",
+            f"val person box AP {figures['ap']:.3f}, AP50 {figures['ap50']:.3f} after {recipe.epochs} epochs "
+            f"({time.perf_counter() - started:.0f} s; short: see docs/training.md)",
         )
     )
 
@@ -186,9 +161,11 @@ def run_demo(
             )
         )
     started = stage("annotate a bucket of images: detector -> keypoints (Ray Data actor pools)")
+    from jobs.annotate import AnnotateSettings, annotate
+
     rcnn = keypoints is not None and is_keypoint_rcnn(keypoints, options)
     settings = AnnotateSettings(
-        detector=None if rcnn else (detector or detector_dir), keypoints=keypoints or str(out / "runs" / "keypoints")
+        detector=None if rcnn else (detector or runs["detector"]), keypoints=keypoints or runs["keypoints"]
     )
     manifest = annotate(
         str(coco_src / "val2017"),
@@ -212,13 +189,15 @@ def run_demo(
         summary.append(
             (
                 "published models",
-                f"the annotation used the models trained above for minutes; for pictures that show something pass {PUBLISHED_EXAMPLE}",
+                "the annotation used the models trained above for minutes; for pictures that show something "
+                f"pass {PUBLISHED_EXAMPLE}",
             )
         )
     summary.append(
         (
             "pictures",
-            f"{len(list(pictures.glob('*.png')))} PNGs in {pictures}, {len(manifest['pictures'])} in {out / 'annotated' / 'pictures'}",
+            f"{len(list(pictures.glob('*.png')))} PNGs in {pictures}, "
+            f"{len(manifest['pictures'])} in {out / 'annotated' / 'pictures'}",
         )
     )
     summary.append(("runs", f"checkpoints, metrics.jsonl, curves.png, model.pt in {out / 'runs'}"))
