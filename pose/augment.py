@@ -87,8 +87,9 @@ def topdown_sample(
     """One model input from a person crop.
 
     crop: (H, W, 3) uint8, or an `open_image` result not yet decoded (decoded here at the size the
-    warp needs, `pose.images.load_reduced`); bbox: (4,) person box [x, y, w, h] in crop coordinates; keypoints:
-    (17, 3) COCO (x, y, v) in crop coordinates (a flat (51,) Parquet row works too). `rng` None means evaluation: no augmentation.
+    warp needs, `pose.images.load_reduced`); bbox: (4,) person box [x, y, w, h] in crop coordinates; keypoints: (17, 3)
+    COCO (x, y, v) in crop coordinates (a flat (51,) Parquet row works too). `rng` None means evaluation: no
+    augmentation.
 
     Returns a dict:
       image: (h, w, 3) uint8, the model input;
@@ -165,8 +166,7 @@ def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     Pillow's ImageEnhance blends, as torchvision's ColorJitter applies them: towards black, towards
     the mean grey level (ITU-R 601 luma), towards each pixel's grey; clamped to [0, 255] after each,
     but not rounded. Training batches are jittered on the training device: on a GPU it costs next
-    to nothing, where Pillow on the feed processes took about 1.3 ms per crop at 256x192; on a CPU
-    0.2-0.3 ms per crop at 128x96 on one thread, about what Pillow took."""
+    to nothing, and takes work off the feed processes; on a CPU it costs about what Pillow does."""
     x = images.to(torch.float32, copy=True)
     factors = torch.as_tensor(factors, dtype=torch.float32, device=x.device).view(-1, 1, 1, 3)
     luma = torch.tensor([0.299, 0.587, 0.114], device=x.device)
@@ -485,7 +485,7 @@ def reference_sample(
     labelled = keypoints[:, 2] > 0
     source, mirror = image, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     if params.flip:
-        source = image[:, ::-1]  # a view: warp_affine_opencv reads it in place (a copy costs ~1-2 ms)
+        source = image[:, ::-1]  # a view: warp_affine_opencv reads it in place (a copy costs about as much as the warp)
         points, labelled = points[flip_index()], labelled[flip_index()]
         # As each writes it: MMPose's flip_keypoints (w - 1) - x in float32, the releases' W - x - 1.
         points[:, 0] = (width - 1) - points[:, 0] if float32_points else width - points[:, 0] - 1

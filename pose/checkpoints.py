@@ -114,7 +114,8 @@ def read_checkpoint(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], di
         state, meta = content, {}
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
-            f"{name}: holds no state_dict of tensors (found {type(state).__name__}); expected a published keypoint model file"
+            f"{name}: holds no state_dict of tensors (found {type(state).__name__}); "
+            "expected a published keypoint model file"
         )
     return {k.removeprefix("module."): v for k, v in state.items()}, meta if isinstance(meta, dict) else {}
 
@@ -174,7 +175,8 @@ def identify(state: dict[str, torch.Tensor], name: str, overrides: Overrides = O
     else:
         sample = ", ".join(list(state)[:3])
         raise CheckpointError(
-            f"{name}: not a keypoint model pose-jobs knows (first keys: {sample}); it runs MMPose's SimpleBaseline, HRNet and "
+            f"{name}: not a keypoint model pose-jobs knows (first keys: {sample}); "
+            "it runs MMPose's SimpleBaseline, HRNet and "
             "RTMPose COCO files, the Simple Baselines and HRNet releases, and torchvision's Keypoint R-CNN"
         )
     return _overridden(found, overrides, name)
@@ -183,7 +185,8 @@ def identify(state: dict[str, torch.Tensor], name: str, overrides: Overrides = O
 def _check_joints(count: int, name: str) -> None:
     if count != NUM_JOINTS:
         raise CheckpointError(
-            f"{name}: a model of {count} joints (COCO-WholeBody has 133, MPII 16); pose-jobs runs COCO's {NUM_JOINTS} body joints"
+            f"{name}: a model of {count} joints (COCO-WholeBody has 133, MPII 16); "
+            f"pose-jobs runs COCO's {NUM_JOINTS} body joints"
         )
 
 
@@ -193,7 +196,8 @@ def _rtmpose_size(state: dict, name: str) -> str:
     channels = int(state["head.final_layer.weight"].shape[1])
     if channels not in widths:
         raise CheckpointError(
-            f"{name}: an RTMPose whose backbone ends in {channels} channels; pose-jobs runs RTMPose-t/s/m/l (384/512/768/1024)"
+            f"{name}: an RTMPose whose backbone ends in {channels} channels; "
+            "pose-jobs runs RTMPose-t/s/m/l (384/512/768/1024)"
         )
     return widths[channels]
 
@@ -332,7 +336,8 @@ def keypoint_net_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
     spec = identify(state, name)
     if not spec.arch.startswith("resnet"):
         raise CheckpointError(
-            f"{name}: a {spec.arch}; --init-weights takes a ResNet Simple Baselines file (pose-jobs trains that network)"
+            f"{name}: a {spec.arch}; "
+            "--init-weights takes a ResNet Simple Baselines file (pose-jobs trains that network)"
         )
     renamed = {}
     for key, value in mmpose_keys(state, spec).items():

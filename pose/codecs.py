@@ -8,8 +8,7 @@ Encoders (the `encode` half, for training; `encoder_for(codec, ...)` picks a hea
 in model-input pixels, visible (N, K))` -> heatmaps (N, K, h, w) float32, weights (N, K) float32, equal bit for bit
 to MMPose 1.3.2's and the releases' targets (tests/data/goldens/targets_*.npz, tools/make_training_goldens.py):
 the same float32 arguments go through numpy's float32 exp, as in the references (checked with numpy 1.26 and 2.4
-on an AVX2 CPU). About 15 ms (biased, UDP) and 90 ms (DARK) per batch of 64 samples x 17 joints at 64x48 on one
-core, where MMPose's per-sample loops take about 200 ms.
+on an AVX2 CPU). The whole batch is encoded in array operations, not MMPose's per-sample loops.
 
 Each decoder is the `decode` half of a `pose.topdown.PoseModel`: `decode(output, flipped_output)` takes the
 network's output on the crops (float32 torch tensor (N, K, h, w), or (simcc_x (N, K, Wx), simcc_y (N, K, Wy)) for
@@ -28,8 +27,8 @@ MMPose MSRA/DARK and the releases: heatmap x * input_size / heatmap_size; UDP: h
 
 Exactness: MMPose decodes in float32 numpy (and OpenCV for DARK's and UDP's blur), so these decoders do the same
 float32 operations in the same order, and reproduce OpenCV's float32 Gaussian blur (fused multiply-adds in its
-order, see `opencv_gaussian_blur`): on random, flat, negative and border-peaked maps the keypoints equal MMPose's
-and the releases' bit for bit (checked against MMPose 1.3.2 with opencv-python-headless 4.10 and 4.14 on an AVX2/FMA CPU).
+order, see `opencv_gaussian_blur`): on random, flat, negative and border-peaked maps the keypoints equal MMPose's and
+the releases' bit for bit (checked against MMPose 1.3.2 with opencv-python-headless 4.10 and 4.14 on an AVX2/FMA CPU).
 Their quirks are kept on purpose, each where it happens (border rules, the -1 of non-positive maxima, UDP's reads
 across neighbouring maps); a fix would change published accuracy.
 """
@@ -73,7 +72,7 @@ def opencv_gaussian_blur(heatmaps: np.ndarray, kernel_size: int) -> np.ndarray:
     s = fma(p[t], k[t], s) for t = 0 .. n-1 from s = 0; down a column, with the symmetric kernel,
     s = r[0] * k[c] then s = fma(r[+j] + r[-j], k[c + j], s) for j = 1 .. radius. Done here in that order
     on x86 CPUs with AVX2 and FMA (what opencv-python's wheels dispatch to there), so the result is OpenCV's to
-    the bit; about 5 ms per crop of 17 maps 64x48 on one core.
+    the bit.
     """
     heatmaps = np.asarray(heatmaps, np.float32)
     h, w = heatmaps.shape[-2:]

@@ -54,8 +54,8 @@ class DetectorRecipe:
 
     The defaults are the CPU recipe from scratch (see the README for what it reaches). Fine-tuning
     from a COCO weight file keeps the file's frozen BatchNorm: `DetectorRecipe.fine_tune(arch)`.
-    `batch_size` is the global batch (images per step over all workers: 2 workers take 2 each); the learning rate warms up linearly for
-    `warmup_steps`, then follows a cosine to 0 at the end of `epochs`.
+    `batch_size` is the global batch (images per step over all workers: 2 workers take 2 each); the learning rate warms
+    up linearly for `warmup_steps`, then follows a cosine to 0 at the end of `epochs`.
     """
 
     model: DetectorConfig = SCRATCH_DETECTOR

@@ -126,7 +126,10 @@ class BatchPlan:
     steps_per_epoch: int
 
     def describe(self) -> str:
-        return f"{self.workers} worker(s) x {self.worker_batch} = global batch {self.global_batch}, {self.steps_per_epoch} steps/epoch"
+        return (
+            f"{self.workers} worker(s) x {self.worker_batch} = global batch {self.global_batch}, "
+            f"{self.steps_per_epoch} steps/epoch"
+        )
 
 
 def batch_plan(batch_size: int, workers: int, rows: int) -> BatchPlan:
@@ -146,7 +149,8 @@ def batch_plan(batch_size: int, workers: int, rows: int) -> BatchPlan:
         sizes = f"{below} or {above}" if below else f"{above}"
         counts = [n for n in range(1, batch_size + 1) if batch_size % n == 0]
         raise ValueError(
-            f"global batch {batch_size} does not divide among {workers} workers: batch sizes {sizes} (multiples of {workers}) "
+            f"global batch {batch_size} does not divide among {workers} workers: "
+            f"batch sizes {sizes} (multiples of {workers}) "
             f"or worker counts {', '.join(map(str, counts))} (divisors of {batch_size}) would work"
         )
     if rows < batch_size:
@@ -216,7 +220,8 @@ def train_one_epoch(
     def check(step: int, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"{task.name}: loss is {loss.item()} at step {step + 1} of the epoch; stopping training (lower the learning rate?)"
+                f"{task.name}: loss is {loss.item()} at step {step + 1} of the epoch; "
+                "stopping training (lower the learning rate?)"
             )
 
     for step, prepared in enumerate(itertools.islice(batches, max_steps)):

@@ -137,9 +137,8 @@ def warp_affine_opencv(image: np.ndarray, matrix: np.ndarray, output_size: tuple
     The image may be any view, e.g. the mirror `image[:, ::-1]`, which is read in place (copying it
     first costs about as much as the warp). The pixels the crop reaches are packed into an int64
     table with zeros around the image, one channel per bit field, so four gathers and ~15 in-place
-    whole-array integer operations do the work: a 192x256 crop of a 640x480 image takes 1.3 ms
-    (2.3 ms rotated) of CPU time, 2.5-4x less than per-channel arithmetic with border masks
-    (benchmarks/warp.py, which keeps that version as its baseline).
+    whole-array integer operations do the work, several times faster than per-channel arithmetic
+    with border masks (benchmarks/warp.py times both; figures in docs/benchmarks.md).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"warp_affine_opencv wants an (H, W, 3) uint8 image, got shape {image.shape} of {image.dtype}")

@@ -112,8 +112,8 @@ def _dark_offset(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: floa
     # Zero padding, as DARK and mmpose do: a mirrored border adds mass near the edge and pulls
     # joints there by up to 1.5 heatmap px; zeros leave < 0.4 px (< 0.01 px from 4 px inwards).
     # Only the 3x3 neighbourhood of each argmax is needed, so only it is smoothed: the same values as
-    # smoothing the whole map, at a cost that does not grow with the map (128 persons at 64x48:
-    # 11 ms against 124 ms for whole maps on one core; the whole maps bounded annotate on a GPU).
+    # smoothing the whole map, at a cost that does not grow with the map (smoothing whole maps on the
+    # CPU held back annotate's keypoint model on a GPU).
     smooth, interior = _neighbourhood(heatmaps, x, y, sigma)
     logs = np.log(np.maximum(smooth, 1e-10))
 

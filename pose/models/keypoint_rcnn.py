@@ -1,13 +1,13 @@
 """torchvision's Keypoint R-CNN (ResNet-50-FPN), built offline and run from its published weight files.
 
 torchvision publishes two COCO person-keypoint checkpoints at https://download.pytorch.org/models/:
-`keypointrcnn_resnet50_fpn_coco-fc266e95.pth` (COCO_V1: box AP 54.6, keypoint AP 65.0 on val2017)
-and `keypointrcnn_resnet50_fpn_coco-9f466800.pth` (COCO_LEGACY: 50.6 / 61.1). Both are plain
-state_dicts of the same 313 tensors (59,137,258 parameters plus frozen statistics): a ResNet-50 with FrozenBatchNorm2d (no
-`num_batches_tracked`), an FPN, the RPN, a 2-class box head (background, person) and the keypoint
-head (8 convolutions, a transposed convolution, 17 heatmaps). This module builds the model exactly as
-`keypointrcnn_resnet50_fpn(weights=...)` does, without downloading: same modules and keys, the same
-frozen first backbone stages, and the FrozenBatchNorm eps torchvision gives each file (below).
+`keypointrcnn_resnet50_fpn_coco-fc266e95.pth` (COCO_V1: box AP 54.6, keypoint AP 65.0 on val2017) and
+`keypointrcnn_resnet50_fpn_coco-9f466800.pth` (COCO_LEGACY: 50.6 / 61.1). Both are plain state_dicts of the same 313
+tensors (59,137,258 parameters plus frozen statistics): a ResNet-50 with FrozenBatchNorm2d (no `num_batches_tracked`),
+an FPN, the RPN, a 2-class box head (background, person) and the keypoint head (8 convolutions, a transposed
+convolution, 17 heatmaps). This module builds the model exactly as `keypointrcnn_resnet50_fpn(weights=...)` does,
+without downloading: same modules and keys, the same frozen first backbone stages, and the FrozenBatchNorm eps
+torchvision gives each file (below).
 
 One detector and keypoint model in one: unlike the top-down models of `pose.topdown`, it finds the
 people itself and predicts the keypoints of each box it keeps from RoI features (56 x 56 heatmaps

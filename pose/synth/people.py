@@ -1439,7 +1439,8 @@ def write_coco(
             entry = _image_entry(split, image_id, pixels.shape[1], pixels.shape[0])
             image_entries.append(entry)
             for number, annotation in enumerate(scene_annotations):
-                # COCO's key order: segmentation, num_keypoints, area, iscrowd, keypoints, image_id, bbox, category_id, id.
+                # COCO's key order: segmentation, num_keypoints, area, iscrowd, keypoints, image_id, bbox,
+                # category_id, id.
                 annotations.append(
                     {
                         **{k: annotation[k] for k in ("segmentation", "num_keypoints", "area", "iscrowd", "keypoints")},
