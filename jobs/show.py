@@ -22,8 +22,13 @@ from jobs.datasets import (
 )
 from jobs.storage import StorageOptions, exists, join, open_input, read_bytes
 from pose import draw
+from pose.errors import UserError
 from pose.formats import coco, svhn
 from pose.images import decode_image
+
+
+class NothingToShow(UserError):
+    """The source holds nothing to draw (no such split, image id or digits): one line, no traceback."""
 
 
 def show_coco(
@@ -64,7 +69,7 @@ def _pick(ids: list[int], count: int, wanted: list[int] | None) -> list[int]:
     if wanted:
         missing = set(wanted) - set(ids)
         if missing:
-            raise FileNotFoundError(f"no image with id {sorted(missing)} in this split")
+            raise NothingToShow(f"no image with id {sorted(missing)} in this split")
         return wanted
     return ids[:count]
 
@@ -74,7 +79,7 @@ def _coco_examples_from_source(src, options, split, count, wanted):
 
     document, _ = load_coco_annotations(src, split, options)  # the same discovery as ingest: folder or archive
     if document is None:
-        raise FileNotFoundError(f"{src}: no annotations for split '{split}'")
+        raise NothingToShow(f"{src}: no annotations for split '{split}'")
     grouped = coco.annotations_by_image(document["annotations"])
     by_id = {int(i["id"]): i for i in document["images"]}
     with_people = [i for i in sorted(by_id) if grouped.get(i)]
@@ -96,7 +101,7 @@ def _coco_examples_from_parquet(src, options, split, count, wanted):
     persons = read_table(src, "persons", (split,), options, required=False)
     crops = read_table(src, "person_crops", (split,), options, required=False)
     if images is None or persons is None:
-        raise FileNotFoundError(f"{src}: no ingested images for split '{split}'")
+        raise NothingToShow(f"{src}: no ingested images for split '{split}'")
     person_rows: dict[int, list[dict]] = {}
     for row in persons.to_pylist():
         person_rows.setdefault(row["image_id"], []).append(row)
@@ -131,7 +136,7 @@ def show_svhn(
             draw.side_by_side(panels).save(path)
             written.append(path)
     if not written:
-        raise FileNotFoundError(f"{src}: no SVHN digits found")
+        raise NothingToShow(f"{src}: no SVHN digits found")
     return written
 
 

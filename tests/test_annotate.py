@@ -1,8 +1,8 @@
 """The annotate job: its stages as plain functions, then end to end on the S3 test server over a
 bucket of good and bad images, a real kill and re-run, and its COCO results through pycocotools.
 
-The models are tiny and untrained (built in-process and saved as run folders, as train-detector
-and train-keypoints write them). An untrained detector scores every class about equally, so its
+The models are tiny and untrained (conftest's `tiny_models`: run folders, as train-detector and
+train-keypoints write them). An untrained detector scores every class about equally, so its
 person (and dog) logits are biased up: it then reports persons wherever its proposals fall, which
 is all the pipeline needs to be checked.
 """
@@ -24,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from jobs.annotate import (
@@ -50,33 +49,10 @@ from jobs.storage import StorageOptions, filesystem, join, read_bytes
 from pose import schema
 from pose.keypoint_task import KeypointRecipe
 from pose.metrics import coco_box_ap, coco_keypoint_ap
-from pose.models.detector import DetectorConfig, build_detector
-from pose.models.keypoints import build_keypoint_model
+from pose.models.detector import DetectorConfig
 
 DOG = 18  # a COCO category id, to have objects that are not persons
 WIDTH, HEIGHT = 64, 96  # every good test image, as displayed: the same size, so batches pad alike
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[str, str]:
-    """A tiny detector and keypoint model, saved as train-detector / train-keypoints run folders."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    config = DetectorConfig(min_size=96, max_size=160, proposals_per_image=40, detections_per_image=6)
-    detector = build_detector(config)
-    with torch.no_grad():
-        detector.roi_heads.box_predictor.cls_score.bias[1] = 6.0
-        detector.roi_heads.box_predictor.cls_score.bias[DOG] = 5.0
-    (root / "detector").mkdir()
-    torch.save(detector.state_dict(), root / "detector" / "model.pt")
-    (root / "detector" / "model.json").write_text(json.dumps({"task": "detector", "model": config.to_dict()}))
-    recipe = KeypointRecipe(input_size=(64, 96), deconv_channels=16)
-    keypoints = build_keypoint_model(recipe.model_config())
-    (root / "keypoints").mkdir()
-    torch.save(keypoints.state_dict(), root / "keypoints" / "model.pt")
-    info = {"task": "keypoints", "recipe": recipe.to_dict(), "model": recipe.model_config().to_dict()}
-    (root / "keypoints" / "model.json").write_text(json.dumps(info))
-    return str(root / "detector"), str(root / "keypoints")
 
 
 def encode(array_or_image, format: str, **kwargs) -> bytes:
@@ -177,9 +153,9 @@ def test_resources_fit_the_cluster():
         plan_resources(AnnotateSettings("d", "k", use_gpu=True), cpus=2, gpus=0)
 
 
-def test_stages_chained_in_process(models, tmp_path):
+def test_stages_chained_in_process(tiny_models, tmp_path):
     """read -> detect -> person inputs -> keypoints -> rows, as the actors run them."""
-    detector_spec, keypoint_spec = models
+    detector_spec, keypoint_spec = tiny_models
     files, _ = mixed_images()
     write_folder({k: files[k] for k in ("upright.png", "exif/rotated.png", "bad/empty.jpg")}, tmp_path)
     sources = [str(tmp_path / "upright.png"), str(tmp_path / "exif/rotated.png"), str(tmp_path / "bad/empty.jpg")]
@@ -209,12 +185,12 @@ def test_stages_chained_in_process(models, tmp_path):
     pa.Table.from_pylist([first, second], schema=schema.ANNOTATIONS)  # the rows fit the schema
 
 
-def test_actors_cap_the_kernel_cache_unless_the_user_set_it(models, monkeypatch):
+def test_actors_cap_the_kernel_cache_unless_the_user_set_it(tiny_models, monkeypatch):
     """Each actor caps oneDNN's kernel cache in its own process when it is built (before its first
     convolution); a value already in the environment is kept."""
     from pose.topdown import CropConvention
 
-    detector_spec, keypoint_spec = models
+    detector_spec, keypoint_spec = tiny_models
     crops = PersonCrops(CropConvention((64, 96), 1.25, "pose-jobs"), 0.3, 4)
     for build in (
         lambda: Detector(detector_spec, StorageOptions(), crops),
@@ -320,14 +296,14 @@ def test_pictures_are_drawn_in_image_coordinates(tmp_path):
 # End to end
 
 
-def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path):
+def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, tiny_models, tmp_path):
     files, bad = mixed_images()
     src = s3.make_bucket("annotate-src") + "/images"
     fs, root = filesystem(src, s3.options)
     for name, data in files.items():
         fs.pipe_file(f"{root}/{name}", data)
     dest = s3.make_bucket("annotate-out") + "/run"
-    settings = AnnotateSettings(*models, shard_images=4, detector_batch=1)
+    settings = AnnotateSettings(*tiny_models, shard_images=4, detector_batch=1)
     manifest = annotate(src, dest, settings, s3.options, visualize=3, progress=False)
 
     listed = {name for name in files if not name.endswith(".txt")}
@@ -384,7 +360,7 @@ def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, models, tmp_path
     assert read_table(dest, "annotations", options=s3.options).equals(annotations)
 
 
-def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
+def test_killed_midway_then_rerun_has_one_row_per_image(tiny_models, tmp_path):
     """Local to local through the command line: a real kill of the job's process group while
     shards are being written, then a re-run."""
     files, bad = mixed_images()
@@ -403,9 +379,9 @@ def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
         str(src),
         str(dest),
         "--detector",
-        models[0],
+        tiny_models[0],
         "--keypoints",
-        models[1],
+        tiny_models[1],
         "--shard-size",
         "2",
     ]
@@ -439,7 +415,7 @@ def test_killed_midway_then_rerun_has_one_row_per_image(models, tmp_path):
     assert not [p for p in dest.rglob(".*") if p.is_file()], "the re-run removed the killed run's temporary files"
 
 
-def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, models, tmp_path):
+def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, tiny_models, tmp_path):
     """SRC an ingested COCO split: the image ids are COCO's, and both results files load and
     evaluate against the ingested ground truth."""
     from jobs.evaluate import keypoint_ground_truth
@@ -449,7 +425,7 @@ def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, models
     write_coco(tmp_path / "coco", split="val", images=3, seed=5)
     ingest("coco", str(tmp_path / "coco"), str(tmp_path / "ingested"), progress=False)
     dest = str(tmp_path / "out")
-    manifest = annotate(str(tmp_path / "ingested"), dest, AnnotateSettings(*models), progress=False)
+    manifest = annotate(str(tmp_path / "ingested"), dest, AnnotateSettings(*tiny_models), progress=False)
     assert manifest["images"]["balanced"] and manifest["images"]["annotated"] == 3
 
     truth = keypoint_ground_truth(str(tmp_path / "ingested"), "val", StorageOptions())
@@ -468,7 +444,7 @@ def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, models
     split = annotate(
         str(tmp_path / "ingested"),
         str(tmp_path / "split"),
-        AnnotateSettings(*models, keypoint_actors=1),
+        AnnotateSettings(*tiny_models, keypoint_actors=1),
         progress=False,
     )
     assert split["images"]["balanced"]
@@ -479,7 +455,7 @@ def test_ingested_coco_to_results_that_pycocotools_evaluates(ray_cluster, models
     )
 
 
-def test_user_mistakes_are_one_line(models, tmp_path):
+def test_user_mistakes_are_one_line(tiny_models, tmp_path):
     """The console script itself once; the other mistakes through the same typer app in this
     process (each `pose-jobs` start costs ~10 s of imports on 2 cores)."""
     from typer.testing import CliRunner
@@ -491,13 +467,13 @@ def test_user_mistakes_are_one_line(models, tmp_path):
     empty.mkdir()
     (empty / "notes.txt").write_text("no pictures here")
     for src, detector, expected in (
-        (empty, models[0], "no images found"),
-        (tmp_path / "nowhere", models[0], "no such file"),
-        (empty, models[1], "not a 'detector' model"),
+        (empty, tiny_models[0], "no images found"),
+        (tmp_path / "nowhere", tiny_models[0], "no such file"),
+        (empty, tiny_models[1], "not a 'detector' model"),
     ):
         if "not a" in expected:
             Image.new("RGB", (8, 8)).save(empty / "one.png")
-        args = ["annotate", str(src), str(tmp_path / "out"), "--detector", detector, "--keypoints", models[1]]
+        args = ["annotate", str(src), str(tmp_path / "out"), "--detector", detector, "--keypoints", tiny_models[1]]
         if expected == "no images found":
             run = subprocess.run([executable, *args], capture_output=True, text=True, timeout=120)
             exit_code, stderr = run.returncode, run.stderr

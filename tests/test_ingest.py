@@ -376,7 +376,7 @@ def test_show_pictures_from_source_and_from_parquet(ray_cluster, coco_source, tm
     """`pose-jobs show`: the same image drawn from the source files and from the ingested tables."""
     from PIL import Image
 
-    from jobs.show import show_coco, show_svhn
+    from jobs.show import NothingToShow, show_coco, show_svhn
 
     src, _ = coco_source
     dest = str(tmp_path / "out")
@@ -390,6 +390,9 @@ def test_show_pictures_from_source_and_from_parquet(ray_cluster, coco_source, tm
         assert (
             np.abs(first.astype(int) - second.astype(int)).mean() < 2
         )  # same drawing; crops differ by a JPEG round trip
+
+    with pytest.raises(NothingToShow, match=r"no image with id \[424242\]"):  # a user mistake: one line
+        show_coco(dest, tmp_path / "b", split="val", image_ids=[424242])
 
     svhn_src = tmp_path / "svhn"
     write_svhn(svhn_src, format="full", seed=3, train=8, test=4)
