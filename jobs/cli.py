@@ -212,19 +212,20 @@ TrainPrecisionOption = Annotated[
         "the models that gain from it, fp32 elsewhere; bf16 or fp32 to force one.",
     ),
 ]
-EpochsOption = Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs (default: the recipe's).")]
+EpochsOption = Annotated[
+    int | None, typer.Option("--epochs", min=1, help="Epochs (default: the recipe's).", show_default=False)
+]
 LrOption = Annotated[
     float | None,
-    typer.Option(
-        "--lr", help="Peak learning rate (default: the recipe's, scaled with --batch-size).", show_default=False
-    ),
+    typer.Option("--lr", help="Peak learning rate (default: the recipe's).", show_default=False),
 ]
 BatchSizeOption = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
         min=1,
-        help="Global batch, split over the workers; the learning rate scales linearly with it (default: the recipe's).",
+        help="Global batch, split over the workers (default: the recipe's; train-keypoints scales the recipe's "
+        "learning rate linearly with it).",
         show_default=False,
     ),
 ]
