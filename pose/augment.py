@@ -53,6 +53,19 @@ class AugmentConfig:
         return self.input_size[0] / self.input_size[1]
 
 
+def _half_body_joints(labelled: np.ndarray, upper_first: bool) -> list[int] | None:
+    """The joints a half-body transform keeps, as Simple Baselines and HRNet choose them: the upper body's
+    labelled joints when `upper_first` and there are more than 2, else the lower body's when there are more
+    than 2, else the upper body's; None when that leaves fewer than 2. `labelled` (17,) bool."""
+    upper = [j for j in UPPER_BODY if labelled[j]]
+    lower = [j for j in LOWER_BODY if labelled[j]]
+    if upper_first and len(upper) > 2:
+        chosen = upper
+    else:
+        chosen = lower if len(lower) > 2 else upper
+    return chosen if len(chosen) >= 2 else None
+
+
 def half_body_box(
     keypoints: np.ndarray, rng: np.random.Generator, aspect_ratio: float
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -62,14 +75,8 @@ def half_body_box(
     Upper or lower is an even draw (Simple Baselines' `randn() < 0.5` favours the upper body 69:31);
     a half with fewer than 3 labelled joints gives way to the other. `keypoints` (17, 3) with v;
     returns (center, size), or None when fewer than 2 joints are left."""
-    labelled = keypoints[:, 2] > 0
-    upper = [j for j in UPPER_BODY if labelled[j]]
-    lower = [j for j in LOWER_BODY if labelled[j]]
-    if rng.random() < 0.5 and len(upper) > 2:
-        chosen = upper
-    else:
-        chosen = lower if len(lower) > 2 else upper
-    if len(chosen) < 2:
+    chosen = _half_body_joints(keypoints[:, 2] > 0, upper_first=rng.random() < 0.5)
+    if chosen is None:
         return None
     points = keypoints[chosen, :2]
     top_left, bottom_right = points.min(axis=0), points.max(axis=0)
@@ -327,13 +334,8 @@ def _release_half_body(
 
     The upper body is chosen when randn() < 0.5 (probability 0.69) and it has more than 2 labelled
     joints, else the lower body if it has more than 2, else the upper; fewer than 2 gives None."""
-    upper = [j for j in UPPER_BODY if labelled[j]]
-    lower = [j for j in LOWER_BODY if labelled[j]]
-    if rng.standard_normal() < 0.5 and len(upper) > 2:
-        chosen = upper
-    else:
-        chosen = lower if len(lower) > 2 else upper
-    if len(chosen) < 2:
+    chosen = _half_body_joints(labelled, upper_first=rng.standard_normal() < 0.5)
+    if chosen is None:
         return None
     points = keypoints[chosen, :2].astype(np.float32)
     center = points.mean(axis=0)

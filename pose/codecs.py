@@ -159,6 +159,18 @@ def _flip_averaged_heatmaps(output: torch.Tensor, flipped_output: torch.Tensor |
     return _numpy(flip_test(output.float(), flipped_output.float(), shift=shift))
 
 
+def _flip_averaged_maxima(
+    output: torch.Tensor, flipped_output: torch.Tensor | None, shift: bool, heatmap_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What every heatmap decoder starts from: the flip-averaged heatmaps (N, K, H, W) float32
+    (`_flip_averaged_heatmaps`), checked against `heatmap_size` (w, h), with their integer arg-maxima xy
+    (N, K, 2) and maxima (N, K) (`heatmap_maximum`)."""
+    heatmaps = _flip_averaged_heatmaps(output, flipped_output, shift)
+    _check_shape(heatmaps, heatmap_size)
+    xy, scores = heatmap_maximum(heatmaps)
+    return heatmaps, xy, scores
+
+
 @dataclass(frozen=True)
 class MSRAHeatmapDecoder:
     """MMPose 1.x `MSRAHeatmap.decode` with the heatmap head's flip test: SimpleBaseline ResNet-50/101/152 and
@@ -190,9 +202,7 @@ class MSRAHeatmapDecoder:
     def decode(self, output: torch.Tensor, flipped_output: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps (N, K, H, W) and those of the mirrored crops (or None) -> keypoints (N, K, 2) float64 in input
         pixels, scores (N, K) float32."""
-        heatmaps = _flip_averaged_heatmaps(output, flipped_output, self.shift_flipped)
-        _check_shape(heatmaps, self.heatmap_size)
-        xy, scores = heatmap_maximum(heatmaps)
+        heatmaps, xy, scores = _flip_averaged_maxima(output, flipped_output, self.shift_flipped, self.heatmap_size)
         if self.unbiased:
             keypoints = _dark_step(heatmaps, xy, self.blur_kernel_size)
         else:
@@ -278,9 +288,7 @@ class UDPHeatmapDecoder:
     def decode(self, output: torch.Tensor, flipped_output: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps (N, K, H, W) and those of the mirrored crops (or None) -> keypoints (N, K, 2) float64 in input
         pixels, scores (N, K) float32."""
-        heatmaps = _flip_averaged_heatmaps(output, flipped_output, self.shift_flipped)
-        _check_shape(heatmaps, self.heatmap_size)
-        xy, scores = heatmap_maximum(heatmaps)
+        heatmaps, xy, scores = _flip_averaged_maxima(output, flipped_output, self.shift_flipped, self.heatmap_size)
         keypoints = _udp_dark_step(heatmaps, xy, self.blur_kernel_size)
         w, h = self.heatmap_size
         return keypoints.astype(np.float64) / [w - 1, h - 1] * np.asarray(self.input_size), scores
@@ -381,10 +389,8 @@ class SimpleBaselinesDecoder:
     def decode(self, output: torch.Tensor, flipped_output: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps (N, K, H, W) and those of the mirrored crops (or None) -> keypoints (N, K, 2) float64 in input
         pixels, scores (N, K) float32."""
-        heatmaps = _flip_averaged_heatmaps(output, flipped_output, self.shift_flipped)
-        _check_shape(heatmaps, self.heatmap_size)
+        heatmaps, xy, scores = _flip_averaged_maxima(output, flipped_output, self.shift_flipped, self.heatmap_size)
         h, w = heatmaps.shape[-2:]
-        xy, scores = heatmap_maximum(heatmaps)
         xy = np.where((scores > 0)[..., None], xy, 0)
         keypoints = xy.astype(np.float32)
         if self.post_process:
