@@ -1,9 +1,10 @@
 """Running a `pose-jobs` command on a Ray cluster as a Ray Job, and managing those jobs.
 
-Given a dashboard address (`--address http://HEAD:8265` or `RAY_ADDRESS`), a job command is not
-run here: the same command line, without `--address`, is submitted through the Ray Jobs API and
-runs on the cluster, where its driver joins the cluster through the `RAY_ADDRESS` that Ray sets
-for every job (the GCS address, never a dashboard URL: the job cannot submit itself again).
+Given a dashboard address (`--address http://HEAD:8265` or `RAY_ADDRESS`), a command marked
+`@submittable` in jobs/cli.py is not run here: the same command line, without `--address`, is
+submitted through the Ray Jobs API and runs on the cluster, where its driver joins the cluster
+through the `RAY_ADDRESS` that Ray sets for every job (the GCS address, never a dashboard URL:
+the job cannot submit itself again).
 Its logs stream back here and `pose-jobs` exits with the job's exit code.
 
 What travels with a job: the command line and `RAY_USAGE_STATS_ENABLED=0`. Nothing else from
@@ -63,7 +64,8 @@ def job_client(address: str | None):
         raise SubmitError(_token_message(address, error)) from None
     except ConnectionError:
         raise SubmitError(
-            f"no Ray dashboard answers at {address}: is the cluster up, and is this its dashboard port (8265 by default)?"
+            f"no Ray dashboard answers at {address}: is the cluster up, and is this its dashboard port "
+            "(8265 by default)?"
         ) from None
 
 
@@ -81,9 +83,16 @@ def _use_token_if_present() -> None:
 
 
 def _token_message(address: str, error: Exception) -> str:
-    where = "set RAY_AUTH_TOKEN, point RAY_AUTH_TOKEN_PATH at a file holding it, or write it to ~/.ray/auth_token (`ray get-auth-token` on the head node prints it)"
+    where = (
+        "set RAY_AUTH_TOKEN, point RAY_AUTH_TOKEN_PATH at a file holding it, or write it to ~/.ray/auth_token "
+        "(`ray get-auth-token` on the head node prints it)"
+    )
     if "Authentication failed" in str(error):  # HTTP 403: a token was sent and refused
-        return f"the Ray cluster at {address} refused the authentication token: give the cluster's token (RAY_AUTH_TOKEN, a file at RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `ray get-auth-token` on the head node prints it)"
+        return (
+            f"the Ray cluster at {address} refused the authentication token: give the cluster's token "
+            "(RAY_AUTH_TOKEN, a file at RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `ray get-auth-token` on the head "
+            "node prints it)"
+        )
     return f"the Ray cluster at {address} requires an authentication token and none was sent: {where}"
 
 
@@ -193,7 +202,8 @@ def submit(address: str, argv: list[str], *, wait: bool = True) -> int:
         info = wait_for_end(client, job_id)
     except KeyboardInterrupt:
         print(
-            f"\npose-jobs: stopped following {job_id}; it keeps running (pose-jobs jobs stop {job_id} --address {address})",
+            f"\npose-jobs: stopped following {job_id}; it keeps running "
+            f"(pose-jobs jobs stop {job_id} --address {address})",
             file=sys.stderr,
         )
         return 130
@@ -235,7 +245,8 @@ def report_end(info) -> int:
     code = exit_code(info)
     if code:
         print(
-            f"pose-jobs: job {info.submission_id} {status} (exit code {code}){': ' + info.message if info.message else ''}",
+            f"pose-jobs: job {info.submission_id} {status} (exit code {code})"
+            f"{': ' + info.message if info.message else ''}",
             file=sys.stderr,
         )
     return code

@@ -64,7 +64,8 @@ class WideBasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-width for 32x32 inputs: Conv3x3(16) → 3 stages (strides 1, 2, 2) → BN ReLU → global pool → Linear."""
+    """WRN-depth-width for 32x32 inputs: Conv3x3(16) → 3 stages (strides 1, 2, 2) → BN ReLU →
+    global pool → Linear."""
 
     def __init__(self, depth: int, width: int, dropout: float, num_classes: int = NUM_CLASSES):
         super().__init__()
