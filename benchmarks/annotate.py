@@ -34,7 +34,7 @@ ResNet-18 keypoint model at 96x128. They are untrained (nothing is downloaded), 
 of the detector is raised to make it report persons; `--max-persons` (default 4) keeps the
 keypoint work per image near the synthetic scenes' people count. Speed does not depend on the
 weights' values. Memory is the peak summed PSS of the command's process tree (driver, Ray's GCS,
-raylet and workers), sampled every second (`ingest.SAMPLE_SECONDS`).
+raylet and workers), sampled every second (`_measure.peak_tree_pss`).
 """
 
 from __future__ import annotations
@@ -47,43 +47,21 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np
 import torch
+from _measure import load_average, machine, peak_tree_pss, timed
+from _workload import cut_persons, synthetic_coco, untrained_models
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from annotate_device import cut_persons  # noqa: E402  (Ray-free: shared with the device benchmark)
-from ingest import peak_tree_pss  # noqa: E402  (benchmarks/ingest.py: one home for the memory sampler)
-
-from pose.images import IMAGE_SUFFIXES, decode_image  # noqa: E402
-from pose.keypoint_task import KeypointRecipe  # noqa: E402
-from pose.models.detector import DetectorConfig, build_detector, detect, person_boxes  # noqa: E402
-from pose.models.keypoints import build_keypoint_model  # noqa: E402
-from pose.precision import PRECISIONS, inference_precision  # noqa: E402
+from pose.images import IMAGE_SUFFIXES, decode_image
+from pose.keypoint_task import KeypointRecipe
+from pose.models.detector import DetectorConfig, detect, person_boxes
+from pose.precision import PRECISIONS, inference_precision
 
 PERSON_THRESHOLD = 0.3
-
-
-def write_models(folder: Path) -> tuple[str, str]:
-    """The CPU-default detector and keypoint model as run folders (untrained; persons favoured)."""
-    torch.manual_seed(0)
-    config = DetectorConfig()
-    detector = build_detector(config)
-    with torch.no_grad():
-        detector.roi_heads.box_predictor.cls_score.bias[1] = 4.0
-    (folder / "detector").mkdir(parents=True, exist_ok=True)
-    torch.save(detector.state_dict(), folder / "detector" / "model.pt")
-    (folder / "detector" / "model.json").write_text(json.dumps({"task": "detector", "model": config.to_dict()}))
-    recipe = KeypointRecipe()
-    (folder / "keypoints").mkdir(parents=True, exist_ok=True)
-    torch.save(build_keypoint_model(recipe.model_config()).state_dict(), folder / "keypoints" / "model.pt")
-    info = {"task": "keypoints", "recipe": recipe.to_dict(), "model": recipe.model_config().to_dict()}
-    (folder / "keypoints" / "model.json").write_text(json.dumps(info))
-    return str(folder / "detector"), str(folder / "keypoints")
 
 
 def load_models(detector_dir: str, keypoint_dir: str):
@@ -99,13 +77,15 @@ def plain_loop(paths: list[Path], detector_dir: str, keypoint_dir: str, max_pers
 
     detector, keypoint_model = load_models(detector_dir, keypoint_dir)
     predictor = TopDownPredictor(keypoint_model)
-    started = time.perf_counter()
-    for path in paths:
-        image = decode_image(path.read_bytes())
-        found = detect(detector, [image])[0]
-        chosen = person_boxes(found["boxes"], found["scores"], found["labels"], PERSON_THRESHOLD, max_persons)
-        predictor(image, found["boxes"][chosen], found["scores"][chosen])
-    return len(paths) / (time.perf_counter() - started)
+
+    def loop() -> None:
+        for path in paths:
+            image = decode_image(path.read_bytes())
+            found = detect(detector, [image])[0]
+            chosen = person_boxes(found["boxes"], found["scores"], found["labels"], PERSON_THRESHOLD, max_persons)
+            predictor(image, found["boxes"][chosen], found["scores"][chosen])
+
+    return len(paths) / timed(loop)[0]
 
 
 def _model_only_worker(arguments) -> float:
@@ -120,12 +100,14 @@ def _model_only_worker(arguments) -> float:
     detector = arithmetic.prepare(detector)
     predictor = TopDownPredictor(keypoint_model, precision=arithmetic, batch_size=keypoint_batch)
     tensors = [torch.from_numpy(image).permute(2, 0, 1).contiguous() for image in images]
-    started = time.perf_counter()
-    with arithmetic.autocast(torch.device("cpu")):
-        for start in range(0, len(tensors), detector_batch):
-            detect(detector, tensors[start : start + detector_batch])
-    predictor.keypoints(inputs, np.tile(np.eye(2, 3), (len(inputs), 1, 1)))
-    return time.perf_counter() - started
+
+    def forward() -> None:
+        with arithmetic.autocast(torch.device("cpu")):
+            for start in range(0, len(tensors), detector_batch):
+                detect(detector, tensors[start : start + detector_batch])
+        predictor.keypoints(inputs, np.tile(np.eye(2, 3), (len(inputs), 1, 1)))
+
+    return timed(forward)[0]
 
 
 def model_only_limit(
@@ -197,15 +179,17 @@ def _forward_worker(arguments) -> float:
     model = load_pose_model(spec)
     arithmetic = inference_precision("cpu", precision)
     network = arithmetic.prepare(model.network)
-    started = time.perf_counter()
-    with torch.no_grad(), arithmetic.autocast(torch.device("cpu")):
-        for start in range(0, len(crops), batch):
-            inputs = model.inputs(torch.from_numpy(crops[start : start + batch]))
-            if arithmetic.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            network(inputs)
-            network(inputs.flip(-1))
-    return time.perf_counter() - started
+
+    def forward() -> None:
+        with torch.no_grad(), arithmetic.autocast(torch.device("cpu")):
+            for start in range(0, len(crops), batch):
+                inputs = model.inputs(torch.from_numpy(crops[start : start + batch]))
+                if arithmetic.channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                network(inputs)
+                network(inputs.flip(-1))
+
+    return timed(forward)[0]
 
 
 def published_families(families: list[str], workdir: Path, images: int, precision: str) -> None:
@@ -236,9 +220,7 @@ def published_families(families: list[str], workdir: Path, images: int, precisio
         times = {}
         for name, source in (("warm-up", two), ("2 images", two), ("all", coco / "val2017")):
             shutil.rmtree(workdir / f"out-{family}", ignore_errors=True)
-            started = time.perf_counter()
-            annotate(str(source), str(workdir / f"out-{family}"), settings, progress=False)
-            times[name] = time.perf_counter() - started
+            times[name] = timed(annotate, str(source), str(workdir / f"out-{family}"), settings, progress=False)[0]
         rate = (len(paths) - 2) / max(times["all"] - times["2 images"], 1e-9)
         crop = load_pose_model(spec).crop
         no_boxes = (np.zeros((0, 4)), np.zeros(0))
@@ -256,13 +238,15 @@ def published_families(families: list[str], workdir: Path, images: int, precisio
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
             limit = len(paths) / max(pool.map(_forward_worker, shares))
         print(
-            f"{family:<10} {persons / len(paths):4.1f} persons/image   annotate {len(paths) / times['all']:6.2f} images/s "
+            f"{family:<10} {persons / len(paths):4.1f} persons/image   "
+            f"annotate {len(paths) / times['all']:6.2f} images/s "
             f"({rate:.2f} beyond the fixed cost)   forward-only limit {limit:6.2f} images/s   ratio {rate / limit:.2f}",
             flush=True,
         )
     ray.shutdown()
     print(
-        f"precision: {inference_precision('cpu', precision).describe()}; {processes} cores; {len(paths)} images; boxes: ground truth",
+        f"precision: {inference_precision('cpu', precision).describe()}; {machine()}; {len(paths)} images; "
+        "boxes: ground truth",
         flush=True,
     )
 
@@ -298,16 +282,10 @@ def main() -> None:
         )
         return
 
-    from pose.synth.people import write_coco
-
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pose-bench-annotate-"))
-    small, large = workdir / "coco-1x", workdir / f"coco-{args.scale}x"
-    print(f"synthesising {args.images} and {args.images * args.scale} images under {workdir} ...", flush=True)
-    if not small.exists():
-        write_coco(small, split="val", images=args.images, seed=0)
-    if not large.exists():
-        write_coco(large, split="val", images=args.images * args.scale, seed=0)
-    detector_dir, keypoint_dir = write_models(workdir / "models")
+    small, large = synthetic_coco(workdir, args.images, args.scale, "val")
+    # The CPU defaults, untrained; persons favoured over the classes the random weights favour.
+    detector_dir, keypoint_dir = untrained_models(workdir / "models", DetectorConfig(), KeypointRecipe(), 4.0)
     folder = small / "val2017"
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -329,30 +307,22 @@ def main() -> None:
     # What every run pays whatever its size (actors starting, models loading, results and manifest
     # written): a second run over the two images.
     shutil.rmtree(workdir / "warmup", ignore_errors=True)
-    started = time.perf_counter()
-    annotate(str(warm), str(workdir / "warmup"), settings, progress=False)
-    fixed = time.perf_counter() - started
+    fixed, _ = timed(annotate, str(warm), str(workdir / "warmup"), settings, progress=False)
     shutil.rmtree(workdir / "ray-out", ignore_errors=True)
-    started = time.perf_counter()
-    annotate(str(folder), str(workdir / "ray-out"), settings, progress=False)
-    job_seconds = time.perf_counter() - started
+    job_seconds, _ = timed(annotate, str(folder), str(workdir / "ray-out"), settings, progress=False)
     job_rate = len(paths) / job_seconds
     # The rate a large bucket sees: the extra images of the 10x run over its extra time, so that
     # whatever any run pays cancels out.
     large_count = args.images * args.scale
     shutil.rmtree(workdir / "ray-out-large", ignore_errors=True)
-    started = time.perf_counter()
-    annotate(str(large / "val2017"), str(workdir / "ray-out-large"), settings, progress=False)
-    large_seconds = time.perf_counter() - started
+    large_seconds, _ = timed(annotate, str(large / "val2017"), str(workdir / "ray-out-large"), settings, progress=False)
     marginal_rate = (large_count - len(paths)) / max(large_seconds - job_seconds, 1e-9)
     split_rate = None
     if resources.combined:  # the two-pool plan of GPUs, on these CPUs, for comparison
         shutil.rmtree(workdir / "ray-out-split", ignore_errors=True)
         split = dataclasses.replace(settings, keypoint_actors=max(1, round(cpus / 3)))
         split_resources = plan_resources(split, cpus, 0)
-        started = time.perf_counter()
-        annotate(str(folder), str(workdir / "ray-out-split"), split, progress=False)
-        split_rate = len(paths) / (time.perf_counter() - started)
+        split_rate = len(paths) / timed(annotate, str(folder), str(workdir / "ray-out-split"), split, progress=False)[0]
     ray.shutdown()
 
     pools = (
@@ -361,11 +331,12 @@ def main() -> None:
         else f"{resources.detector_actors} detector + {resources.keypoint_actors} keypoint actors"
     )
     print(
-        f"precision (job and model-only limit): {inference_precision('cpu', args.precision).describe()}; plain loop: fp32",
+        f"precision (job and model-only limit): {inference_precision('cpu', args.precision).describe()}; "
+        "plain loop: fp32",
         flush=True,
     )
     print(
-        f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, images: {len(paths)} (1x), {args.images * args.scale} ({args.scale}x); "
+        f"{machine()}, images: {len(paths)} (1x), {args.images * args.scale} ({args.scale}x); "
         f"pools: {pools}, batches {resources.detector_batch} images / {resources.keypoint_batch} persons",
         flush=True,
     )
@@ -380,14 +351,14 @@ def main() -> None:
     )
     if split_rate is not None:
         print(
-            f"  two pools instead ({split_resources.detector_actors} detector + {split_resources.keypoint_actors} keypoint actors, "
-            f"as on GPUs): {split_rate:.2f} images/s",
+            f"  two pools instead ({split_resources.detector_actors} detector + "
+            f"{split_resources.keypoint_actors} keypoint actors, as on GPUs): {split_rate:.2f} images/s",
             flush=True,
         )
     torch.set_num_threads(os.cpu_count())
     plain_rate = plain_loop(paths, detector_dir, keypoint_dir, args.max_persons)
     print(
-        f"plain single-process loop       {plain_rate:8.2f} images/s   (load average {os.getloadavg()[0]:.1f})",
+        f"plain single-process loop       {plain_rate:8.2f} images/s   (load average {load_average():.1f})",
         flush=True,
     )
     processes = os.cpu_count()
@@ -402,7 +373,8 @@ def main() -> None:
         args.precision,
     )
     print(
-        f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s   ({persons:.1f} persons per image; load average {os.getloadavg()[0]:.1f})",
+        f"model-only limit ({processes} processes)   {limit_rate:8.2f} images/s   "
+        f"({persons:.1f} persons per image; load average {load_average():.1f})",
         flush=True,
     )
     print(

@@ -4,8 +4,8 @@ around them run on a GPU, and how busy the GPU is.
     python benchmarks/annotate_device.py --images DIR --device cuda --lanes 1,2,4
     python benchmarks/annotate_device.py --families rtmpose-m,hrnet-w32,resnet50 --device cuda --precision bf16
 
-It imports nothing but `pose` (so it runs where Ray is not installed, e.g. a lent GPU machine) and
-prints, on the same images:
+It imports no Ray (only `pose`, and `jobs.models` to read run folders), so it runs where Ray is not
+installed, e.g. a lent GPU machine, and prints, on the same images:
 - the model-only rates: the detector on images already on the device, `--detector-batch` at a
   time; the keypoint model (flip test) on person inputs already cut, `--keypoint-batch` at a time;
 - the pipeline: images decoded on `--decode-threads` threads (`pose.feed.prefetch`), then, in
@@ -30,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _workload import cut_persons
 
+from jobs.models import load_detector, load_keypoint_model
 from pose.feed import prefetch
 from pose.heatmaps import to_image_coordinates
 from pose.images import IMAGE_SUFFIXES, decode_image
 from pose.keypoint_task import KeypointRecipe, predict
-from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, detect, person_boxes
+from pose.models.detector import ARCHITECTURES, DetectorConfig, build_detector, detect
 from pose.models.keypoints import build_keypoint_model
 from pose.precision import PRECISIONS, Precision, inference_precision
-from pose.topdown import cut_crops
 
 
 class GpuBusy:
@@ -75,25 +76,6 @@ class GpuBusy:
 
     def mean(self) -> float:
         return float(np.mean(self.samples)) / 100 if self.samples else float("nan")
-
-
-def cut_persons(
-    image: np.ndarray, found: dict, crop, threshold: float, max_persons: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The person inputs (P, h, w, 3) of one image's detections and their input -> image matrices
-    (P, 2, 3), chosen and cut as the job does (`person_boxes`, `pose.topdown.cut_crops`)."""
-    chosen = person_boxes(found["boxes"], found["scores"], found["labels"], threshold, max_persons)
-    inputs, image_from_input, _ = cut_crops(image, found["boxes"][chosen], crop)
-    return inputs, image_from_input
-
-
-def run_folder(folder: Path) -> tuple[dict, dict]:
-    """(model.json, state_dict) of a local run folder, without `jobs` (no Ray or S3 libraries here)."""
-    import json
-
-    return json.loads((folder / "model.json").read_text()), torch.load(
-        folder / "model.pt", map_location="cpu", weights_only=True
-    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -238,7 +220,8 @@ def family_rates(families: list[str], device: torch.device, precision: str, batc
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         print(
-            f"{family:<10} {persons / seconds:8.0f} persons/s  ({arithmetic.describe()}, batch {batch}, flip test, {persons} crops on {device})",
+            f"{family:<10} {persons / seconds:8.0f} persons/s  "
+            f"({arithmetic.describe()}, batch {batch}, flip test, {persons} crops on {device})",
             flush=True,
         )
 
@@ -309,10 +292,8 @@ def main() -> None:
         raise SystemExit(f"{args.images}: no images")
     torch.manual_seed(0)
     if args.detector:
-        info, state = run_folder(args.detector)
-        config = DetectorConfig.from_dict(info["model"])
-        detector = build_detector(config)
-        detector.load_state_dict(state)
+        detector = load_detector(str(args.detector))
+        config = detector.config
     else:
         config = DetectorConfig(arch=args.arch)
         detector = build_detector(config)
@@ -321,17 +302,14 @@ def main() -> None:
     arithmetic = inference_precision(device, args.precision)
     detector = arithmetic.prepare(detector.to(device).eval())
     if args.keypoints:
-        info, state = run_folder(args.keypoints)
-        recipe = KeypointRecipe.from_dict(info["recipe"])
+        keypoint_model, recipe = load_keypoint_model(str(args.keypoints))
     else:
         # "coco": Simple Baselines' network and input in pose-jobs' pipeline (the published families: --families)
         coco = KeypointRecipe(
             backbone="resnet50", backbone_stages=4, deconv_layers=3, deconv_channels=256, input_size=(192, 256)
         )
         recipe = coco if args.recipe == "coco" else KeypointRecipe()
-    keypoint_model = build_keypoint_model(recipe.model_config())
-    if args.keypoints:
-        keypoint_model.load_state_dict(state)
+        keypoint_model = build_keypoint_model(recipe.model_config())
     keypoint_model = keypoint_model.to(device).eval()
     channels_last = device.type == "cuda" or arithmetic.channels_last  # the keypoint model's memory format
     if channels_last:
@@ -340,7 +318,8 @@ def main() -> None:
     images = [decode_image(path.read_bytes()) for path in paths]
     sizes = np.array([image.shape[:2] for image in images])
     print(
-        f"{len(images)} images, median {int(np.median(sizes[:, 1]))}x{int(np.median(sizes[:, 0]))}; detector {config.arch} "
+        f"{len(images)} images, median {int(np.median(sizes[:, 1]))}x{int(np.median(sizes[:, 0]))}; "
+        f"detector {config.arch} "
         f"(short side {config.min_size}), keypoints {recipe.backbone} {recipe.input_size[0]}x{recipe.input_size[1]}",
         flush=True,
     )
@@ -384,7 +363,8 @@ def main() -> None:
     limit = 1 / (1 / detector_rate + per_image / keypoint_rate)
     print(f"detector alone (batch {args.detector_batch}):      {detector_rate:8.1f} images/s", flush=True)
     print(
-        f"keypoints alone (batch {args.keypoint_batch}, flip): {keypoint_rate:8.1f} persons/s (bf16: {keypoint_bf16:.1f})",
+        f"keypoints alone (batch {args.keypoint_batch}, flip): {keypoint_rate:8.1f} persons/s "
+        f"(bf16: {keypoint_bf16:.1f})",
         flush=True,
     )
     print(f"model-only limit at {per_image:.2f} persons/image: {limit:8.1f} images/s", flush=True)
@@ -405,7 +385,8 @@ def main() -> None:
             channels_last=channels_last,
         )
         print(
-            f"pipeline, {lanes} lane(s):                 {rate:8.1f} images/s  ({rate / limit:.2f} of the limit), GPU busy {busy:.0%}",
+            f"pipeline, {lanes} lane(s):                 {rate:8.1f} images/s  "
+            f"({rate / limit:.2f} of the limit), GPU busy {busy:.0%}",
             flush=True,
         )
 

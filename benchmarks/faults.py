@@ -9,14 +9,13 @@ two clean runs (one before the faulty runs, one after).
 
 Both jobs run in this process on one local Ray started once; neither its start-up nor the
 first run of each job (Ray Data's workers importing the job's modules) is counted.
-The annotate job uses tiny untrained models built here, as tests/test_annotate.py does: the
-point is its storage traffic, not its predictions.
+The annotate job uses tiny untrained models (`_workload.untrained_models`), like the tests'
+`tiny_models`: the point is its storage traffic, not its predictions.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -24,30 +23,21 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault(
-    "RAY_TMPDIR", tempfile.mkdtemp(prefix="pj-ray-", dir="/tmp")
-)  # never join another Ray on this machine
+# A Ray temp directory of its own: never join another Ray on this machine.
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="pj-ray-", dir="/tmp"))
+# The S3 test server and its fault proxy are the tests' (tests/s3server.py, tests/s3faults.py): one
+# implementation of each, which this benchmark drives with larger delays and more runs.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+from _workload import untrained_models  # noqa: E402
 from s3faults import KINDS, FaultProxy  # noqa: E402
 from s3server import REGION, S3TestServer  # noqa: E402
 
-from jobs.storage import StorageError, StorageOptions, filesystem, join, open_input, read_bytes  # noqa: E402
+from jobs.datasets import read_table  # noqa: E402
+from jobs.storage import StorageError, StorageOptions, join  # noqa: E402
 
 # The key that names one input item in each table compared: none may be missing or repeated.
 INGEST_TABLES = {"images": "image_id", "persons": "annotation_id", "person_crops": "annotation_id"}
 ANNOTATE_TABLES = {"annotations": "source"}
-
-
-def read_table(dest: str, table: str, options: StorageOptions) -> pa.Table:
-    manifest = json.loads(read_bytes(join(dest, "manifest.json"), options))
-    parts = []
-    for name in manifest["tables"][table]["files"]:
-        with open_input(join(dest, name), options) as handle:
-            parts.append(pq.read_table(handle))
-    return pa.concat_tables(parts)
 
 
 def compare(dest: str, clean: str, tables: dict[str, str], options: StorageOptions) -> tuple[int, int, bool]:
@@ -55,7 +45,8 @@ def compare(dest: str, clean: str, tables: dict[str, str], options: StorageOptio
     lost = duplicated = 0
     equal = True
     for table, key in tables.items():
-        got, expected = read_table(dest, table, options).sort_by(key), read_table(clean, table, options).sort_by(key)
+        got = read_table(dest, table, options=options).sort_by(key)
+        expected = read_table(clean, table, options=options).sort_by(key)
         keys = got[key].to_pylist()
         lost += len(set(expected[key].to_pylist()) - set(keys))
         duplicated += len(keys) - len(set(keys))
@@ -64,29 +55,6 @@ def compare(dest: str, clean: str, tables: dict[str, str], options: StorageOptio
         else:
             equal &= got.equals(expected)
     return lost, duplicated, equal
-
-
-def tiny_models(root: Path) -> tuple[str, str]:
-    import torch
-
-    from pose.keypoint_task import KeypointRecipe
-    from pose.models.detector import DetectorConfig, build_detector
-    from pose.models.keypoints import build_keypoint_model
-
-    torch.manual_seed(0)
-    config = DetectorConfig(min_size=96, max_size=160, proposals_per_image=40, detections_per_image=6)
-    detector = build_detector(config)
-    with torch.no_grad():
-        detector.roi_heads.box_predictor.cls_score.bias[1] = 6.0  # untrained: persons everywhere
-    (root / "detector").mkdir(parents=True)
-    torch.save(detector.state_dict(), root / "detector" / "model.pt")
-    (root / "detector" / "model.json").write_text(json.dumps({"task": "detector", "model": config.to_dict()}))
-    recipe = KeypointRecipe(input_size=(64, 96), deconv_channels=16)
-    (root / "keypoints").mkdir()
-    torch.save(build_keypoint_model(recipe.model_config()).state_dict(), root / "keypoints" / "model.pt")
-    info = {"task": "keypoints", "recipe": recipe.to_dict(), "model": recipe.model_config().to_dict()}
-    (root / "keypoints" / "model.json").write_text(json.dumps(info))
-    return str(root / "detector"), str(root / "keypoints")
 
 
 def main() -> None:
@@ -105,6 +73,8 @@ def main() -> None:
     from jobs.annotate import AnnotateSettings, annotate
     from jobs.ingest import ingest
     from jobs.runtime import init_ray
+    from pose.keypoint_task import KeypointRecipe
+    from pose.models.detector import DetectorConfig
     from pose.synth.people import write_coco
 
     work = Path(tempfile.mkdtemp(prefix="pose-jobs-faults-"))
@@ -115,12 +85,11 @@ def main() -> None:
         coco = work / "coco"
         write_coco(coco, split="train", images=args.images, seed=args.seed)
         src = server.make_bucket("src") + "/coco"
-        fs, root = filesystem(src, direct)
-        for path in sorted(coco.rglob("*")):
-            if path.is_file():
-                fs.pipe_file(f"{root}/{path.relative_to(coco).as_posix()}", path.read_bytes())
+        server.upload(coco, src)
         out = server.make_bucket("out")
-        models = tiny_models(work / "models")
+        # Tiny and untrained, persons everywhere: the point is the job's storage traffic.
+        tiny = DetectorConfig(min_size=96, max_size=160, proposals_per_image=40, detections_per_image=6)
+        models = untrained_models(work / "models", tiny, KeypointRecipe(input_size=(64, 96), deconv_channels=16), 6.0)
         images = f"{src}/train2017"
 
         def run_job(job: str, dest: str, options: StorageOptions) -> None:
@@ -136,18 +105,18 @@ def main() -> None:
                 )
 
         print(
-            f"{args.images} images, shards of {args.shard_size}, 'delay' = {args.delay:g} s, --storage-retry-seconds {args.retry_seconds:g}; "
+            f"{args.images} images, shards of {args.shard_size}, 'delay' = {args.delay:g} s, "
+            f"--storage-retry-seconds {args.retry_seconds:g}; "
             "wall time through the proxy against the mean of the two clean runs through it\n"
         )
-        print(
-            "| job | fault | rate | injected / requests | outcome | rows lost | rows duplicated | wall time | overhead |"
-        )
+        columns = "job, fault, rate, injected / requests, outcome, rows lost, rows duplicated, wall time, overhead"
+        print("| " + " | ".join(columns.split(", ")) + " |")
         print("|---|---|---|---|---|---|---|---|---|")
         for job in args.jobs.split(","):
             tables = INGEST_TABLES if job == "ingest" else ANNOTATE_TABLES
             clean = join(out, f"{job}-clean")
 
-            def clean_run(dest: str) -> tuple[float, int]:
+            def clean_run(job: str, dest: str) -> tuple[float, int]:
                 with FaultProxy(server.endpoint_url) as proxy:
                     started = time.monotonic()
                     run_job(
@@ -159,11 +128,10 @@ def main() -> None:
                     )
                     return time.monotonic() - started, proxy.requests
 
-            clean_run(
-                join(out, f"{job}-warm-up")
-            )  # untimed: Ray Data's workers start and import the job's modules once
+            # Untimed: Ray Data's workers start and import the job's modules once.
+            clean_run(job, join(out, f"{job}-warm-up"))
             # Timed before and after the faulty runs: their spread is the noise the overheads sit in.
-            first_s, requests = clean_run(clean)
+            first_s, requests = clean_run(job, clean)
             rows = []
             runs = [(kind, rate) for rate in rates for kind in KINDS] + [("outage", None)]
             for number, (kind, rate) in enumerate(runs):
@@ -202,15 +170,17 @@ def main() -> None:
                     else f"{sum(proxy.injected.values())} / {proxy.requests}"
                 )
                 rows.append((label, "-" if rate is None else f"{rate:g}", injected, outcome, lost, duplicated, elapsed))
-            last_s, _ = clean_run(join(out, f"{job}-clean-again"))
+            last_s, _ = clean_run(job, join(out, f"{job}-clean-again"))
             clean_s = (first_s + last_s) / 2
             print(
-                f"| {job} | none | 0 | 0 / {requests} | clean, before and after the others | 0 | 0 | {first_s:.1f} s, {last_s:.1f} s | - |"
+                f"| {job} | none | 0 | 0 / {requests} | clean, before and after the others | 0 | 0 "
+                f"| {first_s:.1f} s, {last_s:.1f} s | - |"
             )
             for label, rate, injected, outcome, lost, duplicated, elapsed in rows:
                 overhead = f"{(elapsed / clean_s - 1) * 100:+.0f} %"
                 print(
-                    f"| {job} | {label} | {rate} | {injected} | {outcome} | {lost} | {duplicated} | {elapsed:.1f} s | {overhead} |",
+                    f"| {job} | {label} | {rate} | {injected} | {outcome} | {lost} | {duplicated} "
+                    f"| {elapsed:.1f} s | {overhead} |",
                     flush=True,
                 )
         import ray

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _measure import medians, wall_and_cpu_ms
 
 from pose.geometry import crop_affine, warp_affine_opencv
 
@@ -55,15 +55,11 @@ def main() -> None:
         centre = np.array([fx * width, fy * height])
         matrix = crop_affine(centre, np.array([box_h * size[0] / size[1], box_h]), size, rotation_deg=rotation)
         assert np.array_equal(fast(image, matrix, size, mirrored), baseline(image, matrix, size, mirrored))
-        wall: dict = {baseline: [], fast: []}
-        cpu: dict = {baseline: [], fast: []}
+        samples: dict = {baseline: [], fast: []}
         for _ in range(args.repeats):
             for warp in (baseline, fast):
-                start, start_cpu = time.perf_counter(), time.thread_time()
-                warp(image, matrix, size, mirrored)
-                cpu[warp].append(time.thread_time() - start_cpu)
-                wall[warp].append(time.perf_counter() - start)
-        ms = {w: (np.median(wall[w]) * 1e3, np.median(cpu[w]) * 1e3) for w in (baseline, fast)}
+                samples[warp].append(wall_and_cpu_ms(warp, image, matrix, size, mirrored))
+        ms = {warp: medians(samples[warp]) for warp in (baseline, fast)}
         print(
             f"{name:40s} {ms[baseline][0]:11.2f} / {ms[baseline][1]:6.2f}      {ms[fast][0]:8.2f} / {ms[fast][1]:6.2f}"
             f" {ms[baseline][1] / ms[fast][1]:12.1f}x"
