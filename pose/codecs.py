@@ -79,7 +79,7 @@ def opencv_gaussian_blur(heatmaps: np.ndarray, kernel_size: int) -> np.ndarray:
     if heatmaps.size == 0:
         return heatmaps.copy()
     maps = heatmaps.reshape(-1, h, w)
-    # In blocks of maps that stay in the CPU's cache: twice as fast as all 128 crops x 17 joints at once.
+    # In blocks of maps that stay in the CPU's cache, faster than all the maps at once.
     blurred = np.concatenate([_opencv_blur_zero_padded(maps[i : i + 32], kernel_size) for i in range(0, len(maps), 32)])
     blurred = blurred.reshape(heatmaps.shape)
     # MMPose restores each map's peak height; an all-zero map becomes NaN (0 / 0), as it does there.
