@@ -232,9 +232,9 @@ def test_coco_run_killed_midway_then_rerun_gives_the_same_result(ray_cluster, tm
 
 
 def test_two_staggered_runs_on_one_dest_both_finish_with_one_clean_result(ray_cluster, tmp_path):
-    """A second run on a DEST that a first run is writing into: it used to delete the first run's
-    live temporaries as a killed run's, and the first died in os.replace. Both finish now, and the
-    result is one clean run's."""
+    """A second run on a DEST that a first run is writing into must not take the first run's live
+    temporaries for a killed run's (the first would die in os.replace): both finish, and the result
+    is one clean run's."""
     src = tmp_path / "src"
     write_coco(src, split="train", images=24, seed=12)
     shared, clean = tmp_path / "shared", tmp_path / "clean"
@@ -401,8 +401,8 @@ def test_show_pictures_from_source_and_from_parquet(ray_cluster, coco_source, tm
 
 
 def test_repeated_coco_ids_are_one_line_and_write_nothing(coco_source, tmp_path):
-    """Two `images` entries with one id used to give two `images` rows, an annotation twice and a
-    crop from the wrong image, with exit 0: now the file is refused before anything is written."""
+    """Two `images` entries with one id would give two `images` rows, an annotation twice and a crop
+    from the wrong image: the file is refused in one line before anything is written."""
     from typer.testing import CliRunner
 
     from jobs.cli import app

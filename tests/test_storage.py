@@ -256,7 +256,7 @@ def test_atomic_local_write_leaves_no_temporary_files(tmp_path):
 
 def test_only_dead_writers_temporaries_are_removed(tmp_path):
     """A run cleaning up a killed run's temporaries must not delete those of a run writing into the
-    same folder now (it died with a traceback from os.replace)."""
+    same folder at the same time (that run would die with a traceback from os.replace)."""
     import subprocess
 
     dead = subprocess.Popen(["true"])
@@ -271,7 +271,7 @@ def test_only_dead_writers_temporaries_are_removed(tmp_path):
         "not-ours": ".f.parquet.tmp",
     }
     (tmp_path / "sub").mkdir()
-    for key, name in names.items():
+    for name in names.values():
         (tmp_path / "sub" / name).write_bytes(b"x")
     now = os.path.getmtime(tmp_path / "sub" / names["live"])
     for key in ("old-elsewhere", "unnamed"):
