@@ -50,7 +50,7 @@ def _pck_from_counts(hits: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, f
     return per_joint, float(per_joint[scored].mean()) if count else 0.0, count
 
 
-def pck_seed(
+def heatmap_pck(
     output_heatmaps: np.ndarray, target_heatmaps: np.ndarray, threshold: float = 0.5
 ) -> tuple[np.ndarray, float, int]:
     """PCK on heatmaps: Simple Baselines' `lib/core/evaluate.py::accuracy`.
@@ -66,11 +66,14 @@ def pck_seed(
     return _pck_from_counts(*_pck_counts(output_heatmaps, target_heatmaps, threshold))
 
 
+pck_seed = heatmap_pck  # the former name, until tests/test_metrics.py uses the new one
+
+
 class PckAccumulator:
-    """`pck_seed` over a whole evaluation set, fed batch by batch.
+    """`heatmap_pck` over a whole evaluation set, fed batch by batch.
 
     Per-joint hit and valid counts are summed over batches, and the result is computed from the
-    totals, so it equals `pck_seed` on all samples as one batch. (Averaging per-batch results
+    totals, so it equals `heatmap_pck` on all samples as one batch. (Averaging per-batch results
     instead would weight small batches and rare joints wrongly.)
     """
 
@@ -86,7 +89,7 @@ class PckAccumulator:
         self.valid = valid if self.valid is None else self.valid + valid
 
     def result(self) -> tuple[np.ndarray, float, int]:
-        """(per-joint accuracy (K,), mean over scored joints, number of scored joints), as `pck_seed`."""
+        """(per-joint accuracy (K,), mean over scored joints, number of scored joints), as `heatmap_pck`."""
         if self.hits is None:
             raise ValueError("PckAccumulator.result() called before any update()")
         return _pck_from_counts(self.hits, self.valid)

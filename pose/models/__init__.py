@@ -5,6 +5,7 @@ from pose.models.keypoints import (
     KeypointModelConfig,
     KeypointNet,
     SeedKeypointNet,
+    SmallKeypointCNN,
     build_keypoint_model,
     load_backbone_weights,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "KeypointModelConfig",
     "KeypointNet",
     "SeedKeypointNet",
+    "SmallKeypointCNN",
     "build_digit_model",
     "build_keypoint_model",
     "load_backbone_weights",
