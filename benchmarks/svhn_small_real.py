@@ -248,8 +248,9 @@ def main() -> None:
     print(json.dumps({"hand": hand}), flush=True)
     print(
         f"{len(train[1])} training digits, {len(test[1])} test digits, {args.threads} threads: "
-        f"recipe {recipe['test_accuracy']:.1%} ({recipe['epochs']} epochs, {recipe['steps']} steps, {recipe['seconds']:.0f} s wall, "
-        f"{recipe['cpu_seconds']:.0f} s CPU, {recipe['precision']}) vs hand CNN {hand['test_accuracy']:.1%} at equal {args.budget} time "
+        f"recipe {recipe['test_accuracy']:.1%} ({recipe['epochs']} epochs, {recipe['steps']} steps, "
+        f"{recipe['seconds']:.0f} s wall, {recipe['cpu_seconds']:.0f} s CPU, {recipe['precision']}) "
+        f"vs hand CNN {hand['test_accuracy']:.1%} at equal {args.budget} time "
         f"({hand['epochs']} epochs, {hand['seconds']:.0f} s wall, {hand['cpu_seconds']:.0f} s CPU)"
     )
 

@@ -36,7 +36,8 @@ Where the rows come from:
     python benchmarks/train.py                      # both models, CPU recipe, with Ray
     python benchmarks/train.py --model keypoints --no-ray --recipe simple-baselines --batch-size 4 --steps 3
     # for a lent GPU: rows with their images' bytes, made here, then there:
-    python benchmarks/train.py --model keypoints --recipe simple-baselines --images 200 --save-rows out/bench-rows/sb.parquet
+    python benchmarks/train.py --model keypoints --recipe simple-baselines --images 200 \
+        --save-rows out/bench-rows/sb.parquet
     python benchmarks/train.py --model keypoints --no-ray --device cuda --precision bf16 --rows out/bench-rows \
         --recipe simple-baselines --steps 40 --feed-workers 4,8,15
 """
@@ -422,7 +423,8 @@ def main() -> None:
             kind = f"{workers:2d} {args.feed_kind}{'es' if processes else 's'}" if workers else "inline     "
             per_process, last_workers = supply / max(workers, 1), workers
             print(
-                f"{label}: feed alone, {kind}         {supply:9.1f} samples/s  ({per_process:.1f} per {args.feed_kind})",
+                f"{label}: feed alone, {kind}         {supply:9.1f} samples/s  "
+                f"({per_process:.1f} per {args.feed_kind})",
                 flush=True,
             )
             print(
@@ -430,7 +432,8 @@ def main() -> None:
             )
         if per_process and (processes or last_workers == 0):  # threads share one process: no per-process figure
             print(
-                f"{label}: feed processes for {args.target:,.0f} samples/s: about {feed_processes_for(args.target, per_process)}; "
+                f"{label}: feed processes for {args.target:,.0f} samples/s: "
+                f"about {feed_processes_for(args.target, per_process)}; "
                 f"for this step's {ceiling:,.1f}: about {feed_processes_for(ceiling, per_process)} "
                 f"(at {per_process:.1f} samples/s per process, the last feed size's)",
                 flush=True,
@@ -448,7 +451,8 @@ def main() -> None:
             rates = ray_rates(factory, ingested, workdir, [1, 2], precision=args.precision, with_images=with_images)
             for workers, rate in rates.items():
                 print(
-                    f"{label}: Ray Train, {workers} worker(s)            {rate:9.1f} samples/s  feed ratio {rate / ceiling:.2f}"
+                    f"{label}: Ray Train, {workers} worker(s)            {rate:9.1f} samples/s  "
+                    f"feed ratio {rate / ceiling:.2f}"
                 )
             print(f"{label}: 2 workers / 1 worker            {rates[2] / rates[1]:.2f}")
 

@@ -22,6 +22,7 @@ About 20-40 s with the defaults on 2 CPU cores (rendering the scenes dominates).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -84,10 +85,12 @@ def main() -> None:
         "MMPose td-hm": (CropConvention(INPUT_SIZE, centring="mmpose"), MMPoseAugment()),
     }
     print(
-        f"{len(people)} persons in {args.scenes} scenes of {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, {args.views} views each per reference"
+        f"{len(people)} persons in {args.scenes} scenes of {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, "
+        f"{args.views} views each per reference"
     )
     print(
-        f"{'reference':<18} {'views':>7} {'off the stored crop (before)':>30} {'off the image (after)':>23} {'crop only':>10}"
+        f"{'reference':<18} {'views':>7} {'off the stored crop (before)':>30} "
+        f"{'off the image (after)':>23} {'crop only':>10}"
     )
     for name, (crop, config) in references.items():
         off_crop = off_image = crop_only = views = 0
@@ -96,12 +99,12 @@ def main() -> None:
             crop_from_image = crop_affine(center, size * settings.margin, (settings.width, settings.height))
             if isinstance(config, MMPoseAugment):
                 c, s = mmpose_center_scale(box, SCENE_SIZE)
-                draw = lambda: sample_mmpose(rng, keypoints, c, s, SCENE_SIZE[0], config, aspect)  # noqa: E731
+                draw = functools.partial(sample_mmpose, rng, keypoints, c, s, SCENE_SIZE[0], config, aspect)
             else:
                 cs = release_center_scale(box, SCENE_SIZE, aspect)
                 if cs is None:
                     continue
-                draw = lambda: sample_release(rng, keypoints, *cs, SCENE_SIZE[0], config, aspect)  # noqa: E731
+                draw = functools.partial(sample_release, rng, keypoints, *cs, SCENE_SIZE[0], config, aspect)
             for _ in range(args.views):
                 corners = input_corners(crop, draw())
                 lacks, off = (
@@ -111,7 +114,8 @@ def main() -> None:
                 off_crop, off_image, crop_only = off_crop + lacks, off_image + off, crop_only + (lacks and not off)
                 views += 1
         print(
-            f"{name:<18} {views:>7} {100 * off_crop / views:>29.1f}% {100 * off_image / views:>22.1f}% {100 * crop_only / views:>9.1f}%"
+            f"{name:<18} {views:>7} {100 * off_crop / views:>29.1f}% {100 * off_image / views:>22.1f}% "
+            f"{100 * crop_only / views:>9.1f}%"
         )
     print(f"({time.perf_counter() - start:.1f} s)")
 

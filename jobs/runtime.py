@@ -253,7 +253,10 @@ class Progress:
         rate = self.items / elapsed
         remaining = (elapsed / self.done) * (self.total - self.done) if self.done else float("nan")
         shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
-        line = f"{self.label}: {self.done}/{self.total} shards, {self.items} {self.unit}, {shown} {self.unit}/s, ETA {remaining:.0f}s"
+        line = (
+            f"{self.label}: {self.done}/{self.total} shards, {self.items} {self.unit}, {shown} {self.unit}/s, "
+            f"ETA {remaining:.0f}s"
+        )
         print(
             ("\r" + line) if self.interactive else line,
             end="" if self.interactive and self.done < self.total else "\n",

@@ -505,10 +505,14 @@ def _problem_and_fix(exc: Exception, url: str, options: StorageOptions) -> str |
         endpoint = options.resolved_endpoint_url() or "the AWS S3 endpoint"
         if code is None:  # no answer at all
             return (
-                f"cannot reach endpoint {endpoint} after retrying for {options.retry_seconds:g} s (check --endpoint-url / "
-                "AWS_ENDPOINT_URL, or wait longer with --storage-retry-seconds; a re-run resumes)"
+                f"cannot reach endpoint {endpoint} after retrying for {options.retry_seconds:g} s "
+                "(check --endpoint-url / AWS_ENDPOINT_URL, or wait longer with --storage-retry-seconds; "
+                "a re-run resumes)"
             )
-        return f"{endpoint} kept answering {code} for {options.retry_seconds:g} s (wait longer with --storage-retry-seconds; a re-run resumes)"
+        return (
+            f"{endpoint} kept answering {code} for {options.retry_seconds:g} s "
+            "(wait longer with --storage-retry-seconds; a re-run resumes)"
+        )
     if isinstance(exc, FileNotFoundError):
         return "no such object or prefix"
     return _disk_problem(exc)

@@ -39,8 +39,8 @@ GOLDENS = Path(__file__).parent / "data" / "goldens"
 _TRANSPOSED = re.compile(r"(^|\.)deconv_layers\.\d+\.weight$|kps_score_lowres\.weight$")
 
 # BatchNorms that end a residual branch (added to an identity path): Bottleneck's bn3, BasicBlock's
-# bn2 (ResNet, HRNet), HRNet's fuse paths and CSPNeXt's block output convs (conv2's pointwise conv). Shortcut projections
-# (downsample) carry the signal and keep a weight near 1.
+# bn2 (ResNet, HRNet), HRNet's fuse paths and CSPNeXt's block output convs (conv2's pointwise conv).
+# Shortcut projections (downsample) carry the signal and keep a weight near 1.
 _ADDED_NORM = re.compile(
     r"(\.bn3|\.layer\d\.\d+\.bn2|branches\.\d+\.\d+\.bn2|fuse_layers\.\d+\.\d+\.(\d+\.)*1"
     r"|blocks\.\d+\.conv2\.pointwise_conv\.bn)$"

@@ -173,7 +173,8 @@ class RayTestCluster:
         while True:
             if node.process.poll() is not None:
                 raise RuntimeError(
-                    f"ray start for {node.name} exited with {node.process.returncode}; see {node.log_path}:\n{node.log_path.read_text()[-3000:]}"
+                    f"ray start for {node.name} exited with {node.process.returncode}; see {node.log_path}:\n"
+                    f"{node.log_path.read_text()[-3000:]}"
                 )
             try:
                 for entry in self.alive_nodes():

@@ -234,7 +234,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         except (OSError, http.client.HTTPException):
             connection.close()
             self.upstream = None
-            raise OSError("upstream did not answer")
+            raise OSError("upstream did not answer") from None
         return response.status, response.reason, response.getheaders(), payload
 
     def _answer_error(self, status: int, code: str, message: str) -> None:

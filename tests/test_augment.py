@@ -1,12 +1,30 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pose.augment import AugmentConfig, jitter_colors, normalize, topdown_sample
+from pose.augment import (
+    HRNET_AUGMENT,
+    SIMPLE_BASELINES_AUGMENT,
+    AugmentConfig,
+    AugmentParams,
+    MMPoseAugment,
+    ReleaseAugment,
+    jitter_colors,
+    mmpose_center_scale,
+    normalize,
+    reference_sample,
+    release_center_scale,
+    sample_mmpose,
+    sample_release,
+    topdown_sample,
+    truncated_normal,
+)
 from pose.geometry import apply_affine, box_to_center_size
 from pose.joints import JOINT_NAMES, NUM_JOINTS, flip_index
+from pose.topdown import CropConvention
 
 CROP_W, CROP_H = 288, 384  # the person_crops size
 LEFT_WRIST, RIGHT_WRIST = JOINT_NAMES.index("left_wrist"), JOINT_NAMES.index("right_wrist")
@@ -217,23 +235,6 @@ def test_normalize_gives_imagenet_normalised_channels_last_nchw():
 
 # --- The references' augmentation against their own code (tools/make_augment_goldens.py) -------------
 
-from pathlib import Path  # noqa: E402
-
-from pose.augment import (
-    HRNET_AUGMENT,
-    SIMPLE_BASELINES_AUGMENT,
-    AugmentParams,
-    MMPoseAugment,
-    ReleaseAugment,  # noqa: E402
-    mmpose_center_scale,
-    reference_sample,
-    release_center_scale,
-    sample_mmpose,
-    sample_release,
-    truncated_normal,
-)
-from pose.topdown import CropConvention  # noqa: E402
-
 GOLDENS = Path(__file__).parent / "data" / "goldens"
 DRAWS = 5_000  # ours, against the reference's 20,000
 HALF_BODY_DRAWS = 3_000
@@ -245,7 +246,8 @@ def _golden(name: str) -> dict:
 
 
 def test_configs_are_the_references():
-    # SB experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml, HRNet experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml,
+    # SB experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml,
+    # HRNet experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml,
     # as the golden script read them with the releases' own config loaders.
     for config, name in ((SIMPLE_BASELINES_AUGMENT, "simple_baselines"), (HRNET_AUGMENT, "hrnet")):
         read = _golden(f"augment_stats_{name}")["config"]

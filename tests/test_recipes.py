@@ -133,7 +133,8 @@ def _bbox_transform(step: dict, defaults: dict) -> dict:
 
 
 def test_rtmpose_m_shows_the_reference_config():
-    """`--recipe rtmpose-m --show-recipe` against MMPose's rtmpose-m_8xb256-420e_coco-256x192.py as mmengine reads it."""
+    """`--recipe rtmpose-m --show-recipe` against MMPose's rtmpose-m_8xb256-420e_coco-256x192.py as mmengine
+    reads it."""
     reference = GOLDENS["rtmpose-m/rtmpose-m/256x192/simcc"]
     shown = show("--recipe", "rtmpose-m", "--workers", "8")
     settings = shown["rtmpose"]
@@ -686,7 +687,8 @@ def test_train_keypoints_rtmpose_m_on_ray_keeps_and_saves_its_ema(ray_cluster, t
     write_coco(tmp_path / "src", split="train", images=3, seed=33)
     write_coco(tmp_path / "src", split="val", images=2, seed=34)
     ingest("coco", str(tmp_path / "src"), str(tmp_path / "coco"), progress=False)
-    result = CliRunner().invoke(app, ["train-keypoints", "--data", str(tmp_path / "coco"), "--out", str(tmp_path / "run"),
+    data, run = str(tmp_path / "coco"), str(tmp_path / "run")
+    result = CliRunner().invoke(app, ["train-keypoints", "--data", data, "--out", run,
                                       "--recipe", "rtmpose-m", "--epochs", "1", "--batch-size", "2"])  # fmt: skip
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "run" / "model.json").read_text())

@@ -274,7 +274,10 @@ def test_wrong_state_dicts_are_refused_with_what_is_wrong():
         load_rtmpose_state_dict(model_t, state_l, where="rtmpose-l.pth")
 
     state_384 = on_meta(RTMPoseConfig(size="t", input_size=(288, 384))).state_dict()
-    expected = r": 3 wrong shape \(e\.g\. head\.mlp\.1\.weight \(256, 108\) vs \(256, 48\), .*; it looks like RTMPose-t 384x288$"
+    expected = (
+        r": 3 wrong shape \(e\.g\. head\.mlp\.1\.weight \(256, 108\) vs \(256, 48\), .*; "
+        r"it looks like RTMPose-t 384x288$"
+    )
     with pytest.raises(ValueError, match=expected):
         load_rtmpose_state_dict(model_t, state_384)
 

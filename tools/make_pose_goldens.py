@@ -256,7 +256,8 @@ def run_mmpose(config: str, weights: str, image: np.ndarray, boxes: np.ndarray) 
 
     assert len(outputs) == 2, "the configs' test_cfg flip_test runs the head twice"
     golden = {
-        "framework": f"MMPose 1.3.2 (mmengine 0.10.7, mmcv-lite 2.2.0): init_model + inference_topdown, config {config}",
+        "framework": "MMPose 1.3.2 (mmengine 0.10.7, mmcv-lite 2.2.0): init_model + inference_topdown, "
+        f"config {config}",
         "centers": np.stack([s.metainfo["input_center"] for s in samples]).astype(np.float64),
         "scales": np.stack([s.metainfo["input_scale"] for s in samples]).astype(np.float64),
         "warps": np.stack(warps),
@@ -374,7 +375,8 @@ def run_release(kind: str, experiment: str, weights: str, image: np.ndarray, box
         "hrnet": "leoxiaobin/deep-high-resolution-net.pytorch@6f69e46",
     }
     return {
-        "framework": f"{repo[kind]} lib/ functions as validate() calls them, {experiment}, FLIP_TEST and SHIFT_HEATMAP on, "
+        "framework": f"{repo[kind]} lib/ functions as validate() calls them, {experiment}, "
+        "FLIP_TEST and SHIFT_HEATMAP on, "
         f"network input {'RGB' if color_rgb else 'BGR'}; scales in the release's units (pixels / 200)",
         "centers": c.astype(np.float64),
         "scales": s.astype(np.float64),

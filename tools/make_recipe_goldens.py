@@ -58,7 +58,8 @@ MMPOSE_ARCH = {
 def transform_defaults(
     name: str, source: str = "datasets/transforms/common_transforms.py", root: Path = MMPOSE
 ) -> dict:
-    """The keyword defaults of the __init__ of class `name` in `source` under `root` (MMPose's), read from its source."""
+    """The keyword defaults of the __init__ of class `name` in `source` under `root` (MMPose's), read from
+    its source."""
     tree = ast.parse((root / source).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == name:
@@ -114,7 +115,7 @@ def release_values(framework: str, arch: str, size: str) -> dict:
     else:
         path = root / f"experiments/coco/hrnet/w{arch.removeprefix('hrnet-w')}_{size}_adam_lr1e-3.yaml"
     cfg = yaml.safe_load(path.read_text())
-    train, dataset, model, test = cfg["TRAIN"], cfg["DATASET"], cfg["MODEL"], cfg["TEST"]
+    train, dataset, model = cfg["TRAIN"], cfg["DATASET"], cfg["MODEL"]
     per_gpu = train.get("BATCH_SIZE", train.get("BATCH_SIZE_PER_GPU"))
     extra = model.get("EXTRA", {})
     return {
@@ -289,7 +290,7 @@ def rtmpose_ema(steps: int = 5) -> dict:
     states, history = [], []
     for step in range(steps):
         with torch.no_grad():
-            for i, (name, value) in enumerate(model.state_dict().items()):
+            for i, value in enumerate(model.state_dict().values()):
                 if value.is_floating_point():
                     value.copy_(torch.linspace(-1.0, 1.0, value.numel()).reshape(value.shape) * (step + 1) + i)
                 else:
