@@ -293,7 +293,7 @@ BoxesOption = Annotated[
     typer.Option(
         "--boxes",
         help="Person boxes from a COCO box results JSON (local or s3://) instead of a detector, e.g. COCO's "
-        "published detections or an eval-detector --results file.",
+        "published detections, an eval-detector --results file or results/boxes.json of an earlier annotate run.",
         show_default=False,
     ),
 ]
