@@ -39,7 +39,7 @@ Scratch environment (nothing of it goes into the repo or its venv), from the rep
     PYTHONPATH=/tmp/mmdeps:/tmp/origdeps:/tmp/mmref/src .venv/bin/python tools/make_pose_goldens.py [variant ...]
 
 Import stubs (modules imported at module level but never called at inference), installed by
-`install_import_stubs` and `release_lib`: the releases' compiled `nms.cpu_nms`/`nms.gpu_nms`,
+`_mmpose_stubs.install_import_stubs` and `release_lib`: the releases' compiled `nms.cpu_nms`/`nms.gpu_nms`,
 `xtcocotools` (COCO evaluation), `mmdet.utils` (RTMO's head), `mmcv.ops` (compiled
 ops of the full mmcv; mmcv-lite has none), `pkg_resources` (mmengine's package lookup; absent
 from recent setuptools). With mmdet absent MMPose builds RTMPose's `mmdet.CSPNeXt` from its own
@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _mmpose_stubs import install_import_stubs  # also imported from here by the other golden scripts
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -169,34 +170,6 @@ def scenes() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 # ---------------------------------------------------------------------------------------------
 # MMPose
-
-
-def install_import_stubs() -> None:
-    """Empty stand-ins for modules MMPose imports at module level but never calls here."""
-
-    def module(name: str, **attrs) -> None:
-        stub = types.ModuleType(name)
-        stub.__dict__.update(attrs)
-        sys.modules[name] = stub
-
-    class Unavailable:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError("an import stub of tools/make_pose_goldens.py was called")
-
-    class DistributionNotFound(Exception):
-        pass
-
-    def get_distribution(name):  # mmengine then finds the package on sys.path
-        raise DistributionNotFound(name)
-
-    module("xtcocotools")
-    module("xtcocotools.coco", COCO=Unavailable)
-    module("xtcocotools.cocoeval", COCOeval=Unavailable)
-    module("xtcocotools.mask")
-    module("mmdet")
-    module("mmdet.utils", ConfigType=object, OptConfigType=object, reduce_mean=Unavailable)
-    module("mmcv.ops", MultiScaleDeformableAttention=Unavailable)
-    module("pkg_resources", DistributionNotFound=DistributionNotFound, get_distribution=get_distribution)
 
 
 def _sync_bn_to_bn(node) -> None:

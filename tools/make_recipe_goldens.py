@@ -150,10 +150,18 @@ def mmpose_learning_rates(config: str, epoch_length: int) -> list[float]:
 
     cfg = Config.fromfile(str(CONFIGS / config))
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
+    return _scheduled_rates(cfg, optimizer, epoch_length, {"LinearLR": LinearLR, "MultiStepLR": MultiStepLR})
+
+
+def _scheduled_rates(cfg, optimizer, epoch_length: int, kinds: dict) -> list[float]:
+    """The learning rate before each iteration of `cfg.train_cfg.max_epochs` epochs of `epoch_length`, with
+    `cfg.param_scheduler` built as mmengine's runner builds it (`kinds`: its scheduler classes by type name;
+    by-epoch schedulers converted to iterations) and stepped after every optimiser step."""
     schedulers = []
     for item in cfg.param_scheduler:
         item = dict(item)
-        kind = {"LinearLR": LinearLR, "MultiStepLR": MultiStepLR}[item.pop("type")]
+        kind = kinds[item.pop("type")]
+        item.pop("convert_to_iter_based", None)
         if item.pop("by_epoch"):
             schedulers.append(kind.build_iter_from_epoch(optimizer, epoch_length=epoch_length, **item))
         else:
@@ -259,22 +267,9 @@ def rtmpose_learning_rates(epoch_length: int) -> list[float]:
 
     cfg = Config.fromfile(str(RTMPOSE_M))
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
-    schedulers = []
-    for item in cfg.param_scheduler:
-        item = dict(item)
-        kind = {"LinearLR": LinearLR, "CosineAnnealingLR": CosineAnnealingLR}[item.pop("type")]
-        item.pop("convert_to_iter_based", None)
-        if item.pop("by_epoch"):
-            schedulers.append(kind.build_iter_from_epoch(optimizer, epoch_length=epoch_length, **item))
-        else:
-            schedulers.append(kind(optimizer, by_epoch=False, **item))
-    rates = []
-    for _ in range(cfg.train_cfg.max_epochs * epoch_length):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        for scheduler in schedulers:
-            scheduler.step()
-    return rates
+    return _scheduled_rates(
+        cfg, optimizer, epoch_length, {"LinearLR": LinearLR, "CosineAnnealingLR": CosineAnnealingLR}
+    )
 
 
 def rtmpose_ema(steps: int = 5) -> dict:

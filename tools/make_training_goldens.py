@@ -28,8 +28,8 @@ pure dependencies and the releases' code as in `tools/make_pose_goldens.py`'s do
     .venv/bin/python -m pip install --target /tmp/np1 numpy==1.26.4
     PYTHONPATH=/tmp/mmdeps:/tmp/mmref/src .venv/bin/python tools/make_training_goldens.py --numpy1 /tmp/np1
 
-About 30 seconds. Import stubs: `install_import_stubs`, the subset of `make_pose_goldens`'s that MMPose's
-codecs need (they import its registry, which imports modules never called here).
+About 30 seconds. Import stubs: `_mmpose_stubs.install_import_stubs`, shared with `make_pose_goldens` (MMPose's
+codecs import its registry, which imports modules never called here).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from _mmpose_stubs import install_import_stubs
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = Path(os.environ.get("POSE_RELEASES", "/tmp/orig"))
@@ -302,31 +303,6 @@ def child(tmp: str) -> None:
     simcc = mmpose_simcc_labels(arrays["simcc:0"], arrays["simcc:1"])
     out.update({f"simcc:{k}": v for k, v in simcc.items()})
     np.savez(Path(tmp) / "out.npz", **out)
-
-
-def install_import_stubs() -> None:
-    """Empty stand-ins for modules that MMPose's registry imports at module level and the codecs never call (as
-    `make_pose_goldens.install_import_stubs`, which cannot be imported here: its module needs numpy 2)."""
-
-    def module(name: str, **attrs) -> None:
-        stub = types.ModuleType(name)
-        stub.__dict__.update(attrs)
-        sys.modules[name] = stub
-
-    class DistributionNotFound(Exception):
-        pass
-
-    def get_distribution(name):  # mmengine then finds the package on sys.path
-        raise DistributionNotFound(name)
-
-    module("xtcocotools")
-    module("xtcocotools.coco", COCO=None)
-    module("xtcocotools.cocoeval", COCOeval=None)
-    module("xtcocotools.mask")
-    module("mmdet")
-    module("mmdet.utils", ConfigType=object, OptConfigType=object, reduce_mean=None)
-    module("mmcv.ops", MultiScaleDeformableAttention=None)
-    module("pkg_resources", DistributionNotFound=DistributionNotFound, get_distribution=get_distribution)
 
 
 def main() -> None:
