@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pose.joints import JOINT_NAMES
+
 MANIFESTS = Path(__file__).parent / "data" / "published"
 GOLDENS = Path(__file__).parent / "data" / "goldens"
 
@@ -133,25 +135,7 @@ def coco_dataset_meta() -> dict:
     """What MMPose's training runner stores as `meta['dataset_meta']` for COCO: mmpose's
     `parse_pose_metainfo(configs/_base_/datasets/coco.py)`, with its numpy arrays (uint8 colours,
     float32 weights and sigmas). Values as MMPose 1.3.2 builds them."""
-    names = [
-        "nose",
-        "left_eye",
-        "right_eye",
-        "left_ear",
-        "right_ear",
-        "left_shoulder",
-        "right_shoulder",
-        "left_elbow",
-        "right_elbow",
-        "left_wrist",
-        "right_wrist",
-        "left_hip",
-        "right_hip",
-        "left_knee",
-        "right_knee",
-        "left_ankle",
-        "right_ankle",
-    ]
+    names = list(JOINT_NAMES)  # COCO's 17 joints in COCO's order, as MMPose's coco.py lists them
     flip = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
     links = [
         (15, 13),
