@@ -163,3 +163,18 @@ def test_show_with_nothing_to_draw_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["show", "coco", str(empty), str(tmp_path / "pictures"), "--split", "val"])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert "no annotations for split 'val'" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("not json", "not a JSON file"), ('{"image_id": 1}', "expected a COCO box results list"), (None, "not both")],
+    ids=["not-json", "not-a-list", "with-detector"],
+)
+def test_eval_keypoints_box_mistakes_are_one_line(tmp_path, text, words):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(text or "[]")
+    args = ["eval-keypoints", "--data", str(tmp_path / "coco"), "--model", str(tmp_path / "run"), "--boxes", str(boxes)]
+    if text is None:
+        args += ["--detector", str(tmp_path / "detector.pth")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and words in result.stderr and "Traceback" not in result.output, result.output
