@@ -1,8 +1,9 @@
-"""The Parquet tables that ingest writes and training, evaluation and pictures read.
+"""The Parquet tables that ingest and annotate write and training, evaluation and pictures read.
 
 One home for column names and types. Bump `SCHEMA_VERSION` whenever a column changes meaning or
 type; `manifest.json` records the version a dataset was written with. Coordinates follow
-`pose.geometry`'s convention ((x, y) pixels, top-left origin, integer = pixel centre).
+`pose.geometry`'s convention ((x, y) pixels, top-left origin, integer = pixel centre). docs/schema.md
+describes every table and column for users; keep it in step with this module.
 """
 
 from __future__ import annotations
