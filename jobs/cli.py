@@ -1108,7 +1108,10 @@ def demo(
     """Synthesise -> ingest -> train the three models briefly -> evaluate -> annotate, on a local Ray and
     local storage, then a summary of the figures and where everything is."""
     from jobs.demo import DemoSizes, run_demo
+    from jobs.storage import is_s3
 
+    if is_s3(out):
+        raise typer.BadParameter("the demo writes to a local folder", param_hint="--out")
     started = time.perf_counter()
     summary = run_demo(
         Path(out),
