@@ -1132,10 +1132,6 @@ def demo(
 # show
 
 
-class NothingToShow(UserError):
-    """The source holds nothing to draw (no such split, image id or digits)."""
-
-
 @show_app.command("coco")
 @user_errors
 def show_coco(
@@ -1151,11 +1147,7 @@ def show_coco(
     from jobs.show import show_coco as run
 
     options = storage_options(endpoint_url, anon)
-    try:
-        paths = run(src, out, options, split=split.value, images=images, image_ids=image_id)
-    except FileNotFoundError as error:  # jobs/show.py's "nothing to draw"; storage raises StorageError
-        raise NothingToShow(str(error)) from None
-    for path in paths:
+    for path in run(src, out, options, split=split.value, images=images, image_ids=image_id):
         typer.echo(str(path))
 
 
@@ -1173,11 +1165,7 @@ def show_svhn(
     from jobs.show import show_svhn as run
 
     options = storage_options(endpoint_url, anon)
-    try:
-        paths = run(src, out, options, digits=digits, numbers=numbers)
-    except FileNotFoundError as error:  # jobs/show.py's "nothing to draw"; storage raises StorageError
-        raise NothingToShow(str(error)) from None
-    for path in paths:
+    for path in run(src, out, options, digits=digits, numbers=numbers):
         typer.echo(str(path))
 
 
