@@ -4,7 +4,8 @@ For comparing recipe changes per minute of training on one machine before a full
 training engine's epoch and evaluation (`pose.engine`, the step Ray Train workers run) over the
 ingested `person_crops` held in memory, shuffled per epoch, one batch of the recipe's (global) size
 per step (one process, torch on `--threads` threads), in the runner's precision (`--precision`).
-PCK is the seed's, with the recipe's flip test, on the first `--val` validation persons.
+PCK is the keypoint task's (`pose.metrics.heatmap_pck`, Simple Baselines' accuracy at 0.5), with
+the recipe's flip test, on the first `--val` validation persons.
 
     python benchmarks/keypoint_recipe.py out/coco --epochs 4                       # the default recipe
     python benchmarks/keypoint_recipe.py out/coco --epochs 4 backbone_stages=3 deconv_layers=2 skips=true
