@@ -364,17 +364,19 @@ class Detector:
         self.model = self.precision.prepare(self.load(spec, options, arch).to(self.device))
         self.crops = crops
 
-    @staticmethod
-    def load(spec: str, options: StorageOptions, arch: str | None):
-        from jobs.models import load_detector
+    with_keypoints = False  # a Keypoint R-CNN: the keypoints too, from the same model
 
-        return load_detector(spec, options, arch)
+    def load(self, spec: str, options: StorageOptions, arch: str | None):
+        from jobs.models import load_detector, load_keypoint_rcnn_file
+
+        return (load_keypoint_rcnn_file if self.with_keypoints else load_detector)(spec, options, arch)
 
     def detect(self, images: list) -> list[dict]:
         from pose.models.detector import detect
+        from pose.models.keypoint_rcnn import detect_with_keypoints
 
         with self.precision.autocast(self.device):
-            return detect(self.model, images, self.device)
+            return (detect_with_keypoints if self.with_keypoints else detect)(self.model, images, self.device)
 
     def persons(self, batch: dict, found: dict[int, dict]) -> dict:
         """What follows detection: the person inputs for the keypoint model."""
@@ -416,17 +418,7 @@ class KeypointDetector(Detector):
     `person_scores`: the box score, its own person score, no rescoring), with no keypoint stage
     after it."""
 
-    @staticmethod
-    def load(spec: str, options: StorageOptions, arch: str | None):
-        from jobs.models import load_keypoint_rcnn_file
-
-        return load_keypoint_rcnn_file(spec, options, arch)
-
-    def detect(self, images: list) -> list[dict]:
-        from pose.models.keypoint_rcnn import detect_with_keypoints
-
-        with self.precision.autocast(self.device):
-            return detect_with_keypoints(self.model, images, self.device)
+    with_keypoints = True
 
     def persons(self, batch: dict, found: dict[int, dict]) -> dict:
         from pose.models.detector import person_boxes
