@@ -85,26 +85,25 @@ def test_cpu_recipe_is_a_cut_resnet18_and_old_runs_load_as_whole_resnets():
     assert KeypointRecipe.from_dict(saved_before_cut_backbones).model_config().backbone_stages == 4
 
 
-def test_schedule_warms_up_then_decays():
-    recipe = KeypointRecipe(epochs=2, lr=1.0, warmup_steps=10)
+def scheduled_rates(recipe: KeypointRecipe, steps_per_epoch: int) -> list[float]:
+    """The learning rate before each optimiser step of the recipe's epochs, as its scheduler sets it."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
-    scheduler = recipe.scheduler(optimizer, steps_per_epoch=50)
+    scheduler = recipe.scheduler(optimizer, steps_per_epoch=steps_per_epoch)
     rates = []
-    for _ in range(100):
+    for _ in range(recipe.epochs * steps_per_epoch):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return rates
+
+
+def test_schedule_warms_up_then_decays():
+    rates = scheduled_rates(KeypointRecipe(epochs=2, lr=1.0, warmup_steps=10), steps_per_epoch=50)
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.01
 
     steps = KeypointRecipe(epochs=3, lr=1.0, warmup_steps=0, schedule="multistep", lr_steps=(1, 2))
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = steps.scheduler(optimizer, steps_per_epoch=4)
-    rates = []
-    for _ in range(12):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    rates = scheduled_rates(steps, steps_per_epoch=4)
     assert rates == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 4)
 
 
