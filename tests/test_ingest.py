@@ -18,13 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.io
 
-from jobs.datasets import read_table
+from jobs import datasets
 from jobs.ingest import ingest
 from jobs.storage import StorageOptions, filesystem, join, list_files, read_bytes
 from pose.crops import cut_person_crop
 from pose.images import decode_image
 from pose.synth.digits import write_svhn
 from pose.synth.people import write_coco
+
+
+def read_table(dest: str, table: str, options: StorageOptions = StorageOptions()) -> pa.Table:
+    """Every committed row of a table, all splits (tests/test_faults.py reads tables with it too)."""
+    return datasets.read_table(dest, table, options=options)
 
 
 def upload(folder: Path, bucket_url: str, options: StorageOptions) -> None:
