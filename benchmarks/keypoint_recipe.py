@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from jobs.datasets import read_table
 from pose.engine import evaluate, train_one_epoch
 from pose.keypoint_task import KeypointRecipe, KeypointTask
 from pose.precision import PRECISIONS, training_precision
@@ -43,13 +43,6 @@ def recipe_value(name: str, text: str):
     if isinstance(default, tuple):
         return tuple(int(v) for v in text.lower().split("x"))
     return type(default)(text)
-
-
-def read_split(data: Path, split: str) -> pa.Table:
-    files = sorted((data / "person_crops" / split).rglob("*.parquet"))
-    if not files:
-        raise SystemExit(f"no person_crops/{split} Parquet under {data} (an ingested COCO DEST)")
-    return pa.concat_tables([pq.read_table(f) for f in files])
 
 
 def rows(table: pa.Table) -> dict:
@@ -83,7 +76,7 @@ def main() -> None:
     recipe = dataclasses.replace(KeypointRecipe(), epochs=args.epochs, **changes)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    train, val = read_split(args.data, "train"), read_split(args.data, "val")
+    train, val = (read_table(str(args.data), "person_crops", (split,)) for split in ("train", "val"))
     val = val.slice(0, args.val)
 
     task = KeypointTask(recipe, seed=args.seed)
