@@ -446,13 +446,6 @@ def storage_options(endpoint_url: str | None, anon: bool, retry_seconds: float |
     )
 
 
-def pictures_folder(pictures: str | None) -> str | Path | None:
-    """--pictures as jobs.evaluate takes it: an s3:// prefix as is, a local folder as a Path."""
-    from jobs.storage import is_s3
-
-    return pictures if pictures is None or is_s3(pictures) else Path(pictures)
-
-
 def keypoint_overrides(arch: str | None, input_size: str | None, codec: str | None):
     """The `pose.checkpoints.Overrides` of --keypoint-arch, --input-size and --codec."""
     from pose.checkpoints import Overrides
@@ -692,7 +685,7 @@ def eval_svhn(
     from jobs.evaluate import evaluate_svhn
 
     options = storage_options(endpoint_url, anon)
-    figures = evaluate_svhn(data, model, split.value, options, pictures_folder(pictures))
+    figures = evaluate_svhn(data, model, split.value, options, pictures)
     if as_json:
         typer.echo(json.dumps(figures))
         return
@@ -846,9 +839,7 @@ def eval_keypoints(
     given, box_figures = given_person_boxes(
         data, split.value, options, boxes=boxes, detector=detector, detector_arch=detector_arch
     )
-    figures = evaluate_keypoints(
-        data, model, split.value, options, pictures_folder(pictures), results, boxes=given, overrides=overrides
-    )
+    figures = evaluate_keypoints(data, model, split.value, options, pictures, results, boxes=given, overrides=overrides)
     figures.update(box_figures)
     if as_json:
         typer.echo(json.dumps(figures))
@@ -932,9 +923,7 @@ def eval_detector(
     from jobs.evaluate import evaluate_detector
 
     options = storage_options(endpoint_url, anon)
-    figures = evaluate_detector(
-        data, model, split.value, options, pictures_folder(pictures), results, arch=detector_arch
-    )
+    figures = evaluate_detector(data, model, split.value, options, pictures, results, arch=detector_arch)
     if as_json:
         typer.echo(json.dumps(figures))
         return

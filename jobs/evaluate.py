@@ -8,7 +8,6 @@ split, never an average of per-worker averages).
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
@@ -19,18 +18,16 @@ from pose.draw import stacked
 from pose.feed import batches_of
 
 
-def _save_png(image, folder: Path | None, model_dir: str, name: str, options: StorageOptions) -> str:
-    """Write a picture to `folder`, or beside the model when no folder is given."""
+def _save_png(image, folder: str | None, model_dir: str, name: str, options: StorageOptions) -> str:
+    """Write a picture to `folder` (local or s3://), or beside the model when no folder is given."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    target = str(folder / name) if folder is not None else join(model_dir, name)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+    target = join(folder if folder is not None else model_dir, name)
     write_bytes_atomic(target, buffer.getvalue(), options)
     return target
 
 
-def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions, pictures: Path | None = None) -> dict:
+def evaluate_svhn(data: str, model_dir: str, split: str, options: StorageOptions, pictures: str | None = None) -> dict:
     """Accuracy, per-class accuracy and confusion on one split; writes the confusion-matrix and
     prediction-grid PNGs. Returns the figures (and the paths of the pictures)."""
     import torch
@@ -81,7 +78,7 @@ def evaluate_keypoints(
     model_spec: str,
     split: str,
     options: StorageOptions,
-    pictures: Path | None = None,
+    pictures: str | None = None,
     results_file: str | None = None,
     boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     overrides=None,
@@ -99,7 +96,7 @@ def evaluate_keypoints(
     return figures
 
 
-def crop_pck(data: str, model_dir: str, split: str, options: StorageOptions, pictures: Path | None = None) -> dict:
+def crop_pck(data: str, model_dir: str, split: str, options: StorageOptions, pictures: str | None = None) -> dict:
     """The heatmap PCK (`pose.metrics.PckAccumulator`: predicted against target peaks, flip test) of a
     train-keypoints run on the stored `person_crops` of a split, as training validates, and a picture
     of the first batch's inputs, true and predicted heatmaps: {"pck", "pictures"}."""
@@ -178,7 +175,7 @@ def evaluate_detector(
     model_spec: str,
     split: str,
     options: StorageOptions,
-    pictures: Path | None = None,
+    pictures: str | None = None,
     results_file: str | None = None,
     arch: str | None = None,
 ) -> dict:
@@ -199,7 +196,7 @@ def evaluate_detector(
         figures["results"] = results_file
     if panels:
         run_folder = exists(join(model_spec, "model.json"), options)
-        folder = pictures if pictures is not None or run_folder else Path(".")
+        folder = pictures if pictures is not None or run_folder else "."
         figures["pictures"] = [_save_png(stacked(panels), folder, model_spec, f"detections-{split}.png", options)]
     return figures
 

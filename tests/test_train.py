@@ -221,7 +221,7 @@ def test_gpu_workers_reserve_their_nodes_cpus_for_feed_processes():
     assert feed_workers(True, {"GPU": 1, "CPU": 15.0}, DigitTask()) == 0  # pixels already: nothing to prepare ahead
 
 
-def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
+def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch, s3):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)  # a relative --out must land here, not in a Ray worker's own directory
     run_training(
@@ -244,6 +244,21 @@ def test_eval_svhn_json_and_pictures(svhn_data, tmp_path, monkeypatch):
     assert figures["samples"] == 200 and 0 <= figures["accuracy"] <= 1 and len(figures["per_class"]) == 10
     assert sum(map(sum, figures["confusion"])) == 200
     assert all(Path(p).exists() for p in figures["pictures"])
+    # --pictures takes an s3:// prefix as well as a folder.
+    pictures = s3.make_bucket("pictures") + "/svhn"
+    remote = subprocess.run(
+        [executable, "eval-svhn", "--data", svhn_data, "--model", str(out), "--json", "--pictures", pictures],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **s3.env()),
+    )
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    assert json.loads(remote.stdout)["pictures"] == [
+        f"{pictures}/confusion-test.png",
+        f"{pictures}/predictions-test.png",
+    ]
+    assert all(read_bytes(url, s3.options).startswith(b"\x89PNG") for url in json.loads(remote.stdout)["pictures"])
     missing = subprocess.run(
         [executable, "eval-svhn", "--data", svhn_data, "--model", str(tmp_path / "nothing")],
         capture_output=True,
