@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from _measure import machine, peak_tree_pss, timed
 from _workload import synthetic_coco
 
-from pose.crops import CropSettings, cut_person_crop
+from pose.crops import CropSettings, person_crop_row
 from pose.formats import coco
-from pose.images import decode_image, encode_jpeg
+from pose.images import decode_image
 
 
 def plain_ingest(src: Path, dest: Path) -> int:
@@ -62,14 +62,7 @@ def plain_ingest(src: Path, dest: Path) -> int:
             )
             if annotation["iscrowd"] or annotation["num_keypoints"] == 0:
                 continue
-            crop = cut_person_crop(pixels, np.asarray(annotation["bbox"]), keypoints.reshape(-1, 3), settings)
-            crops.append(
-                {
-                    "annotation_id": annotation["id"],
-                    "crop": encode_jpeg(crop.pixels, quality=92),
-                    "keypoints": crop.keypoints.reshape(-1).tolist(),
-                }
-            )
+            crops.append(person_crop_row(pixels, annotation, image["id"], "train", settings))
     dest.mkdir(parents=True, exist_ok=True)
     for name, rows in (("images", images), ("persons", persons), ("person_crops", crops)):
         pq.write_table(pa.Table.from_pylist(rows), dest / f"{name}.parquet", compression="zstd")

@@ -55,13 +55,6 @@ DOG = 18  # a COCO category id, to have objects that are not persons
 WIDTH, HEIGHT = 64, 96  # every good test image, as displayed: the same size, so batches pad alike
 
 
-@pytest.fixture
-def models(tiny_models) -> tuple[str, str]:
-    """conftest's `tiny_models` under the name tests/test_faults.py imports from here (until it uses
-    `tiny_models` itself)."""
-    return tiny_models
-
-
 def encode(array_or_image, format: str, **kwargs) -> bytes:
     image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
     buffer = io.BytesIO()

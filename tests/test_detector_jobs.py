@@ -15,6 +15,7 @@ import torch
 
 from jobs.datasets import read_image_source, read_table
 from jobs.ingest import ingest
+from jobs.models import save_run
 from jobs.storage import filesystem, write_bytes_atomic
 from pose.detector_task import SCRATCH_DETECTOR, DetectorRecipe, DetectorTask
 from pose.keypoint_task import KeypointRecipe, KeypointTask
@@ -26,14 +27,6 @@ TINY_DETECTOR = replace(SCRATCH_DETECTOR, min_size=96, max_size=128, detections_
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     executable = str(Path(sys.executable).with_name("pose-jobs"))
     return subprocess.run([executable, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def write_run(folder: Path, info: dict, model: torch.nn.Module) -> str:
-    """A run folder as jobs/train.py leaves it."""
-    folder.mkdir(parents=True)
-    (folder / "model.json").write_text(json.dumps(info))
-    torch.save(model.state_dict(), folder / "model.pt")
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,8 @@ def coco_on_s3(ray_cluster, s3, tmp_path_factory) -> str:
 def keypoint_run(tmp_path_factory) -> str:
     task = KeypointTask(KeypointRecipe(backbone="resnet18", deconv_channels=32))
     torch.manual_seed(0)
-    return write_run(tmp_path_factory.mktemp("keypoints") / "run", {**task.config(), "epochs": 1}, task.build_model())
+    folder = str(tmp_path_factory.mktemp("keypoints") / "run")
+    return save_run(folder, {**task.config(), "epochs": 1}, task.build_model().state_dict())
 
 
 def test_train_and_evaluate_detector(coco_on_s3, tmp_path):
@@ -138,9 +132,8 @@ def test_keypoints_scored_from_the_true_boxes_equal_the_ground_truth_scoring(coc
 def test_keypoints_scored_from_a_detector(coco_on_s3, keypoint_run, tmp_path):
     torch.manual_seed(0)
     task = DetectorTask(DetectorRecipe(model=TINY_DETECTOR))
-    detector = write_run(
-        tmp_path / "detector", {**task.config(), "epochs": 1}, task.build_model()
-    )  # untrained: it boxes noise
+    # Untrained: it boxes noise.
+    detector = save_run(str(tmp_path / "detector"), {**task.config(), "epochs": 1}, task.build_model().state_dict())
     result = run_cli("eval-keypoints", "--data", coco_on_s3, "--model", keypoint_run, "--detector", detector, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout)

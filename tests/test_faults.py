@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from s3faults import KINDS, FaultProxy
 from s3server import REGION
-from test_annotate import models, scene  # noqa: F401  (models is a fixture)
-from test_ingest import read_table, upload
+from test_annotate import scene
 
 from jobs.annotate import AnnotateSettings, annotate
+from jobs.datasets import read_table
 from jobs.ingest import ingest
 from jobs.storage import StorageOptions, filesystem, join, list_files
 from pose.synth.people import write_coco
@@ -37,8 +37,8 @@ def through(proxy: FaultProxy, retry_seconds: float = 60.0) -> StorageOptions:
 def assert_same_tables(dest: str, clean: str, options: StorageOptions, clean_options: StorageOptions) -> None:
     for table, key in TABLES:
         got, expected = (
-            read_table(dest, table, options).sort_by(key),
-            read_table(clean, table, clean_options).sort_by(key),
+            read_table(dest, table, options=options).sort_by(key),
+            read_table(clean, table, options=clean_options).sort_by(key),
         )
         assert got.num_rows == expected.num_rows and len(set(got[key].to_pylist())) == got.num_rows, (
             table
@@ -52,7 +52,7 @@ def coco(s3, tmp_path_factory) -> tuple[str, str]:
     folder = tmp_path_factory.mktemp("faults") / "coco"
     write_coco(folder, split="train", images=8, seed=5)
     src = s3.make_bucket("faults-src") + "/coco"
-    upload(folder, src, s3.options)
+    s3.upload(folder, src)
     return src, s3.make_bucket("faults-out") + "/clean"
 
 
@@ -76,14 +76,14 @@ def test_ingest_through_faults_equals_a_clean_run(ray_cluster, s3, coco, clean_i
     assert_same_tables(dest, clean_ingest, s3.options, s3.options)
 
 
-def test_annotate_through_faults_equals_a_clean_run(ray_cluster, s3, models):  # noqa: F811
+def test_annotate_through_faults_equals_a_clean_run(ray_cluster, s3, tiny_models):
     src = s3.make_bucket("faults-images") + "/images"
     fs, root = filesystem(src, s3.options)
     for i in range(4):
         buffer = io.BytesIO()
         Image.fromarray(scene(100 + i)).save(buffer, format="PNG")
         fs.pipe_file(f"{root}/{i}.png", buffer.getvalue())
-    settings = AnnotateSettings(*models, shard_images=2, detector_batch=1)
+    settings = AnnotateSettings(*tiny_models, shard_images=2, detector_batch=1)
     clean = s3.make_bucket("faults-annotated") + "/clean"
     annotate(src, clean, settings, s3.options, progress=False)
     dest = join(s3.make_bucket("faults-annotated"), "faulty")
@@ -92,8 +92,8 @@ def test_annotate_through_faults_equals_a_clean_run(ray_cluster, s3, models):  #
     assert manifest["images"]["balanced"] and manifest["images"]["annotated"] == 4
     assert len(proxy.injected) >= 3, proxy.injected
     got, expected = (
-        read_table(dest, "annotations", s3.options).sort_by("source"),
-        read_table(clean, "annotations", s3.options).sort_by("source"),
+        read_table(dest, "annotations", options=s3.options).sort_by("source"),
+        read_table(clean, "annotations", options=s3.options).sort_by("source"),
     )
     assert got["source"].to_pylist() == expected["source"].to_pylist() and len(set(got["image_id"].to_pylist())) == 4
     for a, b in zip(got.to_pylist(), expected.to_pylist()):
