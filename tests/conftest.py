@@ -145,3 +145,30 @@ def tiny_models(tmp_path_factory) -> tuple[str, str]:
         save_run(str(root / "detector"), {"task": "detector", "model": config.to_dict()}, detector.state_dict()),
         save_run(str(root / "keypoints"), keypoint_info, keypoints.state_dict()),
     )
+
+
+@pytest.fixture
+def kill_after_first_commit():
+    """A function that runs a job's command line in its own process group, SIGKILLs that group as
+    soon as DEST/_commits holds a commit marker (or the job ends, or `timeout` passes) and returns
+    the number of markers: how a test cuts a run short mid-way. Only the job's own processes are
+    killed, never another Ray on the machine."""
+    import signal
+    import subprocess
+    import time
+
+    def kill(command: list[str], dest: Path, timeout: float) -> int:
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        job = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        commits, deadline = Path(dest) / "_commits", time.monotonic() + timeout
+        while time.monotonic() < deadline and job.poll() is None:
+            if commits.exists() and any(commits.glob("*.json")):
+                break
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        return len(list(commits.glob("*.json")))
+
+    return kill

@@ -12,11 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -360,7 +358,7 @@ def test_bucket_of_good_and_bad_images_from_s3(ray_cluster, s3, tiny_models, tmp
     assert read_table(dest, "annotations", options=s3.options).equals(annotations)
 
 
-def test_killed_midway_then_rerun_has_one_row_per_image(tiny_models, tmp_path):
+def test_killed_midway_then_rerun_has_one_row_per_image(tiny_models, tmp_path, kill_after_first_commit):
     """Local to local through the command line: a real kill of the job's process group while
     shards are being written, then a re-run."""
     files, bad = mixed_images()
@@ -385,32 +383,21 @@ def test_killed_midway_then_rerun_has_one_row_per_image(tiny_models, tmp_path):
         "--shard-size",
         "2",
     ]
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    job = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    commits, deadline = dest / "_commits", time.monotonic() + 300
-    while time.monotonic() < deadline and job.poll() is None:
-        if commits.exists() and any(commits.glob("*.json")):
-            break
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # the job's own process group: never other Rays on the machine
-    job.wait()
+    committed = kill_after_first_commit(command, dest, timeout=300)
     shards = -(-listed // 2)
-    committed = len(list(commits.glob("*.json")))
     assert 0 < committed < shards, "the kill should land mid-way"
     assert not (dest / "manifest.json").exists()
     for path in dest.rglob("*.parquet"):  # a file under its final name is whole (temporaries are dot-files)
         if not path.name.startswith("."):
             pq.read_table(path)
 
-    result = subprocess.run(command + ["--visualize", "2"], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command + ["--visualize", "2"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert f"{listed} images: {listed} annotated, 0 in errors -> all accounted for" in result.stdout
     annotations = read_table(str(dest), "annotations")
     assert annotations.num_rows == listed and len(set(annotations["image_id"].to_pylist())) == listed
     assert len(set(annotations["source"].to_pylist())) == listed
-    assert len(list(commits.glob("*.json"))) == shards
+    assert len(list((dest / "_commits").glob("*.json"))) == shards
     assert len(list((dest / "pictures").glob("*.png"))) == 2
     assert not [p for p in dest.rglob(".*") if p.is_file()], "the re-run removed the killed run's temporary files"
 

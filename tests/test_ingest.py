@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -182,29 +181,14 @@ def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
     assert s3.secret_key not in read_bytes(join(s3_dest, "manifest.json"), s3.options).decode()
 
 
-def test_coco_run_killed_midway_then_rerun_gives_the_same_result(ray_cluster, tmp_path):
+def test_coco_run_killed_midway_then_rerun_gives_the_same_result(ray_cluster, tmp_path, kill_after_first_commit):
     """A real kill (SIGKILL of the whole job) while shards are being written, then a re-run; the
     result equals a clean run's (made in this process: the same job without a kill)."""
     src = tmp_path / "src"
     write_coco(src, split="train", images=24, seed=11)  # 12 shards of 2: the kill lands after the first
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     command = [str(Path(sys.executable).with_name("pose-jobs")), "ingest", "coco", str(src)]
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    job = subprocess.Popen(
-        command + [str(killed), "--shard-size", "2"],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    commits, deadline = killed / "_commits", time.monotonic() + 120
-    while time.monotonic() < deadline and job.poll() is None:
-        if commits.exists() and any(commits.glob("*.json")):
-            break
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # the job's own process group: never other Rays on the machine
-    job.wait()
-    committed = len(list((killed / "_commits").glob("*.json")))
+    committed = kill_after_first_commit(command + [str(killed), "--shard-size", "2"], killed, timeout=120)
     assert 0 < committed < 12, "the kill should land mid-way"
     assert not (killed / "manifest.json").exists()
     # A write cut short leaves only a hidden temporary file; every file under a final name is whole.
@@ -212,7 +196,7 @@ def test_coco_run_killed_midway_then_rerun_gives_the_same_result(ray_cluster, tm
         if not path.name.startswith("."):
             pq.read_table(path)
 
-    subprocess.run(command + [str(killed), "--shard-size", "2"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(command + [str(killed), "--shard-size", "2"], check=True, capture_output=True, timeout=300)
     ingest("coco", str(src), str(clean), shard_size=2, progress=False)
     for table, key in (("images", "image_id"), ("persons", "annotation_id"), ("person_crops", "annotation_id")):
         assert read_table(str(killed), table).sort_by(key).equals(read_table(str(clean), table).sort_by(key)), table
