@@ -111,7 +111,8 @@ def test_killed_run_resumes_and_each_epoch_appears_once(svhn_data, tmp_path):
     with log.open("w") as stderr:
         job = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 480  # generous: a loaded machine starts Ray and the first epoch slowly
-        while time.monotonic() < deadline and job.poll() is None and not list(out.glob("checkpoint_*/checkpoint.pt")):
+        # Killed once epoch 1's line is in metrics.jsonl: rank 0 writes it after the checkpoint is reported.
+        while time.monotonic() < deadline and job.poll() is None and not (out / "metrics.jsonl").exists():
             time.sleep(0.2)
         os.killpg(job.pid, signal.SIGKILL)  # the job's own process group only
         job.wait()
