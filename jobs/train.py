@@ -137,7 +137,7 @@ def feed_workers(use_gpu: bool, resources: dict, task=None) -> int:
 
     GPU workers of a task whose batches cost CPU time to prepare (`task.feed_ahead`: images to
     decode and augment): one per CPU reserved but the one the training loop runs on, so the feed
-    keeps ahead of the GPU (one process makes about 200 ResNet-50 crops/s, a H200 trains 3,400).
+    keeps ahead of the GPU (a GPU trains many times the crops one process prepares).
     CPU workers: none; the batch is prepared inline, between steps, because every reserved CPU
     already runs torch (a feed process beside it only takes turns with it). SVHN's batches are
     pixels already: inline everywhere."""

@@ -66,9 +66,6 @@ def heatmap_pck(
     return _pck_from_counts(*_pck_counts(output_heatmaps, target_heatmaps, threshold))
 
 
-pck_seed = heatmap_pck  # the former name, until tests/test_metrics.py uses the new one
-
-
 class PckAccumulator:
     """`heatmap_pck` over a whole evaluation set, fed batch by batch.
 

@@ -3,7 +3,7 @@ import pytest
 
 from pose.heatmaps import HeatmapCodec
 from pose.joints import NUM_JOINTS, PERSON_CATEGORY
-from pose.metrics import PckAccumulator, accuracy, coco_box_ap, coco_keypoint_ap, oks, oks_nms, pck_seed
+from pose.metrics import PckAccumulator, accuracy, coco_box_ap, coco_keypoint_ap, heatmap_pck, oks, oks_nms
 
 
 def peaks(points, fill=0.0, h=64, w=48):
@@ -19,7 +19,7 @@ def peaks(points, fill=0.0, h=64, w=48):
 def test_pck_perfect_is_one():
     keypoints = np.random.default_rng(0).uniform(20, 170, (4, NUM_JOINTS, 2))
     target = HeatmapCodec().encode(keypoints, np.ones((4, NUM_JOINTS)))[0]
-    per_joint, mean, count = pck_seed(target, target)
+    per_joint, mean, count = heatmap_pck(target, target)
     np.testing.assert_array_equal(per_joint, np.ones(NUM_JOINTS))
     assert mean == 1.0 and count == NUM_JOINTS
 
@@ -39,7 +39,7 @@ def test_pck_reproduces_simple_baselines_on_hand_made_heatmaps():
         ]
     )
     output[0, 3] -= 1.5  # max -0.5 <= 0: the prediction becomes (0, 0)
-    per_joint, mean, count = pck_seed(output, target)
+    per_joint, mean, count = heatmap_pck(output, target)
     # joint 0: dx = 3 -> 3 / 6.4 = 0.47 hit; dy = 3 -> 3 / 4.8 = 0.63 miss.
     # joint 1: target x <= 1 or y <= 1 -> skipped. joint 2: empty target skipped, (2, 2) hit.
     # joint 3: non-positive prediction -> (0, 0) miss; exact hit.
@@ -49,8 +49,8 @@ def test_pck_reproduces_simple_baselines_on_hand_made_heatmaps():
 
 def test_pck_threshold_is_strict_and_nothing_scored_gives_zero():
     target, output = peaks([[(10, 10)]]), peaks([[(13, 10)]])
-    assert pck_seed(output, target, threshold=3 / 6.4)[1] == 0.0  # distance == threshold misses
-    per_joint, mean, count = pck_seed(output, peaks([[None]]))
+    assert heatmap_pck(output, target, threshold=3 / 6.4)[1] == 0.0  # distance == threshold misses
+    per_joint, mean, count = heatmap_pck(output, peaks([[None]]))
     assert per_joint.tolist() == [-1.0] and mean == 0.0 and count == 0
 
 
@@ -63,7 +63,7 @@ def test_accumulator_over_batches_equals_one_batch():
     accumulator.update(output[:6], target[:6])
     accumulator.update(output[6:], target[6:])
     per_joint, mean, count = accumulator.result()
-    expected = pck_seed(output, target)
+    expected = heatmap_pck(output, target)
     np.testing.assert_allclose(per_joint, expected[0])
     assert mean == pytest.approx(expected[1]) and count == expected[2]
     assert 0 < mean < 1

@@ -7,7 +7,7 @@ import torchvision
 from pose.models import (
     DigitModelConfig,
     KeypointModelConfig,
-    SeedKeypointNet,
+    SmallKeypointCNN,
     build_digit_model,
     build_keypoint_model,
     load_backbone_weights,
@@ -79,7 +79,7 @@ def test_keypoint_head_starts_near_zero_as_simple_baselines():
 
 
 def test_seed_keypoint_model_gives_64x48_heatmaps_for_256x192():
-    model = SeedKeypointNet().eval()
+    model = SmallKeypointCNN().eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 256, 192)).shape == (2, 17, 64, 48)
     assert 2e6 < count_parameters(model) < 5e6

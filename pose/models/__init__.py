@@ -4,7 +4,6 @@ from pose.models.digits import DigitModelConfig, build_digit_model
 from pose.models.keypoints import (
     KeypointModelConfig,
     KeypointNet,
-    SeedKeypointNet,
     SmallKeypointCNN,
     build_keypoint_model,
     load_backbone_weights,
@@ -14,7 +13,6 @@ __all__ = [
     "DigitModelConfig",
     "KeypointModelConfig",
     "KeypointNet",
-    "SeedKeypointNet",
     "SmallKeypointCNN",
     "build_digit_model",
     "build_keypoint_model",

@@ -240,6 +240,3 @@ class SmallKeypointCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, H, W) → heatmaps (N, num_joints, H/4, W/4) for H, W multiples of 16."""
         return self.layers(images)
-
-
-SeedKeypointNet = SmallKeypointCNN  # the former name, until tests/test_models.py uses the new one
