@@ -111,7 +111,7 @@ def run_demo(
     digit_recipe = DigitRecipe(epochs=sizes.svhn_epochs, min_steps=0)  # a brief run: exactly these epochs
     settings = TrainSettings(data=svhn, out=runs["svhn"], workers=2)
     train_digit_model(digit_recipe, settings, address=address, verbose=verbose)
-    digits = evaluate_svhn(svhn, runs["svhn"], "test", options, pictures)
+    digits = evaluate_svhn(svhn, runs["svhn"], "test", options, str(pictures))
     summary.append(
         (
             "svhn",
@@ -124,7 +124,7 @@ def run_demo(
     recipe = keypoint_recipe("cpu", epochs=sizes.keypoint_epochs)
     settings = TrainSettings(data=coco, out=runs["keypoints"], workers=2)
     train_keypoint_model(recipe, settings, address=address, verbose=verbose)
-    figures = evaluate_keypoints(coco, runs["keypoints"], "val", options, pictures)
+    figures = evaluate_keypoints(coco, runs["keypoints"], "val", options, str(pictures))
     summary.append(
         (
             "keypoints",
@@ -137,7 +137,7 @@ def run_demo(
     recipe = detector_recipe(epochs=sizes.detector_epochs)
     settings = TrainSettings(data=coco, out=runs["detector"], workers=2)
     train_person_detector(recipe, settings, address=address, verbose=verbose)
-    figures = evaluate_detector(coco, runs["detector"], "val", options, pictures)
+    figures = evaluate_detector(coco, runs["detector"], "val", options, str(pictures))
     summary.append(
         (
             "detector",
