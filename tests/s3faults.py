@@ -13,7 +13,9 @@ random share of them meets a fault instead:
 `stop()` closes the listening port and every open connection (clients get connection refused,
 as from a stopped server) and `start()` opens the same port again, to play an outage;
 `outage_after(predicate, seconds)` does both by itself once a matching request got its answer
-(mid-job, at a point the test chooses).
+(mid-job, at a point the test chooses). `hold_after(trigger, held)` makes the requests that match
+`held` wait, once a request matching `trigger` got its answer, until `release()`: a job stalls at
+a point the test chooses (a write it cannot finish) while the test does something to it.
 
     with FaultProxy(server.endpoint_url, rate=0.1, seed=0) as proxy:
         ...  # StorageOptions(endpoint_url=proxy.endpoint_url)
@@ -71,11 +73,38 @@ class FaultProxy:
         self.connections: set[socket.socket] = set()
         self.outage: tuple | None = None  # (predicate, seconds or None), armed by outage_after
         self.outages = 0
+        self.hold: tuple | None = None  # (trigger, held), armed by hold_after
+        self.holding = False
+        self.held = 0
+        self.released = threading.Event()
 
     def outage_after(self, predicate, seconds: float | None) -> None:
         """Once a request for which `predicate(method, path)` is true has been answered, stop;
         start again after `seconds` (None: stay stopped until `start()`)."""
         self.outage = (predicate, seconds)
+
+    def hold_after(self, trigger, held) -> None:
+        """Once a request for which `trigger(method, path)` is true has been answered, every request
+        for which `held(method, path)` is true waits (body read, not yet forwarded) until `release()`."""
+        self.hold, self.holding = (trigger, held), False
+        self.released.clear()
+
+    def release(self) -> None:
+        """Forward the held requests and hold no more."""
+        self.hold = None
+        self.released.set()
+
+    def _maybe_hold(self, method: str, path: str) -> None:
+        with self.lock:
+            if self.hold is None or not self.holding or not self.hold[1](method, path):
+                return
+            self.held += 1
+        self.released.wait()
+
+    def _maybe_start_holding(self, method: str, path: str) -> None:
+        with self.lock:
+            if self.hold is not None and self.hold[0](method, path):
+                self.holding = True
 
     def _maybe_go_down(self, method: str, path: str) -> None:
         with self.lock:
@@ -179,6 +208,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self._read_body()
+        self.owner._maybe_hold(self.command, self.path)
         kind = self.owner.draw(self.command)
         if kind in _ERROR_BODIES:
             self._answer_error(*_ERROR_BODIES[kind])
@@ -203,6 +233,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
         self.wfile.flush()
+        self.owner._maybe_start_holding(self.command, self.path)
         self.owner._maybe_go_down(self.command, self.path)
 
     def _read_body(self) -> bytes:

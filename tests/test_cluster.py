@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from raycluster import RayTestCluster
+from s3faults import FaultProxy
 from typer.testing import CliRunner
 
 import jobs.submit
@@ -113,11 +114,16 @@ def test_jobs_commands_need_an_address():
 
 @pytest.fixture(scope="module")
 def cluster(s3, tmp_path_factory):
-    with RayTestCluster(tmp_path_factory.mktemp("raycluster"), env=s3.env()) as cluster:
-        # Two equal nodes: a plan that splits the spare CPU between them leaves neither a whole CPU.
-        cluster.start_head(num_cpus=2)
-        cluster.worker = cluster.add_node(num_cpus=2)
-        yield cluster
+    # The nodes reach S3 through a proxy that forwards everything as it is, until a test holds some
+    # requests (`cluster.proxy.hold_after`) to stop a job at a point of its choosing.
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = {**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}
+        with RayTestCluster(tmp_path_factory.mktemp("raycluster"), env=env) as cluster:
+            # Two equal nodes: a plan that splits the spare CPU between them leaves neither a whole CPU.
+            cluster.start_head(num_cpus=2)
+            cluster.worker = cluster.add_node(num_cpus=2)
+            cluster.proxy = proxy
+            yield cluster
 
 
 def run_cli(cluster, *args, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -180,7 +186,8 @@ def test_two_workers_train_on_two_equal_nodes(cluster, s3, tmp_path):
 def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     """ingest coco and train-keypoints --workers 2 submitted with --address: the workers train on
     both nodes, checkpoints go to S3; the worker node is killed after the first epoch and replaced
-    (as an autoscaler would): the run resumes from its checkpoint and trains no epoch twice. Then
+    (as an autoscaler would) while epoch 2's checkpoint write is held, so that the loss always lands
+    before epoch 2 is committed: the run resumes from its checkpoint and trains no epoch twice. Then
     annotate, submitted the same way, with the trained keypoint model."""
     from pose.synth.people import write_coco
 
@@ -208,6 +215,11 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     assert "train: 16 images" in ingest.stdout and "all accounted for" in ingest.stdout
 
     out = f"{bucket}/runs/keypoints"
+    # Once epoch 1's metrics are written, the next checkpoint writes wait until the node is replaced.
+    cluster.proxy.hold_after(
+        lambda method, path: method == "PUT" and path.startswith("/cluster/runs/keypoints/metrics.jsonl"),
+        lambda method, path: method in ("PUT", "POST") and path.startswith("/cluster/runs/keypoints/checkpoint_"),
+    )
     # Three workers of one CPU (the default share on 2 + 2 CPUs): both nodes train, one CPU stays free.
     train_args = ["train-keypoints", "--data", f"{bucket}/coco", "--out", out, "--workers", "3",
                   "--epochs", "2", "--batch-size", "6", "--input-size", "64x96"]  # fmt: skip
@@ -227,6 +239,7 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
 
     cluster.kill_node(cluster.worker)
     replacement = cluster.add_node(num_cpus=2, name="replacement")
+    cluster.proxy.release()
 
     followed = run_cli(cluster, "jobs", "logs", job_id, "--follow", "--address", cluster.dashboard_url, timeout=1500)
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
