@@ -19,12 +19,17 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 import jobs.runtime  # noqa: F401  (sets RAY_USAGE_STATS_ENABLED before anything imports Ray)
 from pose.errors import UserError
+
+if TYPE_CHECKING:
+    from jobs.storage import StorageOptions
+    from jobs.train import TrainSettings
+    from pose.checkpoints import Overrides
 
 # Ray Data wraps an exception raised in a task in its own UserCodeException, and the original
 # (a StorageError, say) does not survive the trip to the driver; raised as it is, it arrives as
@@ -436,17 +441,97 @@ def submittable(command):
     return wrapper
 
 
-def storage_options(endpoint_url: str | None, anon: bool, retry_seconds: float | None = None):
+def option_group(target: str, parameters: list[tuple[str, object, object]], build):
+    """A decorator that gives a command the options `parameters` ((name, annotation, default) each,
+    listed after the command's own) and passes it, as the keyword `target`, what `build(given,
+    **their values)` makes of them (`given`: the command's other parameters). A group of options
+    that several commands take is declared once this way, with the object it stands for."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    added = [inspect.Parameter(name, keyword, default=default, annotation=kind) for name, kind, default in parameters]
+
+    def decorate(command):
+        # The targets' annotations name classes this module does not import (they would pull in torch
+        # or s3fs at start-up): left as text, and each target is dropped by its own group.
+        annotations = {
+            name: _evaluated(value, command.__globals__)
+            for name, value in command.__annotations__.items()
+            if name != target
+        }
+        signature = inspect.signature(command)
+        kept = [
+            p.replace(annotation=annotations.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.name != target
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            values = {p.name: kwargs.pop(p.name) for p in added}
+            return command(*args, **kwargs, **{target: build(kwargs, **values)})
+
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])
+        wrapper.__annotations__ = {**annotations, **{p.name: p.annotation for p in added}}
+        return wrapper
+
+    return decorate
+
+
+def _evaluated(annotation, namespace: dict):
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, namespace)
+    except NameError:  # a target of another option group (see option_group)
+        return annotation
+
+
+def _storage(given, endpoint_url=None, anon=False, storage_retry_seconds=None):
     from jobs.storage import DEFAULT_RETRY_SECONDS, StorageOptions
 
-    return StorageOptions(
-        endpoint_url=endpoint_url,
-        anon=anon,
-        retry_seconds=DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds,
-    )
+    retry = DEFAULT_RETRY_SECONDS if storage_retry_seconds is None else storage_retry_seconds
+    return StorageOptions(endpoint_url=endpoint_url, anon=anon, retry_seconds=retry)
 
 
-def keypoint_overrides(arch: str | None, input_size: str | None, codec: str | None):
+STORAGE = [("endpoint_url", EndpointOption, None), ("anon", AnonOption, False)]
+RETRY = [("storage_retry_seconds", StorageRetryOption, None)]
+# --endpoint-url and --anon -> `options: StorageOptions` (reading only: the default retry window)
+reads_storage = option_group("options", STORAGE, _storage)
+# ... and --storage-retry-seconds, for the jobs that write
+writes_storage = option_group("options", STORAGE + RETRY, _storage)
+
+
+def trains(feed: bool = True):
+    """A training command's options -> `settings: jobs.train.TrainSettings` (with its --data and --out):
+    --workers, --seed, --gpu, --cpus-per-worker, --feed-workers (where the task decodes images),
+    --precision and the storage options."""
+    compute = [
+        ("workers", WorkersOption, 1),
+        ("seed", TrainSeedOption, 0),
+        ("gpu", GpuOption, None),
+        ("cpus_per_worker", CpusOption, None),
+        *([("feed_workers", FeedOption, None)] if feed else []),
+        ("precision", TrainPrecisionOption, Precision.auto),
+    ]
+
+    def build(given, workers, seed, gpu, cpus_per_worker, precision, feed_workers=None, **storage):
+        from jobs.train import TrainSettings
+
+        return TrainSettings(
+            data=given["data"],
+            out=given["out"],
+            workers=workers,
+            seed=seed,
+            use_gpu=gpu,
+            cpus_per_worker=cpus_per_worker,
+            feed_workers=feed_workers,
+            precision=precision.value,
+            options=_storage(given, **storage),
+        )
+
+    return option_group("settings", compute + STORAGE + RETRY, build)
+
+
+def _keypoint_overrides(given, keypoint_arch=None, input_size=None, codec=None):
     """The `pose.checkpoints.Overrides` of --keypoint-arch, --input-size and --codec."""
     from pose.checkpoints import Overrides
 
@@ -458,23 +543,16 @@ def keypoint_overrides(arch: str | None, input_size: str | None, codec: str | No
             size = ()
         if len(size) != 2:
             raise typer.BadParameter(f"{input_size!r}: expected WxH, e.g. 192x256", param_hint="--input-size")
-    return Overrides(arch, size, codec)
+    return Overrides(keypoint_arch, size, codec)
 
 
-def train_settings(data, out, workers, seed, gpu, cpus_per_worker, feed_workers, precision, options):
-    from jobs.train import TrainSettings
-
-    return TrainSettings(
-        data=data,
-        out=out,
-        workers=workers,
-        seed=seed,
-        use_gpu=gpu,
-        cpus_per_worker=cpus_per_worker,
-        feed_workers=feed_workers,
-        precision=precision.value,
-        options=options,
-    )
+# --keypoint-arch, --input-size, --codec -> `overrides: pose.checkpoints.Overrides`, for a keypoint model
+# read from a file that does not say them
+keypoint_file_overrides = option_group(
+    "overrides",
+    [("keypoint_arch", KeypointArchOption, None), ("input_size", InputSizeOption, None), ("codec", CodecOption, None)],
+    _keypoint_overrides,
+)
 
 
 def figure_text(value: float | None) -> str:
@@ -544,6 +622,7 @@ def _print_manifest(source: str, dest: str, manifest: dict) -> None:
 @ingest_app.command("coco")
 @user_errors
 @submittable
+@writes_storage
 def ingest_coco(
     src: Annotated[
         str,
@@ -556,16 +635,14 @@ def ingest_coco(
         list[Split] | None, typer.Option("--split", help="Only these splits (repeatable). Default: all found.")
     ] = None,
     shard_size: IngestShardOption = None,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
-    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
+    *,
+    options: StorageOptions,
 ) -> None:
     """COCO keypoints -> images, persons, person_crops and errors tables + manifest.json."""
     from jobs.ingest import ingest
 
-    options = storage_options(endpoint_url, anon, storage_retry_seconds)
     splits = tuple(s.value for s in split) if split else None
     manifest = ingest(
         "coco", src, dest, options, splits=splits, shard_size=shard_size, address=address, verbose=verbose
@@ -576,6 +653,7 @@ def ingest_coco(
 @ingest_app.command("svhn")
 @user_errors
 @submittable
+@writes_storage
 def ingest_svhn(
     src: Annotated[
         str,
@@ -586,16 +664,14 @@ def ingest_svhn(
     ],
     dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix.")],
     shard_size: IngestShardOption = None,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
-    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
+    *,
+    options: StorageOptions,
 ) -> None:
     """SVHN (format 2 and/or format 1) -> digits, numbers and errors tables + manifest.json."""
     from jobs.ingest import ingest
 
-    options = storage_options(endpoint_url, anon, storage_retry_seconds)
     manifest = ingest("svhn", src, dest, options, shard_size=shard_size, address=address, verbose=verbose)
     _print_manifest(src, dest, manifest)
 
@@ -607,10 +683,10 @@ def ingest_svhn(
 @app.command("train-svhn")
 @user_errors
 @submittable
+@trains(feed=False)
 def train_svhn(
     data: SvhnDataOption,
     out: RunOutOption,
-    workers: WorkersOption = 1,
     epochs: Annotated[
         int, typer.Option(min=1, help="At least this many epochs (a small set gets more: --min-steps).")
     ] = 8,
@@ -632,15 +708,10 @@ def train_svhn(
     arch: Annotated[str, typer.Option(help="wrn (a wide ResNet) or small-cnn (a plain two-conv CNN).")] = "wrn",
     depth: Annotated[int, typer.Option(help="Wide ResNet depth (6n+4).")] = 10,
     width: Annotated[int, typer.Option(help="Wide ResNet widening factor.")] = 2,
-    seed: TrainSeedOption = 0,
-    gpu: GpuOption = None,
-    cpus_per_worker: CpusOption = None,
-    precision: TrainPrecisionOption = Precision.auto,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
-    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
+    *,
+    settings: TrainSettings,
 ) -> None:
     """Train the SVHN digit classifier (wide ResNet) with Ray Train; resumes when re-run.
 
@@ -660,8 +731,6 @@ def train_svhn(
         batch_size=batch_size,
         lr=lr,
     )
-    options = storage_options(endpoint_url, anon, storage_retry_seconds)
-    settings = train_settings(data, out, workers, seed, gpu, cpus_per_worker, None, precision, options)
     info = train_digit_model(recipe, settings, address=address, verbose=verbose)
     accuracy = figure_text(info["final"].get("val_accuracy"))
     steps = info.get("total_steps", "?")
@@ -674,19 +743,19 @@ def train_svhn(
 @app.command("eval-svhn")
 @user_errors
 @submittable
+@reads_storage
 def eval_svhn(
     data: SvhnDataOption,
     model: Annotated[str, typer.Option("--model", help="A run folder from train-svhn.")],
     split: SvhnSplitOption = SvhnSplit.test,
     pictures: PicturesOption = None,
     as_json: JsonOption = False,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
+    *,
+    options: StorageOptions,
 ) -> None:
     """Accuracy, per-class accuracy, confusion matrix and a grid of predictions on a split."""
     from jobs.evaluate import evaluate_svhn
 
-    options = storage_options(endpoint_url, anon)
     figures = evaluate_svhn(data, model, split.value, options, pictures)
     if as_json:
         typer.echo(json.dumps(figures))
@@ -701,6 +770,7 @@ def eval_svhn(
 @app.command("train-keypoints")
 @user_errors
 @submittable
+@trains()
 def train_keypoints(
     data: Annotated[
         str | None,
@@ -716,7 +786,6 @@ def train_keypoints(
             show_default=False,
         ),
     ] = None,
-    workers: WorkersOption = 1,
     recipe_name: Annotated[
         KeypointRecipeName,
         typer.Option(
@@ -753,16 +822,10 @@ def train_keypoints(
         ),
     ] = None,
     init_weights: InitWeightsOption = None,
-    seed: TrainSeedOption = 0,
-    gpu: GpuOption = None,
-    cpus_per_worker: CpusOption = None,
-    feed_workers: FeedOption = None,
-    precision: TrainPrecisionOption = Precision.auto,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
-    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
+    *,
+    settings: TrainSettings,
 ) -> None:
     """Train the top-down heatmap keypoint model with Ray Train, on a named recipe."""
     from jobs.trainers import train_keypoint_model
@@ -778,7 +841,7 @@ def train_keypoints(
         lr=lr,
     )
     if show_recipe:
-        typer.echo(json.dumps(describe(recipe, workers), indent=2))
+        typer.echo(json.dumps(describe(recipe, settings.workers), indent=2))
         return
     for value, name in ((data, "--data"), (out, "--out")):
         if not value:
@@ -789,8 +852,6 @@ def train_keypoints(
             "deconvolution, pose-jobs' targets); for Simple Baselines use --recipe simple-baselines",
             err=True,
         )
-    options = storage_options(endpoint_url, anon, storage_retry_seconds)
-    settings = train_settings(data, out, workers, seed, gpu, cpus_per_worker, feed_workers, precision, options)
     info = train_keypoint_model(
         recipe,
         settings,
@@ -807,6 +868,8 @@ def train_keypoints(
 @app.command("eval-keypoints")
 @user_errors
 @submittable
+@reads_storage
+@keypoint_file_overrides
 def eval_keypoints(
     data: CocoDataOption,
     model: Annotated[
@@ -821,12 +884,10 @@ def eval_keypoints(
     detector: DetectorOption = None,
     detector_arch: DetectorArchOption = None,
     boxes: BoxesOption = None,
-    keypoint_arch: KeypointArchOption = None,
-    input_size: InputSizeOption = None,
-    codec: CodecOption = None,
     as_json: JsonOption = False,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
+    *,
+    options: StorageOptions,
+    overrides: Overrides,
 ) -> None:
     """COCO keypoint AP/AR (pycocotools, flip test) on a split, top-down from the ground-truth boxes
     (default) or from a detector's boxes (--detector, --boxes); with a train-keypoints run and
@@ -836,8 +897,6 @@ def eval_keypoints(
 
     if detector and boxes:
         raise typer.BadParameter("give --detector or --boxes, not both", param_hint="--boxes")
-    options = storage_options(endpoint_url, anon)
-    overrides = keypoint_overrides(keypoint_arch, input_size, codec)
     given, box_figures = given_person_boxes(
         data, split.value, options, boxes=boxes, detector=detector, detector_arch=detector_arch
     )
@@ -858,10 +917,10 @@ def eval_keypoints(
 @app.command("train-detector")
 @user_errors
 @submittable
+@trains()
 def train_detector(
     data: CocoDataOption,
     out: RunOutOption,
-    workers: WorkersOption = 1,
     epochs: EpochsOption = None,
     batch_size: BatchSizeOption = None,
     lr: LrOption = None,
@@ -876,16 +935,10 @@ def train_detector(
     ] = None,
     detector_arch: DetectorArchOption = None,
     init_weights: InitWeightsOption = None,
-    seed: TrainSeedOption = 0,
-    gpu: GpuOption = None,
-    cpus_per_worker: CpusOption = None,
-    feed_workers: FeedOption = None,
-    precision: TrainPrecisionOption = Precision.auto,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
-    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
+    *,
+    settings: TrainSettings,
 ) -> None:
     """Train the person detector (Faster R-CNN, 2 classes) with Ray Train; resumes when re-run."""
     from jobs.trainers import train_person_detector
@@ -894,8 +947,6 @@ def train_detector(
     recipe = detector_recipe(
         detector_arch, fine_tune=bool(init_weights), epochs=epochs, batch_size=batch_size, lr=lr, min_size=min_size
     )
-    options = storage_options(endpoint_url, anon, storage_retry_seconds)
-    settings = train_settings(data, out, workers, seed, gpu, cpus_per_worker, feed_workers, precision, options)
     info = train_person_detector(recipe, settings, init_weights=init_weights, address=address, verbose=verbose)
     final = info["final"]
     ap, ap50 = figure_text(final.get("val_ap")), figure_text(final.get("val_ap50"))
@@ -905,6 +956,7 @@ def train_detector(
 @app.command("eval-detector")
 @user_errors
 @submittable
+@reads_storage
 def eval_detector(
     data: CocoDataOption,
     model: Annotated[
@@ -918,13 +970,12 @@ def eval_detector(
     results: ResultsOption = None,
     pictures: PicturesOption = None,
     as_json: JsonOption = False,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
+    *,
+    options: StorageOptions,
 ) -> None:
     """COCO person box AP/AR (pycocotools, crowds ignored) of a detector on a split, and a picture."""
     from jobs.evaluate import evaluate_detector
 
-    options = storage_options(endpoint_url, anon)
     figures = evaluate_detector(data, model, split.value, options, pictures, results, arch=detector_arch)
     if as_json:
         typer.echo(json.dumps(figures))
@@ -952,6 +1003,8 @@ def eval_detector(
 @app.command("annotate")
 @user_errors
 @submittable
+@writes_storage
+@keypoint_file_overrides
 def annotate(
     src: Annotated[
         str,
@@ -968,9 +1021,6 @@ def annotate(
         float, typer.Option(help="With --boxes: boxes scoring less get no keypoints (0: all, as the COCO protocol).")
     ] = 0.0,
     detector_arch: DetectorArchOption = None,
-    keypoint_arch: KeypointArchOption = None,
-    input_size: InputSizeOption = None,
-    codec: CodecOption = None,
     person_threshold: Annotated[float, typer.Option(help="Person boxes scoring less get no keypoints.")] = 0.3,
     max_persons: Annotated[
         int, typer.Option(min=1, help="Most persons per image given keypoints (best boxes first).")
@@ -1023,18 +1073,17 @@ def annotate(
             "(AVX512-BF16, AMX), fp32 on other CPUs and on GPUs.",
         ),
     ] = Precision.auto,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
-    storage_retry_seconds: StorageRetryOption = None,
     address: AddressOption = None,
     verbose: VerboseOption = False,
+    *,
+    options: StorageOptions,
+    overrides: Overrides,
 ) -> None:
     """Detect every object and every person's 17 keypoints in a bucket of images -> Parquet, COCO results,
     pictures."""
     from jobs.annotate import AnnotateSettings
     from jobs.annotate import annotate as run
 
-    overrides = keypoint_overrides(keypoint_arch, input_size, codec)
     settings = AnnotateSettings(
         detector=detector,
         keypoints=keypoints,
@@ -1055,7 +1104,6 @@ def annotate(
         use_gpu=gpu,
         precision=precision.value,
     )
-    options = storage_options(endpoint_url, anon, storage_retry_seconds)
     manifest = run(src, dest, settings, options, visualize=visualize, address=address, verbose=verbose)
     images = manifest["images"]
     state = "all accounted for" if images["balanced"] else "NOT BALANCED"
@@ -1125,37 +1173,37 @@ def demo(
 
 @show_app.command("coco")
 @user_errors
+@reads_storage
 def show_coco(
     src: Annotated[str, typer.Argument(help="COCO root (annotations + images, folders or zips) or an ingested DEST.")],
     out: Annotated[Path, typer.Argument(help="Folder for the PNGs.")],
     split: CocoSplitOption = Split.train,
     images: Annotated[int, typer.Option(min=1, help="How many images (the first ones with people).")] = 4,
     image_id: Annotated[list[int] | None, typer.Option(help="Draw these image ids instead (repeatable).")] = None,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
+    *,
+    options: StorageOptions,
 ) -> None:
     """Images with person boxes, skeletons and named joints, beside each person's crop."""
     from jobs.show import show_coco as run
 
-    options = storage_options(endpoint_url, anon)
     for path in run(src, out, options, split=split.value, images=images, image_ids=image_id):
         typer.echo(str(path))
 
 
 @show_app.command("svhn")
 @user_errors
+@reads_storage
 def show_svhn(
     src: Annotated[str, typer.Argument(help="SVHN folder (.mat / digitStruct.mat) or an ingested DEST.")],
     out: Annotated[Path, typer.Argument(help="Folder for the PNGs.")],
     digits: Annotated[int, typer.Option(min=1, help="Digits per grid.")] = 100,
     numbers: Annotated[int, typer.Option(min=0, help="Full-number images per split (format 1).")] = 6,
-    endpoint_url: EndpointOption = None,
-    anon: AnonOption = False,
+    *,
+    options: StorageOptions,
 ) -> None:
     """A grid of labelled digits per split, and full-number images with their digit boxes."""
     from jobs.show import show_svhn as run
 
-    options = storage_options(endpoint_url, anon)
     for path in run(src, out, options, digits=digits, numbers=numbers):
         typer.echo(str(path))
 
