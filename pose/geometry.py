@@ -145,26 +145,10 @@ def warp_affine_opencv(image: np.ndarray, matrix: np.ndarray, output_size: tuple
     out_w, out_h = (int(v) for v in output_size)
     if out_w <= 0 or out_h <= 0:
         raise ValueError(f"output_size must be positive (w, h), got {output_size}")
-    m = np.asarray(matrix, dtype=np.float64).reshape(6)
-    # The output -> source map, computed as OpenCV does rather than with np.linalg.inv: a last-bit
-    # difference can move a position across a 1/1024 rounding boundary.
-    det = m[0] * m[4] - m[1] * m[3]
-    det = 1.0 / det if det != 0 else 0.0
-    i00, i01, i10, i11 = m[4] * det, -m[1] * det, -m[3] * det, m[0] * det
-    i02 = -i00 * m[2] - i01 * m[5]
-    i12 = -i10 * m[2] - i11 * m[5]
-
-    # OpenCV splits each position into a per-row and a per-column term, rounded separately.
-    # Multiplying by 1024 is exact, so where it happens does not matter.
-    ab_scale = float(1 << _AB_BITS)
-    xs = np.arange(out_w, dtype=np.float64)
-    ys = np.arange(out_h, dtype=np.float64)
-    half_step = np.int32((1 << _AB_BITS) // _INTER_TAB_SIZE // 2)
-    x_of_row = _saturate_int32((i01 * ys + i02) * ab_scale) + half_step
-    y_of_row = _saturate_int32((i11 * ys + i12) * ab_scale) + half_step
+    x_of_row, x_of_col, y_of_row, y_of_col = source_position_terms(matrix, (out_w, out_h))
     height, width = image.shape[:2]
-    col, fx, first_col, table_w = _tap_positions(x_of_row, _saturate_int32(i00 * xs * ab_scale), width)
-    row, fy, first_row, table_h = _tap_positions(y_of_row, _saturate_int32(i10 * xs * ab_scale), height)
+    col, fx, first_col, table_w = _tap_positions(x_of_row, x_of_col, width)
+    row, fy, first_row, table_h = _tap_positions(y_of_row, y_of_col, height)
 
     # The table holds source rows first_row .. first_row + table_h - 1 and columns likewise: every
     # neighbour any output pixel reads, zeros where that is outside the image.
@@ -222,6 +206,37 @@ def warp_affine_opencv(image: np.ndarray, matrix: np.ndarray, output_size: tuple
     upper >>= _BLUE_BIT % 8  # blue onto a byte boundary (a byte copy is cheaper than a shift-and-cast)
     out[..., 2] = result_bytes[..., _BLUE_BIT // 8]
     return out
+
+
+def source_position_terms(
+    matrix: np.ndarray, output_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where OpenCV 4.x's warpAffine reads each output pixel, in 1/1024 source pixel, as the four
+    int32 terms it adds: x_of_row (out_h,) + x_of_col (out_w,) is the source x of output (row, col),
+    likewise y; the row terms carry the half step that rounds to 1/32 pixel.
+
+    `matrix` (2, 3) maps source to output, as cv2.warpAffine takes it; output_size is (w, h).
+    """
+    out_w, out_h = output_size
+    m = np.asarray(matrix, dtype=np.float64).reshape(6)
+    # The output -> source map, computed as OpenCV does rather than with np.linalg.inv: a last-bit
+    # difference can move a position across a 1/1024 rounding boundary.
+    det = m[0] * m[4] - m[1] * m[3]
+    det = 1.0 / det if det != 0 else 0.0
+    i00, i01, i10, i11 = m[4] * det, -m[1] * det, -m[3] * det, m[0] * det
+    i02 = -i00 * m[2] - i01 * m[5]
+    i12 = -i10 * m[2] - i11 * m[5]
+
+    # OpenCV splits each position into a per-row and a per-column term, rounded separately.
+    # Multiplying by 1024 is exact, so where it happens does not matter. The arithmetic is int32 as
+    # in OpenCV (it wraps the same way for absurd matrices).
+    ab_scale = float(1 << _AB_BITS)
+    xs = np.arange(out_w, dtype=np.float64)
+    ys = np.arange(out_h, dtype=np.float64)
+    half_step = np.int32((1 << _AB_BITS) // _INTER_TAB_SIZE // 2)
+    x_of_row = _saturate_int32((i01 * ys + i02) * ab_scale) + half_step
+    y_of_row = _saturate_int32((i11 * ys + i12) * ab_scale) + half_step
+    return x_of_row, _saturate_int32(i00 * xs * ab_scale), y_of_row, _saturate_int32(i10 * xs * ab_scale)
 
 
 def _tap_positions(row_term: np.ndarray, col_term: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int, int]:

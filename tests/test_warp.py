@@ -10,8 +10,8 @@ from pose.geometry import (
     _INTER_BITS,
     _INTER_TAB_SIZE,
     _REMAP_COEF_BITS,
-    _saturate_int32,
     crop_affine,
+    source_position_terms,
     warp_affine_opencv,
     warp_image,
 )
@@ -31,30 +31,14 @@ def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
 def reference_warp(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """OpenCV 4.x's warpAffine (INTER_LINEAR, border 0) as `warp_affine_opencv` first wrote it, step by
     step: int32 positions, per-neighbour masks for the image border, per-channel sums. Checked against
-    OpenCV itself like the new one (the goldens); kept as the oracle for the fast version (and as the
-    baseline of benchmarks/warp.py). `image` must be C-contiguous (H, W, 3) uint8.
+    OpenCV itself like the new one (the goldens); kept as the oracle for the fast version's gathers
+    (the source positions are the library's `source_position_terms`, which the goldens check) and as
+    the baseline of benchmarks/warp.py. `image` must be C-contiguous (H, W, 3) uint8.
     """
     out_w, out_h = (int(v) for v in output_size)
-    m = np.asarray(matrix, dtype=np.float64).reshape(6)
-    # The output -> source map, computed as OpenCV does rather than with np.linalg.inv: a last-bit
-    # difference can move a position across a 1/1024 rounding boundary.
-    det = m[0] * m[4] - m[1] * m[3]
-    det = 1.0 / det if det != 0 else 0.0
-    i00, i01, i10, i11 = m[4] * det, -m[1] * det, -m[3] * det, m[0] * det
-    i02 = -i00 * m[2] - i01 * m[5]
-    i12 = -i10 * m[2] - i11 * m[5]
-
-    # OpenCV splits each position into a per-row and a per-column term, rounded separately.
-    # Multiplying by 1024 is exact, so where it happens does not matter. The arithmetic is
-    # int32 as in OpenCV (it wraps the same way for absurd matrices).
-    ab_scale = float(1 << _AB_BITS)
-    xs = np.arange(out_w, dtype=np.float64)
-    ys = np.arange(out_h, dtype=np.float64)
-    half_step = np.int32((1 << _AB_BITS) // _INTER_TAB_SIZE // 2)
-    x_of_row = _saturate_int32((i01 * ys + i02) * ab_scale) + half_step
-    y_of_row = _saturate_int32((i11 * ys + i12) * ab_scale) + half_step
-    src_x = np.add.outer(x_of_row, _saturate_int32(i00 * xs * ab_scale)) >> (_AB_BITS - _INTER_BITS)
-    src_y = np.add.outer(y_of_row, _saturate_int32(i10 * xs * ab_scale)) >> (_AB_BITS - _INTER_BITS)
+    x_of_row, x_of_col, y_of_row, y_of_col = source_position_terms(matrix, (out_w, out_h))
+    src_x = np.add.outer(x_of_row, x_of_col) >> (_AB_BITS - _INTER_BITS)
+    src_y = np.add.outer(y_of_row, y_of_col) >> (_AB_BITS - _INTER_BITS)
     frac_x = src_x & (_INTER_TAB_SIZE - 1)  # (out_h, out_w), in 1/32 pixel
     frac_y = src_y & (_INTER_TAB_SIZE - 1)
     col = np.clip(src_x >> _INTER_BITS, -32768, 32767)  # OpenCV keeps the pixel in a saturated int16
