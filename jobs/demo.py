@@ -99,7 +99,6 @@ def run_demo(
     show_coco(str(out / "coco"), pictures, split="val", images=3)
     show_svhn(str(out / "svhn"), pictures, digits=100, numbers=6)
 
-    started = stage("train the SVHN digit model (Ray Train, 2 workers)")
     from jobs.evaluate import evaluate_detector, evaluate_keypoints, evaluate_svhn
     from jobs.train import TrainSettings
     from jobs.trainers import train_digit_model, train_keypoint_model, train_person_detector
@@ -108,42 +107,46 @@ def run_demo(
 
     coco, svhn, options = str(out / "coco"), str(out / "svhn"), StorageOptions()
     runs = {name: str(out / "runs" / name) for name in ("svhn", "keypoints", "detector")}
-    digit_recipe = DigitRecipe(epochs=sizes.svhn_epochs, min_steps=0)  # a brief run: exactly these epochs
-    settings = TrainSettings(data=svhn, out=runs["svhn"], workers=2)
-    train_digit_model(digit_recipe, settings, address=address, verbose=verbose)
-    digits = evaluate_svhn(svhn, runs["svhn"], "test", options, str(pictures))
-    summary.append(
-        (
-            "svhn",
-            f"test accuracy {digits['accuracy']:.4f} on {digits['samples']} digits after {digit_recipe.epochs} "
-            f"epochs ({time.perf_counter() - started:.0f} s)",
-        )
-    )
 
-    started = stage("train the keypoint model (Ray Train, 2 workers)")
-    recipe = keypoint_recipe("cpu", epochs=sizes.keypoint_epochs)
-    settings = TrainSettings(data=coco, out=runs["keypoints"], workers=2)
-    train_keypoint_model(recipe, settings, address=address, verbose=verbose)
-    figures = evaluate_keypoints(coco, runs["keypoints"], "val", options, str(pictures))
-    summary.append(
-        (
-            "keypoints",
-            f"val PCK {figures['pck']:.3f}, AP {figures['ap']:.3f} after {recipe.epochs} epochs "
-            f"({time.perf_counter() - started:.0f} s; short: see docs/training.md for full runs)",
-        )
-    )
+    def train_and_evaluate(name: str, what: str, train, recipe, data: str, evaluate, split: str, result, note=""):
+        """Train `what` on 2 workers into runs[name], evaluate it on `split`, and sum it up."""
+        started = stage(f"train {what} (Ray Train, 2 workers)")
+        train(recipe, TrainSettings(data=data, out=runs[name], workers=2), address=address, verbose=verbose)
+        figures = evaluate(data, runs[name], split, options, str(pictures))
+        seconds = time.perf_counter() - started
+        summary.append((name, f"{result(figures)} after {recipe.epochs} epochs ({seconds:.0f} s{note})"))
 
-    started = stage("train the person detector (Ray Train, 2 workers)")
-    recipe = detector_recipe(epochs=sizes.detector_epochs)
-    settings = TrainSettings(data=coco, out=runs["detector"], workers=2)
-    train_person_detector(recipe, settings, address=address, verbose=verbose)
-    figures = evaluate_detector(coco, runs["detector"], "val", options, str(pictures))
-    summary.append(
-        (
-            "detector",
-            f"val person box AP {figures['ap']:.3f}, AP50 {figures['ap50']:.3f} after {recipe.epochs} epochs "
-            f"({time.perf_counter() - started:.0f} s; short: see docs/training.md)",
-        )
+    train_and_evaluate(
+        "svhn",
+        "the SVHN digit model",
+        train_digit_model,
+        DigitRecipe(epochs=sizes.svhn_epochs, min_steps=0),  # a brief run: exactly these epochs
+        svhn,
+        evaluate_svhn,
+        "test",
+        lambda figures: f"test accuracy {figures['accuracy']:.4f} on {figures['samples']} digits",
+    )
+    train_and_evaluate(
+        "keypoints",
+        "the keypoint model",
+        train_keypoint_model,
+        keypoint_recipe("cpu", epochs=sizes.keypoint_epochs),
+        coco,
+        evaluate_keypoints,
+        "val",
+        lambda figures: f"val PCK {figures['pck']:.3f}, AP {figures['ap']:.3f}",
+        "; short: see docs/training.md for full runs",
+    )
+    train_and_evaluate(
+        "detector",
+        "the person detector",
+        train_person_detector,
+        detector_recipe(epochs=sizes.detector_epochs),
+        coco,
+        evaluate_detector,
+        "val",
+        lambda figures: f"val person box AP {figures['ap']:.3f}, AP50 {figures['ap50']:.3f}",
+        "; short: see docs/training.md",
     )
 
     from jobs.models import is_keypoint_rcnn
