@@ -720,7 +720,7 @@ def train_svhn(
     the 2,000 digits of `pose-jobs synth svhn` train in about 8 minutes (2,002 steps);
     SVHN's 73,257 train 8 epochs (4,344 steps), about 15 minutes at the same rate.
     """
-    from jobs.trainers import train_digit_model
+    from jobs.train import train_digit_model
     from pose.digit_task import DigitRecipe
     from pose.models.digits import DigitModelConfig
 
@@ -828,7 +828,7 @@ def train_keypoints(
     settings: TrainSettings,
 ) -> None:
     """Train the top-down heatmap keypoint model with Ray Train, on a named recipe."""
-    from jobs.trainers import train_keypoint_model
+    from jobs.train import train_keypoint_model
     from pose.recipes import describe, keypoint_recipe
 
     recipe = keypoint_recipe(
@@ -892,8 +892,7 @@ def eval_keypoints(
     """COCO keypoint AP/AR (pycocotools, flip test) on a split, top-down from the ground-truth boxes
     (default) or from a detector's boxes (--detector, --boxes); with a train-keypoints run and
     ground-truth boxes also PCK on the stored person crops."""
-    from jobs.boxes import given_person_boxes
-    from jobs.evaluate import evaluate_keypoints
+    from jobs.evaluate import evaluate_keypoints, given_person_boxes
 
     if detector and boxes:
         raise typer.BadParameter("give --detector or --boxes, not both", param_hint="--boxes")
@@ -941,7 +940,7 @@ def train_detector(
     settings: TrainSettings,
 ) -> None:
     """Train the person detector (Faster R-CNN, 2 classes) with Ray Train; resumes when re-run."""
-    from jobs.trainers import train_person_detector
+    from jobs.train import train_person_detector
     from pose.recipes import detector_recipe
 
     recipe = detector_recipe(

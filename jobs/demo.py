@@ -3,7 +3,7 @@
 synthesise -> ingest -> pictures -> train the three models briefly (digits, keypoints, person
 detector) -> evaluate -> annotate a bucket of synthetic images with the detector and the keypoint
 model, with a summary of the figures and where everything is. Each stage calls the library
-function its `pose-jobs` command calls (jobs/trainers.py for training). The training here is
+function its `pose-jobs` command calls (jobs/train.py for training). The training here is
 short, to show the pipeline; docs/training.md gives the recipes of full runs.
 """
 
@@ -100,8 +100,7 @@ def run_demo(
     show_svhn(str(out / "svhn"), pictures, digits=100, numbers=6)
 
     from jobs.evaluate import evaluate_detector, evaluate_keypoints, evaluate_svhn
-    from jobs.train import TrainSettings
-    from jobs.trainers import train_digit_model, train_keypoint_model, train_person_detector
+    from jobs.train import TrainSettings, train_digit_model, train_keypoint_model, train_person_detector
     from pose.digit_task import DigitRecipe
     from pose.recipes import detector_recipe, keypoint_recipe
 
