@@ -17,8 +17,6 @@ from jobs.storage import StorageOptions, exists, join, open_input, read_bytes
 from pose.errors import UserError
 from pose.formats import coco
 
-SVHN_SPLITS = ("train", "test", "extra")  # the splits an SVHN source may hold
-
 
 class DatasetError(UserError):
     """No dataset, or no rows of a table, where one is asked for: one line, no traceback."""

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from jobs import shards
-from jobs.datasets import SVHN_SPLITS, load_coco_annotations
+from jobs.datasets import load_coco_annotations
 from jobs.runtime import Progress, StallWatch, init_ray
 from jobs.shards import UnbalancedError
 from jobs.storage import (
@@ -139,7 +139,7 @@ def plan_coco(
 def plan_svhn(
     src: str,
     options: StorageOptions,
-    splits: tuple[str, ...] = SVHN_SPLITS,
+    splits: tuple[str, ...] = svhn.SPLITS,
     cropped_shard_digits: int = SVHN_CROPPED_SHARD_DIGITS,
     full_shard_numbers: int = SVHN_FULL_SHARD_NUMBERS,
 ) -> Plan:
@@ -568,7 +568,7 @@ def ingest(
         plan = plan_svhn(
             src,
             options,
-            splits or SVHN_SPLITS,
+            splits or svhn.SPLITS,
             cropped_shard_digits=shard_size or SVHN_CROPPED_SHARD_DIGITS,
             full_shard_numbers=shard_size or SVHN_FULL_SHARD_NUMBERS,
         )

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from jobs.datasets import (
-    SVHN_SPLITS,
     coco_image_source,
     is_ingested,
     load_coco_annotations,
@@ -159,7 +158,7 @@ def _svhn_examples(src, options, digit_count, number_count):
                     number_examples.append((decode_image(row["image"]), boxes, [b["label"] for b in row["boxes"]]))
             yield split, pixels, [r["label"] for r in rows], number_examples
         return
-    for split in SVHN_SPLITS:
+    for split in svhn.SPLITS:
         pixels, labels, number_examples = np.zeros((0, 32, 32, 3), np.uint8), [], []
         mat = join(src, f"{split}_32x32.mat")
         if exists(mat, options):

@@ -35,6 +35,7 @@ import scipy.io
 
 from pose.errors import UserError
 
+SPLITS = ("train", "test", "extra")  # the splits SVHN is published in
 CROPPED_SIZE = 32
 _CHANNELS = 3
 _IMAGE_BYTES = CROPPED_SIZE * CROPPED_SIZE * _CHANNELS  # one uint8 image of X
