@@ -4,6 +4,7 @@ the stages (paths, run folders, pictures), which no other test runs as a whole."
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -12,15 +13,8 @@ from jobs.demo import DemoSizes, run_demo
 
 @pytest.mark.timeout(900)
 def test_demo_runs_every_stage_and_sums_it_up(ray_cluster, tmp_path):
-    tiny = DemoSizes(
-        coco_train=20,
-        coco_val=4,
-        svhn_train=400,
-        svhn_test=100,
-        svhn_numbers=8,
-        svhn_epochs=1,
-        keypoint_epochs=1,
-        detector_epochs=1,
+    tiny = replace(
+        DemoSizes.quick(), coco_train=20, coco_val=4, svhn_train=400, svhn_test=100, svhn_numbers=8, svhn_epochs=1
     )
     summary = dict(run_demo(tmp_path / "demo", tiny))
 
