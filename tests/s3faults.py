@@ -76,6 +76,7 @@ class FaultProxy:
         self.hold: tuple | None = None  # (trigger, held), armed by hold_after
         self.holding = False
         self.held = 0
+        self.unanswered = 0  # requests the upstream did not answer (it was down)
         self.released = threading.Event()
 
     def outage_after(self, predicate, seconds: float | None) -> None:
@@ -218,6 +219,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         try:
             status, reason, headers, payload = self._ask_upstream(body)
         except OSError:  # upstream gone: as a proxy would, close without an answer
+            with self.owner.lock:
+                self.owner.unanswered += 1
             self.close_connection = True
             return
         if kind == "drop":

@@ -105,6 +105,8 @@ class S3TestServer:
         self.log_path = self.root / "weed.log"
         self.endpoint_url = ""
         self.grpc_ports: list[int] = []
+        self.ports: dict[str, int] = {}
+        self.data_dir: Path | None = None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -169,9 +171,26 @@ class S3TestServer:
         atexit.register(self.stop)
         log.info("weed mini (pid %d) serves S3 at %s; log: %s", self.process.pid, self.endpoint_url, self.log_path)
 
-    def _launch(self, weed: str, s3_config: Path, data_dir: Path) -> None:
-        data_dir.mkdir()
-        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+    def halt(self) -> None:
+        """Stop weed as an operator would (SIGTERM: it flushes and closes its stores); `resume()`
+        starts it again with the same data on the same ports."""
+        process = self.process
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def resume(self) -> None:
+        """Start weed again after `halt()`: the same data directory and ports; returns once S3 answers."""
+        self._launch(find_weed(), self.root / "s3-identities.json", self.data_dir, ports=self.ports)
+        self._wait_until_ready()
+
+    def _launch(self, weed: str, s3_config: Path, data_dir: Path, ports: dict | None = None) -> None:
+        data_dir.mkdir(exist_ok=ports is not None)
+        ports = ports or dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+        self.ports, self.data_dir = ports, data_dir
         self.endpoint_url = f"http://127.0.0.1:{ports['s3.port']}"
         self.grpc_ports = [port for flag, port in ports.items() if flag.endswith(".grpc")]
         command = [

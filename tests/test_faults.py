@@ -10,13 +10,15 @@ import io
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from s3faults import KINDS, FaultProxy
-from s3server import REGION
+from s3server import REGION, S3TestServer
 from test_annotate import scene
 
 from jobs.annotate import AnnotateSettings, annotate
@@ -116,6 +118,46 @@ def test_outage_shorter_than_the_retry_window_is_ridden_out(ray_cluster, s3, coc
         manifest = ingest("coco", src, dest, through(proxy, retry_seconds=60), shard_size=SHARD_IMAGES, progress=False)
     assert proxy.outages == 1 and manifest["shards"] == 4
     assert_same_tables(dest, clean_ingest, s3.options, s3.options)
+
+
+def test_the_server_stopped_and_restarted_mid_job(ray_cluster, s3, clean_ingest, tmp_path):
+    """A real restart: another SeaweedFS (the same identities, so Ray's workers can sign for it, and
+    the same bucket names) is stopped with SIGTERM after the first shard commits, and started again
+    on its data 3 s later; the proxy in front only holds every request from the first commit until
+    the server is down, so the stop always lands mid-job. The job rides it out: equal to a clean run."""
+    folder = tmp_path / "coco"
+    write_coco(folder, split="train", images=8, seed=5)  # the bytes of the `coco` fixture
+    server = S3TestServer(tmp_path / "s3")
+    server.access_key, server.secret_key = s3.access_key, s3.secret_key
+    with server, FaultProxy(server.endpoint_url) as proxy:
+        server.upload(folder, server.make_bucket("faults-src") + "/coco")
+        dest = join(server.make_bucket("faults-out"), "clean")
+        proxy.hold_after(lambda method, path: method == "PUT" and "/_commits/" in path, lambda method, path: True)
+        outcome = {}
+
+        def run():
+            try:
+                outcome["manifest"] = ingest(
+                    "coco", "s3://faults-src/coco", dest, through(proxy), shard_size=SHARD_IMAGES, progress=False
+                )
+            except BaseException as error:  # reported below, in the test's thread
+                outcome["error"] = error
+
+        job = threading.Thread(target=run)
+        job.start()
+        deadline = time.monotonic() + 300
+        while not proxy.holding and job.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proxy.holding, outcome
+        server.halt()
+        proxy.release()  # the held requests now meet a server that is down
+        time.sleep(3)
+        server.resume()
+        job.join(timeout=300)
+        assert not job.is_alive() and "error" not in outcome, outcome
+        assert outcome["manifest"]["shards"] == 4
+        assert proxy.held > 0 and proxy.unanswered > 0  # requests met the stopped server
+        assert_same_tables(dest, clean_ingest, through(proxy), s3.options)
 
 
 def test_outage_longer_than_the_window_is_one_line_then_the_rerun_resumes(ray_cluster, s3, coco, clean_ingest):
