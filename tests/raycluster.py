@@ -102,16 +102,17 @@ class RayTestCluster:
         return self._start(name or f"worker{len(self.nodes)}", [f"--address={self.gcs_address}"], num_cpus, resources)
 
     def _start(self, name: str, flags: list[str], num_cpus: int, resources: dict | None) -> RayNode:
-        """Start a node; once more if `ray start` gave up waiting for its raylet to register.
+        """Start a node; up to twice more if `ray start` gave up waiting for its raylet to register.
 
         Ray waits a fixed 30 s for that (`ray._private.node`); on a loaded 2-core machine a
         worker node's raylet can take longer, and that says nothing about the code under test."""
-        for attempt in range(2):
+        attempts = 3
+        for attempt in range(1, attempts + 1):
             try:
                 return self._start_once(name, flags, num_cpus, resources)
             except RuntimeError as error:
                 node = self.nodes[-1] if self.nodes and self.nodes[-1].name == name else None
-                if attempt or node is None or "timed out during startup" not in str(error):
+                if attempt == attempts or node is None or "timed out during startup" not in str(error):
                     raise
                 self._signal_group(node, signal.SIGKILL)
                 node.process.wait()
