@@ -443,9 +443,10 @@ def submittable(command):
 
 def option_group(target: str, parameters: list[tuple[str, object, object]], build):
     """A decorator that gives a command the options `parameters` ((name, annotation, default) each,
-    listed after the command's own) and passes it, as the keyword `target`, what `build(given,
-    **their values)` makes of them (`given`: the command's other parameters). A group of options
-    that several commands take is declared once this way, with the object it stands for."""
+    listed after the command's own, before --address and --verbose) and passes it, as the keyword
+    `target`, what `build(given, **their values)` makes of them (`given`: the command's other
+    parameters). A group of options that several commands take is declared once this way, with the
+    object it stands for."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     added = [inspect.Parameter(name, keyword, default=default, annotation=kind) for name, kind, default in parameters]
 
@@ -469,7 +470,10 @@ def option_group(target: str, parameters: list[tuple[str, object, object]], buil
             values = {p.name: kwargs.pop(p.name) for p in added}
             return command(*args, **kwargs, **{target: build(kwargs, **values)})
 
-        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])
+        # The group's options go before the cluster ones (--address, --verbose) that end each list.
+        at = next((i for i, p in enumerate(kept) if p.name in ("address", "verbose")), len(kept))
+        parameters = [p.replace(kind=keyword) for p in (*kept[:at], *added, *kept[at:])]  # typer passes keywords
+        wrapper.__signature__ = signature.replace(parameters=parameters)
         wrapper.__annotations__ = {**annotations, **{p.name: p.annotation for p in added}}
         return wrapper
 
