@@ -10,6 +10,8 @@ sharding, checkpoints in object storage, resuming, and the files a run leaves in
   OUT/curves.png        the training curves
   OUT/model.pt          the final weights: a plain state_dict, `torch.load(..., weights_only=True)`
   OUT/model.json        what model it is (task, recipe, epochs and optimiser steps, batch plan, final figures)
+  OUT/run.json          the task and recipe, written at the start: a later run into OUT must be of the same
+                        recipe (only its length may differ), or it is refused
   OUT/checkpoint_*      Ray Train's checkpoints, one per epoch (model, optimiser, scheduler, epoch)
 
 The training step itself is `pose.engine`'s (`train_one_epoch`, `evaluate`); the task's
@@ -147,6 +149,47 @@ def feed_workers(use_gpu: bool, resources: dict, task=None) -> int:
     return max(1, int(resources.get("CPU", 1.0)) - 1)
 
 
+RUN_FILE = "run.json"  # the task's config, written when a run starts: what OUT is a run of
+_LENGTH_KEYS = ("epochs", "min_steps")  # a run may be asked for more epochs and go on
+
+
+def check_same_run(task, out: str, options: StorageOptions) -> None:
+    """Refuse to resume, or to call finished, a run in OUT of another task or recipe: its checkpoints
+    or model would be taken for this one's. Compared: the task, the model, and the recipe's settings
+    that both runs state, but its length (more epochs resume a run)."""
+    wanted = json.loads(json.dumps(task.config()))
+    for name in (RUN_FILE, "model.json"):
+        path = join(out, name)
+        if not exists(path, options):
+            continue
+        found = json.loads(read_bytes(path, options))
+        differences = _config_differences(found, wanted)
+        if differences:
+            raise TrainError(
+                f"{out} holds a run of another recipe ({'; '.join(differences[:4])}); "
+                "give another --out for this one, or remove that run"
+            )
+        return
+
+
+def _config_differences(found: dict, wanted: dict) -> list[str]:
+    """'key: there, here' for each setting of `wanted` that `found` states otherwise."""
+    differences = []
+    for key in ("task", "model"):
+        if key in found and key in wanted and found[key] != wanted[key]:
+            differences.append(f"{key}: {_short(found[key])} there, {_short(wanted[key])} here")
+    there, here = found.get("recipe", {}), wanted.get("recipe", {})
+    for key in sorted(set(there) & set(here) - set(_LENGTH_KEYS)):
+        if there[key] != here[key]:
+            differences.append(f"recipe {key}: {_short(there[key])} there, {_short(here[key])} here")
+    return differences
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def finished_run(out: str, epochs: int, options: StorageOptions) -> dict | None:
     """The model.json of a run that already finished what `epochs` asked for, else None."""
     path = join(out, "model.json")
@@ -171,6 +214,7 @@ def run_training(
     (`jobs.detector_data.detector_rows`).
     """
     settings = replace(settings, data=absolute(settings.data), out=absolute(settings.out))
+    check_same_run(task, settings.out, settings.options)
     done = finished_run(settings.out, epochs, settings.options)
     if done is not None:
         print(
@@ -179,6 +223,9 @@ def run_training(
         )
         return done
 
+    write_bytes_atomic(
+        join(settings.out, RUN_FILE), json.dumps(task.config(), indent=2, sort_keys=True).encode(), settings.options
+    )
     init_ray(address, verbose=verbose)
     import ray
     import ray.data

@@ -356,3 +356,28 @@ def test_keypoints_train_evaluate_and_results_json(ray_cluster, tmp_path):
     check.summarize()
     assert check.stats[0] == pytest.approx(figures["ap"], abs=1e-9)
     assert (tmp_path / "pictures" / "keypoints-val.png").exists()
+
+
+def test_a_run_folder_of_another_recipe_is_refused_not_resumed(tmp_path):
+    """OUT holds a run of one recipe: the same recipe (asked for more epochs) goes on; another recipe
+    or task is refused in one line naming what differs, before its checkpoints or model are taken."""
+    from jobs.storage import StorageOptions
+    from jobs.train import RUN_FILE, TrainError, check_same_run
+    from pose.digit_task import DigitRecipe, DigitTask
+    from pose.keypoint_task import KeypointRecipe, KeypointTask
+
+    options = StorageOptions()
+    run = DigitTask(DigitRecipe(epochs=3))
+    check_same_run(run, str(tmp_path), options)  # an empty OUT: a new run
+    (tmp_path / RUN_FILE).write_text(json.dumps(run.config()))
+    check_same_run(DigitTask(DigitRecipe(epochs=30, min_steps=0)), str(tmp_path), options)
+
+    with pytest.raises(TrainError, match=r"holds a run of another recipe \(recipe lr: 0\.2 there, 0\.05 here\)"):
+        check_same_run(DigitTask(DigitRecipe(epochs=3, lr=0.05)), str(tmp_path), options)
+    with pytest.raises(TrainError, match=r"task: \"svhn\" there, \"keypoints\" here"):
+        check_same_run(KeypointTask(KeypointRecipe()), str(tmp_path), options)
+
+    (tmp_path / RUN_FILE).unlink()  # a finished run from before run.json: its model.json says the same
+    (tmp_path / "model.json").write_text(json.dumps({**run.config(), "epochs": 3}))
+    with pytest.raises(TrainError, match="recipe lr"):
+        check_same_run(DigitTask(DigitRecipe(epochs=3, lr=0.05)), str(tmp_path), options)
