@@ -480,6 +480,7 @@ def run_ingest(
         )
     committed = shards.read_commit_markers(dest, options)
     pending = shards.pending(plan.shards, committed)
+    earlier = _earlier_splits(plan, dest, settings, options)
 
     if pending:
         init_ray(address, verbose=verbose)
@@ -501,16 +502,41 @@ def run_ingest(
                     meter.advance(1, marker["tables"].get(_item_unit(plan.dataset), {}).get("rows", 0))
 
     markers = {s.unit: committed[s.unit] for s in plan.shards}
+    # Splits an earlier run of the same source ingested into DEST (`--split train`, then `--split val`)
+    # stay in the manifest with the shards and accounting that run left.
+    kept = {unit: marker for unit, marker in committed.items() if marker.get("split") in earlier}
     return shards.write_manifest(
         dest,
         options,
         job="ingest",
         source=plan.source,
         settings=settings,
-        markers=markers,
+        markers={**kept, **markers},
         dataset=plan.dataset,
-        accounting=_accounting(plan, markers),
+        accounting=dict(sorted({**earlier, **_accounting(plan, markers)}.items())),
     )
+
+
+def _earlier_splits(plan: Plan, dest: str, settings: dict, options: StorageOptions) -> dict[str, dict]:
+    """split -> accounting of the splits that an earlier ingest of the same source left in DEST and
+    this run does not ingest again. A DEST holding another source's (or another job's) output is
+    refused: its manifest would mix the two, or lose one."""
+    path = join(dest, shards.MANIFEST)
+    if not exists(path, options):
+        return {}
+    previous = json.loads(read_bytes(path, options))
+    job, source = previous.get("job", "ingest"), previous.get("source", "")
+    dataset = previous.get("dataset", plan.dataset)
+    if job != "ingest" or dataset != plan.dataset or source.rstrip("/") != shards.redact(plan.source).rstrip("/"):
+        what = f"pose-jobs {job}'s output" if job != "ingest" else f"an ingest of {dataset} {source}"
+        raise IngestError(f"{dest} holds {what}; give another DEST for {shards.redact(plan.source)}")
+    earlier = {split: entry for split, entry in previous.get("accounting", {}).items() if split not in plan.inputs}
+    if earlier and previous.get("settings") != json.loads(json.dumps(settings)):
+        raise IngestError(
+            f"{dest}: its {', '.join(sorted(earlier))} split(s) were ingested with other settings (another "
+            "pose-jobs version?); ingest every split again (no --split)"
+        )
+    return earlier
 
 
 def _process_row(row: dict, dest: str, options: StorageOptions, crop: CropSettings) -> dict:

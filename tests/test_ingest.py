@@ -18,7 +18,7 @@ import pytest
 import scipy.io
 
 from jobs.datasets import read_table
-from jobs.ingest import ingest
+from jobs.ingest import IngestError, ingest
 from jobs.storage import filesystem, join, list_files, read_bytes
 from pose.crops import cut_person_crop
 from pose.images import decode_image
@@ -144,6 +144,27 @@ def test_coco_rerun_changes_nothing(ray_cluster, coco_source, tmp_path):
     final = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.rglob("*") if p.is_file()}
     assert {p: final[p] for p in final if p != manifest_path} == {p: after[p] for p in after if p != manifest_path}
     assert manifest_path.read_bytes() == current
+
+
+def test_splits_ingested_one_run_each_equal_one_run_of_both(ray_cluster, coco_source, tmp_path):
+    """`--split train`, then `--split val` into one DEST: the manifest keeps train (it listed only the
+    last run's splits, so train vanished for every reader). Another source into that DEST is refused."""
+    src, _ = coco_source
+    ingest("coco", str(src), str(tmp_path / "both"), shard_size=4, progress=False)
+    ingest("coco", str(src), str(tmp_path / "one-each"), splits=("train",), shard_size=4, progress=False)
+    manifest = ingest("coco", str(src), str(tmp_path / "one-each"), splits=("val",), shard_size=4, progress=False)
+    both = json.loads((tmp_path / "both" / "manifest.json").read_text())
+    assert set(manifest["accounting"]) == {"train", "val"}
+    assert {k: manifest[k] for k in ("tables", "accounting", "shards")} == {
+        k: both[k] for k in ("tables", "accounting", "shards")
+    }
+    for table in ("images", "persons", "person_crops", "errors"):
+        assert read_table(str(tmp_path / "one-each"), table).equals(read_table(str(tmp_path / "both"), table))
+
+    other = tmp_path / "other-src"
+    write_coco(other, split="val", images=2, seed=9)
+    with pytest.raises(IngestError, match=r"one-each holds an ingest of coco .*src; give another DEST for .*other-src"):
+        ingest("coco", str(other), str(tmp_path / "one-each"), progress=False)
 
 
 def test_coco_s3_archives_to_s3_matches_local(ray_cluster, s3, tmp_path):
