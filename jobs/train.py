@@ -314,8 +314,27 @@ def run_training(
         try:
             trainer.fit()
         except ray.train.TrainingFailedError as error:
-            raise RuntimeError(f"{task.name}: training failed: {error}") from None
+            raise training_failure(task.name, error, settings.max_failures) from None
     return json.loads(read_bytes(join(settings.out, "model.json"), settings.options))
+
+
+def training_failure(name: str, error: Exception, restarts: int) -> Exception:
+    """What `trainer.fit()`'s failure is to the user: a loss that went non-finite on a worker (the
+    recipe or the weights, not a bug: `pose.engine.train_one_epoch` says where) is one line, a
+    TrainError; anything else a RuntimeError that carries Ray's report of each worker."""
+    failures = getattr(error, "worker_failures", {}) or {}
+    for failure in failures.values():
+        # Ray Train wraps the worker's own exception with its traceback text (UserExceptionWithTraceback,
+        # `_base_exc`); a RayTaskError holds it as `cause`.
+        while not isinstance(failure, FloatingPointError):
+            inner = getattr(failure, "_base_exc", None) or getattr(failure, "cause", None)
+            if not isinstance(inner, BaseException) or inner is failure:
+                break
+            failure = inner
+        if isinstance(failure, FloatingPointError):
+            first = str(failure).splitlines()[0]
+            return TrainError(f"{first}; it failed again after {restarts} restart(s) from the last checkpoint")
+    return RuntimeError(f"{name}: training failed: {error}")
 
 
 def _cache_if_small(datasets: list, files: list[str], filesystem, strip) -> list | None:

@@ -381,3 +381,20 @@ def test_a_run_folder_of_another_recipe_is_refused_not_resumed(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({**run.config(), "epochs": 3}))
     with pytest.raises(TrainError, match="recipe lr"):
         check_same_run(DigitTask(DigitRecipe(epochs=3, lr=0.05)), str(tmp_path), options)
+
+
+def test_a_loss_that_goes_non_finite_on_a_worker_is_one_line():
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    from jobs.train import TrainError, training_failure
+
+    nan = FloatingPointError("detector: loss is nan at step 8 of the epoch; stopping training (lower the lr?)")
+    wrapped = UserExceptionWithTraceback(nan, "Traceback (most recent call last):\n  ...\nFloatingPointError: ...")
+    for failure in (nan, wrapped):  # as raised, and as Ray Train hands a worker's exception back
+        error = training_failure("detector", WorkerGroupError("rank 0 failed\nTraceback ...", {0: failure}), 2)
+        assert isinstance(error, TrainError) and "\n" not in str(error)
+        assert str(error).startswith("detector: loss is nan at step 8") and "after 2 restart(s)" in str(error)
+
+    other = training_failure("detector", WorkerGroupError("rank 1 failed", {1: KeyError("image")}), restarts=2)
+    assert type(other) is RuntimeError and "rank 1 failed" in str(other)
