@@ -659,6 +659,8 @@ def training_curves(metrics: Sequence[dict], keys: Sequence[str], *, title: str 
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if len({row.get("epoch") for row in metrics}) == 1:  # one epoch: the locator falls back to fractions
+            axis.set_xticks([metrics[0].get("epoch", 1)])
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize="small")
     if title:
