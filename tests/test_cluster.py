@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -160,6 +161,28 @@ def read_metrics(s3, url: str) -> list[dict]:
     return [json.loads(line) for line in body.decode().splitlines()]
 
 
+def train_workers_on(cluster, node_id: str) -> list[dict]:
+    """The alive Ray Train workers on a node (the state API's actors)."""
+    actors = cluster.get("/api/v0/actors", detail="1", limit="10000")["data"]["result"]["result"]
+    return [
+        actor
+        for actor in actors
+        if actor.get("state") == "ALIVE"
+        and "RayTrainWorker" in actor.get("class_name", "")
+        and actor.get("node_id") == node_id
+    ]
+
+
+def registered_checkpoints(s3, url: str) -> list:
+    """The checkpoints Ray Train's controller has registered for the run at `url` (its snapshot)."""
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    try:
+        body = s3.client().get_object(Bucket=bucket, Key=f"{key}/checkpoint_manager_snapshot.json")["Body"].read()
+    except s3.client().exceptions.NoSuchKey:
+        return []
+    return json.loads(body).get("checkpoint_results", [])
+
+
 @pytest.mark.timeout(1200)
 def test_two_workers_train_on_two_equal_nodes(cluster, s3, tmp_path):
     """train-svhn --workers 2 on nodes of 2 CPUs each: the plan gives each worker one CPU, so a node
@@ -215,10 +238,12 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
     assert "train: 16 images" in ingest.stdout and "all accounted for" in ingest.stdout
 
     out = f"{bucket}/runs/keypoints"
-    # Once epoch 1's metrics are written, the next checkpoint writes wait until the node is replaced.
+    # Once epoch 1's metrics are written, the next checkpoint's files (checkpoint_<date>/, not Ray Train's
+    # checkpoint_manager_snapshot.json) wait until the node is replaced.
+    checkpoint_file = re.compile(r"/cluster/runs/keypoints/checkpoint_\d")
     cluster.proxy.hold_after(
         lambda method, path: method == "PUT" and path.startswith("/cluster/runs/keypoints/metrics.jsonl"),
-        lambda method, path: method in ("PUT", "POST") and path.startswith("/cluster/runs/keypoints/checkpoint_"),
+        lambda method, path: method in ("PUT", "POST") and checkpoint_file.match(path) is not None,
     )
     # Three workers of one CPU (the default share on 2 + 2 CPUs): both nodes train, one CPU stays free.
     train_args = ["train-keypoints", "--data", f"{bucket}/coco", "--out", out, "--workers", "3",
@@ -236,9 +261,19 @@ def test_ingest_and_train_on_two_nodes_then_a_lost_node(cluster, s3, tmp_path):
         time.sleep(3)
     head, worker = cluster.nodes[0].node_id, cluster.worker.node_id
     assert set(first[0]["nodes"]) == {head, worker}  # training workers on both nodes
+    # Rank 0 writes the metrics line once it reported the checkpoint; Ray Train's controller registers
+    # it a moment later (its snapshot lists it): only then is epoch 1 safe from the node's loss.
+    while not registered_checkpoints(s3, out):
+        assert time.monotonic() < deadline
+        time.sleep(1)
 
     cluster.kill_node(cluster.worker)
     replacement = cluster.add_node(num_cpus=2, name="replacement")
+    # Released once the restarted worker group trains on the replacement: the old group (whose rank 0
+    # may wait on the held upload) is gone by then, and cannot finish epoch 2 after all.
+    while not train_workers_on(cluster, replacement.node_id):
+        assert time.monotonic() < deadline
+        time.sleep(1)
     cluster.proxy.release()
 
     followed = run_cli(cluster, "jobs", "logs", job_id, "--follow", "--address", cluster.dashboard_url, timeout=1500)
